@@ -1,0 +1,65 @@
+//! The Backend contract: what every backend (linked in, or a plugin behind the C ABI) does.
+
+use crate::{BufferId, Graph, Result, TensorDesc};
+
+/// One device a backend can run on, as its probe sees it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct DeviceReport {
+    pub name: String,
+    /// e.g. (9, 0) for sm_90; None where the notion does not apply.
+    pub compute_capability: Option<(u32, u32)>,
+    pub memory_bytes: Option<u64>,
+    pub driver: Option<String>,
+    /// 0 = unusable here; higher wins auto-selection.
+    pub score: u32,
+    /// Why this score, in words a user can act on ("needs sm_90+, found sm_86").
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ProbeReport {
+    pub devices: Vec<DeviceReport>,
+}
+
+impl ProbeReport {
+    pub fn best_score(&self) -> u32 {
+        self.devices.iter().map(|d| d.score).max().unwrap_or(0)
+    }
+}
+
+/// A backend owns buffers and executes graphs over them.
+///
+/// Contract:
+/// - buffers hold `desc.byte_size()` bytes of `desc.dtype` as seen by `upload`/`download`
+///   (little-endian); a backend may store them differently inside (the CPU backend keeps
+///   BF16 weights as f32, a GPU backend may repack MXFP4);
+/// - `execute` receives a graph that passed [`Graph::validate`]; it reads Weight/Input values,
+///   writes Output values, updates State values in place and manages Temp values itself;
+/// - errors are returned, never panicked.
+pub trait Backend: Send {
+    fn name(&self) -> &str;
+
+    /// Devices this backend sees and how well it would run on them.
+    fn probe(&self) -> ProbeReport;
+
+    fn alloc(&mut self, desc: &TensorDesc) -> Result<BufferId>;
+
+    fn free(&mut self, id: BufferId) -> Result<()>;
+
+    /// Copy `data` (exactly `desc.byte_size()` bytes) into the buffer.
+    fn upload(&mut self, id: BufferId, data: &[u8]) -> Result<()>;
+
+    /// The buffer's contents as `desc.byte_size()` bytes of its dtype.
+    fn download(&mut self, id: BufferId) -> Result<Vec<u8>>;
+
+    /// Load one named weight. The default allocates and uploads; a backend may instead
+    /// repack, keep MXFP4 packed, or dequantize here.
+    fn load_weight(&mut self, name: &str, desc: &TensorDesc, data: &[u8]) -> Result<BufferId> {
+        let _ = name;
+        let id = self.alloc(desc)?;
+        self.upload(id, data)?;
+        Ok(id)
+    }
+
+    fn execute(&mut self, graph: &Graph) -> Result<()>;
+}
