@@ -1,1 +1,24 @@
-//! cpu backend.
+//! The exact f32 reference backend of gptoss.
+//!
+//! [`CpuKernels`] supplies one [`HostKernel`](gptoss_core::host::HostKernel) per graph op;
+//! [`HostExecutor`] owns the buffers and walks the graph. All arithmetic is plain f32 (no
+//! intermediate bf16 rounding), matching transformers run in float32. Work that matters
+//! (matmuls, attention, experts) runs on a dedicated rayon thread pool owned by the kernels,
+//! so the global rayon pool is left alone.
+
+pub mod kernels;
+pub mod math;
+mod pool;
+
+use gptoss_core::host::HostExecutor;
+
+pub use kernels::CpuKernels;
+pub use pool::Pool;
+
+/// The CPU backend: the shared host executor driving the CPU kernels.
+pub type CpuBackend = HostExecutor<CpuKernels>;
+
+/// A CPU backend on `threads` worker threads (0 = one per available core).
+pub fn cpu_backend(threads: usize) -> CpuBackend {
+    HostExecutor::new("cpu", CpuKernels::new(threads))
+}
