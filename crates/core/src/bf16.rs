@@ -12,12 +12,18 @@ pub fn to_f32(bits: u16) -> f32 {
 
 /// Little-endian bf16 bytes -> f32 values (exact).
 pub fn bytes_to_f32(bytes: &[u8]) -> Vec<f32> {
-    bytes.chunks_exact(2).map(|b| to_f32(u16::from_le_bytes([b[0], b[1]]))).collect()
+    bytes
+        .chunks_exact(2)
+        .map(|b| to_f32(u16::from_le_bytes([b[0], b[1]])))
+        .collect()
 }
 
 /// f32 values -> little-endian bf16 bytes (rounded to nearest even).
 pub fn f32_to_bytes(values: &[f32]) -> Vec<u8> {
-    values.iter().flat_map(|v| from_f32(*v).to_le_bytes()).collect()
+    values
+        .iter()
+        .flat_map(|v| from_f32(*v).to_le_bytes())
+        .collect()
 }
 
 #[cfg(test)]

@@ -27,7 +27,12 @@ impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             backend: "auto".into(),
-            preference: vec!["cuda-mxfp4".into(), "cuda-bf16".into(), "wgpu".into(), "cpu".into()],
+            preference: vec![
+                "cuda-mxfp4".into(),
+                "cuda-bf16".into(),
+                "wgpu".into(),
+                "cpu".into(),
+            ],
             plugin_dirs: Vec::new(),
             threads: 0,
             max_context: 4096,
@@ -37,11 +42,15 @@ impl Default for EngineConfig {
 
 impl EngineConfig {
     pub fn parse(text: &str, path: &Path) -> Result<Self> {
-        toml::from_str(text).map_err(|e| Error::Config { path: path.to_path_buf(), reason: e.to_string().trim_end().to_string() })
+        toml::from_str(text).map_err(|e| Error::Config {
+            path: path.to_path_buf(),
+            reason: e.to_string().trim_end().to_string(),
+        })
     }
 
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, format!("cannot read config: {e}")))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::file(path, format!("cannot read config: {e}")))?;
         Self::parse(&text, path)
     }
 }
@@ -53,18 +62,28 @@ mod tests {
     #[test]
     fn shipped_default_parses_and_equals_built_in_defaults() {
         let text = include_str!("../../../config/default.toml");
-        assert_eq!(EngineConfig::parse(text, Path::new("config/default.toml")).unwrap(), EngineConfig::default());
+        assert_eq!(
+            EngineConfig::parse(text, Path::new("config/default.toml")).unwrap(),
+            EngineConfig::default()
+        );
     }
 
     #[test]
     fn unknown_key_is_named_with_its_line() {
-        let err = EngineConfig::parse("backend = \"cpu\"\nbakend = \"x\"\n", Path::new("my.toml")).unwrap_err().to_string();
-        assert!(err.contains("my.toml") && err.contains("bakend") && err.contains("line 2"), "{err}");
+        let err = EngineConfig::parse("backend = \"cpu\"\nbakend = \"x\"\n", Path::new("my.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("my.toml") && err.contains("bakend") && err.contains("line 2"),
+            "{err}"
+        );
     }
 
     #[test]
     fn wrong_type_is_named() {
-        let err = EngineConfig::parse("threads = \"many\"\n", Path::new("c.toml")).unwrap_err().to_string();
+        let err = EngineConfig::parse("threads = \"many\"\n", Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("threads") || err.contains("line 1"), "{err}");
         assert!(err.contains("line 1"), "{err}");
     }

@@ -48,18 +48,33 @@ pub enum Error {
 
 impl Error {
     pub fn tensor(name: impl Into<String>, reason: impl Into<String>) -> Self {
-        Error::Tensor { name: name.into(), reason: reason.into() }
+        Error::Tensor {
+            name: name.into(),
+            reason: reason.into(),
+        }
     }
     pub fn format(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
-        Error::Format { path: path.into(), reason: reason.into() }
+        Error::Format {
+            path: path.into(),
+            reason: reason.into(),
+        }
     }
     pub fn file(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
-        Error::File { path: path.into(), reason: reason.into() }
+        Error::File {
+            path: path.into(),
+            reason: reason.into(),
+        }
     }
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Error::Io { context: context.into(), source }
+        Error::Io {
+            context: context.into(),
+            source,
+        }
     }
     pub fn backend(name: impl Into<String>, reason: impl Into<String>) -> Self {
-        Error::Backend { name: name.into(), reason: reason.into() }
+        Error::Backend {
+            name: name.into(),
+            reason: reason.into(),
+        }
     }
 }

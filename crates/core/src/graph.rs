@@ -53,7 +53,13 @@ pub enum Op {
     /// out: o [T, NQ*D], k_cache [C, NKV*D] (State), v_cache [C, NKV*D] (State)
     /// k/v of position p are written to cache row p; query at p sees cached keys j <= p,
     /// and with `window > 0` only j > p - window.
-    Attention { heads: u32, kv_heads: u32, head_dim: u32, window: u32, scale: f32 },
+    Attention {
+        heads: u32,
+        kv_heads: u32,
+        head_dim: u32,
+        window: u32,
+        scale: f32,
+    },
     /// in: logits [T, E] -> out: ids [T, k] I32 (descending value, ties to the lower index),
     /// weights [T, k] F32 = softmax over the k selected logits
     TopKSoftmax { k: u32 },
@@ -110,24 +116,44 @@ impl Graph {
         &self.values[id.0 as usize]
     }
 
-    pub fn add_value(&mut self, name: impl Into<String>, desc: TensorDesc, kind: ValueKind) -> ValueId {
-        self.values.push(Value { name: name.into(), desc, kind });
+    pub fn add_value(
+        &mut self,
+        name: impl Into<String>,
+        desc: TensorDesc,
+        kind: ValueKind,
+    ) -> ValueId {
+        self.values.push(Value {
+            name: name.into(),
+            desc,
+            kind,
+        });
         ValueId(self.values.len() as u32 - 1)
     }
 
     pub fn push(&mut self, op: Op, inputs: Vec<ValueId>, outputs: Vec<ValueId>) {
-        self.nodes.push(Node { op, inputs, outputs });
+        self.nodes.push(Node {
+            op,
+            inputs,
+            outputs,
+        });
     }
 
     /// Check every node's arity, shapes and dtypes, and that each temp is written before it
     /// is read. A backend may rely on a validated graph.
     pub fn validate(&self) -> Result<()> {
-        let mut written: Vec<bool> =
-            self.values.iter().map(|v| !matches!(v.kind, ValueKind::Temp | ValueKind::Output(_))).collect();
+        let mut written: Vec<bool> = self
+            .values
+            .iter()
+            .map(|v| !matches!(v.kind, ValueKind::Temp | ValueKind::Output(_)))
+            .collect();
         for (n, node) in self.nodes.iter().enumerate() {
             for id in node.inputs.iter().chain(&node.outputs) {
                 if id.0 as usize >= self.values.len() {
-                    return Err(Error::Graph(format!("node {n} ({}) refers to missing value {}", node.op.name(), id.0)));
+                    return Err(Error::Graph(format!(
+                        "node {n} ({}) refers to missing value {}",
+                        node.op.name(),
+                        id.0
+                    )));
                 }
             }
             for id in &node.inputs {
@@ -140,11 +166,19 @@ impl Graph {
                 }
             }
             for id in &node.outputs {
-                if matches!(self.value(*id).kind, ValueKind::Weight(_) | ValueKind::Input(_)) {
-                    return Err(Error::Graph(format!("node {n} ({}) writes read-only '{}'", node.op.name(), self.value(*id).name)));
+                if matches!(
+                    self.value(*id).kind,
+                    ValueKind::Weight(_) | ValueKind::Input(_)
+                ) {
+                    return Err(Error::Graph(format!(
+                        "node {n} ({}) writes read-only '{}'",
+                        node.op.name(),
+                        self.value(*id).name
+                    )));
                 }
             }
-            crate::graph_check::check_node(self, node).map_err(|e| Error::Graph(format!("node {n} ({}): {e}", node.op.name())))?;
+            crate::graph_check::check_node(self, node)
+                .map_err(|e| Error::Graph(format!("node {n} ({}): {e}", node.op.name())))?;
             for id in &node.outputs {
                 written[id.0 as usize] = true;
             }

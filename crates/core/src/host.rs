@@ -33,23 +33,42 @@ impl HostTensor {
             DType::I32 => HostData::I32(vec![0; n]),
             DType::U8 | DType::Mxfp4Blocks | DType::E8m0Scales => HostData::Bytes(vec![0; n]),
         };
-        HostTensor { name: name.into(), desc, data }
+        HostTensor {
+            name: name.into(),
+            desc,
+            data,
+        }
     }
 
     pub fn from_f32(name: impl Into<String>, shape: impl Into<crate::Shape>, v: Vec<f32>) -> Self {
-        HostTensor { name: name.into(), desc: TensorDesc::new(DType::F32, shape), data: HostData::F32(v) }
+        HostTensor {
+            name: name.into(),
+            desc: TensorDesc::new(DType::F32, shape),
+            data: HostData::F32(v),
+        }
     }
 
     pub fn from_i32(name: impl Into<String>, shape: impl Into<crate::Shape>, v: Vec<i32>) -> Self {
-        HostTensor { name: name.into(), desc: TensorDesc::new(DType::I32, shape), data: HostData::I32(v) }
+        HostTensor {
+            name: name.into(),
+            desc: TensorDesc::new(DType::I32, shape),
+            data: HostData::I32(v),
+        }
     }
 
     pub fn from_bytes(name: impl Into<String>, desc: TensorDesc, v: Vec<u8>) -> Self {
-        HostTensor { name: name.into(), desc, data: HostData::Bytes(v) }
+        HostTensor {
+            name: name.into(),
+            desc,
+            data: HostData::Bytes(v),
+        }
     }
 
     fn kind_error(&self, want: &str) -> Error {
-        Error::tensor(&self.name, format!("expected {want} data, tensor is {}", self.desc))
+        Error::tensor(
+            &self.name,
+            format!("expected {want} data, tensor is {}", self.desc),
+        )
     }
 
     pub fn f32(&self) -> Result<&[f32]> {
@@ -94,16 +113,31 @@ impl HostTensor {
         if data.len() != self.desc.byte_size() {
             return Err(Error::tensor(
                 &self.name,
-                format!("upload of {} bytes into a {} buffer of {} bytes", data.len(), self.desc, self.desc.byte_size()),
+                format!(
+                    "upload of {} bytes into a {} buffer of {} bytes",
+                    data.len(),
+                    self.desc,
+                    self.desc.byte_size()
+                ),
             ));
         }
         self.data = match self.desc.dtype {
-            DType::F32 => HostData::F32(data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()),
+            DType::F32 => HostData::F32(
+                data.chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+            ),
             DType::BF16 => HostData::F32(bf16::bytes_to_f32(data)),
             DType::F16 => HostData::F32(
-                data.chunks_exact(2).map(|b| half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()).collect(),
+                data.chunks_exact(2)
+                    .map(|b| half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
+                    .collect(),
             ),
-            DType::I32 => HostData::I32(data.chunks_exact(4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()),
+            DType::I32 => HostData::I32(
+                data.chunks_exact(4)
+                    .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+            ),
             DType::U8 | DType::Mxfp4Blocks | DType::E8m0Scales => HostData::Bytes(data.to_vec()),
         };
         Ok(())
@@ -113,7 +147,10 @@ impl HostTensor {
     pub fn to_bytes(&self) -> Vec<u8> {
         match (&self.data, self.desc.dtype) {
             (HostData::F32(v), DType::BF16) => bf16::f32_to_bytes(v),
-            (HostData::F32(v), DType::F16) => v.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect(),
+            (HostData::F32(v), DType::F16) => v
+                .iter()
+                .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+                .collect(),
             (HostData::F32(v), _) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             (HostData::I32(v), _) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             (HostData::Bytes(v), _) => v.clone(),
@@ -142,12 +179,19 @@ pub struct HostExecutor<K: HostKernels> {
 
 impl<K: HostKernels> HostExecutor<K> {
     pub fn new(name: impl Into<String>, kernels: K) -> Self {
-        HostExecutor { name: name.into(), kernels, buffers: HashMap::new(), next_id: 1 }
+        HostExecutor {
+            name: name.into(),
+            kernels,
+            buffers: HashMap::new(),
+            next_id: 1,
+        }
     }
 
     fn buffer_mut(&mut self, id: BufferId) -> Result<&mut HostTensor> {
         let name = self.name.clone();
-        self.buffers.get_mut(&id).ok_or_else(|| Error::backend(name, format!("unknown buffer {}", id.0)))
+        self.buffers
+            .get_mut(&id)
+            .ok_or_else(|| Error::backend(name, format!("unknown buffer {}", id.0)))
     }
 }
 
@@ -169,12 +213,18 @@ impl<K: HostKernels> Backend for HostExecutor<K> {
     fn alloc(&mut self, desc: &TensorDesc) -> Result<BufferId> {
         let id = BufferId(self.next_id);
         self.next_id += 1;
-        self.buffers.insert(id, HostTensor::zeros(format!("buffer {}", id.0), desc.clone()));
+        self.buffers.insert(
+            id,
+            HostTensor::zeros(format!("buffer {}", id.0), desc.clone()),
+        );
         Ok(id)
     }
 
     fn free(&mut self, id: BufferId) -> Result<()> {
-        self.buffers.remove(&id).map(|_| ()).ok_or_else(|| Error::backend(&self.name, format!("free of unknown buffer {}", id.0)))
+        self.buffers
+            .remove(&id)
+            .map(|_| ())
+            .ok_or_else(|| Error::backend(&self.name, format!("free of unknown buffer {}", id.0)))
     }
 
     fn upload(&mut self, id: BufferId, data: &[u8]) -> Result<()> {
@@ -196,15 +246,35 @@ impl<K: HostKernels> Backend for HostExecutor<K> {
     fn execute(&mut self, graph: &Graph) -> Result<()> {
         graph.validate()?;
         let slot = |v: usize| match graph.values[v].kind {
-            ValueKind::Weight(b) | ValueKind::Input(b) | ValueKind::State(b) | ValueKind::Output(b) => Slot::Buffer(b),
+            ValueKind::Weight(b)
+            | ValueKind::Input(b)
+            | ValueKind::State(b)
+            | ValueKind::Output(b) => Slot::Buffer(b),
             ValueKind::Temp => Slot::Temp(v),
         };
         // Bound buffers must match the graph's description of them.
         for v in &graph.values {
-            if let ValueKind::Weight(b) | ValueKind::Input(b) | ValueKind::State(b) | ValueKind::Output(b) = v.kind {
-                let t = self.buffers.get(&b).ok_or_else(|| Error::backend(&self.name, format!("'{}' is bound to unknown buffer {}", v.name, b.0)))?;
-                if t.desc.shape != v.desc.shape || (t.desc.dtype != v.desc.dtype && !(t.desc.dtype.size() == v.desc.dtype.size() && t.desc.dtype.is_byte_packed() && v.desc.dtype.is_byte_packed())) {
-                    return Err(Error::tensor(&v.name, format!("graph says {}, its buffer holds {}", v.desc, t.desc)));
+            if let ValueKind::Weight(b)
+            | ValueKind::Input(b)
+            | ValueKind::State(b)
+            | ValueKind::Output(b) = v.kind
+            {
+                let t = self.buffers.get(&b).ok_or_else(|| {
+                    Error::backend(
+                        &self.name,
+                        format!("'{}' is bound to unknown buffer {}", v.name, b.0),
+                    )
+                })?;
+                if t.desc.shape != v.desc.shape
+                    || (t.desc.dtype != v.desc.dtype
+                        && !(t.desc.dtype.size() == v.desc.dtype.size()
+                            && t.desc.dtype.is_byte_packed()
+                            && v.desc.dtype.is_byte_packed()))
+                {
+                    return Err(Error::tensor(
+                        &v.name,
+                        format!("graph says {}, its buffer holds {}", v.desc, t.desc),
+                    ));
                 }
             }
         }
@@ -229,16 +299,28 @@ impl<K: HostKernels> Backend for HostExecutor<K> {
                 let mut ins: Vec<&HostTensor> = Vec::with_capacity(node.inputs.len());
                 for id in &node.inputs {
                     ins.push(match slot(id.0 as usize) {
-                        Slot::Temp(t) => temps[t].as_ref().ok_or_else(|| Error::Graph(format!("'{}' read after it was freed", graph.values[t].name)))?,
+                        Slot::Temp(t) => temps[t].as_ref().ok_or_else(|| {
+                            Error::Graph(format!(
+                                "'{}' read after it was freed",
+                                graph.values[t].name
+                            ))
+                        })?,
                         Slot::Buffer(b) => self.buffers.get(&b).ok_or_else(|| {
-                            Error::Graph(format!("'{}' is both read and written by {}", graph.values[id.0 as usize].name, node.op.name()))
+                            Error::Graph(format!(
+                                "'{}' is both read and written by {}",
+                                graph.values[id.0 as usize].name,
+                                node.op.name()
+                            ))
                         })?,
                     });
                 }
                 let mut out_refs: Vec<&mut HostTensor> = outs.iter_mut().collect();
                 match self.kernels.kernel(&node.op) {
                     Some(k) => k.run(&node.op, &ins, &mut out_refs),
-                    None => Err(Error::Unsupported { backend: self.name.clone(), what: format!("op '{}'", node.op.name()) }),
+                    None => Err(Error::Unsupported {
+                        backend: self.name.clone(),
+                        what: format!("op '{}'", node.op.name()),
+                    }),
                 }
             };
             // Put bound buffers back even when the kernel failed, so nothing is lost.
@@ -252,7 +334,14 @@ impl<K: HostKernels> Backend for HostExecutor<K> {
             }
             result.map_err(|e| match e {
                 Error::Unsupported { .. } => e,
-                other => Error::backend(&self.name, format!("{} ({}): {other}", node.op.name(), graph.values[node.outputs[0].0 as usize].name)),
+                other => Error::backend(
+                    &self.name,
+                    format!(
+                        "{} ({}): {other}",
+                        node.op.name(),
+                        graph.values[node.outputs[0].0 as usize].name
+                    ),
+                ),
             })?;
             for id in node.inputs.iter().chain(&node.outputs) {
                 if last_use[id.0 as usize] == n {

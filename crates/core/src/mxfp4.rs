@@ -37,7 +37,11 @@ pub fn decode_block(block: &[u8], scale: u8, out: &mut [f32]) {
 /// `out` receives `groups * 32` values.
 pub fn decode_row(blocks: &[u8], scales: &[u8], out: &mut [f32]) {
     for (g, s) in scales.iter().enumerate() {
-        decode_block(&blocks[g * BLOCK_BYTES..(g + 1) * BLOCK_BYTES], *s, &mut out[g * BLOCK_VALUES..(g + 1) * BLOCK_VALUES]);
+        decode_block(
+            &blocks[g * BLOCK_BYTES..(g + 1) * BLOCK_BYTES],
+            *s,
+            &mut out[g * BLOCK_VALUES..(g + 1) * BLOCK_VALUES],
+        );
     }
 }
 
@@ -47,15 +51,25 @@ mod tests {
 
     #[test]
     fn all_sixteen_codes_at_unit_scale() {
-        let expected = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0];
+        let expected = [
+            0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0,
+        ];
         for code in 0u8..16 {
             let mut block = [0u8; 16];
             block[0] = code; // low nibble -> element 0
             block[1] = code << 4; // high nibble -> element 3
             let mut out = [f32::NAN; 32];
             decode_block(&block, 127, &mut out);
-            assert_eq!(out[0].to_bits(), (expected[code as usize] as f32).to_bits(), "code {code:#x}");
-            assert_eq!(out[3].to_bits(), (expected[code as usize] as f32).to_bits(), "code {code:#x} high");
+            assert_eq!(
+                out[0].to_bits(),
+                (expected[code as usize] as f32).to_bits(),
+                "code {code:#x}"
+            );
+            assert_eq!(
+                out[3].to_bits(),
+                (expected[code as usize] as f32).to_bits(),
+                "code {code:#x} high"
+            );
             assert_eq!(out[1], 0.0);
             assert_eq!(out[2], 0.0);
         }

@@ -29,7 +29,9 @@ impl RopeParams {
         let d = self.head_dim as usize;
         let half = d / 2;
         // pos_freqs = base ** (arange(0, d, 2) / d), all f32
-        let pos_freq: Vec<f32> = (0..half).map(|i| self.theta.powf((2 * i) as f32 / d as f32)).collect();
+        let pos_freq: Vec<f32> = (0..half)
+            .map(|i| self.theta.powf((2 * i) as f32 / d as f32))
+            .collect();
         let Some(y) = self.yarn else {
             return pos_freq.iter().map(|p| 1.0 / p).collect();
         };
@@ -52,7 +54,8 @@ impl RopeParams {
         let d = self.head_dim as f64;
         let base = self.theta as f64;
         let orig = y.original_max_position_embeddings as f64;
-        let dim = |n_rot: f64| d * (orig / (n_rot * 2.0 * std::f64::consts::PI)).ln() / (2.0 * base.ln());
+        let dim =
+            |n_rot: f64| d * (orig / (n_rot * 2.0 * std::f64::consts::PI)).ln() / (2.0 * base.ln());
         let (mut low, mut high) = (dim(y.beta_fast as f64), dim(y.beta_slow as f64));
         if y.truncate {
             low = low.floor();
@@ -81,10 +84,13 @@ impl RopeParams {
     pub fn cos_sin(&self, inv_freq: &[f32], position: u32) -> (Vec<f32>, Vec<f32>) {
         let m = self.attention_scaling();
         let p = position as f32;
-        inv_freq.iter().map(|f| {
-            let a = p * f;
-            (a.cos() * m, a.sin() * m)
-        }).unzip()
+        inv_freq
+            .iter()
+            .map(|f| {
+                let a = p * f;
+                (a.cos() * m, a.sin() * m)
+            })
+            .unzip()
     }
 }
 
@@ -134,7 +140,11 @@ mod tests {
         assert_eq!(f.len(), 32);
         for (i, want) in expected {
             let rel = ((f[i] as f64 - want) / want).abs();
-            assert!(rel < 2e-6, "inv_freq[{i}] = {} want {want} (rel {rel:e})", f[i]);
+            assert!(
+                rel < 2e-6,
+                "inv_freq[{i}] = {} want {want} (rel {rel:e})",
+                f[i]
+            );
         }
     }
 
@@ -156,11 +166,20 @@ mod tests {
         let f = p.inv_freq();
         let (c, s) = p.cos_sin(&f, 1);
         let bf = |x: f32| crate::bf16::to_f32(crate::bf16::from_f32(x));
-        assert_eq!([bf(c[0]), bf(c[1]), bf(c[2]), bf(c[3])], [0.7265625, 1.0390625, 1.1953125, 1.2734375]);
-        assert_eq!([bf(s[0]), bf(s[1]), bf(s[2]), bf(s[3])], [1.1328125, 0.85546875, 0.6171875, 0.43359375]);
+        assert_eq!(
+            [bf(c[0]), bf(c[1]), bf(c[2]), bf(c[3])],
+            [0.7265625, 1.0390625, 1.1953125, 1.2734375]
+        );
+        assert_eq!(
+            [bf(s[0]), bf(s[1]), bf(s[2]), bf(s[3])],
+            [1.1328125, 0.85546875, 0.6171875, 0.43359375]
+        );
         assert_eq!(bf(c[31]), 1.34375);
         let (c, _) = p.cos_sin(&f, 4096);
-        assert_eq!([bf(c[0]), bf(c[1]), bf(c[2]), bf(c[3])], [1.0859375, 0.51953125, -1.34375, -0.134765625]);
+        assert_eq!(
+            [bf(c[0]), bf(c[1]), bf(c[2]), bf(c[3])],
+            [1.0859375, 0.51953125, -1.34375, -0.134765625]
+        );
     }
 
     #[test]

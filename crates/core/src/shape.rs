@@ -24,6 +24,12 @@ impl Shape {
     }
 }
 
+impl From<Vec<usize>> for Shape {
+    fn from(d: Vec<usize>) -> Self {
+        Shape(d)
+    }
+}
+
 impl From<&[usize]> for Shape {
     fn from(d: &[usize]) -> Self {
         Shape(d.to_vec())

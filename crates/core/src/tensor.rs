@@ -15,7 +15,10 @@ pub struct TensorDesc {
 
 impl TensorDesc {
     pub fn new(dtype: DType, shape: impl Into<Shape>) -> Self {
-        TensorDesc { dtype, shape: shape.into() }
+        TensorDesc {
+            dtype,
+            shape: shape.into(),
+        }
     }
     pub fn numel(&self) -> usize {
         self.shape.numel()

@@ -1,1 +1,19 @@
-//! gpt-oss model support.
+//! gptoss-models: everything about gpt-oss that is not arithmetic.
+//!
+//! - [`config`]: config.json of gpt-oss-20b/120b and tiny test models.
+//! - [`checkpoint`]: safetensors by mmap, single file or sharded; [`hub`]: local HF cache.
+//! - [`weights`]: the published tensor names, checked and uploaded to a backend.
+//! - [`graph_builder`]: one forward step as a graph; [`kv_cache`]: per-layer caches.
+//! - [`model`]: a loaded model, sessions, greedy generation.
+
+pub mod checkpoint;
+pub mod config;
+pub mod graph_builder;
+pub mod hub;
+pub mod kv_cache;
+pub mod model;
+pub mod weights;
+
+pub use config::GptOssConfig;
+pub use graph_builder::LogitsWanted;
+pub use model::{Model, Session};

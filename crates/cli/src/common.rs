@@ -1,0 +1,97 @@
+//! Options shared by the commands that load a model.
+
+use std::path::PathBuf;
+
+use clap::Args as ClapArgs;
+use gptoss_core::config::EngineConfig;
+use gptoss_core::{Error, Result};
+use gptoss_models::Model;
+
+use crate::{backend_select, progress};
+
+#[derive(ClapArgs, Debug)]
+pub struct ModelArgs {
+    /// Model folder, or a Hugging Face id already in the local cache (e.g. openai/gpt-oss-20b).
+    #[arg(long, short = 'm')]
+    pub model: String,
+    /// Backend to run on: "auto" or a name (see `gptoss backends`). Default from the config file.
+    #[arg(long, short = 'b')]
+    pub backend: Option<String>,
+    /// Engine config file (TOML); default $GPTOSS_CONFIG if set, else built-in defaults.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// CPU threads for the cpu backend (0 = all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+impl ModelArgs {
+    pub fn engine_config(&self) -> Result<EngineConfig> {
+        let path = self
+            .config
+            .clone()
+            .or_else(|| std::env::var_os("GPTOSS_CONFIG").map(PathBuf::from));
+        let mut cfg = match path {
+            Some(p) => EngineConfig::load(&p)?,
+            None => EngineConfig::default(),
+        };
+        if let Some(b) = &self.backend {
+            cfg.backend = b.clone();
+        }
+        if let Some(t) = self.threads {
+            cfg.threads = t;
+        }
+        Ok(cfg)
+    }
+
+    /// Resolve the model, pick the backend, load the weights with a progress line on stderr.
+    pub fn load(&self) -> Result<(Model, EngineConfig)> {
+        let cfg = self.engine_config()?;
+        let dir = gptoss_models::hub::resolve_model_dir(&self.model)?;
+        let backend = backend_select::open(&cfg)?;
+        let mut bar =
+            progress::Progress::new(format!("loading {} on {}", dir.display(), backend.name()));
+        let model = Model::load(&dir, backend, &mut |done, total| bar.update(done, total))?;
+        bar.finish();
+        Ok((model, cfg))
+    }
+}
+
+/// Parse "1,2,3" into token ids.
+pub fn parse_tokens(s: &str) -> Result<Vec<u32>> {
+    let ids: Result<Vec<u32>> = s
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| t.parse::<u32>().map_err(|_| Error::Input(format!("--tokens: '{t}' is not a token id (expected comma-separated non-negative integers)"))))
+        .collect();
+    let ids = ids?;
+    if ids.is_empty() {
+        return Err(Error::Input(
+            "--tokens is empty: give at least one token id, e.g. --tokens 1,2,3".into(),
+        ));
+    }
+    Ok(ids)
+}
+
+/// The KV capacity for a run that needs `needed` positions, refused up front when it exceeds
+/// the configured `max_context` or the model's own limit.
+pub fn context_for(
+    cfg: &EngineConfig,
+    model: &gptoss_models::GptOssConfig,
+    needed: usize,
+) -> Result<usize> {
+    let model_max = model.max_position_embeddings;
+    if needed > model_max {
+        return Err(Error::Input(format!(
+            "{needed} positions requested, but this model's context is {model_max} tokens"
+        )));
+    }
+    if cfg.max_context != 0 && needed > cfg.max_context {
+        return Err(Error::Input(format!(
+            "{needed} positions requested (prompt + new tokens), more than max_context = {}; raise max_context in the config file",
+            cfg.max_context
+        )));
+    }
+    Ok(needed)
+}

@@ -1,0 +1,271 @@
+//! Builds the graph of one gpt-oss forward step (GPTOSS-SPEC.md section 4).
+//!
+//! Intermediates are named per layer (`attn_norm.3`, `resid_ffn.3`, ...) so a dump diffs
+//! against transformers' hidden states.
+
+use gptoss_core::graph::{Op, ValueKind};
+use gptoss_core::{BufferId, DType, Graph, TensorDesc, ValueId};
+
+use crate::config::{GptOssConfig, SWIGLU_ALPHA};
+use crate::kv_cache::KvCache;
+use crate::weights::ModelWeights;
+
+/// Which logits the step produces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogitsWanted {
+    /// `[T, V]`: every position (prefill checks, `gptoss logits`).
+    All,
+    /// `[1, V]`: the last position only (generation).
+    Last,
+}
+
+/// Buffers the host binds for one step.
+#[derive(Debug, Clone, Copy)]
+pub struct StepIo {
+    pub ids: BufferId,       // [T] I32
+    pub positions: BufferId, // [T] I32
+    pub logits: BufferId,    // [T or 1, V] F32
+}
+
+struct Builder<'a> {
+    g: Graph,
+    cfg: &'a GptOssConfig,
+    t: usize,
+}
+
+impl Builder<'_> {
+    fn weight(&mut self, name: String, dtype: DType, shape: Vec<usize>, buf: BufferId) -> ValueId {
+        self.g
+            .add_value(name, TensorDesc::new(dtype, shape), ValueKind::Weight(buf))
+    }
+    fn temp(&mut self, name: String, shape: Vec<usize>) -> ValueId {
+        self.g
+            .add_value(name, TensorDesc::new(DType::F32, shape), ValueKind::Temp)
+    }
+    fn temp_i32(&mut self, name: String, shape: Vec<usize>) -> ValueId {
+        self.g
+            .add_value(name, TensorDesc::new(DType::I32, shape), ValueKind::Temp)
+    }
+    fn op(
+        &mut self,
+        op: Op,
+        inputs: Vec<ValueId>,
+        out_name: String,
+        out_shape: Vec<usize>,
+    ) -> ValueId {
+        let out = self.temp(out_name, out_shape);
+        self.g.push(op, inputs, vec![out]);
+        out
+    }
+    fn rms_norm(&mut self, x: ValueId, w: ValueId, name: String) -> ValueId {
+        let eps = self.cfg.rms_norm_eps as f32;
+        self.op(
+            Op::RmsNorm { eps },
+            vec![x, w],
+            name,
+            vec![self.t, self.cfg.hidden_size],
+        )
+    }
+    fn linear(
+        &mut self,
+        x: ValueId,
+        w: ValueId,
+        b: Option<ValueId>,
+        name: String,
+        out: usize,
+    ) -> ValueId {
+        let mut ins = vec![x, w];
+        ins.extend(b);
+        self.op(Op::Linear, ins, name, vec![self.t, out])
+    }
+}
+
+/// The graph of one step over `n_tokens` new tokens, reading and extending `cache`.
+pub fn build_step(
+    cfg: &GptOssConfig,
+    w: &ModelWeights,
+    cache: &KvCache,
+    n_tokens: usize,
+    io: StepIo,
+    wanted: LogitsWanted,
+) -> Graph {
+    let (h, v, e, i) = (
+        cfg.hidden_size,
+        cfg.vocab_size,
+        cfg.num_local_experts,
+        cfg.intermediate_size,
+    );
+    let (nq, nkv, d) = (
+        cfg.num_attention_heads,
+        cfg.num_key_value_heads,
+        cfg.head_dim,
+    );
+    let f = w.float_dtype;
+    let mut b = Builder {
+        g: Graph::new(),
+        cfg,
+        t: n_tokens,
+    };
+    let t = n_tokens;
+
+    let ids = b.g.add_value(
+        "ids",
+        TensorDesc::new(DType::I32, [t]),
+        ValueKind::Input(io.ids),
+    );
+    let pos = b.g.add_value(
+        "positions",
+        TensorDesc::new(DType::I32, [t]),
+        ValueKind::Input(io.positions),
+    );
+    let embed = b.weight("model.embed_tokens.weight".into(), f, vec![v, h], w.embed);
+    let mut x = b.op(Op::Embed, vec![embed, ids], "embed".into(), vec![t, h]);
+    let rope = cfg.rope_params();
+    let cache_desc = KvCache::desc(cfg, cache.capacity, cache.dtype);
+
+    for (l, lw) in w.layers.iter().enumerate() {
+        let p = format!("model.layers.{l}.");
+        let a = format!("{p}self_attn.");
+        let xp = format!("{p}mlp.experts.");
+
+        let norm_w = b.weight(
+            format!("{p}input_layernorm.weight"),
+            f,
+            vec![h],
+            lw.input_norm,
+        );
+        let hn = b.rms_norm(x, norm_w, format!("attn_norm.{l}"));
+        let q_w = b.weight(format!("{a}q_proj.weight"), f, vec![nq * d, h], lw.q_w);
+        let q_b = b.weight(format!("{a}q_proj.bias"), f, vec![nq * d], lw.q_b);
+        let k_w = b.weight(format!("{a}k_proj.weight"), f, vec![nkv * d, h], lw.k_w);
+        let k_b = b.weight(format!("{a}k_proj.bias"), f, vec![nkv * d], lw.k_b);
+        let v_w = b.weight(format!("{a}v_proj.weight"), f, vec![nkv * d, h], lw.v_w);
+        let v_b = b.weight(format!("{a}v_proj.bias"), f, vec![nkv * d], lw.v_b);
+        let q = b.linear(hn, q_w, Some(q_b), format!("q.{l}"), nq * d);
+        let k = b.linear(hn, k_w, Some(k_b), format!("k.{l}"), nkv * d);
+        let vv = b.linear(hn, v_w, Some(v_b), format!("v.{l}"), nkv * d);
+        let q = b.op(
+            Op::Rope {
+                params: rope,
+                heads: nq as u32,
+            },
+            vec![q, pos],
+            format!("q_rope.{l}"),
+            vec![t, nq * d],
+        );
+        let k = b.op(
+            Op::Rope {
+                params: rope,
+                heads: nkv as u32,
+            },
+            vec![k, pos],
+            format!("k_rope.{l}"),
+            vec![t, nkv * d],
+        );
+
+        let sinks = b.weight(format!("{a}sinks"), f, vec![nq], lw.sinks);
+        let (kc_buf, vc_buf) = cache.layers[l];
+        let kc = b.g.add_value(
+            format!("k_cache.{l}"),
+            cache_desc.clone(),
+            ValueKind::State(kc_buf),
+        );
+        let vc = b.g.add_value(
+            format!("v_cache.{l}"),
+            cache_desc.clone(),
+            ValueKind::State(vc_buf),
+        );
+        let attn = b.temp(format!("attn.{l}"), vec![t, nq * d]);
+        let op = Op::Attention {
+            heads: nq as u32,
+            kv_heads: nkv as u32,
+            head_dim: d as u32,
+            window: cfg.layer_window(l),
+            scale: cfg.attention_scale(),
+        };
+        b.g.push(op, vec![q, k, vv, sinks, pos], vec![attn, kc, vc]);
+        let o_w = b.weight(format!("{a}o_proj.weight"), f, vec![h, nq * d], lw.o_w);
+        let o_b = b.weight(format!("{a}o_proj.bias"), f, vec![h], lw.o_b);
+        let o = b.linear(attn, o_w, Some(o_b), format!("attn_out.{l}"), h);
+        x = b.op(Op::Add, vec![x, o], format!("resid_attn.{l}"), vec![t, h]);
+
+        let post_w = b.weight(
+            format!("{p}post_attention_layernorm.weight"),
+            f,
+            vec![h],
+            lw.post_norm,
+        );
+        let hn = b.rms_norm(x, post_w, format!("ffn_norm.{l}"));
+        let r_w = b.weight(format!("{p}mlp.router.weight"), f, vec![e, h], lw.router_w);
+        let r_b = b.weight(format!("{p}mlp.router.bias"), f, vec![e], lw.router_b);
+        let router = b.linear(hn, r_w, Some(r_b), format!("router_logits.{l}"), e);
+        let k_top = cfg.num_experts_per_tok;
+        let sel = b.temp_i32(format!("expert_ids.{l}"), vec![t, k_top]);
+        let sel_w = b.temp(format!("expert_weights.{l}"), vec![t, k_top]);
+        b.g.push(
+            Op::TopKSoftmax { k: k_top as u32 },
+            vec![router],
+            vec![sel, sel_w],
+        );
+        let gub = b.weight(
+            format!("{xp}gate_up_proj_blocks"),
+            DType::Mxfp4Blocks,
+            vec![e, 2 * i, h / 32, 16],
+            lw.gate_up_blocks,
+        );
+        let gus = b.weight(
+            format!("{xp}gate_up_proj_scales"),
+            DType::E8m0Scales,
+            vec![e, 2 * i, h / 32],
+            lw.gate_up_scales,
+        );
+        let gbias = b.weight(
+            format!("{xp}gate_up_proj_bias"),
+            f,
+            vec![e, 2 * i],
+            lw.gate_up_bias,
+        );
+        let dnb = b.weight(
+            format!("{xp}down_proj_blocks"),
+            DType::Mxfp4Blocks,
+            vec![e, h, i / 32, 16],
+            lw.down_blocks,
+        );
+        let dns = b.weight(
+            format!("{xp}down_proj_scales"),
+            DType::E8m0Scales,
+            vec![e, h, i / 32],
+            lw.down_scales,
+        );
+        let dbias = b.weight(format!("{xp}down_proj_bias"), f, vec![e, h], lw.down_bias);
+        let moe = Op::MoeMxfp4 {
+            swiglu_limit: cfg.swiglu_limit as f32,
+            alpha: SWIGLU_ALPHA,
+        };
+        let m = b.op(
+            moe,
+            vec![hn, sel, sel_w, gub, gus, gbias, dnb, dns, dbias],
+            format!("moe_out.{l}"),
+            vec![t, h],
+        );
+        x = b.op(Op::Add, vec![x, m], format!("resid_ffn.{l}"), vec![t, h]);
+    }
+
+    let norm_w = b.weight("model.norm.weight".into(), f, vec![h], w.norm);
+    let mut xn = b.rms_norm(x, norm_w, "final_norm".into());
+    let rows = match wanted {
+        LogitsWanted::All => t,
+        LogitsWanted::Last => {
+            xn = b.op(Op::LastRow, vec![xn], "final_norm.last".into(), vec![1, h]);
+            1
+        }
+    };
+    let lm = b.weight("lm_head.weight".into(), f, vec![v, h], w.lm_head);
+    let logits = b.g.add_value(
+        "logits",
+        TensorDesc::new(DType::F32, [rows, v]),
+        ValueKind::Output(io.logits),
+    );
+    b.g.push(Op::Linear, vec![xn, lm], vec![logits]);
+    b.g
+}

@@ -1,0 +1,52 @@
+//! Per-layer key/value caches held by the backend, so decoding reuses earlier positions.
+
+use gptoss_core::{Backend, BufferId, DType, Result, TensorDesc};
+
+use crate::config::GptOssConfig;
+
+/// Keys and values of every layer, one row per position: `[capacity, kv_heads * head_dim]`.
+#[derive(Debug)]
+pub struct KvCache {
+    pub layers: Vec<(BufferId, BufferId)>,
+    pub capacity: usize,
+    pub dtype: DType,
+}
+
+impl KvCache {
+    pub fn desc(cfg: &GptOssConfig, capacity: usize, dtype: DType) -> TensorDesc {
+        TensorDesc::new(dtype, [capacity, cfg.num_key_value_heads * cfg.head_dim])
+    }
+
+    pub fn alloc(
+        backend: &mut dyn Backend,
+        cfg: &GptOssConfig,
+        capacity: usize,
+        dtype: DType,
+    ) -> Result<KvCache> {
+        let desc = Self::desc(cfg, capacity, dtype);
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for _ in 0..cfg.num_hidden_layers {
+            let k = backend.alloc(&desc)?;
+            let v = backend.alloc(&desc)?;
+            layers.push((k, v));
+        }
+        Ok(KvCache {
+            layers,
+            capacity,
+            dtype,
+        })
+    }
+
+    pub fn free(self, backend: &mut dyn Backend) -> Result<()> {
+        for (k, v) in self.layers {
+            backend.free(k)?;
+            backend.free(v)?;
+        }
+        Ok(())
+    }
+
+    /// Bytes this cache occupies (for memory estimates and messages).
+    pub fn bytes(cfg: &GptOssConfig, capacity: usize, dtype: DType) -> u64 {
+        2 * cfg.num_hidden_layers as u64 * Self::desc(cfg, capacity, dtype).byte_size() as u64
+    }
+}

@@ -1,0 +1,187 @@
+//! The model's weights as backend buffers, loaded from a checkpoint by their published names.
+
+use gptoss_core::{Backend, BufferId, DType, Error, Result};
+
+use crate::checkpoint::Checkpoint;
+use crate::config::GptOssConfig;
+
+/// Buffers of one decoder layer. Shapes for gpt-oss-20b in comments.
+#[derive(Debug, Clone)]
+pub struct LayerWeights {
+    pub input_norm: BufferId,     // [H] f32/bf16
+    pub q_w: BufferId,            // [NQ*D, H]
+    pub q_b: BufferId,            // [NQ*D]
+    pub k_w: BufferId,            // [NKV*D, H]
+    pub k_b: BufferId,            // [NKV*D]
+    pub v_w: BufferId,            // [NKV*D, H]
+    pub v_b: BufferId,            // [NKV*D]
+    pub o_w: BufferId,            // [H, NQ*D]
+    pub o_b: BufferId,            // [H]
+    pub sinks: BufferId,          // [NQ]
+    pub post_norm: BufferId,      // [H]
+    pub router_w: BufferId,       // [E, H]
+    pub router_b: BufferId,       // [E]
+    pub gate_up_blocks: BufferId, // [E, 2I, H/32, 16] MXFP4
+    pub gate_up_scales: BufferId, // [E, 2I, H/32] E8M0
+    pub gate_up_bias: BufferId,   // [E, 2I]
+    pub down_blocks: BufferId,    // [E, H, I/32, 16] MXFP4
+    pub down_scales: BufferId,    // [E, H, I/32] E8M0
+    pub down_bias: BufferId,      // [E, H]
+}
+
+#[derive(Debug, Clone)]
+pub struct ModelWeights {
+    pub embed: BufferId, // [V, H]
+    pub layers: Vec<LayerWeights>,
+    pub norm: BufferId,    // [H]
+    pub lm_head: BufferId, // [V, H]
+    /// Float dtype each float tensor was stored in (BF16 in the published checkpoints).
+    pub float_dtype: DType,
+}
+
+/// One tensor the model needs: its published name, dtype and shape.
+struct Need {
+    name: String,
+    dtype: DType,
+    shape: Vec<usize>,
+}
+
+fn needs(cfg: &GptOssConfig, float: DType) -> Vec<Need> {
+    let (h, i, e, v) = (
+        cfg.hidden_size,
+        cfg.intermediate_size,
+        cfg.num_local_experts,
+        cfg.vocab_size,
+    );
+    let (q, kv) = (
+        cfg.num_attention_heads * cfg.head_dim,
+        cfg.num_key_value_heads * cfg.head_dim,
+    );
+    let n = |name: String, dtype: DType, shape: Vec<usize>| Need { name, dtype, shape };
+    let mut out = vec![n("model.embed_tokens.weight".into(), float, vec![v, h])];
+    for l in 0..cfg.num_hidden_layers {
+        let p = format!("model.layers.{l}.");
+        let a = format!("{p}self_attn.");
+        let x = format!("{p}mlp.experts.");
+        out.extend([
+            n(format!("{p}input_layernorm.weight"), float, vec![h]),
+            n(format!("{a}q_proj.weight"), float, vec![q, h]),
+            n(format!("{a}q_proj.bias"), float, vec![q]),
+            n(format!("{a}k_proj.weight"), float, vec![kv, h]),
+            n(format!("{a}k_proj.bias"), float, vec![kv]),
+            n(format!("{a}v_proj.weight"), float, vec![kv, h]),
+            n(format!("{a}v_proj.bias"), float, vec![kv]),
+            n(format!("{a}o_proj.weight"), float, vec![h, q]),
+            n(format!("{a}o_proj.bias"), float, vec![h]),
+            n(format!("{a}sinks"), float, vec![cfg.num_attention_heads]),
+            n(
+                format!("{p}post_attention_layernorm.weight"),
+                float,
+                vec![h],
+            ),
+            n(format!("{p}mlp.router.weight"), float, vec![e, h]),
+            n(format!("{p}mlp.router.bias"), float, vec![e]),
+            n(
+                format!("{x}gate_up_proj_blocks"),
+                DType::Mxfp4Blocks,
+                vec![e, 2 * i, h / 32, 16],
+            ),
+            n(
+                format!("{x}gate_up_proj_scales"),
+                DType::E8m0Scales,
+                vec![e, 2 * i, h / 32],
+            ),
+            n(format!("{x}gate_up_proj_bias"), float, vec![e, 2 * i]),
+            n(
+                format!("{x}down_proj_blocks"),
+                DType::Mxfp4Blocks,
+                vec![e, h, i / 32, 16],
+            ),
+            n(
+                format!("{x}down_proj_scales"),
+                DType::E8m0Scales,
+                vec![e, h, i / 32],
+            ),
+            n(format!("{x}down_proj_bias"), float, vec![e, h]),
+        ]);
+    }
+    out.push(n("model.norm.weight".into(), float, vec![h]));
+    out.push(n("lm_head.weight".into(), float, vec![v, h]));
+    out
+}
+
+impl ModelWeights {
+    /// Check every tensor against the config, then upload each to the backend.
+    /// `progress(done_bytes, total_bytes)` is called after each tensor.
+    pub fn load(
+        cfg: &GptOssConfig,
+        ckpt: &Checkpoint,
+        backend: &mut dyn Backend,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<ModelWeights> {
+        if ckpt.contains("model.layers.0.mlp.experts.gate_up_proj") {
+            return Err(Error::format(
+                ckpt.dir(),
+                "this checkpoint stores the experts dequantized (mlp.experts.gate_up_proj); \
+                 gptoss loads the published MXFP4 layout (gate_up_proj_blocks/_scales)",
+            ));
+        }
+        // Float tensors are BF16 in the published checkpoints; accept F32/F16 consistently.
+        let float = ckpt.get("model.embed_tokens.weight")?.desc.dtype;
+        if !matches!(float, DType::BF16 | DType::F32 | DType::F16) {
+            return Err(Error::tensor(
+                "model.embed_tokens.weight",
+                format!("dtype {float} is not a float type"),
+            ));
+        }
+        let needed = needs(cfg, float);
+        // Validate everything before the first upload: a bad checkpoint fails fast.
+        let mut total = 0u64;
+        for n in &needed {
+            total += ckpt.expect(&n.name, n.dtype, &n.shape)?.bytes.len() as u64;
+        }
+        let mut ids = Vec::with_capacity(needed.len());
+        let mut done = 0u64;
+        for n in &needed {
+            let t = ckpt.expect(&n.name, n.dtype, &n.shape)?;
+            ids.push(backend.load_weight(&n.name, &t.desc, t.bytes)?);
+            done += t.bytes.len() as u64;
+            progress(done, total);
+        }
+        let mut it = ids.into_iter();
+        let mut next = || it.next().expect("one id per needed tensor");
+        let embed = next();
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|_| LayerWeights {
+                input_norm: next(),
+                q_w: next(),
+                q_b: next(),
+                k_w: next(),
+                k_b: next(),
+                v_w: next(),
+                v_b: next(),
+                o_w: next(),
+                o_b: next(),
+                sinks: next(),
+                post_norm: next(),
+                router_w: next(),
+                router_b: next(),
+                gate_up_blocks: next(),
+                gate_up_scales: next(),
+                gate_up_bias: next(),
+                down_blocks: next(),
+                down_scales: next(),
+                down_bias: next(),
+            })
+            .collect();
+        let norm = next();
+        let lm_head = next();
+        Ok(ModelWeights {
+            embed,
+            layers,
+            norm,
+            lm_head,
+            float_dtype: float,
+        })
+    }
+}
