@@ -16,6 +16,7 @@ pub mod graph;
 mod graph_check;
 pub mod host;
 pub mod mxfp4;
+pub mod plugin;
 pub mod rope;
 pub mod shape;
 pub mod tensor;

@@ -22,3 +22,18 @@ pub type CpuBackend = HostExecutor<CpuKernels>;
 pub fn cpu_backend(threads: usize) -> CpuBackend {
     HostExecutor::new("cpu", CpuKernels::new(threads))
 }
+
+impl gptoss_core::plugin::HostPlugin for CpuKernels {
+    const NAME: &'static str = "cpu";
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    fn probe_devices() -> gptoss_core::ProbeReport {
+        gptoss_core::host::HostKernels::probe(&CpuKernels::new(1))
+    }
+    fn create(options: &gptoss_core::plugin::PluginOptions) -> gptoss_core::Result<Self> {
+        Ok(CpuKernels::new(options.threads))
+    }
+}
+
+// Built as a cdylib this crate is also the plugin libgptoss_backend_cpu.so; linked into the
+// gptoss binary as an rlib it is the built-in fallback.
+gptoss_core::export_backend!(gptoss_core::host::HostExecutor<CpuKernels>);

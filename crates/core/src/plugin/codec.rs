@@ -1,0 +1,354 @@
+//! Conversions between the core's Rust types and their C ABI forms.
+
+use super::abi::*;
+use crate::graph::{Op, ValueKind};
+use crate::rope::{RopeParams, Yarn};
+use crate::{BufferId, DType, Error, Graph, Result, Shape, TensorDesc, ValueId};
+
+pub fn desc_to_c(d: &TensorDesc) -> Result<GTensorDesc> {
+    let dims = d.shape.dims();
+    if dims.len() > 8 {
+        return Err(Error::Graph(format!(
+            "tensor of rank {} cannot cross the plugin ABI (at most 8)",
+            dims.len()
+        )));
+    }
+    let mut out = GTensorDesc {
+        dtype: d.dtype as u32,
+        rank: dims.len() as u32,
+        dims: [0; 8],
+    };
+    for (o, v) in out.dims.iter_mut().zip(dims) {
+        *o = *v as u64;
+    }
+    Ok(out)
+}
+
+pub fn desc_from_c(d: &GTensorDesc) -> Result<TensorDesc> {
+    let dtype = DType::from_u32(d.dtype)
+        .ok_or_else(|| Error::Graph(format!("unknown dtype code {}", d.dtype)))?;
+    if d.rank > 8 {
+        return Err(Error::Graph(format!("rank {} > 8", d.rank)));
+    }
+    let dims: Vec<usize> = d.dims[..d.rank as usize]
+        .iter()
+        .map(|v| *v as usize)
+        .collect();
+    Ok(TensorDesc {
+        dtype,
+        shape: Shape(dims),
+    })
+}
+
+const OP_EMBED: u32 = 0;
+const OP_RMS_NORM: u32 = 1;
+const OP_LINEAR: u32 = 2;
+const OP_ROPE: u32 = 3;
+const OP_ATTENTION: u32 = 4;
+const OP_TOPK_SOFTMAX: u32 = 5;
+const OP_MOE_MXFP4: u32 = 6;
+const OP_ADD: u32 = 7;
+const OP_LAST_ROW: u32 = 8;
+const OP_ARGMAX: u32 = 9;
+
+pub fn op_to_c(op: &Op) -> (u32, GOpParams) {
+    let mut p = GOpParams::default();
+    let code = match op {
+        Op::Embed => OP_EMBED,
+        Op::RmsNorm { eps } => {
+            p.f[0] = *eps;
+            OP_RMS_NORM
+        }
+        Op::Linear => OP_LINEAR,
+        Op::Rope { params, heads } => {
+            p.u[0] = params.head_dim;
+            p.u[1] = *heads;
+            p.f[0] = params.theta;
+            if let Some(y) = params.yarn {
+                p.u[2] = 1;
+                p.f[1] = y.factor;
+                p.f[2] = y.beta_fast;
+                p.f[3] = y.beta_slow;
+                p.u[3] = y.original_max_position_embeddings;
+                p.u[4] = y.truncate as u32;
+                if let Some(a) = y.attention_factor {
+                    p.u[5] = 1;
+                    p.f[4] = a;
+                }
+            }
+            OP_ROPE
+        }
+        Op::Attention {
+            heads,
+            kv_heads,
+            head_dim,
+            window,
+            scale,
+        } => {
+            p.u[..4].copy_from_slice(&[*heads, *kv_heads, *head_dim, *window]);
+            p.f[0] = *scale;
+            OP_ATTENTION
+        }
+        Op::TopKSoftmax { k } => {
+            p.u[0] = *k;
+            OP_TOPK_SOFTMAX
+        }
+        Op::MoeMxfp4 {
+            swiglu_limit,
+            alpha,
+        } => {
+            p.f[0] = *swiglu_limit;
+            p.f[1] = *alpha;
+            OP_MOE_MXFP4
+        }
+        Op::Add => OP_ADD,
+        Op::LastRow => OP_LAST_ROW,
+        Op::Argmax => OP_ARGMAX,
+    };
+    (code, p)
+}
+
+pub fn op_from_c(code: u32, p: &GOpParams) -> Result<Op> {
+    Ok(match code {
+        OP_EMBED => Op::Embed,
+        OP_RMS_NORM => Op::RmsNorm { eps: p.f[0] },
+        OP_LINEAR => Op::Linear,
+        OP_ROPE => Op::Rope {
+            params: RopeParams {
+                head_dim: p.u[0],
+                theta: p.f[0],
+                yarn: (p.u[2] == 1).then(|| Yarn {
+                    factor: p.f[1],
+                    beta_fast: p.f[2],
+                    beta_slow: p.f[3],
+                    original_max_position_embeddings: p.u[3],
+                    truncate: p.u[4] == 1,
+                    attention_factor: (p.u[5] == 1).then_some(p.f[4]),
+                }),
+            },
+            heads: p.u[1],
+        },
+        OP_ATTENTION => Op::Attention {
+            heads: p.u[0],
+            kv_heads: p.u[1],
+            head_dim: p.u[2],
+            window: p.u[3],
+            scale: p.f[0],
+        },
+        OP_TOPK_SOFTMAX => Op::TopKSoftmax { k: p.u[0] },
+        OP_MOE_MXFP4 => Op::MoeMxfp4 {
+            swiglu_limit: p.f[0],
+            alpha: p.f[1],
+        },
+        OP_ADD => Op::Add,
+        OP_LAST_ROW => Op::LastRow,
+        OP_ARGMAX => Op::Argmax,
+        other => {
+            return Err(Error::Graph(format!(
+                "unknown op code {other} (a newer host?)"
+            )))
+        }
+    })
+}
+
+/// A graph laid out as C arrays; owns everything the [`GGraph`] points into.
+pub struct EncodedGraph {
+    _names: Vec<String>,
+    values: Vec<GValue>,
+    _io: Vec<Vec<u32>>,
+    nodes: Vec<GNode>,
+}
+
+impl EncodedGraph {
+    pub fn new(g: &Graph) -> Result<EncodedGraph> {
+        let names: Vec<String> = g.values.iter().map(|v| v.name.clone()).collect();
+        let mut values = Vec::with_capacity(g.values.len());
+        for (v, name) in g.values.iter().zip(&names) {
+            let (kind, buffer) = match v.kind {
+                ValueKind::Weight(b) => (VALUE_WEIGHT, b.0),
+                ValueKind::Input(b) => (VALUE_INPUT, b.0),
+                ValueKind::State(b) => (VALUE_STATE, b.0),
+                ValueKind::Output(b) => (VALUE_OUTPUT, b.0),
+                ValueKind::Temp => (VALUE_TEMP, 0),
+            };
+            values.push(GValue {
+                name: GStr::new(name),
+                desc: desc_to_c(&v.desc)?,
+                kind,
+                buffer,
+            });
+        }
+        let io: Vec<Vec<u32>> = g
+            .nodes
+            .iter()
+            .flat_map(|n| {
+                [
+                    n.inputs.iter().map(|v| v.0).collect(),
+                    n.outputs.iter().map(|v| v.0).collect(),
+                ]
+            })
+            .collect();
+        let nodes = g
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let (op, params) = op_to_c(&n.op);
+                let (ins, outs) = (&io[2 * i], &io[2 * i + 1]);
+                GNode {
+                    op,
+                    params,
+                    inputs: ins.as_ptr(),
+                    n_inputs: ins.len(),
+                    outputs: outs.as_ptr(),
+                    n_outputs: outs.len(),
+                }
+            })
+            .collect();
+        Ok(EncodedGraph {
+            _names: names,
+            values,
+            _io: io,
+            nodes,
+        })
+    }
+
+    pub fn as_c(&self) -> GGraph {
+        GGraph {
+            values: self.values.as_ptr(),
+            n_values: self.values.len(),
+            nodes: self.nodes.as_ptr(),
+            n_nodes: self.nodes.len(),
+        }
+    }
+}
+
+unsafe fn slice<'a, T>(ptr: *const T, len: usize) -> &'a [T] {
+    if len == 0 {
+        &[]
+    } else {
+        std::slice::from_raw_parts(ptr, len)
+    }
+}
+
+/// Rebuild a [`Graph`] from its C form (plugin side).
+///
+/// # Safety
+/// `g` must describe arrays that are valid for the duration of the call (the host guarantees
+/// this for the graph passed to `execute`).
+pub unsafe fn graph_from_c(g: &GGraph) -> Result<Graph> {
+    let mut out = Graph::new();
+    for v in slice(g.values, g.n_values) {
+        let name = v
+            .name
+            .as_str()
+            .map_err(|e| Error::Graph(format!("value name is not UTF-8: {e}")))?;
+        let b = BufferId(v.buffer);
+        let kind = match v.kind {
+            VALUE_WEIGHT => ValueKind::Weight(b),
+            VALUE_INPUT => ValueKind::Input(b),
+            VALUE_STATE => ValueKind::State(b),
+            VALUE_OUTPUT => ValueKind::Output(b),
+            VALUE_TEMP => ValueKind::Temp,
+            k => return Err(Error::Graph(format!("value '{name}' has unknown kind {k}"))),
+        };
+        out.add_value(name, desc_from_c(&v.desc)?, kind);
+    }
+    for n in slice(g.nodes, g.n_nodes) {
+        let ids = |p: *const u32, len: usize| {
+            slice(p, len)
+                .iter()
+                .map(|v| ValueId(*v))
+                .collect::<Vec<_>>()
+        };
+        out.push(
+            op_from_c(n.op, &n.params)?,
+            ids(n.inputs, n.n_inputs),
+            ids(n.outputs, n.n_outputs),
+        );
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_op_round_trips() {
+        let rope = RopeParams {
+            head_dim: 64,
+            theta: 150000.0,
+            yarn: Some(Yarn {
+                factor: 32.0,
+                beta_fast: 32.0,
+                beta_slow: 1.0,
+                original_max_position_embeddings: 4096,
+                truncate: false,
+                attention_factor: Some(1.5),
+            }),
+        };
+        let ops = [
+            Op::Embed,
+            Op::RmsNorm { eps: 1e-5 },
+            Op::Linear,
+            Op::Rope {
+                params: rope,
+                heads: 8,
+            },
+            Op::Rope {
+                params: RopeParams { yarn: None, ..rope },
+                heads: 2,
+            },
+            Op::Attention {
+                heads: 64,
+                kv_heads: 8,
+                head_dim: 64,
+                window: 128,
+                scale: 0.125,
+            },
+            Op::TopKSoftmax { k: 4 },
+            Op::MoeMxfp4 {
+                swiglu_limit: 7.0,
+                alpha: 1.702,
+            },
+            Op::Add,
+            Op::LastRow,
+            Op::Argmax,
+        ];
+        for op in ops {
+            let (c, p) = op_to_c(&op);
+            assert_eq!(op_from_c(c, &p).unwrap(), op);
+        }
+        assert!(op_from_c(99, &GOpParams::default())
+            .unwrap_err()
+            .to_string()
+            .contains("99"));
+    }
+
+    #[test]
+    fn graph_round_trips() {
+        let mut g = Graph::new();
+        let a = g.add_value(
+            "a",
+            TensorDesc::new(DType::F32, [2, 3]),
+            ValueKind::Input(BufferId(7)),
+        );
+        let b = g.add_value(
+            "b",
+            TensorDesc::new(DType::BF16, [2, 3]),
+            ValueKind::Weight(BufferId(8)),
+        );
+        let c = g.add_value("c", TensorDesc::new(DType::F32, [2, 3]), ValueKind::Temp);
+        let d = g.add_value(
+            "d",
+            TensorDesc::new(DType::I32, [2]),
+            ValueKind::Output(BufferId(9)),
+        );
+        g.push(Op::Add, vec![a, b], vec![c]);
+        g.push(Op::Argmax, vec![c], vec![d]);
+        let enc = EncodedGraph::new(&g).unwrap();
+        let back = unsafe { graph_from_c(&enc.as_c()) }.unwrap();
+        assert_eq!(back, g);
+    }
+}

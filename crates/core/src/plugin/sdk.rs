@@ -1,0 +1,340 @@
+//! The plugin SDK: implement [`Backend`] + [`PluginBackend`] and call [`export_backend!`].
+//!
+//! ```text
+//! struct MyBackend { /* ... */ }
+//! impl gptoss_core::Backend for MyBackend { /* alloc, upload, execute, ... */ }
+//! impl gptoss_core::plugin::PluginBackend for MyBackend {
+//!     const NAME: &'static str = "my-backend";
+//!     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+//!     fn probe_devices() -> gptoss_core::ProbeReport { /* devices + score */ }
+//!     fn create(options: &gptoss_core::plugin::PluginOptions) -> gptoss_core::Result<Self> { /* ... */ }
+//! }
+//! gptoss_core::export_backend!(MyBackend);
+//! ```
+//!
+//! A backend whose buffers live in host memory can skip `Backend` altogether: implement
+//! [`crate::host::HostKernels`] and export `HostExecutor<MyKernels>` through a newtype.
+//! Everything here runs inside the plugin; the trampolines catch panics so none cross.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use serde::{Deserialize, Serialize};
+
+use super::abi::*;
+use super::codec;
+use crate::host::{HostExecutor, HostKernels};
+use crate::{Backend, DeviceReport, Error, ProbeReport, Result};
+
+/// Options the host passes to `create` (JSON object on the wire).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct PluginOptions {
+    /// CPU threads for host-side work; 0 = the backend's choice.
+    pub threads: usize,
+    /// Index of the device to use among those `probe` reported.
+    pub device: usize,
+}
+
+/// What a plugin adds to [`Backend`]: its identity, its probe and its constructor.
+pub trait PluginBackend: Backend + Sized + 'static {
+    const NAME: &'static str;
+    const VERSION: &'static str;
+    /// Devices and scores, without creating an instance (runs for `gptoss backends`).
+    fn probe_devices() -> ProbeReport;
+    fn create(options: &PluginOptions) -> Result<Self>;
+}
+
+/// A plugin whose buffers live in host memory supplies only kernels: implement this for its
+/// [`HostKernels`] type and export `HostExecutor<ThatType>`.
+pub trait HostPlugin: HostKernels + Sized + 'static {
+    const NAME: &'static str;
+    const VERSION: &'static str;
+    fn probe_devices() -> ProbeReport;
+    fn create(options: &PluginOptions) -> Result<Self>;
+}
+
+impl<K: HostPlugin> PluginBackend for HostExecutor<K> {
+    const NAME: &'static str = K::NAME;
+    const VERSION: &'static str = K::VERSION;
+    fn probe_devices() -> ProbeReport {
+        K::probe_devices()
+    }
+    fn create(options: &PluginOptions) -> Result<Self> {
+        Ok(HostExecutor::new(K::NAME, K::create(options)?))
+    }
+}
+
+/// The probe as it travels: JSON of this shape.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ProbeJson {
+    pub devices: Vec<DeviceJson>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DeviceJson {
+    pub name: String,
+    pub compute_capability: Option<(u32, u32)>,
+    pub memory_bytes: Option<u64>,
+    pub driver: Option<String>,
+    pub score: u32,
+    pub reason: String,
+}
+
+impl From<&ProbeReport> for ProbeJson {
+    fn from(p: &ProbeReport) -> Self {
+        ProbeJson {
+            devices: p
+                .devices
+                .iter()
+                .map(|d| DeviceJson {
+                    name: d.name.clone(),
+                    compute_capability: d.compute_capability,
+                    memory_bytes: d.memory_bytes,
+                    driver: d.driver.clone(),
+                    score: d.score,
+                    reason: d.reason.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<ProbeJson> for ProbeReport {
+    fn from(p: ProbeJson) -> Self {
+        ProbeReport {
+            devices: p
+                .devices
+                .into_iter()
+                .map(|d| DeviceReport {
+                    name: d.name,
+                    compute_capability: d.compute_capability,
+                    memory_bytes: d.memory_bytes,
+                    driver: d.driver,
+                    score: d.score,
+                    reason: d.reason,
+                })
+                .collect(),
+        }
+    }
+}
+
+fn owned(s: String) -> GOwnedStr {
+    let mut s = std::mem::ManuallyDrop::new(s.into_bytes());
+    GOwnedStr {
+        ptr: s.as_mut_ptr(),
+        len: s.len(),
+        cap: s.capacity(),
+    }
+}
+
+/// Frees a string this plugin allocated.
+///
+/// # Safety
+/// `s` must come from this plugin's `owned` and be freed once.
+pub unsafe extern "C" fn free_string(s: GOwnedStr) {
+    if !s.ptr.is_null() {
+        drop(Vec::from_raw_parts(s.ptr, s.len, s.cap));
+    }
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// Run `f`, turning errors and panics into a status code and a message in `err`.
+unsafe fn guard(name: &str, err: *mut GOwnedStr, f: impl FnOnce() -> Result<()>) -> i32 {
+    let (code, msg) = match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(())) => return STATUS_OK,
+        Ok(Err(e @ Error::Unsupported { .. })) => (STATUS_UNSUPPORTED, e.to_string()),
+        Ok(Err(e)) => (STATUS_ERROR, e.to_string()),
+        Err(p) => (
+            STATUS_PANIC,
+            format!("plugin '{name}' panicked: {}", panic_message(p.as_ref())),
+        ),
+    };
+    if !err.is_null() {
+        *err = owned(msg);
+    }
+    code
+}
+
+unsafe fn backend<'a, B>(h: GHandle) -> Result<&'a mut B> {
+    (h as *mut B)
+        .as_mut()
+        .ok_or_else(|| Error::Input("null backend handle".into()))
+}
+
+unsafe fn read_desc(desc: *const GTensorDesc) -> Result<crate::TensorDesc> {
+    codec::desc_from_c(
+        desc.as_ref()
+            .ok_or_else(|| Error::Input("null tensor description".into()))?,
+    )
+}
+
+unsafe fn bytes<'a>(data: *const u8, len: usize) -> &'a [u8] {
+    if len == 0 {
+        &[]
+    } else {
+        std::slice::from_raw_parts(data, len)
+    }
+}
+
+pub unsafe extern "C" fn probe<B: PluginBackend>(
+    out_json: *mut GOwnedStr,
+    err: *mut GOwnedStr,
+) -> i32 {
+    guard(B::NAME, err, || {
+        let json = serde_json::to_string(&ProbeJson::from(&B::probe_devices()))
+            .map_err(|e| Error::Input(e.to_string()))?;
+        *out_json = owned(json);
+        Ok(())
+    })
+}
+
+pub unsafe extern "C" fn create<B: PluginBackend>(
+    options: GStr,
+    out: *mut GHandle,
+    err: *mut GOwnedStr,
+) -> i32 {
+    guard(B::NAME, err, || {
+        let text = options
+            .as_str()
+            .map_err(|e| Error::Input(format!("options are not UTF-8: {e}")))?;
+        let opts: PluginOptions = if text.is_empty() {
+            PluginOptions::default()
+        } else {
+            serde_json::from_str(text)
+                .map_err(|e| Error::Input(format!("bad plugin options {text}: {e}")))?
+        };
+        *out = Box::into_raw(Box::new(B::create(&opts)?)) as GHandle;
+        Ok(())
+    })
+}
+
+pub unsafe extern "C" fn destroy<B: PluginBackend>(h: GHandle) {
+    if !h.is_null() {
+        // A panic in Drop must not cross either.
+        let _ = catch_unwind(AssertUnwindSafe(|| drop(Box::from_raw(h as *mut B))));
+    }
+}
+
+pub unsafe extern "C" fn alloc<B: PluginBackend>(
+    h: GHandle,
+    desc: *const GTensorDesc,
+    out: *mut u64,
+    err: *mut GOwnedStr,
+) -> i32 {
+    guard(B::NAME, err, || {
+        *out = backend::<B>(h)?.alloc(&read_desc(desc)?)?.0;
+        Ok(())
+    })
+}
+
+pub unsafe extern "C" fn free<B: PluginBackend>(h: GHandle, id: u64, err: *mut GOwnedStr) -> i32 {
+    guard(B::NAME, err, || backend::<B>(h)?.free(crate::BufferId(id)))
+}
+
+pub unsafe extern "C" fn upload<B: PluginBackend>(
+    h: GHandle,
+    id: u64,
+    data: *const u8,
+    len: usize,
+    err: *mut GOwnedStr,
+) -> i32 {
+    guard(B::NAME, err, || {
+        backend::<B>(h)?.upload(crate::BufferId(id), bytes(data, len))
+    })
+}
+
+pub unsafe extern "C" fn download<B: PluginBackend>(
+    h: GHandle,
+    id: u64,
+    out: *mut u8,
+    len: usize,
+    err: *mut GOwnedStr,
+) -> i32 {
+    guard(B::NAME, err, || {
+        let data = backend::<B>(h)?.download(crate::BufferId(id))?;
+        if data.len() != len {
+            return Err(Error::Input(format!(
+                "download of buffer {id}: host expects {len} bytes, buffer holds {}",
+                data.len()
+            )));
+        }
+        if len > 0 {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), out, len);
+        }
+        Ok(())
+    })
+}
+
+pub unsafe extern "C" fn load_weight<B: PluginBackend>(
+    h: GHandle,
+    name: GStr,
+    desc: *const GTensorDesc,
+    data: *const u8,
+    len: usize,
+    out: *mut u64,
+    err: *mut GOwnedStr,
+) -> i32 {
+    guard(B::NAME, err, || {
+        let name = name
+            .as_str()
+            .map_err(|e| Error::Input(format!("weight name is not UTF-8: {e}")))?;
+        *out = backend::<B>(h)?
+            .load_weight(name, &read_desc(desc)?, bytes(data, len))?
+            .0;
+        Ok(())
+    })
+}
+
+pub unsafe extern "C" fn execute<B: PluginBackend>(
+    h: GHandle,
+    graph: *const GGraph,
+    err: *mut GOwnedStr,
+) -> i32 {
+    guard(B::NAME, err, || {
+        let g = codec::graph_from_c(
+            graph
+                .as_ref()
+                .ok_or_else(|| Error::Input("null graph".into()))?,
+        )?;
+        backend::<B>(h)?.execute(&g)
+    })
+}
+
+/// Export `$ty` (a [`PluginBackend`]) as this library's `gptoss_backend_entry`.
+#[macro_export]
+macro_rules! export_backend {
+    ($ty:ty) => {
+        #[no_mangle]
+        pub extern "C" fn gptoss_backend_entry() -> *const $crate::plugin::abi::GptossBackendVTable
+        {
+            use $crate::plugin::sdk;
+            static VTABLE: $crate::plugin::abi::GptossBackendVTable =
+                $crate::plugin::abi::GptossBackendVTable {
+                    abi_version: $crate::plugin::abi::GPTOSS_ABI_VERSION,
+                    name: $crate::plugin::abi::GStr::from_static(
+                        <$ty as $crate::plugin::PluginBackend>::NAME,
+                    ),
+                    version: $crate::plugin::abi::GStr::from_static(
+                        <$ty as $crate::plugin::PluginBackend>::VERSION,
+                    ),
+                    probe: sdk::probe::<$ty>,
+                    create: sdk::create::<$ty>,
+                    destroy: sdk::destroy::<$ty>,
+                    alloc: sdk::alloc::<$ty>,
+                    free: sdk::free::<$ty>,
+                    upload: sdk::upload::<$ty>,
+                    download: sdk::download::<$ty>,
+                    load_weight: sdk::load_weight::<$ty>,
+                    execute: sdk::execute::<$ty>,
+                    free_string: sdk::free_string,
+                };
+            &VTABLE
+        }
+    };
+}
