@@ -295,32 +295,40 @@ impl<K: HostKernels> Backend for HostExecutor<K> {
                     Slot::Buffer(b) => self.buffers.remove(&b).expect("checked above"),
                 });
             }
+            // The kernel runs under catch_unwind so that a panicking kernel cannot lose the
+            // bound buffers taken out above; the panic resumes once they are back.
             let result = {
-                let mut ins: Vec<&HostTensor> = Vec::with_capacity(node.inputs.len());
-                for id in &node.inputs {
-                    ins.push(match slot(id.0 as usize) {
+                let ins: Result<Vec<&HostTensor>> = node
+                    .inputs
+                    .iter()
+                    .map(|id| match slot(id.0 as usize) {
                         Slot::Temp(t) => temps[t].as_ref().ok_or_else(|| {
                             Error::Graph(format!(
                                 "'{}' read after it was freed",
                                 graph.values[t].name
                             ))
-                        })?,
+                        }),
                         Slot::Buffer(b) => self.buffers.get(&b).ok_or_else(|| {
                             Error::Graph(format!(
                                 "'{}' is both read and written by {}",
                                 graph.values[id.0 as usize].name,
                                 node.op.name()
                             ))
-                        })?,
-                    });
-                }
+                        }),
+                    })
+                    .collect();
                 let mut out_refs: Vec<&mut HostTensor> = outs.iter_mut().collect();
-                match self.kernels.kernel(&node.op) {
-                    Some(k) => k.run(&node.op, &ins, &mut out_refs),
-                    None => Err(Error::Unsupported {
+                match (ins, self.kernels.kernel(&node.op)) {
+                    (Err(e), _) => Ok(Err(e)),
+                    (Ok(ins), Some(k)) => {
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            k.run(&node.op, &ins, &mut out_refs)
+                        }))
+                    }
+                    (Ok(_), None) => Ok(Err(Error::Unsupported {
                         backend: self.name.clone(),
                         what: format!("op '{}'", node.op.name()),
-                    }),
+                    })),
                 }
             };
             // Put bound buffers back even when the kernel failed, so nothing is lost.
@@ -332,6 +340,7 @@ impl<K: HostKernels> Backend for HostExecutor<K> {
                     }
                 }
             }
+            let result = result.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
             result.map_err(|e| match e {
                 Error::Unsupported { .. } => e,
                 other => Error::backend(
