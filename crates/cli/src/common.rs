@@ -1,6 +1,6 @@
 //! Options shared by the commands that load a model.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Args as ClapArgs;
 use gptoss_core::config::EngineConfig;
@@ -27,14 +27,7 @@ pub struct ModelArgs {
 
 impl ModelArgs {
     pub fn engine_config(&self) -> Result<EngineConfig> {
-        let path = self
-            .config
-            .clone()
-            .or_else(|| std::env::var_os("GPTOSS_CONFIG").map(PathBuf::from));
-        let mut cfg = match path {
-            Some(p) => EngineConfig::load(&p)?,
-            None => EngineConfig::default(),
-        };
+        let mut cfg = load_config(self.config.as_deref())?;
         if let Some(b) = &self.backend {
             cfg.backend = b.clone();
         }
@@ -54,6 +47,17 @@ impl ModelArgs {
         let model = Model::load(&dir, backend, &mut |done, total| bar.update(done, total))?;
         bar.finish();
         Ok((model, cfg))
+    }
+}
+
+/// The engine config: `path` if given, else `$GPTOSS_CONFIG` if set, else built-in defaults.
+pub fn load_config(path: Option<&Path>) -> Result<EngineConfig> {
+    let path = path
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("GPTOSS_CONFIG").map(PathBuf::from));
+    match path {
+        Some(p) => EngineConfig::load(&p),
+        None => Ok(EngineConfig::default()),
     }
 }
 

@@ -1,6 +1,7 @@
 //! `gptoss`: run OpenAI's gpt-oss models. See `gptoss --help`.
 
 mod backend_select;
+mod cmd_backends;
 mod cmd_generate;
 mod cmd_logits;
 mod common;
@@ -33,13 +34,26 @@ enum Command {
     Logits(cmd_logits::Args),
     /// Continue a prompt of token ids greedily and print the new ids.
     Generate(cmd_generate::Args),
+    /// List the backends found (plugins and built-in), the devices each sees with its score
+    /// and reason, which one auto-selection picks, and the GPUs detected.
+    Backends(cmd_backends::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Diagnostics (e.g. why a backend was or was not chosen) go to stderr; RUST_LOG=debug shows them.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
     let result = match cli.command {
         Command::Logits(a) => cmd_logits::run(a),
         Command::Generate(a) => cmd_generate::run(a),
+        Command::Backends(a) => cmd_backends::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
