@@ -282,7 +282,23 @@ fn a_plugin_that_panics_or_fails_inside_a_call_is_reported_and_keeps_working() {
     let ids = be.alloc(&ids_desc).unwrap();
     let argmax = one_op_graph(Op::Argmax, a, None, (ids, ids_desc));
     let e = be.execute(&argmax).unwrap_err().to_string();
-    assert!(e.contains("faulty") && e.contains("argmax refused"), "{e}");
+    assert_eq!(e, "backend 'faulty': argmax (out): argmax refused");
+
+    // An op the plugin has no kernel for is reported as unsupported, naming the op.
+    let (w_desc, out_desc) = (TensorDesc::new(DType::F32, [3]), x.clone());
+    let (w, normed) = (be.alloc(&w_desc).unwrap(), be.alloc(&out_desc).unwrap());
+    let mut norm = Graph::new();
+    let xv = norm.add_value("x", x.clone(), ValueKind::Input(a));
+    let wv = norm.add_value("w", w_desc, ValueKind::Weight(w));
+    let ov = norm.add_value("normed", out_desc, ValueKind::Output(normed));
+    norm.push(Op::RmsNorm { eps: 1e-5 }, vec![xv, wv], vec![ov]);
+    match be.execute(&norm) {
+        Err(e @ gptoss_core::Error::Unsupported { .. }) => assert_eq!(
+            e.to_string(),
+            "backend 'faulty' does not support op 'rms_norm'"
+        ),
+        other => panic!("expected Unsupported, got {other:?}"),
+    }
     assert!(!e.contains("panicked"), "{e}");
 
     // Again, to show neither failure poisoned anything.
@@ -292,7 +308,7 @@ fn a_plugin_that_panics_or_fails_inside_a_call_is_reported_and_keeps_working() {
     assert!(e.contains("argmax refused"), "{e}");
     be.upload(b, &f32_bytes(&[2.0; 6])).unwrap();
     assert_eq!(be.download(b).unwrap(), f32_bytes(&[2.0; 6]));
-    for id in [a, b, sum, last, ids] {
+    for id in [a, b, sum, last, ids, w, normed] {
         be.free(id).unwrap();
     }
     assert!(be.download(a).is_err(), "a freed buffer is gone");

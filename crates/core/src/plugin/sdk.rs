@@ -148,7 +148,10 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 unsafe fn guard(name: &str, err: *mut GOwnedStr, f: impl FnOnce() -> Result<()>) -> i32 {
     let (code, msg) = match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(())) => return STATUS_OK,
-        Ok(Err(e @ Error::Unsupported { .. })) => (STATUS_UNSUPPORTED, e.to_string()),
+        // The host wraps the message in an error naming this plugin: send it without the
+        // backend name, or it would appear twice.
+        Ok(Err(Error::Unsupported { what, .. })) => (STATUS_UNSUPPORTED, what),
+        Ok(Err(Error::Backend { name: n, reason })) if n == name => (STATUS_ERROR, reason),
         Ok(Err(e)) => (STATUS_ERROR, e.to_string()),
         Err(p) => (
             STATUS_PANIC,
