@@ -14,6 +14,13 @@ pub struct ModelArgs {
     /// Model folder, or a Hugging Face id already in the local cache (e.g. openai/gpt-oss-20b).
     #[arg(long, short = 'm')]
     pub model: String,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// Where to run: backend, config file, threads.
+#[derive(ClapArgs, Debug)]
+pub struct EngineArgs {
     /// Backend to run on: "auto" or a name (see `gptoss backends`). Default from the config file.
     #[arg(long, short = 'b')]
     pub backend: Option<String>,
@@ -25,7 +32,7 @@ pub struct ModelArgs {
     pub threads: Option<usize>,
 }
 
-impl ModelArgs {
+impl EngineArgs {
     pub fn engine_config(&self) -> Result<EngineConfig> {
         let mut cfg = load_config(self.config.as_deref())?;
         if let Some(b) = &self.backend {
@@ -36,10 +43,12 @@ impl ModelArgs {
         }
         Ok(cfg)
     }
+}
 
+impl ModelArgs {
     /// Resolve the model, pick the backend, load the weights with a progress line on stderr.
     pub fn load(&self) -> Result<(Model, EngineConfig)> {
-        let cfg = self.engine_config()?;
+        let cfg = self.engine.engine_config()?;
         let dir = gptoss_models::hub::resolve_model_dir(&self.model)?;
         let backend = backend_select::open(&cfg)?;
         let mut bar =

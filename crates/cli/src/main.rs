@@ -2,6 +2,7 @@
 
 mod backend_select;
 mod cmd_backends;
+mod cmd_bench;
 mod cmd_generate;
 mod cmd_logits;
 mod common;
@@ -37,6 +38,9 @@ enum Command {
     /// List the backends found (plugins and built-in), the devices each sees with its score
     /// and reason, which one auto-selection picks, and the GPUs detected.
     Backends(cmd_backends::Args),
+    /// Measure prefill and decode speed and decode's fraction of the memory-bandwidth roofline,
+    /// on a real model or a random one of the real shapes (--synthetic 20b).
+    Bench(cmd_bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +58,7 @@ fn main() -> ExitCode {
         Command::Logits(a) => cmd_logits::run(a),
         Command::Generate(a) => cmd_generate::run(a),
         Command::Backends(a) => cmd_backends::run(a),
+        Command::Bench(a) => cmd_bench::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -203,3 +203,50 @@ fn help_explains_the_commands() {
     let out = String::from_utf8(o.stdout).unwrap();
     assert!(out.contains("logits") && out.contains("generate"), "{out}");
 }
+
+#[test]
+fn bench_reports_speed_and_roofline_as_json() {
+    let o = gptoss(&[
+        "bench",
+        "--synthetic",
+        "tiny",
+        "--layers",
+        "2",
+        "--prompt",
+        "16,32",
+        "--gen",
+        "4",
+        "--bandwidth-mib",
+        "16",
+        "--backend",
+        "cpu",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8(o.stdout).unwrap();
+    for key in [
+        "\"backend\": \"cpu\"",
+        "\"layers\": 2",
+        "\"prompt_tokens\": 16",
+        "\"prompt_tokens\": 32",
+        "\"decode_tok_s\"",
+        "\"roofline_fraction\"",
+        "\"bandwidth_gb_s\"",
+    ] {
+        assert!(out.contains(key), "missing {key} in {out}");
+    }
+    assert!(!out.contains("null") && !out.contains("NaN"), "{out}");
+}
+
+#[test]
+fn bench_refuses_what_it_cannot_measure() {
+    let o = gptoss(&["bench", "--synthetic", "tiny", "--batch", "1,8"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--batch 8"), "{}", stderr(&o));
+    let o = gptoss(&["bench", "--synthetic", "13b"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("20b, 120b or tiny"), "{}", stderr(&o));
+    let o = gptoss(&["bench"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--synthetic"), "{}", stderr(&o));
+}

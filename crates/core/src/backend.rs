@@ -35,6 +35,8 @@ impl ProbeReport {
 ///   BF16 weights as f32, a GPU backend may repack MXFP4);
 /// - `execute` receives a graph that passed [`Graph::validate`]; it reads Weight/Input values,
 ///   writes Output values, updates State values in place and manages Temp values itself;
+///   it returns once its outputs are complete (a GPU backend synchronises its stream), so
+///   the host may time it and download at once;
 /// - errors are returned, never panicked.
 pub trait Backend: Send {
     fn name(&self) -> &str;

@@ -5,13 +5,17 @@
 //! - [`weights`]: the published tensor names, checked and uploaded to a backend.
 //! - [`graph_builder`]: one forward step as a graph; [`kv_cache`]: per-layer caches.
 //! - [`model`]: a loaded model, sessions, greedy generation.
+//! - [`synthetic`]: random models of the real shapes; [`bench`], [`roofline`]: speed and its ceiling.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod graph_builder;
 pub mod hub;
 pub mod kv_cache;
 pub mod model;
+pub mod roofline;
+pub mod synthetic;
 pub mod weights;
 
 pub use config::GptOssConfig;

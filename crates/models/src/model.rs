@@ -53,6 +53,24 @@ impl Model {
         })
     }
 
+    /// A model from weights already on `backend` (e.g. a synthetic model).
+    pub fn from_parts(
+        config: GptOssConfig,
+        weights: ModelWeights,
+        backend: Box<dyn Backend>,
+    ) -> Model {
+        Model {
+            config,
+            weights,
+            backend,
+        }
+    }
+
+    /// The backend, for work outside the model graph (bandwidth probes in `gptoss bench`).
+    pub fn backend_mut(&mut self) -> &mut dyn Backend {
+        self.backend.as_mut()
+    }
+
     pub fn backend_name(&self) -> &str {
         self.backend.name()
     }

@@ -40,13 +40,15 @@ pub struct ModelWeights {
 }
 
 /// One tensor the model needs: its published name, dtype and shape.
-struct Need {
-    name: String,
-    dtype: DType,
-    shape: Vec<usize>,
+#[derive(Debug, Clone, PartialEq)]
+pub struct Need {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<usize>,
 }
 
-fn needs(cfg: &GptOssConfig, float: DType) -> Vec<Need> {
+/// Every tensor of a gpt-oss model in load order, float tensors in `float` dtype.
+pub fn needs(cfg: &GptOssConfig, float: DType) -> Vec<Need> {
     let (h, i, e, v) = (
         cfg.hidden_size,
         cfg.intermediate_size,
@@ -111,7 +113,7 @@ fn needs(cfg: &GptOssConfig, float: DType) -> Vec<Need> {
 }
 
 impl ModelWeights {
-    /// Check every tensor against the config, then upload each to the backend.
+    /// Check every tensor of a checkpoint against the config, then upload each to the backend.
     /// `progress(done_bytes, total_bytes)` is called after each tensor.
     pub fn load(
         cfg: &GptOssConfig,
@@ -136,16 +138,37 @@ impl ModelWeights {
         }
         let needed = needs(cfg, float);
         // Validate everything before the first upload: a bad checkpoint fails fast.
-        let mut total = 0u64;
         for n in &needed {
-            total += ckpt.expect(&n.name, n.dtype, &n.shape)?.bytes.len() as u64;
+            ckpt.expect(&n.name, n.dtype, &n.shape)?;
         }
+        Self::upload(cfg, float, backend, progress, &mut |n: &Need| {
+            let t = ckpt.expect(&n.name, n.dtype, &n.shape)?;
+            Ok((t.desc, std::borrow::Cow::Borrowed(t.bytes)))
+        })
+    }
+
+    /// Upload every tensor `fetch` supplies, in [`needs`] order.
+    pub fn upload<'a>(
+        cfg: &GptOssConfig,
+        float: DType,
+        backend: &mut dyn Backend,
+        progress: &mut dyn FnMut(u64, u64),
+        fetch: &mut dyn FnMut(
+            &Need,
+        )
+            -> Result<(gptoss_core::TensorDesc, std::borrow::Cow<'a, [u8]>)>,
+    ) -> Result<ModelWeights> {
+        let needed = needs(cfg, float);
+        let total: u64 = needed
+            .iter()
+            .map(|n| (n.shape.iter().product::<usize>() * n.dtype.size()) as u64)
+            .sum();
         let mut ids = Vec::with_capacity(needed.len());
         let mut done = 0u64;
         for n in &needed {
-            let t = ckpt.expect(&n.name, n.dtype, &n.shape)?;
-            ids.push(backend.load_weight(&n.name, &t.desc, t.bytes)?);
-            done += t.bytes.len() as u64;
+            let (desc, bytes) = fetch(n)?;
+            ids.push(backend.load_weight(&n.name, &desc, &bytes)?);
+            done += bytes.len() as u64;
             progress(done, total);
         }
         let mut it = ids.into_iter();

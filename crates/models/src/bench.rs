@@ -1,0 +1,126 @@
+//! `gptoss bench`: prefill and decode speed, and decode as a fraction of the memory roofline.
+
+use std::time::Instant;
+
+use gptoss_core::graph::{Op, ValueKind};
+use gptoss_core::{Backend, DType, Graph, Result, TensorDesc};
+use serde::Serialize;
+
+use crate::model::{argmax, Model};
+use crate::roofline::{kv_bytes_per_token, weight_bytes_per_token};
+use crate::LogitsWanted;
+
+/// One measured configuration.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchResult {
+    pub prompt_tokens: usize,
+    pub gen_tokens: usize,
+    pub batch: usize,
+    pub prefill_tok_s: f64,
+    pub decode_tok_s: f64,
+    pub decode_ms_per_token: f64,
+    /// Bytes a decode step must read (weights + KV at the mean decode context).
+    pub bytes_per_token: u64,
+    /// decode_tok_s / (bandwidth / bytes_per_token)
+    pub roofline_fraction: Option<f64>,
+}
+
+/// Time `f` once.
+fn timed<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
+    let t0 = Instant::now();
+    let out = f()?;
+    Ok((out, t0.elapsed().as_secs_f64()))
+}
+
+/// Device memory bandwidth in bytes/s, measured through the backend itself: an `Add` of two
+/// large vectors reads 2N and writes N floats. The best of a few runs after a warm-up.
+pub fn measure_bandwidth(backend: &mut dyn Backend, mib: usize) -> Result<f64> {
+    let n = (mib << 20) / 4;
+    let desc = TensorDesc::new(DType::F32, [1, n]);
+    let bufs = [
+        backend.alloc(&desc)?,
+        backend.alloc(&desc)?,
+        backend.alloc(&desc)?,
+    ];
+    let fill: Vec<u8> = (0..n)
+        .flat_map(|i| ((i % 251) as f32 * 0.5).to_le_bytes())
+        .collect();
+    let run = (|| {
+        backend.upload(bufs[0], &fill)?;
+        backend.upload(bufs[1], &fill)?;
+        let mut g = Graph::new();
+        let a = g.add_value("a", desc.clone(), ValueKind::Input(bufs[0]));
+        let b = g.add_value("b", desc.clone(), ValueKind::Input(bufs[1]));
+        let c = g.add_value("c", desc.clone(), ValueKind::Output(bufs[2]));
+        g.push(Op::Add, vec![a, b], vec![c]);
+        let mut best = f64::MAX;
+        for i in 0..6 {
+            let t0 = Instant::now();
+            backend.execute(&g)?; // synchronous by the Backend contract
+            let el = t0.elapsed().as_secs_f64();
+            if i > 0 {
+                best = best.min(el);
+            }
+        }
+        Ok(3.0 * (n * 4) as f64 / best)
+    })();
+    for b in bufs {
+        backend.free(b)?;
+    }
+    run
+}
+
+/// Prefill `prompt` random tokens, then decode `gen` tokens greedily, at batch 1.
+pub fn run(
+    model: &mut Model,
+    prompt: usize,
+    gen: usize,
+    bandwidth: Option<f64>,
+    seed: u64,
+) -> Result<BenchResult> {
+    let v = model.config.vocab_size as u64;
+    let mut state = seed | 1;
+    let tokens: Vec<u32> = (0..prompt)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 33) % v) as u32
+        })
+        .collect();
+    // Warm-up: compiles kernels, fills caches, without timing.
+    let mut warm = model.new_session(8)?;
+    model.forward(
+        &mut warm,
+        &tokens[..tokens.len().min(4)],
+        LogitsWanted::Last,
+    )?;
+    model.forward(&mut warm, &[1], LogitsWanted::Last)?;
+    model.free_session(warm)?;
+
+    let mut s = model.new_session(prompt + gen)?;
+    let (logits, prefill_s) = timed(|| model.forward(&mut s, &tokens, LogitsWanted::Last))?;
+    let mut next = argmax(&logits) as u32;
+    let (_, decode_s) = timed(|| {
+        for _ in 0..gen {
+            let l = model.forward(&mut s, &[next], LogitsWanted::Last)?;
+            next = argmax(&l) as u32;
+        }
+        Ok(())
+    })?;
+    model.free_session(s)?;
+    let decode_tok_s = gen as f64 / decode_s;
+    let mean_ctx = prompt + gen / 2;
+    let bytes = weight_bytes_per_token(&model.config, model.weights.float_dtype)
+        + kv_bytes_per_token(&model.config, mean_ctx, DType::F32);
+    Ok(BenchResult {
+        prompt_tokens: prompt,
+        gen_tokens: gen,
+        batch: 1,
+        prefill_tok_s: prompt as f64 / prefill_s,
+        decode_tok_s,
+        decode_ms_per_token: 1000.0 * decode_s / gen as f64,
+        bytes_per_token: bytes,
+        roofline_fraction: bandwidth.map(|bw| decode_tok_s / (bw / bytes as f64)),
+    })
+}
