@@ -6,16 +6,21 @@
 //! - [`graph_builder`]: one forward step as a graph; [`kv_cache`]: per-layer caches.
 //! - [`model`]: a loaded model, sessions, greedy generation.
 //! - [`synthetic`]: random models of the real shapes; [`bench`], [`roofline`]: speed and its ceiling.
+//! - [`tokenizer`]: o200k_harmony (tokenizer.json or built in); [`harmony`]: chat rendering and
+//!   the streaming output parser; [`sampler`]: token sampling and stop strings.
 
 pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod graph_builder;
+pub mod harmony;
 pub mod hub;
 pub mod kv_cache;
 pub mod model;
 pub mod roofline;
+pub mod sampler;
 pub mod synthetic;
+pub mod tokenizer;
 pub mod weights;
 
 pub use config::GptOssConfig;
