@@ -14,10 +14,15 @@ pub const FIXTURES: &[&str] = &["tiny-a", "tiny-b"];
 /// and logits of magnitude ~10 stays well below this bound.
 pub const F32_LOGIT_TOLERANCE: f32 = 1e-4;
 
+/// `$GPTOSS_FIXTURES/name` when that variable is set (test binaries run away from the source
+/// tree, e.g. on a GPU machine without cargo), else `tests/fixtures/name` of this checkout.
 pub fn fixture_dir(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(name)
+    match std::env::var_os("GPTOSS_FIXTURES").filter(|d| !d.is_empty()) {
+        Some(dir) => PathBuf::from(dir).join(name),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures")
+            .join(name),
+    }
 }
 
 /// The contents of a fixture's reference.safetensors.

@@ -1,0 +1,257 @@
+//! Thin wrappers over the CUDA driver API (cudarc's `result` layer, loaded with dlopen).
+//!
+//! Every call returns a [`gptoss_core::Error`]; nothing here panics on a CUDA failure.
+
+use std::ffi::{c_void, CString};
+
+use cudarc::driver::{result, sys};
+use gptoss_core::{Error, Result};
+
+pub use sys::{CUdeviceptr, CUfunction};
+
+pub const BACKEND: &str = "cuda-mxfp4";
+
+/// The driver's name and description of a failure, e.g. `CUDA_ERROR_OUT_OF_MEMORY (out of memory)`.
+pub fn describe(e: &result::DriverError) -> String {
+    let name = e
+        .error_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| format!("{:?}", e.0));
+    match e.error_string() {
+        Ok(s) => format!("{name} ({})", s.to_string_lossy()),
+        Err(_) => name,
+    }
+}
+
+pub fn cuda_err(what: &str, e: result::DriverError) -> Error {
+    Error::backend(BACKEND, format!("{what}: {}", describe(&e)))
+}
+
+/// Whether libcuda can be opened at all (checked before any cudarc call, which would panic).
+pub fn driver_present() -> bool {
+    // SAFETY: only tries to dlopen the library.
+    unsafe { sys::is_culib_present() }
+}
+
+/// The driver's CUDA version as (major, minor), e.g. (13, 0).
+pub fn driver_version() -> Result<(u32, u32)> {
+    let mut v = 0i32;
+    // SAFETY: writes one int.
+    unsafe { sys::cuDriverGetVersion(&mut v) }
+        .result()
+        .map_err(|e| cuda_err("cuDriverGetVersion", e))?;
+    Ok(((v / 1000) as u32, ((v % 1000) / 10) as u32))
+}
+
+/// Facts about one device.
+#[derive(Debug, Clone)]
+pub struct DeviceInfo {
+    pub name: String,
+    pub cc: (u32, u32),
+}
+
+pub fn init() -> Result<()> {
+    result::init().map_err(|e| cuda_err("cuInit", e))
+}
+
+pub fn devices() -> Result<Vec<DeviceInfo>> {
+    init()?;
+    let n = result::device::get_count().map_err(|e| cuda_err("cuDeviceGetCount", e))?;
+    (0..n)
+        .map(|i| {
+            let dev = result::device::get(i).map_err(|e| cuda_err("cuDeviceGet", e))?;
+            let name = result::device::get_name(dev).map_err(|e| cuda_err("cuDeviceGetName", e))?;
+            let attr = |a| {
+                // SAFETY: dev comes from cuDeviceGet.
+                unsafe { result::device::get_attribute(dev, a) }
+                    .map_err(|e| cuda_err("cuDeviceGetAttribute", e))
+            };
+            let major =
+                attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?;
+            let minor =
+                attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
+            Ok(DeviceInfo {
+                name,
+                cc: (major as u32, minor as u32),
+            })
+        })
+        .collect()
+}
+
+/// A primary context made current plus one stream; released on drop.
+pub struct Gpu {
+    dev: sys::CUdevice,
+    ctx: sys::CUcontext,
+    pub stream: sys::CUstream,
+    pub info: DeviceInfo,
+    pub driver: (u32, u32),
+}
+
+// The context and stream are plain handles; CUDA allows using them from any thread once the
+// context is made current there, which `bind` does at the start of every entry point.
+unsafe impl Send for Gpu {}
+
+impl Gpu {
+    pub fn open(ordinal: usize) -> Result<Gpu> {
+        let info = devices()?
+            .into_iter()
+            .nth(ordinal)
+            .ok_or_else(|| Error::backend(BACKEND, format!("no CUDA device {ordinal}")))?;
+        let driver = driver_version()?;
+        let dev = result::device::get(ordinal as i32).map_err(|e| cuda_err("cuDeviceGet", e))?;
+        // SAFETY: dev comes from cuDeviceGet; the context is released in Drop.
+        let ctx = unsafe { result::primary_ctx::retain(dev) }
+            .map_err(|e| cuda_err("cuDevicePrimaryCtxRetain", e))?;
+        // SAFETY: ctx was just retained.
+        unsafe { result::ctx::set_current(ctx) }.map_err(|e| cuda_err("cuCtxSetCurrent", e))?;
+        let stream = result::stream::create(result::stream::StreamKind::NonBlocking)
+            .map_err(|e| cuda_err("cuStreamCreate", e))?;
+        Ok(Gpu {
+            dev,
+            ctx,
+            stream,
+            info,
+            driver,
+        })
+    }
+
+    /// Make this context current on the calling thread.
+    pub fn bind(&self) -> Result<()> {
+        // SAFETY: ctx stays retained for the life of self.
+        unsafe { result::ctx::set_current(self.ctx) }.map_err(|e| cuda_err("cuCtxSetCurrent", e))
+    }
+
+    pub fn mem_info(&self) -> (usize, usize) {
+        result::mem_get_info().unwrap_or((0, 0))
+    }
+
+    /// Allocate `bytes` (at least 1) of device memory.
+    pub fn malloc(&self, bytes: usize) -> std::result::Result<CUdeviceptr, result::DriverError> {
+        // SAFETY: plain allocation; freed with `free`.
+        unsafe { result::malloc_sync(bytes.max(1)) }
+    }
+
+    pub fn free(&self, p: CUdeviceptr) -> Result<()> {
+        self.sync()?;
+        // SAFETY: p came from malloc and is freed once; work using it is complete or ordered
+        // before (cuMemFree synchronizes).
+        unsafe { result::free_sync(p) }.map_err(|e| cuda_err("cuMemFree", e))
+    }
+
+    pub fn memset_zero(&self, p: CUdeviceptr, bytes: usize) -> Result<()> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        // SAFETY: p holds at least `bytes` bytes.
+        unsafe { result::memset_d8_async(p, 0, bytes, self.stream) }
+            .map_err(|e| cuda_err("cuMemsetD8Async", e))
+    }
+
+    /// Copy host bytes to the device, ordered on this backend's stream; returns when done.
+    pub fn htod(&self, dst: CUdeviceptr, src: &[u8]) -> Result<()> {
+        if src.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: dst holds at least src.len() bytes; src outlives the copy (synced below).
+        unsafe { result::memcpy_htod_async(dst, src, self.stream) }
+            .map_err(|e| cuda_err("cuMemcpyHtoDAsync", e))?;
+        self.sync()
+    }
+
+    /// Copy device bytes to the host after all queued work; returns when done.
+    pub fn dtoh(&self, dst: &mut [u8], src: CUdeviceptr) -> Result<()> {
+        if !dst.is_empty() {
+            // SAFETY: src holds at least dst.len() bytes; dst outlives the copy (synced below).
+            unsafe { result::memcpy_dtoh_async(dst, src, self.stream) }
+                .map_err(|e| cuda_err("cuMemcpyDtoHAsync", e))?;
+        }
+        self.sync()
+    }
+
+    pub fn sync(&self) -> Result<()> {
+        // SAFETY: the stream lives as long as self.
+        unsafe { result::stream::synchronize(self.stream) }
+            .map_err(|e| cuda_err("cuStreamSynchronize (a kernel failed)", e))
+    }
+
+    /// Load a cubin (or NUL-terminated PTX) image.
+    pub fn load_module(&self, image: &[u8]) -> Result<sys::CUmodule> {
+        // SAFETY: image is a complete module image that outlives the call.
+        unsafe { result::module::load_data(image.as_ptr() as *const c_void) }
+            .map_err(|e| cuda_err("cuModuleLoadData", e))
+    }
+
+    pub fn function(&self, module: sys::CUmodule, name: &str) -> Result<CUfunction> {
+        let c = CString::new(name).expect("kernel names have no NUL");
+        // SAFETY: module is loaded.
+        unsafe { result::module::get_function(module, c) }
+            .map_err(|e| cuda_err(&format!("cuModuleGetFunction({name})"), e))
+    }
+
+    /// Launch `f` on the stream. Arguments are 8-byte slots: pointers, or 4-byte scalars in
+    /// the low half (little-endian), which is what the driver reads for an int/float param.
+    pub fn launch(
+        &self,
+        name: &str,
+        f: CUfunction,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        smem: u32,
+        args: &[Arg],
+    ) -> Result<()> {
+        if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
+            return Ok(());
+        }
+        let mut slots: Vec<u64> = args.iter().map(Arg::bits).collect();
+        let mut params: Vec<*mut c_void> = slots
+            .iter_mut()
+            .map(|s| s as *mut u64 as *mut c_void)
+            .collect();
+        // SAFETY: f is a loaded kernel whose parameters match `args` (checked by the op code
+        // that builds them); device pointers are live allocations of this context.
+        unsafe { result::launch_kernel(f, grid, block, smem, self.stream, &mut params) }
+            .map_err(|e| cuda_err(&format!("launching kernel {name}"), e))?;
+        if std::env::var_os("GPTOSS_CUDA_SYNC").is_some() {
+            self.sync()
+                .map_err(|e| Error::backend(BACKEND, format!("kernel {name}: {e}")))?;
+        }
+        Ok(())
+    }
+
+    pub fn unload(&self, m: sys::CUmodule) {
+        // SAFETY: module loaded by this context and unloaded once.
+        let _ = unsafe { result::module::unload(m) };
+    }
+}
+
+impl Drop for Gpu {
+    fn drop(&mut self) {
+        let _ = self.bind();
+        // SAFETY: handles created in open() and released once.
+        unsafe {
+            let _ = result::stream::synchronize(self.stream);
+            let _ = result::stream::destroy(self.stream);
+            let _ = result::primary_ctx::release(self.dev);
+        }
+    }
+}
+
+/// One kernel argument.
+#[derive(Debug, Clone, Copy)]
+pub enum Arg {
+    Ptr(CUdeviceptr),
+    I32(i32),
+    I64(i64),
+    F32(f32),
+}
+
+impl Arg {
+    fn bits(&self) -> u64 {
+        match *self {
+            Arg::Ptr(p) => p,
+            Arg::I32(v) => v as u32 as u64,
+            Arg::I64(v) => v as u64,
+            Arg::F32(v) => v.to_bits() as u64,
+        }
+    }
+}

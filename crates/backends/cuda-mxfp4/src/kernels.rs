@@ -1,0 +1,226 @@
+//! The CUDA C kernel families: sources (src/kernels/*.cu), run-time compilation with NVRTC for
+//! the detected arch, and the on-disk cubin cache.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use gptoss_core::{Error, Result};
+
+use crate::driver::{CUfunction, Gpu, BACKEND};
+use crate::nvrtc::{cache_dir, cache_store, fnv64, Nvrtc};
+
+const COMMON: &str = include_str!("kernels/common.cuh");
+
+/// One .cu file and the kernels it defines.
+pub struct Family {
+    pub name: &'static str,
+    pub source: &'static str,
+    pub functions: &'static [&'static str],
+}
+
+pub const FAMILIES: &[Family] = &[
+    Family {
+        name: "embed",
+        source: include_str!("kernels/embed.cu"),
+        functions: &["embed"],
+    },
+    Family {
+        name: "rms_norm",
+        source: include_str!("kernels/rms_norm.cu"),
+        functions: &["rms_norm"],
+    },
+    Family {
+        name: "linear",
+        source: include_str!("kernels/linear.cu"),
+        functions: &["linear_f32", "linear_bf16", "linear_f16"],
+    },
+    Family {
+        name: "rope",
+        source: include_str!("kernels/rope.cu"),
+        functions: &["rope"],
+    },
+    Family {
+        name: "attention",
+        source: include_str!("kernels/attention.cu"),
+        functions: &["kv_write", "attention"],
+    },
+    Family {
+        name: "topk_softmax",
+        source: include_str!("kernels/topk_softmax.cu"),
+        functions: &["topk_softmax"],
+    },
+    Family {
+        name: "moe",
+        source: include_str!("kernels/moe.cu"),
+        functions: &["moe_gate_up", "moe_down", "moe_combine"],
+    },
+    Family {
+        name: "elementwise",
+        source: include_str!("kernels/elementwise.cu"),
+        functions: &["add_f32", "add_i32", "last_row"],
+    },
+    Family {
+        name: "argmax",
+        source: include_str!("kernels/argmax.cu"),
+        functions: &["argmax_rows"],
+    },
+];
+
+/// The NVRTC target for a compute capability: the arch-specific variant from Hopper on
+/// (sm_90a, sm_100a, sm_120a), so later kernels may use wgmma and friends.
+pub fn arch_for(cc: (u32, u32)) -> String {
+    let suffix = if cc.0 >= 9 { "a" } else { "" };
+    format!("sm_{}{}{suffix}", cc.0, cc.1)
+}
+
+/// How one family's module was obtained.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleOrigin {
+    pub family: &'static str,
+    pub from_cache: bool,
+    pub cache_path: Option<PathBuf>,
+}
+
+pub struct Kernels {
+    modules: Vec<cudarc::driver::sys::CUmodule>,
+    functions: HashMap<&'static str, CUfunction>,
+    pub origins: Vec<ModuleOrigin>,
+    pub arch: String,
+}
+
+// Module and function handles belong to the context, usable from any thread it is current on.
+unsafe impl Send for Kernels {}
+
+impl Kernels {
+    pub fn load(gpu: &Gpu) -> Result<Kernels> {
+        let arch = arch_for(gpu.info.cc);
+        let options = vec![
+            format!("--gpu-architecture={arch}"),
+            "-lineinfo".to_string(),
+        ];
+        let dir = cache_dir().map(|d| d.join("cuda-mxfp4"));
+        let key = |f: &Family| {
+            fnv64(&[
+                COMMON.as_bytes(),
+                f.source.as_bytes(),
+                options.join(" ").as_bytes(),
+            ])
+        };
+        let path_of = |f: &Family| {
+            dir.as_ref().map(|d| {
+                d.join(format!(
+                    "{}-{arch}-cuda{}.{}-{:016x}.cubin",
+                    f.name,
+                    gpu.driver.0,
+                    gpu.driver.1,
+                    key(f)
+                ))
+            })
+        };
+        let mut k = Kernels {
+            modules: Vec::new(),
+            functions: HashMap::new(),
+            origins: Vec::new(),
+            arch: arch.clone(),
+        };
+        // Cache hits first; whatever misses is compiled (in parallel) below.
+        let mut missing: Vec<&Family> = Vec::new();
+        for f in FAMILIES {
+            let path = path_of(f);
+            let cached = path.as_ref().and_then(|p| std::fs::read(p).ok());
+            match cached.map(|img| gpu.load_module(&img)) {
+                Some(Ok(m)) => {
+                    k.add(gpu, f, m)?;
+                    k.origins.push(ModuleOrigin {
+                        family: f.name,
+                        from_cache: true,
+                        cache_path: path,
+                    });
+                }
+                _ => missing.push(f),
+            }
+        }
+        if missing.is_empty() {
+            return Ok(k);
+        }
+        let nvrtc = Nvrtc::load()?;
+        let results: Vec<Result<Vec<u8>>> = std::thread::scope(|s| {
+            let handles: Vec<_> = missing
+                .iter()
+                .map(|f| {
+                    let (nvrtc, options) = (&nvrtc, &options);
+                    s.spawn(move || {
+                        let src = format!("{COMMON}\n{}", f.source);
+                        nvrtc.compile(&format!("{}.cu", f.name), &src, options)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(Error::backend(BACKEND, "NVRTC compile thread panicked"))
+                    })
+                })
+                .collect()
+        });
+        // Report every family's compile error at once.
+        let errors: Vec<String> = results
+            .iter()
+            .filter_map(|r| r.as_ref().err().map(|e| e.to_string()))
+            .collect();
+        if !errors.is_empty() {
+            return Err(Error::backend(
+                BACKEND,
+                format!(
+                    "compiling kernels with NVRTC {:?} ({}) for {arch} failed:\n{}",
+                    nvrtc.version(),
+                    nvrtc.path(),
+                    errors.join("\n")
+                ),
+            ));
+        }
+        for (f, img) in missing.into_iter().zip(results) {
+            let img = img?;
+            let m = gpu.load_module(&img).map_err(|e| {
+                Error::backend(
+                    BACKEND,
+                    format!("loading kernels/{}.cu for {arch}: {e}", f.name),
+                )
+            })?;
+            k.add(gpu, f, m)?;
+            let path = path_of(f);
+            if let Some(p) = &path {
+                cache_store(p, &img);
+            }
+            k.origins.push(ModuleOrigin {
+                family: f.name,
+                from_cache: false,
+                cache_path: path,
+            });
+        }
+        Ok(k)
+    }
+
+    fn add(&mut self, gpu: &Gpu, f: &Family, m: cudarc::driver::sys::CUmodule) -> Result<()> {
+        self.modules.push(m);
+        for name in f.functions {
+            self.functions.insert(name, gpu.function(m, name)?);
+        }
+        Ok(())
+    }
+
+    pub fn get(&self, name: &str) -> Result<CUfunction> {
+        self.functions
+            .get(name)
+            .copied()
+            .ok_or_else(|| Error::backend(BACKEND, format!("kernel {name} is not loaded")))
+    }
+
+    pub fn unload(&mut self, gpu: &Gpu) {
+        for m in self.modules.drain(..) {
+            gpu.unload(m);
+        }
+        self.functions.clear();
+    }
+}

@@ -1,0 +1,93 @@
+// Attention with per-head sinks, sliding window and GQA over an f32 KV cache [C, NKV*D].
+
+// Write this step's k/v rows into the caches at their positions.
+extern "C" __global__ void kv_write(const float* k, const float* v, const int* pos, float* kc,
+                                    float* vc, int W, int cap, int* err) {
+    i64 t = blockIdx.x;
+    int p = pos[t];
+    if (p < 0 || p >= cap) {
+        if (threadIdx.x == 0) report_error(err, ERR_POSITION, p, cap, (int)t);
+        return;
+    }
+    for (int c = threadIdx.x; c < W; c += blockDim.x) {
+        kc[(i64)p * W + c] = k[t * W + c];
+        vc[(i64)p * W + c] = v[t * W + c];
+    }
+}
+
+// One block per (token, query head); each warp runs an online softmax over a strided subset of
+// the visible keys (lanes split the head dimension), then the warps and the sink are combined.
+// Dynamic shared memory: (blockDim.x / 32) * D floats.
+#define MAXR 8  // D <= 256
+extern "C" __global__ void attention(const float* q, const float* kc, const float* vc,
+                                     const void* sinks, int sdt, const int* pos, float* o, int NQ,
+                                     int NKV, int D, int window, float scale, int cap) {
+    extern __shared__ float sacc[];
+    __shared__ float sm[32], sl[32];
+    i64 t = blockIdx.x;
+    int h = blockIdx.y;
+    int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    int p = pos[t];
+    float* out = o + (t * NQ + h) * D;
+    if (p < 0 || p >= cap) {
+        for (int d = threadIdx.x; d < D; d += blockDim.x) out[d] = 0.0f;
+        return;
+    }
+    int group = NQ / NKV;
+    int W = NKV * D;
+    i64 off = (i64)(h / group) * D;
+    int lo = (window == 0 || p + 1 - window < 0) ? 0 : p + 1 - window;
+    const float* qh = q + (t * NQ + h) * D;
+    float qr[MAXR], acc[MAXR];
+#pragma unroll
+    for (int r = 0; r < MAXR; r++) {
+        int d = lane + 32 * r;
+        qr[r] = d < D ? qh[d] : 0.0f;
+        acc[r] = 0.0f;
+    }
+    float m = NEG_INF, l = 0.0f;
+    for (int j = lo + wid; j <= p; j += nw) {
+        const float* kr = kc + (i64)j * W + off;
+        const float* vr = vc + (i64)j * W + off;
+        float s = 0.0f;
+#pragma unroll
+        for (int r = 0; r < MAXR; r++) {
+            int d = lane + 32 * r;
+            if (d < D) s += qr[r] * kr[d];
+        }
+        s = warp_sum(s) * scale;
+        float mn = fmaxf(m, s);
+        float corr = expf(m - mn);
+        float e = expf(s - mn);
+        l = l * corr + e;
+#pragma unroll
+        for (int r = 0; r < MAXR; r++) {
+            int d = lane + 32 * r;
+            if (d < D) acc[r] = acc[r] * corr + e * vr[d];
+        }
+        m = mn;
+    }
+    if (lane == 0) {
+        sm[wid] = m;
+        sl[wid] = l;
+    }
+#pragma unroll
+    for (int r = 0; r < MAXR; r++) {
+        int d = lane + 32 * r;
+        if (d < D) sacc[wid * D + d] = acc[r];
+    }
+    __syncthreads();
+    float sink = ldf(sinks, sdt, h);
+    float M = sink;
+    for (int w = 0; w < nw; w++) M = fmaxf(M, sm[w]);
+    float L = expf(sink - M);
+    for (int w = 0; w < nw; w++)
+        if (sm[w] != NEG_INF) L += sl[w] * expf(sm[w] - M);
+    float inv = 1.0f / L;
+    for (int d = threadIdx.x; d < D; d += blockDim.x) {
+        float r = 0.0f;
+        for (int w = 0; w < nw; w++)
+            if (sm[w] != NEG_INF) r += sacc[w * D + d] * expf(sm[w] - M);
+        out[d] = r * inv;
+    }
+}

@@ -1,0 +1,81 @@
+// Shared helpers of every cuda-mxfp4 kernel family. NVRTC compiles each family with this text
+// prepended (no #include, so no CUDA headers are needed at run time).
+
+typedef unsigned int u32;
+typedef unsigned short u16;
+typedef unsigned char u8;
+typedef long long i64;
+
+// Float dtype codes passed to kernels for weights (match gptoss_core::DType).
+#define DT_F32 0
+#define DT_BF16 1
+#define DT_F16 2
+
+#define NEG_INF __int_as_float(0xff800000)
+
+// Error codes written to the error word (first writer wins): see errors.rs.
+#define ERR_TOKEN_ID 1
+#define ERR_POSITION 2
+#define ERR_EXPERT_ID 3
+#define ERR_ROPE_POSITION 4
+
+__device__ __forceinline__ float bf16_to_f32(u16 b) { return __uint_as_float(((u32)b) << 16); }
+
+__device__ __forceinline__ float f16_to_f32(u16 h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+
+// Element i of a float tensor of dtype dt, widened exactly to f32.
+__device__ __forceinline__ float ldf(const void* p, int dt, i64 i) {
+    if (dt == DT_BF16) return bf16_to_f32(((const u16*)p)[i]);
+    if (dt == DT_F16) return f16_to_f32(((const u16*)p)[i]);
+    return ((const float*)p)[i];
+}
+
+struct LdF32 {
+    static __device__ __forceinline__ float ld(const void* p, i64 i) { return ((const float*)p)[i]; }
+};
+struct LdBf16 {
+    static __device__ __forceinline__ float ld(const void* p, i64 i) {
+        return bf16_to_f32(((const u16*)p)[i]);
+    }
+};
+struct LdF16 {
+    static __device__ __forceinline__ float ld(const void* p, i64 i) {
+        return f16_to_f32(((const u16*)p)[i]);
+    }
+};
+
+// err[0] = code, err[1..4] = details; only the first error is kept.
+__device__ __forceinline__ void report_error(int* err, int code, int a, int b, int c) {
+    if (atomicCAS(err, 0, code) == 0) {
+        err[1] = a;
+        err[2] = b;
+        err[3] = c;
+    }
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the sum.
+__device__ float block_sum(float v) {
+    __shared__ float sh[32];
+    int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_sum(v);
+    __syncthreads();
+    if (lane == 0) sh[wid] = v;
+    __syncthreads();
+    if (wid == 0) {
+        float s = lane < nw ? sh[lane] : 0.0f;
+        s = warp_sum(s);
+        if (lane == 0) sh[0] = s;
+    }
+    __syncthreads();
+    return sh[0];
+}

@@ -1,0 +1,16 @@
+// add (f32 and wrapping i32) and last_row.
+extern "C" __global__ void add_f32(const float* a, const float* b, float* out, i64 n) {
+    i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = a[i] + b[i];
+}
+
+extern "C" __global__ void add_i32(const int* a, const int* b, int* out, i64 n) {
+    i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = (int)((u32)a[i] + (u32)b[i]);
+}
+
+// out [1, N] = x [T, N] row T-1.
+extern "C" __global__ void last_row(const float* x, float* out, int T, int N) {
+    i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < N) out[i] = x[(i64)(T - 1) * N + i];
+}

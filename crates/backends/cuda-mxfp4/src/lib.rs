@@ -1,0 +1,452 @@
+//! cuda-mxfp4: the gptoss backend for NVIDIA Hopper and Blackwell GPUs (sm_90+).
+//!
+//! - Buffers live in GPU memory with their logical dtype: BF16 weights stay bf16, MXFP4 blocks
+//!   and E8M0 scales stay packed bytes (the MoE kernels decode them on the fly), F32/I32 as is.
+//! - Every graph op has a CUDA C kernel (src/kernels/*.cu), compiled with NVRTC for the
+//!   detected arch (sm_90a on Hopper) when the backend is created, and cached on disk as cubin
+//!   keyed by source hash + arch + driver version (`$XDG_CACHE_HOME/gptoss` or
+//!   `~/.cache/gptoss`; no cache when that is not writable).
+//! - `execute` walks the validated graph on one stream, takes temporaries from a pool and
+//!   returns them after their last use, then synchronises and checks the kernels' error word
+//!   (bad token ids, positions, expert ids), so errors come back as [`gptoss_core::Error`].
+//!
+//! The CUDA driver is loaded with dlopen (cudarc), so this crate builds and loads on machines
+//! without CUDA; there `probe` reports score 0 with the reason and `create` fails cleanly.
+
+mod driver;
+mod kernels;
+pub mod nvrtc;
+mod ops;
+mod probe;
+
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use gptoss_core::graph::ValueKind;
+use gptoss_core::plugin::{PluginBackend, PluginOptions};
+use gptoss_core::rope::RopeParams;
+use gptoss_core::{Backend, BufferId, Error, Graph, ProbeReport, Result, TensorDesc};
+
+use driver::{CUdeviceptr, Gpu, BACKEND};
+pub use kernels::{arch_for, ModuleOrigin};
+
+struct DevBuf {
+    ptr: CUdeviceptr,
+    desc: TensorDesc,
+}
+
+/// The backend: one GPU, one stream, device buffers and the compiled kernels.
+pub struct CudaMxfp4 {
+    buffers: HashMap<BufferId, DevBuf>,
+    next_id: u64,
+    /// Free temporaries by byte size, reused across ops and steps.
+    pool: HashMap<usize, Vec<CUdeviceptr>>,
+    /// Sizes taken from the pool during the current `execute`.
+    pool_used: std::collections::HashSet<usize>,
+    /// YaRN/RoPE inverse frequencies uploaded once per distinct parameters.
+    rope_tables: Vec<(RopeParams, CUdeviceptr)>,
+    /// 4 ints the kernels write when they meet bad input (code, a, b, c).
+    err: CUdeviceptr,
+    kernels: kernels::Kernels,
+    gpu: Gpu,
+}
+
+impl CudaMxfp4 {
+    /// The device this instance runs on, e.g. "NVIDIA H100 80GB HBM3 (sm_90)".
+    pub fn device_name(&self) -> String {
+        let (a, b) = self.gpu.info.cc;
+        format!("{} (sm_{a}{b})", self.gpu.info.name)
+    }
+
+    /// The NVRTC target the kernels were built for, e.g. "sm_90a".
+    pub fn arch(&self) -> &str {
+        &self.kernels.arch
+    }
+
+    /// Where each kernel family came from (cache or a fresh NVRTC compile).
+    pub fn module_origins(&self) -> &[ModuleOrigin] {
+        &self.kernels.origins
+    }
+
+    fn open(options: &PluginOptions) -> Result<CudaMxfp4> {
+        if !driver::driver_present() {
+            return Err(Error::backend(
+                BACKEND,
+                format!(
+                    "{}; cuda-mxfp4 needs an NVIDIA GPU (sm_90+) and its driver; try --backend cpu",
+                    gptoss_gpu_detect::NO_DRIVER
+                ),
+            ));
+        }
+        let gpu = Gpu::open(options.device)?;
+        let cc = gpu.info.cc;
+        if cc.0 < 9 {
+            return Err(Error::backend(
+                BACKEND,
+                format!(
+                    "{}: needs sm_90+ (Hopper/Blackwell), found sm_{}{}; try --backend cuda-bf16",
+                    gpu.info.name, cc.0, cc.1
+                ),
+            ));
+        }
+        let kernels = kernels::Kernels::load(&gpu)?;
+        let err = gpu
+            .malloc(16)
+            .map_err(|e| driver::cuda_err("allocating the error word", e))?;
+        let me = CudaMxfp4 {
+            buffers: HashMap::new(),
+            next_id: 1,
+            pool: HashMap::new(),
+            pool_used: Default::default(),
+            rope_tables: Vec::new(),
+            err,
+            kernels,
+            gpu,
+        };
+        me.gpu.memset_zero(me.err, 16)?;
+        me.gpu.sync()?;
+        Ok(me)
+    }
+
+    /// Allocate device memory, dropping pooled temporaries and retrying once when the GPU is
+    /// full; a clear error names the size, the tensor and the free memory otherwise.
+    fn device_alloc(&mut self, bytes: usize, name: &str) -> Result<CUdeviceptr> {
+        match self.gpu.malloc(bytes) {
+            Ok(p) => return Ok(p),
+            Err(e) if e.0 != cudarc::driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY => {
+                return Err(driver::cuda_err(
+                    &format!("allocating {bytes} bytes for '{name}'"),
+                    e,
+                ))
+            }
+            Err(_) => {}
+        }
+        self.drain_pool()?;
+        self.gpu.malloc(bytes).map_err(|e| {
+            if e.0 == cudarc::driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+                let (free, total) = self.gpu.mem_info();
+                Error::backend(
+                    BACKEND,
+                    format!(
+                        "out of GPU memory allocating {bytes} bytes for '{name}' (free {free} of \
+                         {total} bytes on {}); use a shorter context or a smaller model",
+                        self.gpu.info.name
+                    ),
+                )
+            } else {
+                driver::cuda_err(&format!("allocating {bytes} bytes for '{name}'"), e)
+            }
+        })
+    }
+
+    fn drain_pool(&mut self) -> Result<()> {
+        self.gpu.sync()?;
+        for (_, v) in self.pool.drain() {
+            for p in v {
+                self.gpu.free(p)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A temporary of `bytes` bytes (from the pool when one of that size is free).
+    fn take_temp(&mut self, bytes: usize, name: &str) -> Result<CUdeviceptr> {
+        let bytes = bytes.max(1);
+        self.pool_used.insert(bytes);
+        if let Some(p) = self.pool.get_mut(&bytes).and_then(|v| v.pop()) {
+            return Ok(p);
+        }
+        self.device_alloc(bytes, name)
+    }
+
+    fn give_temp(&mut self, bytes: usize, p: CUdeviceptr) {
+        self.pool.entry(bytes.max(1)).or_default().push(p);
+    }
+
+    /// Keep only the size classes the last step used, so the pool stays one step's worth.
+    fn trim_pool(&mut self) -> Result<()> {
+        let unused: Vec<usize> = self
+            .pool
+            .keys()
+            .filter(|k| !self.pool_used.contains(k))
+            .copied()
+            .collect();
+        if !unused.is_empty() {
+            self.gpu.sync()?;
+        }
+        for k in unused {
+            for p in self.pool.remove(&k).unwrap_or_default() {
+                self.gpu.free(p)?;
+            }
+        }
+        self.pool_used.clear();
+        Ok(())
+    }
+
+    fn rope_table(&mut self, params: &RopeParams) -> Result<CUdeviceptr> {
+        if let Some((_, p)) = self.rope_tables.iter().find(|(q, _)| q == params) {
+            return Ok(*p);
+        }
+        let inv: Vec<u8> = params
+            .inv_freq()
+            .iter()
+            .flat_map(|f| f.to_le_bytes())
+            .collect();
+        let p = self.device_alloc(inv.len(), "rope inv_freq")?;
+        self.gpu.htod(p, &inv)?;
+        self.rope_tables.push((*params, p));
+        Ok(p)
+    }
+
+    /// Read and clear the kernels' error word; turn a reported problem into an error.
+    fn check_kernel_errors(&mut self) -> Result<()> {
+        let mut raw = [0u8; 16];
+        self.gpu.dtoh(&mut raw, self.err)?;
+        let w: Vec<i32> = raw
+            .chunks_exact(4)
+            .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        if w[0] == 0 {
+            return Ok(());
+        }
+        self.gpu.memset_zero(self.err, 16)?;
+        self.gpu.sync()?;
+        let (a, b, c) = (w[1], w[2], w[3]);
+        Err(Error::Input(match w[0] {
+            1 => format!(
+                "token id {a} (at index {c}) is out of range for the vocabulary of {b} tokens (ids 0..{b})"
+            ),
+            2 => format!(
+                "attention: position {a} is beyond the KV cache capacity of {b} positions (0..{b}); \
+                 use a longer context"
+            ),
+            3 => format!(
+                "moe: token {c} routed to expert {a}, but there are {b} experts (ids 0..{b})"
+            ),
+            4 => format!("rope: negative position {a}"),
+            code => format!("a kernel reported error code {code} ({a}, {b}, {c})"),
+        }))
+    }
+
+    fn run_graph(&mut self, graph: &Graph, ptrs: &mut [Option<CUdeviceptr>]) -> Result<()> {
+        let mut last_use = vec![usize::MAX; graph.values.len()];
+        for (n, node) in graph.nodes.iter().enumerate() {
+            for id in node.inputs.iter().chain(&node.outputs) {
+                last_use[id.0 as usize] = n;
+            }
+        }
+        for (n, node) in graph.nodes.iter().enumerate() {
+            for id in &node.outputs {
+                let v = &graph.values[id.0 as usize];
+                if ptrs[id.0 as usize].is_none() {
+                    let p = self.take_temp(v.desc.byte_size(), &v.name)?;
+                    ptrs[id.0 as usize] = Some(p);
+                }
+            }
+            ops::run_node(self, graph, node, ptrs).map_err(|e| match e {
+                Error::Unsupported { .. } | Error::Input(_) => e,
+                other => Error::backend(
+                    BACKEND,
+                    format!(
+                        "{} ({}): {other}",
+                        node.op.name(),
+                        graph.values[node.outputs[0].0 as usize].name
+                    ),
+                ),
+            })?;
+            for id in node.inputs.iter().chain(&node.outputs) {
+                let i = id.0 as usize;
+                if last_use[i] == n && matches!(graph.values[i].kind, ValueKind::Temp) {
+                    if let Some(p) = ptrs[i].take() {
+                        self.give_temp(graph.values[i].desc.byte_size(), p);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Backend for CudaMxfp4 {
+    fn name(&self) -> &str {
+        BACKEND
+    }
+
+    fn probe(&self) -> ProbeReport {
+        probe::probe()
+    }
+
+    fn alloc(&mut self, desc: &TensorDesc) -> Result<BufferId> {
+        self.gpu.bind()?;
+        let id = BufferId(self.next_id);
+        let ptr = self.device_alloc(desc.byte_size(), &format!("buffer {} {desc}", id.0))?;
+        self.gpu.memset_zero(ptr, desc.byte_size())?;
+        self.next_id += 1;
+        self.buffers.insert(
+            id,
+            DevBuf {
+                ptr,
+                desc: desc.clone(),
+            },
+        );
+        Ok(id)
+    }
+
+    fn free(&mut self, id: BufferId) -> Result<()> {
+        self.gpu.bind()?;
+        let b = self
+            .buffers
+            .remove(&id)
+            .ok_or_else(|| Error::backend(BACKEND, format!("free of unknown buffer {}", id.0)))?;
+        self.gpu.free(b.ptr)
+    }
+
+    fn upload(&mut self, id: BufferId, data: &[u8]) -> Result<()> {
+        self.gpu.bind()?;
+        let b = self
+            .buffers
+            .get(&id)
+            .ok_or_else(|| Error::backend(BACKEND, format!("upload to unknown buffer {}", id.0)))?;
+        if data.len() != b.desc.byte_size() {
+            return Err(Error::tensor(
+                format!("buffer {}", id.0),
+                format!(
+                    "upload of {} bytes into a {} buffer of {} bytes",
+                    data.len(),
+                    b.desc,
+                    b.desc.byte_size()
+                ),
+            ));
+        }
+        self.gpu.htod(b.ptr, data)
+    }
+
+    fn download(&mut self, id: BufferId) -> Result<Vec<u8>> {
+        self.gpu.bind()?;
+        let b = self.buffers.get(&id).ok_or_else(|| {
+            Error::backend(BACKEND, format!("download of unknown buffer {}", id.0))
+        })?;
+        let mut out = vec![0u8; b.desc.byte_size()];
+        self.gpu.dtoh(&mut out, b.ptr)?;
+        Ok(out)
+    }
+
+    fn load_weight(&mut self, name: &str, desc: &TensorDesc, data: &[u8]) -> Result<BufferId> {
+        self.gpu.bind()?;
+        if data.len() != desc.byte_size() {
+            return Err(Error::tensor(
+                name,
+                format!(
+                    "{} bytes of data for {desc} ({} bytes)",
+                    data.len(),
+                    desc.byte_size()
+                ),
+            ));
+        }
+        let ptr = self.device_alloc(desc.byte_size(), name)?;
+        if let Err(e) = self.gpu.htod(ptr, data) {
+            let _ = self.gpu.free(ptr);
+            return Err(e);
+        }
+        let id = BufferId(self.next_id);
+        self.next_id += 1;
+        self.buffers.insert(
+            id,
+            DevBuf {
+                ptr,
+                desc: desc.clone(),
+            },
+        );
+        Ok(id)
+    }
+
+    fn execute(&mut self, graph: &Graph) -> Result<()> {
+        self.gpu.bind()?;
+        graph.validate()?;
+        let mut ptrs: Vec<Option<CUdeviceptr>> = vec![None; graph.values.len()];
+        for (i, v) in graph.values.iter().enumerate() {
+            if let ValueKind::Weight(b)
+            | ValueKind::Input(b)
+            | ValueKind::State(b)
+            | ValueKind::Output(b) = v.kind
+            {
+                let buf = self.buffers.get(&b).ok_or_else(|| {
+                    Error::backend(
+                        BACKEND,
+                        format!("'{}' is bound to unknown buffer {}", v.name, b.0),
+                    )
+                })?;
+                let same_bytes = buf.desc.dtype.size() == v.desc.dtype.size()
+                    && buf.desc.dtype.is_byte_packed()
+                    && v.desc.dtype.is_byte_packed();
+                if buf.desc.shape != v.desc.shape || (buf.desc.dtype != v.desc.dtype && !same_bytes)
+                {
+                    return Err(Error::tensor(
+                        &v.name,
+                        format!("graph says {}, its buffer holds {}", v.desc, buf.desc),
+                    ));
+                }
+                ptrs[i] = Some(buf.ptr);
+            }
+        }
+        let result = self.run_graph(graph, &mut ptrs);
+        // Return whatever temporaries are still out (all of them after an error).
+        for (i, p) in ptrs.iter_mut().enumerate() {
+            if matches!(graph.values[i].kind, ValueKind::Temp) {
+                if let Some(p) = p.take() {
+                    self.give_temp(graph.values[i].desc.byte_size(), p);
+                }
+            }
+        }
+        result?;
+        self.gpu.sync()?;
+        self.check_kernel_errors()?;
+        self.trim_pool()
+    }
+}
+
+impl Drop for CudaMxfp4 {
+    fn drop(&mut self) {
+        let _ = self.gpu.bind();
+        let _ = self.gpu.sync();
+        for (_, b) in self.buffers.drain() {
+            let _ = self.gpu.free(b.ptr);
+        }
+        for (_, v) in self.pool.drain() {
+            for p in v {
+                let _ = self.gpu.free(p);
+            }
+        }
+        for (_, p) in self.rope_tables.drain(..) {
+            let _ = self.gpu.free(p);
+        }
+        let _ = self.gpu.free(self.err);
+        self.kernels.unload(&self.gpu);
+    }
+}
+
+impl PluginBackend for CudaMxfp4 {
+    const NAME: &'static str = BACKEND;
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+
+    fn probe_devices() -> ProbeReport {
+        probe::probe()
+    }
+
+    fn create(options: &PluginOptions) -> Result<Self> {
+        // cudarc panics on a missing driver symbol: keep that inside, as an error.
+        catch_unwind(AssertUnwindSafe(|| CudaMxfp4::open(options))).unwrap_or_else(|p| {
+            let msg = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(Error::backend(
+                BACKEND,
+                format!("the CUDA driver could not be used: {msg}"),
+            ))
+        })
+    }
+}
+
+gptoss_core::export_backend!(CudaMxfp4);

@@ -1,0 +1,433 @@
+//! One graph node -> kernel launches: shapes, dtypes and launch geometry per op.
+
+use gptoss_core::graph::{Node, Op};
+use gptoss_core::{DType, Error, Graph, Result, Value};
+
+use crate::driver::{Arg, CUdeviceptr, BACKEND};
+use crate::CudaMxfp4;
+
+/// Warps per block of the warp-per-row kernels.
+const WARPS: u32 = 8;
+
+fn unsupported(what: String) -> Error {
+    Error::Unsupported {
+        backend: BACKEND.into(),
+        what,
+    }
+}
+
+/// The kernel dtype code of a float weight (see common.cuh).
+fn float_code(v: &Value) -> Result<i32> {
+    match v.desc.dtype {
+        DType::F32 => Ok(0),
+        DType::BF16 => Ok(1),
+        DType::F16 => Ok(2),
+        d => Err(unsupported(format!("{d} values for '{}'", v.name))),
+    }
+}
+
+/// Activations (temporaries, inputs, outputs) are f32 on this backend.
+fn want_f32(v: &Value) -> Result<()> {
+    if v.desc.dtype == DType::F32 {
+        Ok(())
+    } else {
+        Err(unsupported(format!(
+            "{} activations ('{}'); this backend computes activations in F32",
+            v.desc.dtype, v.name
+        )))
+    }
+}
+
+fn dims(v: &Value) -> &[usize] {
+    v.desc.shape.dims()
+}
+
+fn i32_of(n: usize, what: &str) -> Result<i32> {
+    i32::try_from(n).map_err(|_| Error::Input(format!("{what} = {n} does not fit a 32-bit index")))
+}
+
+fn blocks(n: usize, per: usize) -> Result<u32> {
+    u32::try_from(n.div_ceil(per))
+        .map_err(|_| Error::Input(format!("{n} elements need too many thread blocks")))
+}
+
+fn grid_y(n: usize) -> Result<u32> {
+    if n > 65535 {
+        return Err(unsupported(format!(
+            "a second grid dimension of {n} (> 65535)"
+        )));
+    }
+    Ok(n as u32)
+}
+
+pub fn run_node(
+    be: &mut CudaMxfp4,
+    graph: &Graph,
+    node: &Node,
+    ptrs: &[Option<CUdeviceptr>],
+) -> Result<()> {
+    let val = |id: gptoss_core::ValueId| graph.value(id);
+    let ptr = |id: gptoss_core::ValueId| -> Result<CUdeviceptr> {
+        ptrs[id.0 as usize].ok_or_else(|| {
+            Error::Graph(format!(
+                "'{}' has no storage (read after free?)",
+                val(id).name
+            ))
+        })
+    };
+    let ins: Vec<&Value> = node.inputs.iter().map(|i| val(*i)).collect();
+    let outs: Vec<&Value> = node.outputs.iter().map(|i| val(*i)).collect();
+    let ip = |k: usize| ptr(node.inputs[k]);
+    let op_ = |k: usize| ptr(node.outputs[k]);
+    let err = be.err;
+    match &node.op {
+        Op::Embed => {
+            want_f32(outs[0])?;
+            let (v, h) = (dims(ins[0])[0], dims(ins[0])[1]);
+            let t = dims(ins[1])[0];
+            let f = be.kernels.get("embed")?;
+            be.gpu.launch(
+                "embed",
+                f,
+                (blocks(t, 1)?, 1, 1),
+                (256, 1, 1),
+                0,
+                &[
+                    Arg::Ptr(ip(0)?),
+                    Arg::I32(float_code(ins[0])?),
+                    Arg::Ptr(ip(1)?),
+                    Arg::Ptr(op_(0)?),
+                    Arg::I32(i32_of(v, "vocab")?),
+                    Arg::I32(i32_of(h, "hidden")?),
+                    Arg::Ptr(err),
+                ],
+            )
+        }
+        Op::RmsNorm { eps } => {
+            want_f32(ins[0])?;
+            want_f32(outs[0])?;
+            let (t, h) = (dims(ins[0])[0], dims(ins[0])[1]);
+            let f = be.kernels.get("rms_norm")?;
+            be.gpu.launch(
+                "rms_norm",
+                f,
+                (blocks(t, 1)?, 1, 1),
+                (256, 1, 1),
+                0,
+                &[
+                    Arg::Ptr(ip(0)?),
+                    Arg::Ptr(ip(1)?),
+                    Arg::I32(float_code(ins[1])?),
+                    Arg::Ptr(op_(0)?),
+                    Arg::I32(i32_of(h, "hidden")?),
+                    Arg::F32(*eps),
+                ],
+            )
+        }
+        Op::Linear => {
+            want_f32(ins[0])?;
+            want_f32(outs[0])?;
+            let (t, k) = (dims(ins[0])[0], dims(ins[0])[1]);
+            let n = dims(ins[1])[0];
+            let name = match ins[1].desc.dtype {
+                DType::F32 => "linear_f32",
+                DType::BF16 => "linear_bf16",
+                DType::F16 => "linear_f16",
+                d => return Err(unsupported(format!("linear with {d} weights"))),
+            };
+            let (bias, bdt) = match ins.get(2) {
+                Some(b) => (ip(2)?, float_code(b)?),
+                None => (0, 0),
+            };
+            let f = be.kernels.get(name)?;
+            be.gpu.launch(
+                name,
+                f,
+                (blocks(n, WARPS as usize)?, 1, 1),
+                (32 * WARPS, 1, 1),
+                0,
+                &[
+                    Arg::Ptr(ip(0)?),
+                    Arg::Ptr(ip(1)?),
+                    Arg::Ptr(bias),
+                    Arg::I32(bdt),
+                    Arg::Ptr(op_(0)?),
+                    Arg::I32(i32_of(t, "tokens")?),
+                    Arg::I32(i32_of(n, "out features")?),
+                    Arg::I32(i32_of(k, "in features")?),
+                ],
+            )
+        }
+        Op::Rope { params, heads } => {
+            want_f32(ins[0])?;
+            want_f32(outs[0])?;
+            let t = dims(ins[0])[0];
+            let table = be.rope_table(params)?;
+            let f = be.kernels.get("rope")?;
+            be.gpu.launch(
+                "rope",
+                f,
+                (blocks(t, 1)?, 1, 1),
+                (128, 1, 1),
+                0,
+                &[
+                    Arg::Ptr(ip(0)?),
+                    Arg::Ptr(ip(1)?),
+                    Arg::Ptr(table),
+                    Arg::Ptr(op_(0)?),
+                    Arg::I32(*heads as i32),
+                    Arg::I32(params.head_dim as i32),
+                    Arg::F32(params.attention_scaling()),
+                    Arg::Ptr(err),
+                ],
+            )
+        }
+        Op::Attention {
+            heads,
+            kv_heads,
+            head_dim,
+            window,
+            scale,
+        } => {
+            for v in [ins[0], ins[1], ins[2], outs[0], outs[1], outs[2]] {
+                want_f32(v)?;
+            }
+            let t = dims(ins[0])[0];
+            let cap = dims(outs[1])[0];
+            let d = *head_dim as usize;
+            if d > 256 {
+                return Err(unsupported(format!("attention with head_dim {d} (> 256)")));
+            }
+            let w = *kv_heads as usize * d;
+            let f = be.kernels.get("kv_write")?;
+            be.gpu.launch(
+                "kv_write",
+                f,
+                (blocks(t, 1)?, 1, 1),
+                (256, 1, 1),
+                0,
+                &[
+                    Arg::Ptr(ip(1)?),
+                    Arg::Ptr(ip(2)?),
+                    Arg::Ptr(ip(4)?),
+                    Arg::Ptr(op_(1)?),
+                    Arg::Ptr(op_(2)?),
+                    Arg::I32(i32_of(w, "kv width")?),
+                    Arg::I32(i32_of(cap, "cache capacity")?),
+                    Arg::Ptr(err),
+                ],
+            )?;
+            let warps = 4u32;
+            let f = be.kernels.get("attention")?;
+            be.gpu.launch(
+                "attention",
+                f,
+                (blocks(t, 1)?, grid_y(*heads as usize)?, 1),
+                (32 * warps, 1, 1),
+                warps * d as u32 * 4,
+                &[
+                    Arg::Ptr(ip(0)?),
+                    Arg::Ptr(op_(1)?),
+                    Arg::Ptr(op_(2)?),
+                    Arg::Ptr(ip(3)?),
+                    Arg::I32(float_code(ins[3])?),
+                    Arg::Ptr(ip(4)?),
+                    Arg::Ptr(op_(0)?),
+                    Arg::I32(*heads as i32),
+                    Arg::I32(*kv_heads as i32),
+                    Arg::I32(d as i32),
+                    Arg::I32(i32_of(*window as usize, "window")?),
+                    Arg::F32(*scale),
+                    Arg::I32(i32_of(cap, "cache capacity")?),
+                ],
+            )
+        }
+        Op::TopKSoftmax { k } => {
+            want_f32(ins[0])?;
+            want_f32(outs[1])?;
+            let (t, e) = (dims(ins[0])[0], dims(ins[0])[1]);
+            if e > 1024 || *k > 32 {
+                return Err(unsupported(format!(
+                    "top-{k} of {e} experts (at most top-32 of 1024)"
+                )));
+            }
+            let f = be.kernels.get("topk_softmax")?;
+            be.gpu.launch(
+                "topk_softmax",
+                f,
+                (blocks(t, 64)?, 1, 1),
+                (64, 1, 1),
+                0,
+                &[
+                    Arg::Ptr(ip(0)?),
+                    Arg::Ptr(op_(0)?),
+                    Arg::Ptr(op_(1)?),
+                    Arg::I32(i32_of(t, "tokens")?),
+                    Arg::I32(e as i32),
+                    Arg::I32(*k as i32),
+                ],
+            )
+        }
+        Op::MoeMxfp4 {
+            swiglu_limit,
+            alpha,
+        } => {
+            want_f32(ins[0])?;
+            want_f32(ins[2])?;
+            want_f32(outs[0])?;
+            let (t, h) = (dims(ins[0])[0], dims(ins[0])[1]);
+            let k = dims(ins[1])[1];
+            let (e, two_i) = (dims(ins[3])[0], dims(ins[3])[1]);
+            let i = two_i / 2;
+            if i % 32 != 0 {
+                return Err(Error::tensor(
+                    &ins[3].name,
+                    format!("intermediate size {i} is not a multiple of 32"),
+                ));
+            }
+            if k > 32 {
+                return Err(unsupported(format!("{k} experts per token (at most 32)")));
+            }
+            let pairs = t * k;
+            let act = be.take_temp(pairs * i * 4, "moe activations")?;
+            let y = match be.take_temp(pairs * h * 4, "moe expert outputs") {
+                Ok(y) => y,
+                Err(e) => {
+                    be.give_temp(pairs * i * 4, act);
+                    return Err(e);
+                }
+            };
+            let run = (|| -> Result<()> {
+                let f = be.kernels.get("moe_gate_up")?;
+                be.gpu.launch(
+                    "moe_gate_up",
+                    f,
+                    (blocks(pairs, 1)?, grid_y(i.div_ceil(WARPS as usize))?, 1),
+                    (32 * WARPS, 1, 1),
+                    0,
+                    &[
+                        Arg::Ptr(ip(0)?),
+                        Arg::Ptr(ip(1)?),
+                        Arg::Ptr(ip(3)?),
+                        Arg::Ptr(ip(4)?),
+                        Arg::Ptr(ip(5)?),
+                        Arg::I32(float_code(ins[5])?),
+                        Arg::Ptr(act),
+                        Arg::I32(k as i32),
+                        Arg::I32(i32_of(e, "experts")?),
+                        Arg::I32(i32_of(h, "hidden")?),
+                        Arg::I32(i32_of(i, "intermediate")?),
+                        Arg::F32(*swiglu_limit),
+                        Arg::F32(*alpha),
+                        Arg::Ptr(err),
+                    ],
+                )?;
+                let f = be.kernels.get("moe_down")?;
+                be.gpu.launch(
+                    "moe_down",
+                    f,
+                    (blocks(pairs, 1)?, grid_y(h.div_ceil(WARPS as usize))?, 1),
+                    (32 * WARPS, 1, 1),
+                    0,
+                    &[
+                        Arg::Ptr(act),
+                        Arg::Ptr(ip(1)?),
+                        Arg::Ptr(ip(6)?),
+                        Arg::Ptr(ip(7)?),
+                        Arg::Ptr(ip(8)?),
+                        Arg::I32(float_code(ins[8])?),
+                        Arg::Ptr(y),
+                        Arg::I32(k as i32),
+                        Arg::I32(e as i32),
+                        Arg::I32(h as i32),
+                        Arg::I32(i as i32),
+                    ],
+                )?;
+                let f = be.kernels.get("moe_combine")?;
+                be.gpu.launch(
+                    "moe_combine",
+                    f,
+                    (blocks(t, 1)?, 1, 1),
+                    (256, 1, 1),
+                    0,
+                    &[
+                        Arg::Ptr(y),
+                        Arg::Ptr(ip(1)?),
+                        Arg::Ptr(ip(2)?),
+                        Arg::Ptr(op_(0)?),
+                        Arg::I32(k as i32),
+                        Arg::I32(e as i32),
+                        Arg::I32(h as i32),
+                    ],
+                )
+            })();
+            // Stream order makes the scratch safe to reuse by later launches.
+            be.give_temp(pairs * i * 4, act);
+            be.give_temp(pairs * h * 4, y);
+            run
+        }
+        Op::Add => {
+            let n = ins[0].desc.numel();
+            let name = match (ins[0].desc.dtype, ins[1].desc.dtype, outs[0].desc.dtype) {
+                (DType::F32, DType::F32, DType::F32) => "add_f32",
+                (DType::I32, DType::I32, DType::I32) => "add_i32",
+                (a, b, o) => {
+                    return Err(unsupported(format!("add of {a} and {b} into {o}")));
+                }
+            };
+            let f = be.kernels.get(name)?;
+            be.gpu.launch(
+                name,
+                f,
+                (blocks(n, 256)?, 1, 1),
+                (256, 1, 1),
+                0,
+                &[
+                    Arg::Ptr(ip(0)?),
+                    Arg::Ptr(ip(1)?),
+                    Arg::Ptr(op_(0)?),
+                    Arg::I64(n as i64),
+                ],
+            )
+        }
+        Op::LastRow => {
+            want_f32(ins[0])?;
+            want_f32(outs[0])?;
+            let (t, n) = (dims(ins[0])[0], dims(ins[0])[1]);
+            let f = be.kernels.get("last_row")?;
+            be.gpu.launch(
+                "last_row",
+                f,
+                (blocks(n, 256)?, 1, 1),
+                (256, 1, 1),
+                0,
+                &[
+                    Arg::Ptr(ip(0)?),
+                    Arg::Ptr(op_(0)?),
+                    Arg::I32(i32_of(t, "rows")?),
+                    Arg::I32(i32_of(n, "columns")?),
+                ],
+            )
+        }
+        Op::Argmax => {
+            want_f32(ins[0])?;
+            let (t, n) = (dims(ins[0])[0], dims(ins[0])[1]);
+            if n == 0 && t > 0 {
+                return Err(Error::tensor(&ins[0].name, "argmax over rows of length 0"));
+            }
+            let f = be.kernels.get("argmax_rows")?;
+            be.gpu.launch(
+                "argmax_rows",
+                f,
+                (blocks(t, 1)?, 1, 1),
+                (256, 1, 1),
+                0,
+                &[
+                    Arg::Ptr(ip(0)?),
+                    Arg::Ptr(op_(0)?),
+                    Arg::I32(i32_of(n, "columns")?),
+                ],
+            )
+        }
+    }
+}
