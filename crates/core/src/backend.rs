@@ -2,8 +2,9 @@
 
 use crate::{BufferId, Graph, Result, TensorDesc};
 
-/// One device a backend can run on, as its probe sees it.
-#[derive(Debug, Clone, PartialEq, Default)]
+/// One device a backend can run on, as its probe sees it. Crosses the plugin ABI as JSON:
+/// `{"name":..,"compute_capability":[9,0]|null,"memory_bytes":..|null,"driver":..|null,"score":N,"reason":".."}`.
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct DeviceReport {
     pub name: String,
     /// e.g. (9, 0) for sm_90; None where the notion does not apply.
@@ -16,7 +17,7 @@ pub struct DeviceReport {
     pub reason: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct ProbeReport {
     pub devices: Vec<DeviceReport>,
 }

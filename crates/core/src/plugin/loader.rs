@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use super::abi::*;
 use super::codec;
-use super::sdk::{PluginOptions, ProbeJson};
+use super::sdk::PluginOptions;
 use crate::{Backend, BufferId, Error, Graph, ProbeReport, Result, TensorDesc};
 
 /// A loaded plugin library. The library is never unloaded (its code may still run on
@@ -92,13 +92,13 @@ impl Plugin {
         let mut out = GOwnedStr::empty();
         self.call(|err| unsafe { (self.vtable.probe)(&mut out, err) })?;
         let json = take_string(self.vtable, out);
-        let parsed: ProbeJson = serde_json::from_str(&json).map_err(|e| {
+        let parsed: ProbeReport = serde_json::from_str(&json).map_err(|e| {
             Error::backend(
                 &self.name,
                 format!("probe returned malformed JSON ({e}): {json}"),
             )
         })?;
-        Ok(parsed.into())
+        Ok(parsed)
     }
 
     /// A new backend instance from this plugin.
@@ -184,8 +184,7 @@ impl Backend for PluginBackendHandle {
     fn probe(&self) -> ProbeReport {
         let mut out = GOwnedStr::empty();
         match self.call(|err| unsafe { (self.vtable.probe)(&mut out, err) }) {
-            Ok(()) => serde_json::from_str::<ProbeJson>(&take_string(self.vtable, out))
-                .map(Into::into)
+            Ok(()) => serde_json::from_str::<ProbeReport>(&take_string(self.vtable, out))
                 .unwrap_or_default(),
             Err(_) => ProbeReport::default(),
         }

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use super::abi::*;
 use super::codec;
 use crate::host::{HostExecutor, HostKernels};
-use crate::{Backend, DeviceReport, Error, ProbeReport, Result};
+use crate::{Backend, Error, ProbeReport, Result};
 
 /// Options the host passes to `create` (JSON object on the wire).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -61,60 +61,6 @@ impl<K: HostPlugin> PluginBackend for HostExecutor<K> {
     }
     fn create(options: &PluginOptions) -> Result<Self> {
         Ok(HostExecutor::new(K::NAME, K::create(options)?))
-    }
-}
-
-/// The probe as it travels: JSON of this shape.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ProbeJson {
-    pub devices: Vec<DeviceJson>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct DeviceJson {
-    pub name: String,
-    pub compute_capability: Option<(u32, u32)>,
-    pub memory_bytes: Option<u64>,
-    pub driver: Option<String>,
-    pub score: u32,
-    pub reason: String,
-}
-
-impl From<&ProbeReport> for ProbeJson {
-    fn from(p: &ProbeReport) -> Self {
-        ProbeJson {
-            devices: p
-                .devices
-                .iter()
-                .map(|d| DeviceJson {
-                    name: d.name.clone(),
-                    compute_capability: d.compute_capability,
-                    memory_bytes: d.memory_bytes,
-                    driver: d.driver.clone(),
-                    score: d.score,
-                    reason: d.reason.clone(),
-                })
-                .collect(),
-        }
-    }
-}
-
-impl From<ProbeJson> for ProbeReport {
-    fn from(p: ProbeJson) -> Self {
-        ProbeReport {
-            devices: p
-                .devices
-                .into_iter()
-                .map(|d| DeviceReport {
-                    name: d.name,
-                    compute_capability: d.compute_capability,
-                    memory_bytes: d.memory_bytes,
-                    driver: d.driver,
-                    score: d.score,
-                    reason: d.reason,
-                })
-                .collect(),
-        }
     }
 }
 
@@ -190,8 +136,8 @@ pub unsafe extern "C" fn probe<B: PluginBackend>(
     err: *mut GOwnedStr,
 ) -> i32 {
     guard(B::NAME, err, || {
-        let json = serde_json::to_string(&ProbeJson::from(&B::probe_devices()))
-            .map_err(|e| Error::Input(e.to_string()))?;
+        let json =
+            serde_json::to_string(&B::probe_devices()).map_err(|e| Error::Input(e.to_string()))?;
         *out_json = owned(json);
         Ok(())
     })
