@@ -72,17 +72,28 @@ pub fn load_config(path: Option<&Path>) -> Result<EngineConfig> {
 
 /// Parse "1,2,3" into token ids.
 pub fn parse_tokens(s: &str) -> Result<Vec<u32>> {
+    parse_ids(s, "--tokens")
+}
+
+/// Parse "1,2,3" (also "1, 2, 3") into token ids; `what` names the input in errors.
+pub fn parse_ids(s: &str, what: &str) -> Result<Vec<u32>> {
     let ids: Result<Vec<u32>> = s
         .split(',')
         .map(str::trim)
         .filter(|t| !t.is_empty())
-        .map(|t| t.parse::<u32>().map_err(|_| Error::Input(format!("--tokens: '{t}' is not a token id (expected comma-separated non-negative integers)"))))
+        .map(|t| {
+            t.parse::<u32>().map_err(|_| {
+                Error::Input(format!(
+                    "{what}: '{t}' is not a token id (expected comma-separated non-negative integers)"
+                ))
+            })
+        })
         .collect();
     let ids = ids?;
     if ids.is_empty() {
-        return Err(Error::Input(
-            "--tokens is empty: give at least one token id, e.g. --tokens 1,2,3".into(),
-        ));
+        return Err(Error::Input(format!(
+            "{what}: empty; give at least one token id, e.g. 1,2,3"
+        )));
     }
     Ok(ids)
 }

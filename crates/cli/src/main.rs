@@ -1,12 +1,20 @@
 //! `gptoss`: run OpenAI's gpt-oss models. See `gptoss --help`.
 
 mod backend_select;
+mod chat_state;
 mod cmd_backends;
 mod cmd_bench;
+mod cmd_chat;
+mod cmd_detokenize;
+mod cmd_download;
 mod cmd_generate;
 mod cmd_logits;
+mod cmd_tokenize;
 mod common;
 mod progress;
+mod reply;
+mod text_args;
+mod textgen;
 
 use std::process::ExitCode;
 
@@ -33,8 +41,21 @@ struct Cli {
 enum Command {
     /// Write the logits after every prompt position to a safetensors file (for checking a backend).
     Logits(cmd_logits::Args),
-    /// Continue a prompt of token ids greedily and print the new ids.
+    /// Answer a prompt (harmony chat format, answer streamed to stdout), continue plain text
+    /// (--raw), or continue token ids (--tokens, printed as ids).
     Generate(cmd_generate::Args),
+    /// Chat interactively: streamed replies, reasoning dimmed and collapsible, history,
+    /// /reset /reasoning /system /save /think /quit; Ctrl-C stops a reply.
+    Chat(cmd_chat::Args),
+    /// Print the token ids of text (--text) or of a chat's rendered prompt (--messages) as a
+    /// JSON array.
+    Tokenize(cmd_tokenize::Args),
+    /// Print the text of token ids (special tokens as their names, e.g. <|start|>).
+    Detokenize(cmd_detokenize::Args),
+    /// Find a model in the local Hugging Face cache. gptoss never downloads (it is built
+    /// without network access): when the model is not there, this says at once how to get it
+    /// (`huggingface-cli download REPO` on a machine with a network, or a local folder).
+    Download(cmd_download::Args),
     /// List the backends found (plugins and built-in), the devices each sees with its score
     /// and reason, which one auto-selection picks, and the GPUs detected.
     Backends(cmd_backends::Args),
@@ -57,6 +78,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Logits(a) => cmd_logits::run(a),
         Command::Generate(a) => cmd_generate::run(a),
+        Command::Chat(a) => cmd_chat::run(a),
+        Command::Tokenize(a) => cmd_tokenize::run(a),
+        Command::Detokenize(a) => cmd_detokenize::run(a),
+        Command::Download(a) => cmd_download::run(a),
         Command::Backends(a) => cmd_backends::run(a),
         Command::Bench(a) => cmd_bench::run(a),
     };
