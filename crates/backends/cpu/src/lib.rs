@@ -27,7 +27,8 @@ impl gptoss_core::plugin::HostPlugin for CpuKernels {
     const NAME: &'static str = "cpu";
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
     fn probe_devices() -> gptoss_core::ProbeReport {
-        gptoss_core::host::HostKernels::probe(&CpuKernels::new(1))
+        // threads 0 = what an instance gets by default: one per core
+        gptoss_core::host::HostKernels::probe(&CpuKernels::new(0))
     }
     fn create(options: &gptoss_core::plugin::PluginOptions) -> gptoss_core::Result<Self> {
         Ok(CpuKernels::new(options.threads))
