@@ -45,6 +45,8 @@ struct Report {
     backend: String,
     model: String,
     layers: usize,
+    /// Seconds to build (synthetic) or load (--model) the weights onto the backend.
+    load_s: f64,
     bandwidth_gb_s: f64,
     results: Vec<BenchResult>,
 }
@@ -60,7 +62,9 @@ pub fn run(a: Args) -> Result<()> {
             "--prompt lengths and --gen must be at least 1".into(),
         ));
     }
+    let t0 = std::time::Instant::now();
     let (mut model, label) = load(&a)?;
+    let load_s = t0.elapsed().as_secs_f64();
     let bw = bench::measure_bandwidth(model.backend_mut(), a.bandwidth_mib)?;
     let mut results = Vec::new();
     for p in &a.prompt {
@@ -70,6 +74,7 @@ pub fn run(a: Args) -> Result<()> {
         backend: model.backend_name().to_string(),
         model: label,
         layers: model.config.num_hidden_layers,
+        load_s,
         bandwidth_gb_s: bw / 1e9,
         results,
     };
@@ -119,8 +124,8 @@ fn load(a: &Args) -> Result<(Model, String)> {
 
 fn print_table(r: &Report) {
     println!(
-        "backend {}  model {} ({} layers)  measured bandwidth {:.1} GB/s",
-        r.backend, r.model, r.layers, r.bandwidth_gb_s
+        "backend {}  model {} ({} layers, loaded in {:.2} s)  measured bandwidth {:.1} GB/s",
+        r.backend, r.model, r.layers, r.load_s, r.bandwidth_gb_s
     );
     println!(
         "{:>7} {:>5} {:>5} {:>12} {:>11} {:>9} {:>12} {:>9}",

@@ -9,6 +9,7 @@ mod cmd_detokenize;
 mod cmd_download;
 mod cmd_generate;
 mod cmd_logits;
+mod cmd_synth;
 mod cmd_tokenize;
 mod common;
 mod progress;
@@ -62,6 +63,9 @@ enum Command {
     /// Measure prefill and decode speed and decode's fraction of the memory-bandwidth roofline,
     /// on a real model or a random one of the real shapes (--synthetic 20b).
     Bench(cmd_bench::Args),
+    /// Write a random checkpoint of the real shapes (sharded safetensors + index, MXFP4
+    /// experts), to time and test the real loading path without downloading a model.
+    Synth(cmd_synth::Args),
 }
 
 fn main() -> ExitCode {
@@ -84,6 +88,7 @@ fn main() -> ExitCode {
         Command::Download(a) => cmd_download::run(a),
         Command::Backends(a) => cmd_backends::run(a),
         Command::Bench(a) => cmd_bench::run(a),
+        Command::Synth(a) => cmd_synth::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -250,3 +250,63 @@ fn bench_refuses_what_it_cannot_measure() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("--synthetic"), "{}", stderr(&o));
 }
+
+#[test]
+fn synth_writes_a_checkpoint_that_loads_and_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m");
+    let o = gptoss(&[
+        "synth",
+        "--preset",
+        "tiny",
+        "--layers",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+        "--shard-gib",
+        "0.004",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(out.join("model.safetensors.index.json").is_file());
+    assert!(
+        out.join("model-00000-of-00001.safetensors").is_file()
+            || out.join("model-00000-of-00002.safetensors").is_file()
+    );
+    let o = gptoss(&[
+        "generate",
+        "-m",
+        out.to_str().unwrap(),
+        "--tokens",
+        "1,2,3",
+        "--max-tokens",
+        "3",
+        "--ignore-eos",
+        "--backend",
+        "cpu",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        String::from_utf8(o.stdout)
+            .unwrap()
+            .trim()
+            .split(',')
+            .count(),
+        3
+    );
+    let o = gptoss(&[
+        "bench",
+        "-m",
+        out.to_str().unwrap(),
+        "--prompt",
+        "8",
+        "--gen",
+        "2",
+        "--bandwidth-mib",
+        "8",
+        "--json",
+        "--backend",
+        "cpu",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8(o.stdout).unwrap().contains("\"load_s\""));
+}

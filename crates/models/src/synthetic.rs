@@ -5,9 +5,11 @@ use std::borrow::Cow;
 
 use gptoss_core::{Backend, DType, Error, Result, TensorDesc};
 
+use std::path::Path;
+
 use crate::config::GptOssConfig;
 use crate::model::Model;
-use crate::weights::{ModelWeights, Need};
+use crate::weights::{needs, ModelWeights, Need};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Preset {
@@ -33,6 +35,15 @@ impl Preset {
 
     /// The published config of the preset; `layers` cuts the depth (for quick checks).
     pub fn config(self, layers: Option<usize>) -> GptOssConfig {
+        GptOssConfig::parse(
+            &self.config_json(layers),
+            std::path::Path::new("<synthetic>"),
+        )
+        .expect("presets are valid configs")
+    }
+
+    /// config.json text of the preset, in the published key names.
+    pub fn config_json(self, layers: Option<usize>) -> String {
         let (n_layers, experts, hidden, heads, kv, vocab) = match self {
             Preset::Gpt20b => (24, 32, 2880, 64, 8, 201088),
             Preset::Gpt120b => (36, 128, 2880, 64, 8, 201088),
@@ -49,18 +60,17 @@ impl Preset {
                 .to_string()
             })
             .collect();
-        let json = format!(
+        format!(
             r#"{{"model_type":"gpt_oss","num_hidden_layers":{n_layers},"hidden_size":{hidden},"intermediate_size":{hidden},
             "head_dim":64,"num_attention_heads":{heads},"num_key_value_heads":{kv},"num_local_experts":{experts},
             "num_experts_per_tok":4,"experts_per_token":4,"vocab_size":{vocab},"rms_norm_eps":1e-05,"sliding_window":128,
             "layer_types":[{}],"rope_theta":150000,"rope_scaling":{{"rope_type":"yarn","factor":32.0,"beta_fast":32.0,
             "beta_slow":1.0,"original_max_position_embeddings":4096,"truncate":false}},"max_position_embeddings":131072,
             "swiglu_limit":7.0,"attention_bias":true,"tie_word_embeddings":false,"eos_token_id":200002,
-            "quantization_config":{{"quant_method":"mxfp4"}}}}"#,
+            "quantization_config":{{"quant_method":"mxfp4","modules_to_not_convert":["model.layers.*.self_attn",
+            "model.layers.*.mlp.router","model.embed_tokens","lm_head"]}}}}"#,
             types.join(",")
-        );
-        GptOssConfig::parse(&json, std::path::Path::new("<synthetic>"))
-            .expect("presets are valid configs")
+        )
     }
 }
 
@@ -103,6 +113,20 @@ impl Pools {
             float,
             blocks,
             scales,
+        }
+    }
+
+    /// Random contents for one tensor: norms ~1, MXFP4 scales moderate, the rest small.
+    fn fill(&mut self, n: &Need, float: DType) -> Vec<u8> {
+        let numel: usize = n.shape.iter().product();
+        match n.dtype {
+            DType::Mxfp4Blocks => self.tile(1, numel),
+            DType::E8m0Scales => self.tile(2, numel),
+            _ if n.name.ends_with("norm.weight") => {
+                let v: Vec<f32> = (0..numel).map(|_| 1.0 + 0.1 * self.rng.uniform()).collect();
+                encode_floats(&v, float)
+            }
+            _ => self.tile(0, numel * float.size()),
         }
     }
 
@@ -169,9 +193,134 @@ pub fn load_synthetic(
     Ok(Model::from_parts(config, weights, backend))
 }
 
+/// Write a random checkpoint of `preset` to `dir` in the published layout: config.json,
+/// `model-0000K-of-0000N.safetensors` shards of about `shard_bytes` (the converter's naming:
+/// zero-based, "of" = count - 1) and model.safetensors.index.json. Each file is written to a
+/// temporary name and renamed when complete; the index comes last.
+pub fn write_checkpoint(
+    preset: Preset,
+    layers: Option<usize>,
+    dir: &Path,
+    shard_bytes: u64,
+    seed: u64,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<()> {
+    let config = preset.config(layers);
+    let float = DType::BF16;
+    let needed = needs(&config, float);
+    let size = |n: &Need| (n.shape.iter().product::<usize>() * n.dtype.size()) as u64;
+    // Assign tensors to shards in order, starting a new shard when the current one is full.
+    let mut shards: Vec<Vec<&Need>> = vec![Vec::new()];
+    let mut current = 0u64;
+    for n in &needed {
+        if current > 0 && current + size(n) > shard_bytes {
+            shards.push(Vec::new());
+            current = 0;
+        }
+        current += size(n);
+        shards.last_mut().expect("one shard at least").push(n);
+    }
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    let total: u64 = needed.iter().map(size).sum();
+    let last = shards.len() - 1;
+    let mut pools = Pools::new(seed, float);
+    let mut weight_map = serde_json::Map::new();
+    let mut done = 0u64;
+    for (i, shard) in shards.iter().enumerate() {
+        let file = format!("model-{i:05}-of-{last:05}.safetensors");
+        let data: Vec<(String, Vec<usize>, safetensors::Dtype, Vec<u8>)> = shard
+            .iter()
+            .map(|n| {
+                let dtype = if n.dtype == DType::BF16 {
+                    safetensors::Dtype::BF16
+                } else {
+                    safetensors::Dtype::U8
+                };
+                (n.name.clone(), n.shape.clone(), dtype, pools.fill(n, float))
+            })
+            .collect();
+        let views = data
+            .iter()
+            .map(|(name, shape, dtype, bytes)| {
+                safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes)
+                    .map(|v| (name.clone(), v))
+                    .map_err(|e| Error::tensor(name, e.to_string()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+        write_atomically(&dir.join(&file), |tmp| {
+            safetensors::serialize_to_file(views, Some(meta), tmp)
+                .map_err(|e| Error::file(tmp, e.to_string()))
+        })?;
+        for n in shard {
+            weight_map.insert(n.name.clone(), serde_json::Value::String(file.clone()));
+            done += size(n);
+        }
+        progress(done, total);
+    }
+    let index =
+        serde_json::json!({ "metadata": { "total_size": total }, "weight_map": weight_map });
+    write_atomically(&dir.join("config.json"), |tmp| {
+        std::fs::write(tmp, preset.config_json(layers))
+            .map_err(|e| Error::io(format!("writing {}", tmp.display()), e))
+    })?;
+    write_atomically(&dir.join("model.safetensors.index.json"), |tmp| {
+        let text = serde_json::to_string_pretty(&index).expect("index serialises");
+        std::fs::write(tmp, text).map_err(|e| Error::io(format!("writing {}", tmp.display()), e))
+    })
+}
+
+fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let tmp = path.with_extension("partial");
+    write(&tmp)?;
+    std::fs::rename(&tmp, path)
+        .map_err(|e| Error::io(format!("moving {} into place", tmp.display()), e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn written_checkpoint_loads_and_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        write_checkpoint(
+            Preset::Tiny,
+            Some(2),
+            dir.path(),
+            4 << 20,
+            1,
+            &mut |_, _| {},
+        )
+        .unwrap();
+        let index =
+            std::fs::read_to_string(dir.path().join("model.safetensors.index.json")).unwrap();
+        let shards: std::collections::BTreeSet<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.ends_with(".safetensors"))
+            .collect();
+        assert!(shards.len() >= 2, "{shards:?}");
+        let n = shards.len() - 1;
+        assert!(
+            shards.contains(&format!("model-00000-of-{n:05}.safetensors")),
+            "{shards:?}"
+        );
+        assert!(index.contains("total_size") && index.contains("lm_head.weight"));
+        assert!(!std::fs::read_dir(dir.path()).unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .ends_with("partial")));
+        // The published loading path accepts every tensor with the config's shapes and dtypes.
+        let cfg = GptOssConfig::load(dir.path()).unwrap();
+        let ckpt = crate::checkpoint::Checkpoint::open(dir.path()).unwrap();
+        for n in needs(&cfg, DType::BF16) {
+            ckpt.expect(&n.name, n.dtype, &n.shape).unwrap();
+        }
+        assert_eq!(ckpt.names().len(), needs(&cfg, DType::BF16).len());
+    }
 
     #[test]
     fn presets_have_the_published_shapes() {
