@@ -116,6 +116,7 @@ pub fn parse_date(s: &str) -> std::result::Result<String, String> {
     Ok(s.to_string())
 }
 
+#[allow(clippy::manual_is_multiple_of)] // is_multiple_of is newer than rust-version 1.80
 fn days_in_month(y: u32, m: u32) -> u32 {
     match m {
         2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,

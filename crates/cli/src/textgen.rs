@@ -56,6 +56,7 @@ pub fn check_vocab(ids: &[u32], model: &GptOssConfig, tok: &Tokenizer) -> Result
 
 /// Runs `prompt` then samples up to `max_tokens` tokens. `on_token` sees each new token (the
 /// stop token included) and may end the loop; `interrupt` is checked between tokens.
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     model: &mut Model,
     cfg: &EngineConfig,
