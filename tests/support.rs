@@ -82,15 +82,8 @@ impl Reference {
     }
 }
 
-pub fn argmax(v: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, x) in v.iter().enumerate() {
-        if *x > v[best] {
-            best = i;
-        }
-    }
-    best
-}
+/// Index of the largest logit, first on ties (the engine's own greedy choice).
+pub use gptoss_models::model::argmax;
 
 /// Compare logits row by row: returns the max abs difference; panics (with the row) on a
 /// different argmax.
