@@ -48,6 +48,8 @@ pub fn driver_version() -> Result<(u32, u32)> {
 pub struct DeviceInfo {
     pub name: String,
     pub cc: (u32, u32),
+    /// Streaming multiprocessors (sizes persistent grids).
+    pub sms: u32,
 }
 
 pub fn init() -> Result<()> {
@@ -70,9 +72,11 @@ pub fn devices() -> Result<Vec<DeviceInfo>> {
                 attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?;
             let minor =
                 attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
+            let sms = attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
             Ok(DeviceInfo {
                 name,
                 cc: (major as u32, minor as u32),
+                sms: sms.max(1) as u32,
             })
         })
         .collect()
@@ -85,6 +89,20 @@ pub struct Gpu {
     pub stream: sys::CUstream,
     pub info: DeviceInfo,
     pub driver: (u32, u32),
+    /// While `Some`, `launch` records instead of launching (see `Launch`).
+    pub rec: std::cell::RefCell<Option<Vec<Launch>>>,
+    /// GPTOSS_CUDA_SYNC: synchronise after every launch (read once).
+    sync_each: bool,
+}
+
+/// One recorded kernel launch: replayed directly, or captured into a CUDA graph.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Launch {
+    pub f: usize,
+    pub grid: (u32, u32, u32),
+    pub block: (u32, u32, u32),
+    pub smem: u32,
+    pub args: Vec<u64>,
 }
 
 // The context and stream are plain handles; CUDA allows using them from any thread once the
@@ -112,6 +130,8 @@ impl Gpu {
             stream,
             info,
             driver,
+            rec: std::cell::RefCell::new(None),
+            sync_each: std::env::var_os("GPTOSS_CUDA_SYNC").is_some(),
         })
     }
 
@@ -202,20 +222,113 @@ impl Gpu {
         if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
             return Ok(());
         }
-        let mut slots: Vec<u64> = args.iter().map(Arg::bits).collect();
-        let mut params: Vec<*mut c_void> = slots
-            .iter_mut()
-            .map(|s| s as *mut u64 as *mut c_void)
-            .collect();
-        // SAFETY: f is a loaded kernel whose parameters match `args` (checked by the op code
-        // that builds them); device pointers are live allocations of this context.
-        unsafe { result::launch_kernel(f, grid, block, smem, self.stream, &mut params) }
-            .map_err(|e| cuda_err(&format!("launching kernel {name}"), e))?;
-        if std::env::var_os("GPTOSS_CUDA_SYNC").is_some() {
+        let slots: Vec<u64> = args.iter().map(Arg::bits).collect();
+        if let Some(rec) = self.rec.borrow_mut().as_mut() {
+            rec.push(Launch {
+                f: f as usize,
+                grid,
+                block,
+                smem,
+                args: slots,
+            });
+            return Ok(());
+        }
+        self.launch_raw(name, f, grid, block, smem, slots)?;
+        if self.sync_each {
             self.sync()
                 .map_err(|e| Error::backend(BACKEND, format!("kernel {name}: {e}")))?;
         }
         Ok(())
+    }
+
+    fn launch_raw(
+        &self,
+        name: &str,
+        f: CUfunction,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        smem: u32,
+        mut slots: Vec<u64>,
+    ) -> Result<()> {
+        let mut params: Vec<*mut c_void> = slots
+            .iter_mut()
+            .map(|s| s as *mut u64 as *mut c_void)
+            .collect();
+        // SAFETY: f is a loaded kernel whose parameters match the slots (checked by the op
+        // code that builds them); device pointers are live allocations of this context.
+        unsafe { result::launch_kernel(f, grid, block, smem, self.stream, &mut params) }
+            .map_err(|e| cuda_err(&format!("launching kernel {name}"), e))
+    }
+
+    /// Launch recorded kernels in order on the stream.
+    pub fn replay(&self, launches: &[Launch]) -> Result<()> {
+        for l in launches {
+            self.launch_raw(
+                "(recorded)",
+                l.f as CUfunction,
+                l.grid,
+                l.block,
+                l.smem,
+                l.args.clone(),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Capture `launches` into a CUDA graph and instantiate it.
+    pub fn capture(&self, launches: &[Launch]) -> Result<sys::CUgraphExec> {
+        // SAFETY: the stream is ours; nothing else is issued on it while capturing.
+        unsafe {
+            result::stream::begin_capture(
+                self.stream,
+                sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
+            )
+        }
+        .map_err(|e| cuda_err("cuStreamBeginCapture", e))?;
+        let issued = self.replay(launches);
+        // SAFETY: capture was begun above on this stream.
+        let graph = unsafe { result::stream::end_capture(self.stream) }
+            .map_err(|e| cuda_err("cuStreamEndCapture", e));
+        issued?;
+        let graph = graph?;
+        // SAFETY: graph comes from end_capture; destroyed after instantiation.
+        let exec = unsafe { result::graph::instantiate(graph, sys::CUgraphInstantiate_flags(0)) }
+            .map_err(|e| cuda_err("cuGraphInstantiate", e));
+        // SAFETY: graph is valid and no longer needed once instantiated.
+        let _ = unsafe { result::graph::destroy(graph) };
+        exec
+    }
+
+    pub fn graph_launch(&self, exec: sys::CUgraphExec) -> Result<()> {
+        // SAFETY: exec comes from `capture` on this context.
+        unsafe { result::graph::launch(exec, self.stream) }
+            .map_err(|e| cuda_err("cuGraphLaunch", e))
+    }
+
+    pub fn graph_destroy(&self, exec: sys::CUgraphExec) {
+        // SAFETY: exec comes from `capture` and is destroyed once.
+        let _ = unsafe { result::graph::exec_destroy(exec) };
+    }
+
+    pub fn event(&self) -> Result<sys::CUevent> {
+        result::event::create(sys::CUevent_flags::CU_EVENT_DEFAULT)
+            .map_err(|e| cuda_err("cuEventCreate", e))
+    }
+
+    pub fn record(&self, ev: sys::CUevent) -> Result<()> {
+        // SAFETY: ev was created by `event` in this context.
+        unsafe { result::event::record(ev, self.stream) }.map_err(|e| cuda_err("cuEventRecord", e))
+    }
+
+    /// Milliseconds between two recorded, completed events.
+    pub fn elapsed_ms(&self, a: sys::CUevent, b: sys::CUevent) -> f32 {
+        // SAFETY: both events were recorded on this stream and the stream was synchronised.
+        unsafe { result::event::elapsed(a, b) }.unwrap_or(0.0)
+    }
+
+    pub fn event_destroy(&self, ev: sys::CUevent) {
+        // SAFETY: destroyed once.
+        let _ = unsafe { result::event::destroy(ev) };
     }
 
     pub fn unload(&self, m: sys::CUmodule) {

@@ -35,6 +35,11 @@ pub const FAMILIES: &[Family] = &[
         functions: &["linear_f32", "linear_bf16", "linear_f16"],
     },
     Family {
+        name: "gemv",
+        source: include_str!("kernels/gemv.cu"),
+        functions: &["gemv_bf16"],
+    },
+    Family {
         name: "rope",
         source: include_str!("kernels/rope.cu"),
         functions: &["rope"],
@@ -47,12 +52,18 @@ pub const FAMILIES: &[Family] = &[
     Family {
         name: "topk_softmax",
         source: include_str!("kernels/topk_softmax.cu"),
-        functions: &["topk_softmax"],
+        functions: &["topk_softmax", "topk_softmax_warp"],
     },
     Family {
         name: "moe",
         source: include_str!("kernels/moe.cu"),
-        functions: &["moe_gate_up", "moe_down", "moe_combine"],
+        functions: &[
+            "moe_gate_up",
+            "moe_down",
+            "moe_combine",
+            "moe_gate_up_fast",
+            "moe_down_fast",
+        ],
     },
     Family {
         name: "elementwise",

@@ -48,7 +48,53 @@ pub struct CudaMxfp4 {
     /// 4 ints the kernels write when they meet bad input (code, a, b, c).
     err: CUdeviceptr,
     kernels: kernels::Kernels,
+    /// Fast kernels (gemv, fused MoE); GPTOSS_CUDA_NO_FUSION=1 selects the simple ones.
+    fast: bool,
+    /// GPTOSS_CUDA_GRAPH=0 turns off replaying repeated steps as CUDA graphs.
+    graphs: bool,
+    /// The last step's recorded launches, and a captured graph of a repeated one.
+    last_launches: Vec<driver::Launch>,
+    graph: Option<(Vec<driver::Launch>, cudarc::driver::sys::CUgraphExec)>,
+    /// GPTOSS_CUDA_PROFILE=1: per-node device times, aggregated by op and shape.
+    profile: Option<Profile>,
     gpu: Gpu,
+}
+
+/// Device time per (op, output shape), printed to stderr when the backend is dropped
+/// (GPTOSS_CUDA_PROFILE=2: after every execute too).
+#[derive(Default)]
+struct Profile {
+    events: Vec<cudarc::driver::sys::CUevent>,
+    /// key -> (nodes, total ms)
+    table: HashMap<String, (u64, f64)>,
+    executes: u64,
+    every: bool,
+}
+
+// Event and graph handles belong to the context, which `bind` makes current on whichever
+// thread calls in (as for the Gpu's stream).
+unsafe impl Send for CudaMxfp4 {}
+
+impl Profile {
+    fn report(&self) -> String {
+        let mut rows: Vec<(&String, &(u64, f64))> = self.table.iter().collect();
+        rows.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1));
+        let total: f64 = rows.iter().map(|r| r.1 .1).sum();
+        let mut out = format!(
+            "cuda-mxfp4 profile: {} executes, {:.3} ms of node time\n{:>10} {:>8} {:>10} {:>6}  op [output shape]\n",
+            self.executes, total, "total ms", "nodes", "us/node", "%"
+        );
+        for (k, (n, ms)) in rows {
+            out += &format!(
+                "{:>10.3} {:>8} {:>10.2} {:>6.1}  {k}\n",
+                ms,
+                n,
+                1000.0 * ms / *n as f64,
+                100.0 * ms / total.max(1e-12)
+            );
+        }
+        out
+    }
 }
 
 impl CudaMxfp4 {
@@ -93,6 +139,18 @@ impl CudaMxfp4 {
         let err = gpu
             .malloc(16)
             .map_err(|e| driver::cuda_err("allocating the error word", e))?;
+        let env_on = |k: &str| {
+            std::env::var(k)
+                .map(|v| !v.is_empty() && v != "0")
+                .unwrap_or(false)
+        };
+        let profile = std::env::var("GPTOSS_CUDA_PROFILE")
+            .ok()
+            .filter(|v| !v.is_empty() && v != "0")
+            .map(|v| Profile {
+                every: v == "2",
+                ..Default::default()
+            });
         let me = CudaMxfp4 {
             buffers: HashMap::new(),
             next_id: 1,
@@ -101,6 +159,13 @@ impl CudaMxfp4 {
             rope_tables: Vec::new(),
             err,
             kernels,
+            fast: !env_on("GPTOSS_CUDA_NO_FUSION"),
+            graphs: std::env::var("GPTOSS_CUDA_GRAPH").map_or(true, |v| v != "0")
+                && profile.is_none()
+                && std::env::var_os("GPTOSS_CUDA_SYNC").is_none(),
+            last_launches: Vec::new(),
+            graph: None,
+            profile,
             gpu,
         };
         me.gpu.memset_zero(me.err, 16)?;
@@ -153,8 +218,12 @@ impl CudaMxfp4 {
     fn take_temp(&mut self, bytes: usize, name: &str) -> Result<CUdeviceptr> {
         let bytes = bytes.max(1);
         self.pool_used.insert(bytes);
-        if let Some(p) = self.pool.get_mut(&bytes).and_then(|v| v.pop()) {
-            return Ok(p);
+        // The lowest free address: the same step gets the same pointers whatever order
+        // buffers were returned in (so repeated steps can replay as one CUDA graph).
+        if let Some(v) = self.pool.get_mut(&bytes) {
+            if let Some((at, _)) = v.iter().enumerate().min_by_key(|(_, p)| **p) {
+                return Ok(v.swap_remove(at));
+            }
         }
         self.device_alloc(bytes, name)
     }
@@ -243,7 +312,17 @@ impl CudaMxfp4 {
                     ptrs[id.0 as usize] = Some(p);
                 }
             }
-            ops::run_node(self, graph, node, ptrs).map_err(|e| match e {
+            if let Some(p) = self.profile.as_mut() {
+                while p.events.len() < 2 * (n + 1) {
+                    p.events.push(self.gpu.event()?);
+                }
+                self.gpu.record(p.events[2 * n])?;
+            }
+            let ran = ops::run_node(self, graph, node, ptrs);
+            if let Some(p) = self.profile.as_ref() {
+                self.gpu.record(p.events[2 * n + 1])?;
+            }
+            ran.map_err(|e| match e {
                 Error::Unsupported { .. } | Error::Input(_) => e,
                 other => Error::backend(
                     BACKEND,
@@ -279,7 +358,7 @@ impl Backend for CudaMxfp4 {
     fn alloc(&mut self, desc: &TensorDesc) -> Result<BufferId> {
         self.gpu.bind()?;
         let id = BufferId(self.next_id);
-        let ptr = self.device_alloc(desc.byte_size(), &format!("buffer {} {desc}", id.0))?;
+        let ptr = self.take_temp(desc.byte_size(), &format!("buffer {} {desc}", id.0))?;
         self.gpu.memset_zero(ptr, desc.byte_size())?;
         self.next_id += 1;
         self.buffers.insert(
@@ -298,7 +377,10 @@ impl Backend for CudaMxfp4 {
             .buffers
             .remove(&id)
             .ok_or_else(|| Error::backend(BACKEND, format!("free of unknown buffer {}", id.0)))?;
-        self.gpu.free(b.ptr)
+        // Back to the pool (stream order keeps later reuse safe); trimmed after a step that
+        // did not use its size.
+        self.give_temp(b.desc.byte_size(), b.ptr);
+        Ok(())
     }
 
     fn upload(&mut self, id: BufferId, data: &[u8]) -> Result<()> {
@@ -389,7 +471,11 @@ impl Backend for CudaMxfp4 {
                 ptrs[i] = Some(buf.ptr);
             }
         }
-        let result = self.run_graph(graph, &mut ptrs);
+        if self.graphs {
+            *self.gpu.rec.borrow_mut() = Some(Vec::new());
+        }
+        let mut result = self.run_graph(graph, &mut ptrs);
+        let recorded = self.gpu.rec.borrow_mut().take();
         // Return whatever temporaries are still out (all of them after an error).
         for (i, p) in ptrs.iter_mut().enumerate() {
             if matches!(graph.values[i].kind, ValueKind::Temp) {
@@ -398,10 +484,60 @@ impl Backend for CudaMxfp4 {
                 }
             }
         }
+        if let (Ok(()), Some(launches)) = (&result, recorded) {
+            result = self.issue(launches);
+        }
         result?;
         self.gpu.sync()?;
+        self.collect_profile(graph)?;
         self.check_kernel_errors()?;
         self.trim_pool()
+    }
+}
+
+impl CudaMxfp4 {
+    /// Issue a step's recorded launches: as the captured graph when the same launches ran
+    /// before (decode steps repeat exactly: same kernels, pointers and sizes), captured when
+    /// they repeat the previous step, else directly.
+    fn issue(&mut self, launches: Vec<driver::Launch>) -> Result<()> {
+        if let Some((l, exec)) = &self.graph {
+            if *l == launches {
+                return self.gpu.graph_launch(*exec);
+            }
+        }
+        if launches == self.last_launches && launches.len() > 1 {
+            if let Some((_, old)) = self.graph.take() {
+                self.gpu.sync()?;
+                self.gpu.graph_destroy(old);
+            }
+            let exec = self.gpu.capture(&launches)?;
+            self.gpu.graph_launch(exec)?;
+            self.graph = Some((launches, exec));
+            return Ok(());
+        }
+        self.gpu.replay(&launches)?;
+        self.last_launches = launches;
+        Ok(())
+    }
+
+    fn collect_profile(&mut self, graph: &Graph) -> Result<()> {
+        let Some(p) = self.profile.as_mut() else {
+            return Ok(());
+        };
+        p.executes += 1;
+        for (n, node) in graph.nodes.iter().enumerate() {
+            let ms = self.gpu.elapsed_ms(p.events[2 * n], p.events[2 * n + 1]) as f64;
+            let out = &graph.values[node.outputs[0].0 as usize];
+            let key = format!("{} {:?}", node.op.name(), out.desc.shape.dims());
+            let e = p.table.entry(key).or_default();
+            e.0 += 1;
+            e.1 += ms;
+        }
+        if p.every {
+            eprint!("{}", p.report());
+            p.table.clear();
+        }
+        Ok(())
     }
 }
 
@@ -409,6 +545,17 @@ impl Drop for CudaMxfp4 {
     fn drop(&mut self) {
         let _ = self.gpu.bind();
         let _ = self.gpu.sync();
+        if let Some(p) = self.profile.take() {
+            if !p.every && p.executes > 0 {
+                eprint!("{}", p.report());
+            }
+            for ev in p.events {
+                self.gpu.event_destroy(ev);
+            }
+        }
+        if let Some((_, exec)) = self.graph.take() {
+            self.gpu.graph_destroy(exec);
+        }
         for (_, b) in self.buffers.drain() {
             let _ = self.gpu.free(b.ptr);
         }

@@ -139,6 +139,33 @@ pub fn run_node(
                 Some(b) => (ip(2)?, float_code(b)?),
                 None => (0, 0),
             };
+            let smem = t * k * 4;
+            if be.fast
+                && ins[1].desc.dtype == DType::BF16
+                && k % 8 == 0
+                && t <= 8
+                && smem <= 48 << 10
+            {
+                let f = be.kernels.get("gemv_bf16")?;
+                let grid = blocks(n, WARPS as usize)?.min(be.gpu.info.sms * 4);
+                return be.gpu.launch(
+                    "gemv_bf16",
+                    f,
+                    (grid, 1, 1),
+                    (32 * WARPS, 1, 1),
+                    smem as u32,
+                    &[
+                        Arg::Ptr(ip(0)?),
+                        Arg::Ptr(ip(1)?),
+                        Arg::Ptr(bias),
+                        Arg::I32(bdt),
+                        Arg::Ptr(op_(0)?),
+                        Arg::I32(i32_of(t, "tokens")?),
+                        Arg::I32(i32_of(n, "out features")?),
+                        Arg::I32(i32_of(k, "in features")?),
+                    ],
+                );
+            }
             let f = be.kernels.get(name)?;
             be.gpu.launch(
                 name,
@@ -217,7 +244,12 @@ pub fn run_node(
                     Arg::Ptr(err),
                 ],
             )?;
-            let warps = 4u32;
+            // Few (token, head) blocks: more warps each, so the chip fills at decode.
+            let warps = if be.fast && t * (*heads as usize) <= 4096 {
+                16u32
+            } else {
+                4u32
+            };
             let f = be.kernels.get("attention")?;
             be.gpu.launch(
                 "attention",
@@ -250,6 +282,24 @@ pub fn run_node(
                 return Err(unsupported(format!(
                     "top-{k} of {e} experts (at most top-32 of 1024)"
                 )));
+            }
+            if be.fast {
+                let f = be.kernels.get("topk_softmax_warp")?;
+                return be.gpu.launch(
+                    "topk_softmax_warp",
+                    f,
+                    (blocks(t, 4)?, 1, 1),
+                    (128, 1, 1),
+                    (4 * e * 4) as u32,
+                    &[
+                        Arg::Ptr(ip(0)?),
+                        Arg::Ptr(op_(0)?),
+                        Arg::Ptr(op_(1)?),
+                        Arg::I32(i32_of(t, "tokens")?),
+                        Arg::I32(e as i32),
+                        Arg::I32(*k as i32),
+                    ],
+                );
             }
             let f = be.kernels.get("topk_softmax")?;
             be.gpu.launch(
@@ -297,52 +347,105 @@ pub fn run_node(
                     return Err(e);
                 }
             };
+            let fast = be.fast && h % 32 == 0 && h.max(i) * 4 <= 48 << 10;
+            let sms = be.gpu.info.sms as usize;
             let run = (|| -> Result<()> {
-                let f = be.kernels.get("moe_gate_up")?;
-                be.gpu.launch(
-                    "moe_gate_up",
-                    f,
-                    (blocks(pairs, 1)?, grid_y(i.div_ceil(WARPS as usize))?, 1),
-                    (32 * WARPS, 1, 1),
-                    0,
-                    &[
-                        Arg::Ptr(ip(0)?),
-                        Arg::Ptr(ip(1)?),
-                        Arg::Ptr(ip(3)?),
-                        Arg::Ptr(ip(4)?),
-                        Arg::Ptr(ip(5)?),
-                        Arg::I32(float_code(ins[5])?),
-                        Arg::Ptr(act),
-                        Arg::I32(k as i32),
-                        Arg::I32(i32_of(e, "experts")?),
-                        Arg::I32(i32_of(h, "hidden")?),
-                        Arg::I32(i32_of(i, "intermediate")?),
-                        Arg::F32(*swiglu_limit),
-                        Arg::F32(*alpha),
-                        Arg::Ptr(err),
-                    ],
-                )?;
-                let f = be.kernels.get("moe_down")?;
-                be.gpu.launch(
-                    "moe_down",
-                    f,
-                    (blocks(pairs, 1)?, grid_y(h.div_ceil(WARPS as usize))?, 1),
-                    (32 * WARPS, 1, 1),
-                    0,
-                    &[
-                        Arg::Ptr(act),
-                        Arg::Ptr(ip(1)?),
-                        Arg::Ptr(ip(6)?),
-                        Arg::Ptr(ip(7)?),
-                        Arg::Ptr(ip(8)?),
-                        Arg::I32(float_code(ins[8])?),
-                        Arg::Ptr(y),
-                        Arg::I32(k as i32),
-                        Arg::I32(e as i32),
-                        Arg::I32(h as i32),
-                        Arg::I32(i as i32),
-                    ],
-                )?;
+                if fast {
+                    let per_pair = (sms * 4 / pairs).max(1);
+                    let by = i.div_ceil(WARPS as usize * 2).min(per_pair);
+                    let f = be.kernels.get("moe_gate_up_fast")?;
+                    be.gpu.launch(
+                        "moe_gate_up_fast",
+                        f,
+                        (blocks(pairs, 1)?, grid_y(by)?, 1),
+                        (32 * WARPS, 1, 1),
+                        (h * 4) as u32,
+                        &[
+                            Arg::Ptr(ip(0)?),
+                            Arg::Ptr(ip(1)?),
+                            Arg::Ptr(ip(3)?),
+                            Arg::Ptr(ip(4)?),
+                            Arg::Ptr(ip(5)?),
+                            Arg::I32(float_code(ins[5])?),
+                            Arg::Ptr(act),
+                            Arg::I32(k as i32),
+                            Arg::I32(i32_of(e, "experts")?),
+                            Arg::I32(i32_of(h, "hidden")?),
+                            Arg::I32(i32_of(i, "intermediate")?),
+                            Arg::F32(*swiglu_limit),
+                            Arg::F32(*alpha),
+                            Arg::Ptr(err),
+                        ],
+                    )?;
+                    let by = h.div_ceil(WARPS as usize * 4).min(per_pair);
+                    let f = be.kernels.get("moe_down_fast")?;
+                    be.gpu.launch(
+                        "moe_down_fast",
+                        f,
+                        (blocks(pairs, 1)?, grid_y(by)?, 1),
+                        (32 * WARPS, 1, 1),
+                        (i * 4) as u32,
+                        &[
+                            Arg::Ptr(act),
+                            Arg::Ptr(ip(1)?),
+                            Arg::Ptr(ip(6)?),
+                            Arg::Ptr(ip(7)?),
+                            Arg::Ptr(ip(8)?),
+                            Arg::I32(float_code(ins[8])?),
+                            Arg::Ptr(y),
+                            Arg::I32(k as i32),
+                            Arg::I32(e as i32),
+                            Arg::I32(h as i32),
+                            Arg::I32(i as i32),
+                        ],
+                    )?;
+                } else {
+                    let f = be.kernels.get("moe_gate_up")?;
+                    be.gpu.launch(
+                        "moe_gate_up",
+                        f,
+                        (blocks(pairs, 1)?, grid_y(i.div_ceil(WARPS as usize))?, 1),
+                        (32 * WARPS, 1, 1),
+                        0,
+                        &[
+                            Arg::Ptr(ip(0)?),
+                            Arg::Ptr(ip(1)?),
+                            Arg::Ptr(ip(3)?),
+                            Arg::Ptr(ip(4)?),
+                            Arg::Ptr(ip(5)?),
+                            Arg::I32(float_code(ins[5])?),
+                            Arg::Ptr(act),
+                            Arg::I32(k as i32),
+                            Arg::I32(i32_of(e, "experts")?),
+                            Arg::I32(i32_of(h, "hidden")?),
+                            Arg::I32(i32_of(i, "intermediate")?),
+                            Arg::F32(*swiglu_limit),
+                            Arg::F32(*alpha),
+                            Arg::Ptr(err),
+                        ],
+                    )?;
+                    let f = be.kernels.get("moe_down")?;
+                    be.gpu.launch(
+                        "moe_down",
+                        f,
+                        (blocks(pairs, 1)?, grid_y(h.div_ceil(WARPS as usize))?, 1),
+                        (32 * WARPS, 1, 1),
+                        0,
+                        &[
+                            Arg::Ptr(act),
+                            Arg::Ptr(ip(1)?),
+                            Arg::Ptr(ip(6)?),
+                            Arg::Ptr(ip(7)?),
+                            Arg::Ptr(ip(8)?),
+                            Arg::I32(float_code(ins[8])?),
+                            Arg::Ptr(y),
+                            Arg::I32(k as i32),
+                            Arg::I32(e as i32),
+                            Arg::I32(h as i32),
+                            Arg::I32(i as i32),
+                        ],
+                    )?;
+                }
                 let f = be.kernels.get("moe_combine")?;
                 be.gpu.launch(
                     "moe_combine",

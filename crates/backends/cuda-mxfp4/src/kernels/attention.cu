@@ -46,7 +46,42 @@ extern "C" __global__ void attention(const float* q, const float* kc, const floa
         acc[r] = 0.0f;
     }
     float m = NEG_INF, l = 0.0f;
-    for (int j = lo + wid; j <= p; j += nw) {
+    int j0 = lo + wid;
+    // Four keys per step: independent loads and reductions in flight (decode is latency-bound).
+    for (; j0 + 3 * nw <= p; j0 += 4 * nw) {
+        float s4[4];
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            const float* kr = kc + (i64)(j0 + u * nw) * W + off;
+            float s = 0.0f;
+#pragma unroll
+            for (int r = 0; r < MAXR; r++) {
+                int d = lane + 32 * r;
+                if (d < D) s += qr[r] * kr[d];
+            }
+            s4[u] = s;
+        }
+#pragma unroll
+        for (int u = 0; u < 4; u++) s4[u] = warp_sum(s4[u]) * scale;
+        float mn = fmaxf(fmaxf(m, fmaxf(s4[0], s4[1])), fmaxf(s4[2], s4[3]));
+        float corr = expf(m - mn);
+        float e4[4];
+#pragma unroll
+        for (int u = 0; u < 4; u++) e4[u] = expf(s4[u] - mn);
+        l = l * corr + ((e4[0] + e4[1]) + (e4[2] + e4[3]));
+#pragma unroll
+        for (int r = 0; r < MAXR; r++) {
+            int d = lane + 32 * r;
+            if (d < D) {
+                float a = acc[r] * corr;
+#pragma unroll
+                for (int u = 0; u < 4; u++) a += e4[u] * vc[(i64)(j0 + u * nw) * W + off + d];
+                acc[r] = a;
+            }
+        }
+        m = mn;
+    }
+    for (int j = j0; j <= p; j += nw) {
         const float* kr = kc + (i64)j * W + off;
         const float* vr = vc + (i64)j * W + off;
         float s = 0.0f;

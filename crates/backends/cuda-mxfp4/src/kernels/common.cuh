@@ -79,3 +79,19 @@ __device__ float block_sum(float v) {
     __syncthreads();
     return sh[0];
 }
+
+struct alignas(16) F4 {
+    float x, y, z, w;
+};
+struct alignas(16) W4 {
+    u32 x, y, z, w;
+};
+
+// 16-byte read-only load of weights that are streamed once (no L1 allocation).
+__device__ __forceinline__ W4 ldg16_stream(const void* p) {
+    W4 r;
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+        : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+        : "l"(p));
+    return r;
+}

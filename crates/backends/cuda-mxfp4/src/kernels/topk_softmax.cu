@@ -34,3 +34,62 @@ extern "C" __global__ void topk_softmax(const float* x, int* ids, float* w, int 
     float inv = 1.0f / sum;
     for (int s = 0; s < K; s++) wt[s] *= inv;
 }
+
+// The same selection with one warp per token: the row is staged in shared memory, each pass
+// takes the warp-wide best (value, lowest index) among untaken entries. Dynamic shared memory:
+// (blockDim.x / 32) * E floats.
+__device__ __forceinline__ bool cand_better(float v, int i, float bv, int bi) {
+    if (i < 0) return false;
+    if (bi < 0) return true;
+    if (above(v, bv)) return true;
+    if (above(bv, v)) return false;
+    return i < bi;
+}
+
+extern "C" __global__ void topk_softmax_warp(const float* x, int* ids, float* w, int T, int E,
+                                             int K) {
+    extern __shared__ float rows[];
+    int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    int t = blockIdx.x * nw + wid;
+    if (t >= T) return;
+    float* r = rows + wid * E;
+    const float* row = x + (i64)t * E;
+    for (int i = lane; i < E; i += 32) r[i] = row[i];
+    __syncwarp();
+    u32 taken = 0;  // bit j: entry lane + 32 j taken (E <= 1024)
+    float sel = 0.0f;
+    int* id = ids + (i64)t * K;
+    float* wt = w + (i64)t * K;
+    for (int s = 0; s < K; s++) {
+        float bv = 0.0f;
+        int bi = -1;
+        for (int j = 0; lane + 32 * j < E; j++) {
+            if ((taken >> j) & 1u) continue;
+            int i = lane + 32 * j;
+            float v = r[i];
+            if (cand_better(v, i, bv, bi)) {
+                bv = v;
+                bi = i;
+            }
+        }
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+            int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+            if (cand_better(ov, oi, bv, bi)) {
+                bv = ov;
+                bi = oi;
+            }
+        }
+        if (bi >= 0 && (bi & 31) == lane) taken |= 1u << (bi >> 5);
+        if (lane == s) sel = bv;
+        if (lane == 0) id[s] = bi;
+    }
+    // Softmax over the k selected logits (lane s holds the s-th), in slot order.
+    float m = NEG_INF;
+    for (int s = 0; s < K; s++) m = fmaxf(m, __shfl_sync(0xffffffffu, sel, s));
+    float sum = 0.0f;
+    for (int s = 0; s < K; s++) sum += expf(__shfl_sync(0xffffffffu, sel, s) - m);
+    float inv = 1.0f / sum;
+    if (lane < K) wt[lane] = expf(sel - m) * inv;
+}
