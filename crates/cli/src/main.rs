@@ -9,6 +9,7 @@ mod cmd_detokenize;
 mod cmd_download;
 mod cmd_generate;
 mod cmd_logits;
+mod cmd_serve;
 mod cmd_synth;
 mod cmd_tokenize;
 mod common;
@@ -66,6 +67,9 @@ enum Command {
     /// Write a random checkpoint of the real shapes (sharded safetensors + index, MXFP4
     /// experts), to time and test the real loading path without downloading a model.
     Synth(cmd_synth::Args),
+    /// Serve the model over HTTP with OpenAI's APIs (chat completions, responses, models,
+    /// tokenize), streaming, tool calls and reasoning; see the README.
+    Serve(cmd_serve::Args),
 }
 
 fn main() -> ExitCode {
@@ -89,6 +93,7 @@ fn main() -> ExitCode {
         Command::Backends(a) => cmd_backends::run(a),
         Command::Bench(a) => cmd_bench::run(a),
         Command::Synth(a) => cmd_synth::run(a),
+        Command::Serve(a) => cmd_serve::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,78 @@
+//! `gptoss serve`: the OpenAI-compatible HTTP server (crates/server).
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use clap::Args as ClapArgs;
+use gptoss_core::{Error, Result};
+use gptoss_server::engine::EngineOptions;
+use gptoss_server::ServeOptions;
+
+use crate::common::ModelArgs;
+use crate::textgen::load_tokenizer;
+
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Address to listen on (only this machine unless told otherwise).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: IpAddr,
+    /// Port (0 = any free port; the chosen one is printed).
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    /// API key clients must send as `Authorization: Bearer KEY`; default $GPTOSS_API_KEY;
+    /// without either, no key is required.
+    #[arg(long)]
+    pub api_key: Option<String>,
+    /// Most requests generating at once (the others wait in the queue).
+    #[arg(long, default_value_t = 64)]
+    pub max_batch: usize,
+    /// Most requests waiting; more are answered 429 with Retry-After.
+    #[arg(long, default_value_t = 256)]
+    pub queue: usize,
+    /// Longest prompt + output per request; default the config's max_context (0 = the model's).
+    #[arg(long)]
+    pub max_context: Option<usize>,
+    /// Prompt tokens prefilled per step between decode steps of running requests.
+    #[arg(long, default_value_t = 256)]
+    pub prefill_chunk: usize,
+    /// Seconds in-flight requests may still run after SIGINT/SIGTERM before they are ended.
+    #[arg(long, default_value_t = 30)]
+    pub shutdown_timeout: u64,
+    /// The model id clients use (default: the --model argument).
+    #[arg(long)]
+    pub served_model_name: Option<String>,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let api_key = a
+        .api_key
+        .clone()
+        .or_else(|| std::env::var("GPTOSS_API_KEY").ok())
+        .filter(|k| !k.is_empty());
+    if a.max_batch == 0 || a.queue == 0 || a.prefill_chunk == 0 {
+        return Err(Error::Input(
+            "--max-batch, --queue and --prefill-chunk must be at least 1".into(),
+        ));
+    }
+    let dir = gptoss_models::hub::resolve_model_dir(&a.model.model)?;
+    let tok = load_tokenizer(&dir)?;
+    let (model, cfg) = a.model.load()?;
+    let opts = ServeOptions {
+        addr: SocketAddr::new(a.host, a.port),
+        model_id: a
+            .served_model_name
+            .clone()
+            .unwrap_or_else(|| a.model.model.clone()),
+        api_key,
+        max_context: a.max_context.unwrap_or(cfg.max_context),
+        engine: EngineOptions {
+            max_batch: a.max_batch,
+            queue: a.queue,
+            prefill_chunk: a.prefill_chunk,
+        },
+        shutdown_timeout: Duration::from_secs(a.shutdown_timeout),
+    };
+    gptoss_server::serve(model, tok, opts)
+}

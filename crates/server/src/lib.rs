@@ -1,0 +1,150 @@
+//! gptoss-server: an OpenAI-compatible HTTP server over one [`Model`].
+//!
+//! Routes: POST /v1/chat/completions, POST /v1/responses, GET /v1/models, GET /health,
+//! GET /metrics, POST /tokenize, POST /detokenize. The [`engine`] thread owns the model and
+//! interleaves requests; handlers render chats, queue them and map the harmony output to the
+//! API shapes ([`output`]). Errors use OpenAI's JSON shape ([`error`]).
+
+pub mod auth;
+pub mod body;
+pub mod engine;
+pub mod error;
+pub mod gen;
+pub mod metrics;
+pub mod output;
+pub mod routes;
+pub mod sse;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use gptoss_core::{Error, Result};
+use gptoss_models::tokenizer::Tokenizer;
+use gptoss_models::Model;
+
+use crate::engine::EngineOptions;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// How to serve.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub addr: SocketAddr,
+    pub model_id: String,
+    pub api_key: Option<String>,
+    /// Longest prompt + output per request (capped by the model's own context).
+    pub max_context: usize,
+    pub engine: EngineOptions,
+    /// How long in-flight requests may run after SIGINT/SIGTERM before they are ended.
+    pub shutdown_timeout: Duration,
+}
+
+/// The routes over `state` (authentication on everything but /health).
+pub fn router(state: Arc<AppState>) -> Router {
+    let api = Router::new()
+        .route("/v1/chat/completions", post(routes::chat::handler))
+        .route("/v1/responses", post(routes::responses::handler))
+        .route("/v1/models", get(routes::models::list))
+        .route("/v1/models/{id}", get(routes::models::one))
+        .route("/metrics", get(routes::metrics::handler))
+        .route("/tokenize", post(routes::tokenize::handler))
+        .route("/detokenize", post(routes::detokenize::handler))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_key,
+        ));
+    Router::new()
+        .route("/health", get(routes::health::handler))
+        .merge(api)
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(DefaultBodyLimit::max(body::BODY_LIMIT))
+        .with_state(state)
+}
+
+/// Loads nothing, blocks until shutdown: starts the engine on `model` and serves.
+pub fn serve(model: Model, tok: Tokenizer, opts: ServeOptions) -> Result<()> {
+    let model_max = model.config.max_position_embeddings;
+    let max_context = if opts.max_context == 0 {
+        model_max
+    } else {
+        opts.max_context.min(model_max)
+    };
+    let vocab_size = model.config.vocab_size;
+    let kv_budget = max_context * opts.engine.max_batch.max(1);
+    let engine = engine::start(model, opts.engine.clone(), kv_budget);
+    let tok: &'static Tokenizer = Box::leak(Box::new(tok));
+    let state = Arc::new(AppState::new(
+        engine,
+        tok,
+        opts.model_id.clone(),
+        max_context,
+        vocab_size,
+        opts.api_key.clone(),
+    ));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .worker_threads(2)
+        .build()
+        .map_err(|e| Error::Input(format!("cannot start the async runtime: {e}")))?;
+    rt.block_on(run(state, opts))
+}
+
+async fn run(state: Arc<AppState>, opts: ServeOptions) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(opts.addr)
+        .await
+        .map_err(|e| Error::Input(format!("cannot listen on {}: {e}", opts.addr)))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| Error::Input(e.to_string()))?;
+    // The one line tests and scripts wait for (stderr).
+    eprintln!(
+        "gptoss serve: listening on http://{local} (model {})",
+        opts.model_id
+    );
+    let st = state.clone();
+    let timeout = opts.shutdown_timeout;
+    let shutdown = async move {
+        wait_for_signal().await;
+        eprintln!("gptoss serve: shutting down; finishing in-flight requests (up to {timeout:?})");
+        st.shutting_down.store(true, Ordering::Relaxed);
+        let abort = st.engine.abort.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            // Still running: end the streams cleanly (finish_reason "length", incomplete).
+            abort.store(true, Ordering::Relaxed);
+        });
+    };
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|e| Error::Input(format!("server error: {e}")))?;
+    eprintln!("gptoss serve: stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,375 @@
+"""`gptoss serve` through the official openai package.
+
+Started by crates/cli/tests/serve.rs, which passes the servers' URLs and the expected script
+texts in the environment: GPTOSS_CPU_URL (cpu backend, tiny synthetic model, API key
+GPTOSS_TEST_KEY), GPTOSS_TOOL_URL and GPTOSS_ANSWER_URL (the "script" backend: reasoning then a
+get_weather call, or reasoning then a final answer).
+"""
+
+import json
+import os
+import time
+
+import http.client
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import openai
+import pytest
+
+CPU = os.environ["GPTOSS_CPU_URL"]
+TOOL = os.environ["GPTOSS_TOOL_URL"]
+ANSWER_URL = os.environ["GPTOSS_ANSWER_URL"]
+KEY = os.environ["GPTOSS_TEST_KEY"]
+REASONING = os.environ["EXPECT_REASONING"]
+ARGS = os.environ["EXPECT_ARGS"]
+ANSWER_REASONING = os.environ["EXPECT_ANSWER_REASONING"]
+ANSWER = os.environ["EXPECT_ANSWER"]
+
+AUTH = {"Authorization": f"Bearer {KEY}"}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"location": {"type": "string"}, "unit": {"type": "string"}},
+            "required": ["location"],
+        },
+    },
+}
+RESP_WEATHER = {"type": "function", **WEATHER["function"]}
+ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+class Resp:
+    def __init__(self, status, body):
+        self.status_code = status
+        self.text = body.decode("utf-8", "replace")
+
+    def json(self):
+        return json.loads(self.text)
+
+
+def raw(method, url, json_body=None, content=None, headers=None):
+    """A plain HTTP request (stdlib only); returns status and body, errors included."""
+    data = content if content is not None else (
+        json.dumps(json_body).encode() if json_body is not None else None)
+    req = urllib.request.Request(url, data=data, method=method, headers={
+        "Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return Resp(r.status, r.read())
+    except urllib.error.HTTPError as e:
+        return Resp(e.code, e.read())
+
+
+def post(url, json=None, content=None, headers=None):
+    return raw("POST", url, json_body=json, content=content, headers=headers)
+
+
+def get(url, headers=None):
+    return raw("GET", url, headers=headers)
+
+
+def client(url, key=KEY):
+    return openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=120)
+
+
+def model_id(url):
+    return client(url).models.list().data[0].id
+
+
+def no_markup(*texts):
+    for t in texts:
+        assert t is None or "<|" not in t, t
+
+
+# ---------------------------------------------------------------- cpu: plain API behaviour
+
+
+def test_models_lists_the_served_model():
+    models = client(CPU).models.list().data
+    assert len(models) == 1
+    assert models[0].object == "model" and models[0].id
+
+
+def test_chat_plain_and_streamed_agree():
+    c = client(CPU)
+    mid = model_id(CPU)
+    r = c.chat.completions.create(model=mid, messages=ASK, max_tokens=12, temperature=0)
+    ch = r.choices[0]
+    assert ch.finish_reason in ("length", "stop")
+    assert 0 < r.usage.completion_tokens <= 12
+    n = post(CPU + "/tokenize", json={"messages": ASK}, headers=AUTH).json()["count"]
+    assert r.usage.prompt_tokens == n
+    reasoning = getattr(ch.message, "reasoning_content", None) or ""
+    no_markup(ch.message.content, reasoning)
+
+    content, sreasoning, finish, usage = "", "", None, None
+    for chunk in c.chat.completions.create(
+        model=mid, messages=ASK, max_tokens=12, temperature=0, stream=True,
+        stream_options={"include_usage": True},
+    ):
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            content += choice.delta.content or ""
+            sreasoning += getattr(choice.delta, "reasoning_content", None) or ""
+            finish = choice.finish_reason or finish
+    assert content == (ch.message.content or "")
+    assert sreasoning == reasoning
+    assert finish == ch.finish_reason
+    assert usage is not None and usage.completion_tokens == r.usage.completion_tokens
+
+
+def test_responses_plain_and_streamed_agree():
+    c = client(CPU)
+    mid = model_id(CPU)
+    r = c.responses.create(model=mid, input="Say hello", max_output_tokens=12, temperature=0)
+    assert r.usage.output_tokens > 0 and r.usage.input_tokens > 0
+    text = r.output_text
+    no_markup(text)
+    types, deltas, done = [], "", None
+    for ev in c.responses.create(
+        model=mid, input="Say hello", max_output_tokens=12, temperature=0, stream=True
+    ):
+        types.append(ev.type)
+        if ev.type == "response.output_text.delta":
+            deltas += ev.delta
+        if ev.type in ("response.completed", "response.incomplete"):
+            done = ev.response
+    assert types[0] == "response.created"
+    assert types[-1] in ("response.completed", "response.incomplete")
+    assert deltas == text
+    assert done.usage.output_tokens == r.usage.output_tokens
+
+
+def test_tokenize_and_detokenize_round_trip():
+    t = post(CPU + "/tokenize", json={"prompt": "Hello world"}, headers=AUTH).json()
+    assert t["count"] == len(t["tokens"]) == 2
+    d = post(CPU + "/detokenize", json={"tokens": t["tokens"]}, headers=AUTH).json()
+    assert d["prompt"] == "Hello world"
+    bad = post(CPU + "/detokenize", json={"tokens": [999999999]}, headers=AUTH)
+    assert bad.status_code == 400
+
+
+def test_metrics_are_prometheus_text():
+    m = get(CPU + "/metrics", headers=AUTH)
+    assert m.status_code == 200
+    for name in ("gptoss_queue_depth", "gptoss_running_requests",
+                 "gptoss_generation_tokens_per_second",
+                 "gptoss_time_to_first_token_seconds_sum", "gptoss_kv_cache_usage_ratio"):
+        assert f"\n{name}{{" in m.text or m.text.startswith(name), name
+    total = [l for l in m.text.splitlines() if l.startswith("gptoss_requests_total")]
+    assert float(total[0].split()[-1]) >= 1
+
+
+# ---------------------------------------------------------------- cpu: errors
+
+
+def error_of(resp, status):
+    assert resp.status_code == status, resp.text
+    e = resp.json()["error"]
+    assert e["message"] and e["type"]
+    assert set(e) >= {"message", "type", "param", "code"}
+    return e
+
+
+def test_malformed_json_is_400():
+    r = post(CPU + "/v1/chat/completions", content=b'{"messages": [', headers=AUTH)
+    assert error_of(r, 400)["code"] == "invalid_json"
+
+
+def test_wrong_types_are_400():
+    c = client(CPU)
+    with pytest.raises(openai.BadRequestError):
+        c.chat.completions.create(model="m", messages="hello")
+    with pytest.raises(openai.BadRequestError):
+        c.chat.completions.create(model="m", messages=ASK, temperature="hot")
+    with pytest.raises(openai.BadRequestError):
+        c.chat.completions.create(model="m", messages=ASK, temperature=-1)
+    with pytest.raises(openai.BadRequestError):
+        c.chat.completions.create(model="m", messages=ASK, n=2)
+    with pytest.raises(openai.BadRequestError):
+        c.responses.create(model="m", input=[{"type": "bogus"}])
+    r = post(CPU + "/v1/responses", json={"input": 5}, headers=AUTH)
+    error_of(r, 400)
+
+
+def test_oversized_body_is_413():
+    big = {"messages": [{"role": "user", "content": "x" * (5 * 1024 * 1024)}]}
+    r = post(CPU + "/v1/chat/completions", json=big, headers=AUTH)
+    error_of(r, 413)
+
+
+def test_wrong_api_key_is_401():
+    with pytest.raises(openai.AuthenticationError):
+        client(CPU, key="wrong").models.list()
+    r = post(CPU + "/v1/chat/completions", json={"messages": ASK})
+    error_of(r, 401)
+    assert get(CPU + "/health").status_code == 200  # health needs no key
+
+
+def test_prompt_over_the_context_is_400_and_serving_goes_on():
+    c = client(CPU)
+    long = [{"role": "user", "content": "hello " * 3000}]
+    with pytest.raises(openai.BadRequestError) as e:
+        c.chat.completions.create(model="m", messages=long, max_tokens=4)
+    assert "context" in str(e.value)
+    with pytest.raises(openai.BadRequestError):
+        c.chat.completions.create(model="m", messages=ASK, max_tokens=100000)
+    r = c.chat.completions.create(model="m", messages=ASK, max_tokens=3, temperature=0)
+    assert r.usage.completion_tokens == 3
+
+
+def test_unknown_route_is_404():
+    error_of(get(CPU + "/v1/nothing", headers=AUTH), 404)
+
+
+def metric(name):
+    m = get(CPU + "/metrics", headers=AUTH).text
+    return float([l for l in m.splitlines() if l.startswith(name + "{")][0].split()[-1])
+
+
+def test_disconnected_stream_is_cancelled():
+    before = metric("gptoss_generation_tokens_total")
+    u = urllib.parse.urlparse(CPU)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+    conn.request("POST", "/v1/chat/completions", body=json.dumps({
+        "messages": ASK, "max_tokens": 1900, "stream": True, "temperature": 0,
+    }), headers={"Content-Type": "application/json", **AUTH})
+    r = conn.getresponse()
+    assert r.status == 200
+    assert r.readline().startswith(b"data: {")  # the first token's chunk
+    conn.close()
+    deadline = time.time() + 30
+    while metric("gptoss_running_requests") != 0:
+        assert time.time() < deadline, "the engine kept generating for a client that left"
+        time.sleep(0.1)
+    generated = metric("gptoss_generation_tokens_total") - before
+    assert 1 <= generated < 1900, generated
+
+
+# ---------------------------------------------------------------- script: harmony mapping
+
+
+def test_chat_tool_call_plain():
+    r = client(TOOL).chat.completions.create(model="m", messages=ASK, tools=[WEATHER])
+    ch = r.choices[0]
+    assert ch.finish_reason == "tool_calls"
+    assert ch.message.reasoning_content == REASONING
+    assert not ch.message.content
+    (call,) = ch.message.tool_calls
+    assert call.id and call.type == "function"
+    assert call.function.name == "get_weather"
+    assert call.function.arguments == ARGS
+    assert json.loads(call.function.arguments)["location"] == "Paris, France"
+
+
+def test_chat_tool_call_streamed():
+    reasoning, content, calls, finish = "", "", {}, None
+    for chunk in client(TOOL).chat.completions.create(
+        model="m", messages=ASK, tools=[WEATHER], stream=True
+    ):
+        for ch in chunk.choices:
+            d = ch.delta
+            reasoning += getattr(d, "reasoning_content", None) or ""
+            content += d.content or ""
+            for tc in d.tool_calls or []:
+                c = calls.setdefault(tc.index, {"id": None, "name": "", "args": ""})
+                c["id"] = tc.id or c["id"]
+                c["name"] += (tc.function.name or "") if tc.function else ""
+                c["args"] += (tc.function.arguments or "") if tc.function else ""
+            finish = ch.finish_reason or finish
+    assert reasoning == REASONING
+    assert content == ""
+    assert finish == "tool_calls"
+    assert list(calls) == [0]
+    assert calls[0]["id"] and calls[0]["name"] == "get_weather" and calls[0]["args"] == ARGS
+
+
+def follow_up():
+    return ASK + [
+        {"role": "assistant", "content": None, "reasoning_content": REASONING,
+         "tool_calls": [{"id": "call_1", "type": "function",
+                         "function": {"name": "get_weather", "arguments": ARGS}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": '{"temp": 21, "sky": "sunny"}'},
+    ]
+
+
+def test_chat_answer_after_tool_result_plain_and_streamed():
+    c = client(ANSWER_URL)
+    r = c.chat.completions.create(model="m", messages=follow_up(), tools=[WEATHER])
+    m = r.choices[0].message
+    assert r.choices[0].finish_reason == "stop"
+    assert m.content == ANSWER and m.reasoning_content == ANSWER_REASONING
+    assert not m.tool_calls
+    content, reasoning = "", ""
+    for chunk in c.chat.completions.create(
+        model="m", messages=follow_up(), tools=[WEATHER], stream=True
+    ):
+        for ch in chunk.choices:
+            content += ch.delta.content or ""
+            reasoning += getattr(ch.delta, "reasoning_content", None) or ""
+    assert content == ANSWER and reasoning == ANSWER_REASONING
+
+
+def test_responses_tool_call_plain_and_streamed():
+    c = client(TOOL)
+    r = c.responses.create(model="m", input="Weather in Paris?", tools=[RESP_WEATHER],
+                           reasoning={"effort": "low"})
+    kinds = [o.type for o in r.output]
+    assert kinds == ["reasoning", "function_call"]
+    assert r.output[0].content[0].text == REASONING
+    fc = r.output[1]
+    assert fc.name == "get_weather" and fc.arguments == ARGS and fc.call_id
+    assert r.output_text == ""
+
+    types, reasoning, args, done_args, final = [], "", "", None, None
+    for ev in c.responses.create(model="m", input="Weather in Paris?", tools=[RESP_WEATHER],
+                                 stream=True):
+        types.append(ev.type)
+        if ev.type == "response.reasoning_text.delta":
+            reasoning += ev.delta
+        elif ev.type == "response.function_call_arguments.delta":
+            args += ev.delta
+        elif ev.type == "response.function_call_arguments.done":
+            done_args = ev.arguments
+        elif ev.type == "response.completed":
+            final = ev.response
+    assert types[0] == "response.created" and types[-1] == "response.completed"
+    assert "response.output_item.added" in types and "response.output_item.done" in types
+    assert reasoning == REASONING and args == ARGS and done_args == ARGS
+    assert final.usage.output_tokens > 0
+    assert [o.type for o in final.output] == ["reasoning", "function_call"]
+
+
+def test_responses_answer_after_function_output_plain_and_streamed():
+    c = client(ANSWER_URL)
+    items = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"type": "function_call", "call_id": "call_9", "name": "get_weather", "arguments": ARGS},
+        {"type": "function_call_output", "call_id": "call_9", "output": '{"temp": 21}'},
+    ]
+    r = c.responses.create(model="m", input=items, tools=[RESP_WEATHER],
+                           instructions="Answer briefly.")
+    assert r.output_text == ANSWER
+    assert r.output[0].type == "reasoning" and r.output[0].content[0].text == ANSWER_REASONING
+    assert r.status == "completed"
+    text = ""
+    for ev in c.responses.create(model="m", input=items, tools=[RESP_WEATHER], stream=True):
+        if ev.type == "response.output_text.delta":
+            text += ev.delta
+    assert text == ANSWER
+    # previous_response_id continues a stored conversation; an unknown one is a 404.
+    again = c.responses.create(model="m", input="Thanks! And tomorrow?", previous_response_id=r.id,
+                               tools=[RESP_WEATHER])
+    assert again.output_text == ANSWER
+    fresh = c.responses.create(model="m", input="Thanks! And tomorrow?", tools=[RESP_WEATHER])
+    # The stored conversation (question, call, result, answer) is in the prompt.
+    assert again.usage.input_tokens > fresh.usage.input_tokens + 40
+    with pytest.raises(openai.NotFoundError):
+        c.responses.create(model="m", input="hi", previous_response_id="resp_missing")
