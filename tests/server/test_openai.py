@@ -21,6 +21,7 @@ import pytest
 CPU = os.environ["GPTOSS_CPU_URL"]
 TOOL = os.environ["GPTOSS_TOOL_URL"]
 ANSWER_URL = os.environ["GPTOSS_ANSWER_URL"]
+SMALL = os.environ["GPTOSS_SMALL_URL"]  # cpu, --max-batch 1 --queue 1, no key
 KEY = os.environ["GPTOSS_TEST_KEY"]
 REASONING = os.environ["EXPECT_REASONING"]
 ARGS = os.environ["EXPECT_ARGS"]
@@ -45,9 +46,10 @@ ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 
 class Resp:
-    def __init__(self, status, body):
+    def __init__(self, status, body, headers=None):
         self.status_code = status
         self.text = body.decode("utf-8", "replace")
+        self.headers = headers or {}
 
     def json(self):
         return json.loads(self.text)
@@ -61,9 +63,9 @@ def raw(method, url, json_body=None, content=None, headers=None):
         "Content-Type": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=120) as r:
-            return Resp(r.status, r.read())
+            return Resp(r.status, r.read(), r.headers)
     except urllib.error.HTTPError as e:
-        return Resp(e.code, e.read())
+        return Resp(e.code, e.read(), e.headers)
 
 
 def post(url, json=None, content=None, headers=None):
@@ -156,6 +158,43 @@ def test_tokenize_and_detokenize_round_trip():
     assert bad.status_code == 400
 
 
+def open_stream(url, max_tokens):
+    """Starts a streamed chat and reads its first chunk (the engine is working on it)."""
+    u = urllib.parse.urlparse(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+    conn.request("POST", "/v1/chat/completions", body=json.dumps({
+        "messages": ASK, "max_tokens": max_tokens, "stream": True, "temperature": 0,
+    }), headers={"Content-Type": "application/json", **AUTH})
+    r = conn.getresponse()
+    assert r.status == 200
+    assert r.readline().startswith(b"data: {")
+    return conn
+
+
+def test_queue_full_is_429_with_retry_after_and_serving_goes_on():
+    busy = open_stream(SMALL, 1900)  # the only slot (--max-batch 1)
+    u = urllib.parse.urlparse(SMALL)
+    waiting = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+    waiting.request("POST", "/v1/chat/completions", body=json.dumps({
+        "messages": ASK, "max_tokens": 2, "temperature": 0}),
+        headers={"Content-Type": "application/json"})
+    deadline = time.time() + 10
+    while "gptoss_queue_depth{model" not in (m := get(SMALL + "/metrics").text) or \
+            float([l for l in m.splitlines() if l.startswith("gptoss_queue_depth{")][0].split()[-1]) < 1:
+        assert time.time() < deadline, "the second request never queued"
+        time.sleep(0.05)
+    r = post(SMALL + "/v1/chat/completions", json={"messages": ASK, "max_tokens": 2})
+    e = error_of(r, 429)
+    assert e["type"] == "rate_limit_error"
+    assert int(r.headers["Retry-After"]) >= 1
+    busy.close()  # frees the slot: the queued request runs
+    assert waiting.getresponse().status == 200
+    waiting.close()
+    ok = client(SMALL, key="none").chat.completions.create(
+        model="m", messages=ASK, max_tokens=2, temperature=0)
+    assert ok.usage.completion_tokens == 2
+
+
 def test_metrics_are_prometheus_text():
     m = get(CPU + "/metrics", headers=AUTH)
     assert m.status_code == 200
@@ -236,15 +275,7 @@ def metric(name):
 
 def test_disconnected_stream_is_cancelled():
     before = metric("gptoss_generation_tokens_total")
-    u = urllib.parse.urlparse(CPU)
-    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
-    conn.request("POST", "/v1/chat/completions", body=json.dumps({
-        "messages": ASK, "max_tokens": 1900, "stream": True, "temperature": 0,
-    }), headers={"Content-Type": "application/json", **AUTH})
-    r = conn.getresponse()
-    assert r.status == 200
-    assert r.readline().startswith(b"data: {")  # the first token's chunk
-    conn.close()
+    open_stream(CPU, 1900).close()
     deadline = time.time() + 30
     while metric("gptoss_running_requests") != 0:
         assert time.time() < deadline, "the engine kept generating for a client that left"

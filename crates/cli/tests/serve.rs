@@ -230,12 +230,29 @@ fn openai_python_client_against_the_server() {
             ("GPTOSS_SCRIPT", &answer_script),
         ],
     );
+    let small = Server::start(
+        model.path(),
+        &[
+            "--backend",
+            "cpu",
+            "--max-context",
+            "2048",
+            "--max-batch",
+            "1",
+            "--queue",
+            "1",
+            "--shutdown-timeout",
+            "1",
+        ],
+        &[],
+    );
     pytest(
         "tests/server/test_openai.py",
         &[
             ("GPTOSS_CPU_URL", cpu.url.clone()),
             ("GPTOSS_TOOL_URL", tool.url.clone()),
             ("GPTOSS_ANSWER_URL", answer.url.clone()),
+            ("GPTOSS_SMALL_URL", small.url.clone()),
             ("GPTOSS_TEST_KEY", "test-key".into()),
             ("EXPECT_REASONING", REASONING.into()),
             ("EXPECT_ARGS", ARGS.into()),
@@ -253,6 +270,49 @@ fn openai_python_client_against_the_server() {
     let status = cpu.stop();
     assert!(status.success(), "exit after SIGTERM: {status}");
     drop((tool, answer));
+    shutdown_ends_a_running_stream_cleanly(small);
+}
+
+/// SIGTERM while a long stream runs: the stream gets its final chunk and [DONE] (ended after
+/// --shutdown-timeout 1 s with finish_reason "length"), and the server exits 0.
+fn shutdown_ends_a_running_stream_cleanly(server: Server) {
+    let code = r#"
+import json, sys, urllib.request
+req = urllib.request.Request(sys.argv[1] + "/v1/chat/completions", method="POST",
+    headers={"Content-Type": "application/json"},
+    data=json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1900,
+                     "stream": True, "temperature": 0}).encode())
+with urllib.request.urlopen(req, timeout=60) as r:
+    first = True
+    for line in r:
+        if first:
+            print("started", flush=True)
+            first = False
+        if line.startswith(b"data:"):
+            print(line.decode().strip(), flush=True)
+"#;
+    let mut client = Command::new(python())
+        .args(["-c", code, &server.url])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the streaming client");
+    let mut out = BufReader::new(client.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    assert_eq!(first.trim(), "started", "{}", server.log());
+    let t = Instant::now();
+    let status = server.stop();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    assert!(client.wait().unwrap().success());
+    assert!(status.success(), "exit after SIGTERM: {status}");
+    assert!(t.elapsed() < Duration::from_secs(20));
+    let finish = rest
+        .lines()
+        .filter(|l| l.contains("\"finish_reason\":\"length\""))
+        .count();
+    assert_eq!(finish, 1, "no final chunk in:\n{rest}");
+    assert_eq!(rest.lines().last(), Some("data: [DONE]"), "{rest}");
 }
 
 #[test]
