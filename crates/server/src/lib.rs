@@ -148,3 +148,6 @@ async fn wait_for_signal() {
         _ = term => {},
     }
 }
+
+#[cfg(test)]
+mod output_tests;

@@ -311,3 +311,56 @@ async fn stream(
     }
     let _ = sink.send("data: [DONE]\n\n".to_string()).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::apply_tool_choice;
+    use gptoss_models::harmony::Tool;
+    use serde_json::json;
+
+    #[test]
+    fn tool_choice_values() {
+        let tools = vec![Tool::function("get_weather", "weather", None)];
+        assert!(apply_tool_choice(Some(&json!("none")), tools.clone())
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            apply_tool_choice(Some(&json!("auto")), tools.clone())
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(
+            apply_tool_choice(Some(&json!("required")), tools.clone())
+                .unwrap()
+                .len(),
+            1
+        );
+        let named = json!({"type": "function", "function": {"name": "get_weather"}});
+        assert_eq!(
+            apply_tool_choice(Some(&named), tools.clone())
+                .unwrap()
+                .len(),
+            1
+        );
+        let other = json!({"type": "function", "function": {"name": "nope"}});
+        assert_eq!(
+            apply_tool_choice(Some(&other), tools.clone())
+                .unwrap_err()
+                .status,
+            400
+        );
+        assert_eq!(
+            apply_tool_choice(Some(&json!("required")), vec![])
+                .unwrap_err()
+                .status,
+            400
+        );
+        assert_eq!(
+            apply_tool_choice(Some(&json!("maybe")), tools)
+                .unwrap_err()
+                .status,
+            400
+        );
+    }
+}

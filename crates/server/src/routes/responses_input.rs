@@ -183,3 +183,49 @@ pub fn messages(input: Input) -> Result<Vec<ChatMessage>, ApiError> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn items_become_chat_messages() {
+        let items: Input = serde_json::from_value(json!([
+            {"role": "user", "content": [{"type": "input_text", "text": "Weather?"}]},
+            {"type": "reasoning", "content": [{"type": "reasoning_text", "text": "Call it."}]},
+            {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c1", "output": "21C"},
+            {"type": "message", "role": "assistant", "content": "It is 21C."},
+        ]))
+        .unwrap();
+        let m = messages(items).unwrap();
+        assert_eq!(m.len(), 4);
+        assert_eq!(m[0].role, Role::User);
+        assert_eq!(m[0].text().unwrap(), "Weather?");
+        assert_eq!(m[1].reasoning_content.as_deref(), Some("Call it."));
+        assert_eq!(m[1].tool_calls[0].id.as_deref(), Some("c1"));
+        assert_eq!(m[2].role, Role::Tool);
+        assert_eq!(m[2].tool_call_id.as_deref(), Some("c1"));
+        assert_eq!(m[3].text().unwrap(), "It is 21C.");
+    }
+
+    #[test]
+    fn bad_items_are_400s() {
+        for bad in [
+            json!([{"type": "bogus"}]),
+            json!([5]),
+            json!([{"role": "wizard"}]),
+        ] {
+            let input: Input = serde_json::from_value(bad).unwrap();
+            assert_eq!(messages(input).unwrap_err().status, 400);
+        }
+        let t = vec![RespTool {
+            kind: "web_search".into(),
+            name: None,
+            description: None,
+            parameters: None,
+        }];
+        assert_eq!(tools(t).unwrap_err().status, 400);
+    }
+}
