@@ -260,6 +260,10 @@ def test_prompt_over_the_context_is_400_and_serving_goes_on():
     assert "context" in str(e.value)
     with pytest.raises(openai.BadRequestError):
         c.chat.completions.create(model="m", messages=ASK, max_tokens=100000)
+    with pytest.raises(openai.BadRequestError):
+        c.chat.completions.create(model="m", messages=ASK, max_tokens=2**64 - 1)
+    with pytest.raises(openai.BadRequestError):
+        c.chat.completions.create(model="m", messages=ASK, max_tokens=2**70)
     r = c.chat.completions.create(model="m", messages=ASK, max_tokens=3, temperature=0)
     assert r.usage.completion_tokens == 3
 

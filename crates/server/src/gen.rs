@@ -106,7 +106,7 @@ pub fn prepare(st: &AppState, job: &Job) -> Result<(Vec<u32>, usize), ApiError> 
         Some(n) => n,
         None => st.max_context.saturating_sub(prompt.len()),
     };
-    if prompt.len() + max_tokens > st.max_context || max_tokens == 0 {
+    if prompt.len().saturating_add(max_tokens) > st.max_context || max_tokens == 0 {
         return Err(ApiError::bad_request(format!(
             "this model's maximum context length is {} tokens; the prompt has {} tokens and \
              {} more were asked for; shorten the messages or lower max_tokens",

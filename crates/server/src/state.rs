@@ -13,6 +13,9 @@ use crate::engine::EngineHandle;
 /// Responses kept for `previous_response_id` (oldest dropped first).
 const STORED_RESPONSES: usize = 1024;
 
+/// Stored conversations by response id, and the ids oldest first.
+type Store = (HashMap<String, Vec<ChatMessage>>, VecDeque<String>);
+
 pub struct AppState {
     pub engine: EngineHandle,
     pub tok: &'static Tokenizer,
@@ -25,7 +28,7 @@ pub struct AppState {
     pub created: u64,
     pub shutting_down: AtomicBool,
     counter: AtomicU64,
-    responses: Mutex<(HashMap<String, Vec<ChatMessage>>, VecDeque<String>)>,
+    responses: Mutex<Store>,
 }
 
 pub fn unix_now() -> u64 {
