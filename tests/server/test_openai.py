@@ -335,6 +335,16 @@ def follow_up():
     ]
 
 
+def test_reasoning_sent_back_reaches_the_prompt():
+    with_reasoning = post(CPU + "/tokenize", json={"messages": follow_up()}, headers=AUTH).json()
+    plain = follow_up()
+    del plain[1]["reasoning_content"]
+    without = post(CPU + "/tokenize", json={"messages": plain}, headers=AUTH).json()
+    assert with_reasoning["count"] > without["count"]
+    text = post(CPU + "/detokenize", json={"tokens": with_reasoning["tokens"]}, headers=AUTH).json()
+    assert REASONING in text["prompt"]
+
+
 def test_chat_answer_after_tool_result_plain_and_streamed():
     c = client(ANSWER_URL)
     r = c.chat.completions.create(model="m", messages=follow_up(), tools=[WEATHER])
