@@ -6,9 +6,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use gptoss_core::config::EngineConfig;
 use gptoss_core::{Error, Result};
+use gptoss_models::generation::{SeqEnd, Sequence};
 use gptoss_models::sampler::Sampler;
 use gptoss_models::tokenizer::Tokenizer;
-use gptoss_models::{GptOssConfig, LogitsWanted, Model};
+use gptoss_models::{GptOssConfig, Model};
 
 /// What the caller wants after seeing a token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,35 +69,44 @@ pub fn run(
     on_token: &mut dyn FnMut(u32) -> Flow,
 ) -> Result<Generated> {
     let capacity = crate::common::context_for(cfg, &model.config, prompt.len() + max_tokens)?;
-    let mut session = model.new_session(capacity)?;
+    // The sequence logic (prefill, sampling, stop token, token limit) is shared with the
+    // server's engine: gptoss_models::generation.
+    let mut seq = Sequence::new(
+        model,
+        prompt.to_vec(),
+        sampler.clone(),
+        max_tokens,
+        stop_ids.to_vec(),
+        capacity,
+    )?;
     let interrupted = || interrupt.is_some_and(|f| f.load(Ordering::Relaxed));
-    let mut tokens = Vec::with_capacity(max_tokens.min(4096));
     let mut step = || -> Result<End> {
-        let mut logits = model.forward(&mut session, prompt, LogitsWanted::Last)?;
         loop {
+            // The whole prompt in one pass, then one token per pass.
+            while !seq.feed(model, usize::MAX)? {}
             if interrupted() {
                 return Ok(End::Interrupted);
             }
-            let id = sampler.sample(&mut logits, &tokens);
-            tokens.push(id);
+            let Some((id, end)) = seq.sample() else {
+                continue;
+            };
             let flow = on_token(id);
-            if stop_ids.contains(&id) {
-                return Ok(End::StopToken(id));
-            }
-            if flow == Flow::Stop {
-                return Ok(End::Caller);
-            }
-            if tokens.len() >= max_tokens {
-                return Ok(End::MaxTokens);
+            match end {
+                Some(SeqEnd::StopToken(id)) => return Ok(End::StopToken(id)),
+                _ if flow == Flow::Stop => return Ok(End::Caller),
+                Some(SeqEnd::MaxTokens) => return Ok(End::MaxTokens),
+                None => {}
             }
             if interrupted() {
                 return Ok(End::Interrupted);
             }
-            logits = model.forward(&mut session, &[id], LogitsWanted::Last)?;
         }
     };
     let result = step();
-    let freed = model.free_session(session);
+    let tokens = seq.generated().to_vec();
+    // The caller's sampler continues where this reply left it (a chat's next reply).
+    *sampler = seq.sampler().clone();
+    let freed = seq.free(model);
     let end = result?;
     freed?;
     Ok(Generated { tokens, end })

@@ -4,7 +4,8 @@
 //! - [`checkpoint`]: safetensors by mmap, single file or sharded; [`hub`]: local HF cache.
 //! - [`weights`]: the published tensor names, checked and uploaded to a backend.
 //! - [`graph_builder`]: one forward step as a graph; [`kv_cache`]: per-layer caches.
-//! - [`model`]: a loaded model, sessions, greedy generation.
+//! - [`model`]: a loaded model, sessions, greedy generation; [`generation`]: one sequence
+//!   advanced a forward pass at a time (the CLI's token loop and the server's engine).
 //! - [`synthetic`]: random models of the real shapes; [`bench`], [`roofline`]: speed and its ceiling.
 //! - [`tokenizer`]: o200k_harmony (tokenizer.json or built in); [`harmony`]: chat rendering and
 //!   the streaming output parser; [`sampler`]: token sampling and stop strings.
@@ -12,6 +13,7 @@
 pub mod bench;
 pub mod checkpoint;
 pub mod config;
+pub mod generation;
 pub mod graph_builder;
 pub mod harmony;
 pub mod hub;

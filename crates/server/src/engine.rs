@@ -3,9 +3,10 @@
 //!
 //! Each round runs, for every active request, either one prefill chunk of its prompt (at most
 //! `prefill_chunk` tokens, so a long prompt never stalls running streams for long) or one
-//! decode step. New requests join between rounds. Each request has its own [`Session`] (its
-//! own KV cache), freed when it ends, fails, or its client goes away (the event receiver was
-//! dropped).
+//! decode step. New requests join between rounds. Each request is a
+//! [`Sequence`] (gptoss_models::generation, shared with the CLI's token loop) with its own
+//! session and KV cache, freed when it ends, fails, or its client goes away (the event receiver
+//! was dropped).
 //!
 //! Not yet: true multi-sequence batched graphs (one forward over all active sequences) and a
 //! paged KV cache shared by all requests. Interleaving keeps streams fair and the API final;
@@ -16,8 +17,9 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::time::Instant;
 
+use gptoss_models::generation::{SeqEnd, Sequence};
 use gptoss_models::sampler::{Sampler, SamplingParams};
-use gptoss_models::{LogitsWanted, Model, Session};
+use gptoss_models::Model;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::metrics::Stats;
@@ -114,10 +116,9 @@ pub fn start(model: Model, opts: EngineOptions, kv_budget: usize) -> EngineHandl
 
 struct Active {
     req: GenRequest,
-    session: Session,
-    sampler: Sampler,
-    prefilled: usize,
-    generated: Vec<u32>,
+    seq: Sequence,
+    /// KV positions reserved.
+    capacity: usize,
     started: Instant,
 }
 
@@ -131,8 +132,8 @@ impl Active {
     fn finish(&self, end: End) {
         let _ = self.req.events.send(Event::Done {
             end,
-            prompt_tokens: self.req.prompt.len(),
-            completion_tokens: self.generated.len(),
+            prompt_tokens: self.seq.prompt().len(),
+            completion_tokens: self.seq.generated().len(),
         });
     }
 
@@ -140,45 +141,33 @@ impl Active {
         if self.req.events.is_closed() {
             return Step::Finished; // the client went away
         }
-        let logits = if self.prefilled < self.req.prompt.len() {
-            let end = (self.prefilled + chunk.max(1)).min(self.req.prompt.len());
-            let piece = &self.req.prompt[self.prefilled..end];
-            let r = model.forward(&mut self.session, piece, LogitsWanted::Last);
-            self.prefilled = end;
-            stats.add_prompt_tokens(piece.len());
-            if end < self.req.prompt.len() {
-                return match r {
-                    Ok(_) => Step::Continue,
-                    Err(e) => self.fail(e),
-                };
-            }
-            r
-        } else {
-            let last = *self
-                .generated
-                .last()
-                .expect("decode follows a sampled token");
-            model.forward(&mut self.session, &[last], LogitsWanted::Last)
-        };
-        let mut logits = match logits {
-            Ok(l) => l,
+        let before = self.seq.generated().is_empty();
+        let p0 = self.seq.prefilled();
+        let ready = self.seq.feed(model, chunk);
+        stats.add_prompt_tokens(self.seq.prefilled() - p0);
+        match ready {
+            Ok(false) => return Step::Continue,
+            Ok(true) => {}
             Err(e) => return self.fail(e),
+        }
+        let Some((id, end)) = self.seq.sample() else {
+            return Step::Continue;
         };
-        let id = self.sampler.sample(&mut logits, &self.generated);
-        if self.generated.is_empty() {
+        if before {
             stats.record_ttft(self.started.elapsed());
         }
-        self.generated.push(id);
         stats.add_generated(1);
         let _ = self.req.events.send(Event::Token(id));
-        if self.req.stop_ids.contains(&id) {
-            self.finish(End::StopToken);
-            Step::Finished
-        } else if self.generated.len() >= self.req.max_tokens {
-            self.finish(End::MaxTokens);
-            Step::Finished
-        } else {
-            Step::Continue
+        match end {
+            Some(SeqEnd::StopToken(_)) => {
+                self.finish(End::StopToken);
+                Step::Finished
+            }
+            Some(SeqEnd::MaxTokens) => {
+                self.finish(End::MaxTokens);
+                Step::Finished
+            }
+            None => Step::Continue,
         }
     }
 
@@ -189,7 +178,7 @@ impl Active {
     }
 }
 
-fn admit(model: &mut Model, req: GenRequest, stats: &Stats) -> Option<Active> {
+fn admit(model: &mut Model, mut req: GenRequest, stats: &Stats) -> Option<Active> {
     if req.events.is_closed() {
         return None;
     }
@@ -201,15 +190,21 @@ fn admit(model: &mut Model, req: GenRequest, stats: &Stats) -> Option<Active> {
             return None;
         }
     };
-    match model.new_session(capacity) {
-        Ok(session) => {
+    let prompt = std::mem::take(&mut req.prompt);
+    match Sequence::new(
+        model,
+        prompt,
+        sampler,
+        req.max_tokens,
+        req.stop_ids.clone(),
+        capacity,
+    ) {
+        Ok(seq) => {
             stats.kv_add(capacity as i64);
             Some(Active {
                 req,
-                session,
-                sampler,
-                prefilled: 0,
-                generated: Vec::new(),
+                seq,
+                capacity,
                 started: Instant::now(),
             })
         }
@@ -261,8 +256,8 @@ fn run(
                 Step::Continue => i += 1,
                 Step::Finished => {
                     let a = active.swap_remove(i);
-                    stats.kv_add(-((a.req.prompt.len() + a.req.max_tokens) as i64));
-                    if let Err(e) = model.free_session(a.session) {
+                    stats.kv_add(-(a.capacity as i64));
+                    if let Err(e) = a.seq.free(&mut model) {
                         tracing::error!("freeing a session failed: {e}");
                     }
                 }

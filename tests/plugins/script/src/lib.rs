@@ -2,9 +2,9 @@
 //! server's harmony mapping (reasoning, tool calls, answers) can be tested end to end without a
 //! trained model.
 //!
-//! Every kernel leaves its outputs at zero, except the Linear whose output width is the
-//! o200k_harmony vocabulary (201088, the lm_head): its rows are one-hot (value 100) at the
-//! next scripted token. The script is `$GPTOSS_SCRIPT`: comma-separated token ids, read when
+//! Every kernel leaves its outputs at zero, except LastRow and Argmax (real), and the Linear
+//! whose output width is the o200k_harmony vocabulary (201088, the lm_head): its rows are
+//! one-hot (value 100) at the next scripted token. The script is `$GPTOSS_SCRIPT`: comma-separated token ids, read when
 //! the backend is created.
 //!
 //! Which script step comes next is tracked per sequence. A sequence is identified by its
@@ -109,6 +109,28 @@ impl HostKernel for Kernels {
             if !matches!(op, Op::Attention { .. }) {
                 zero(o);
             }
+        }
+        match op {
+            // Kept real so the script survives whatever follows the lm_head.
+            Op::LastRow => {
+                let (x, out) = (ins[0].f32()?, outs[0].f32_mut()?);
+                out.copy_from_slice(&x[x.len() - out.len()..]);
+            }
+            Op::Argmax => {
+                let x = ins[0].f32()?;
+                let out = outs[0].i32_mut()?;
+                let n = x.len() / out.len().max(1);
+                for (row, o) in x.chunks_exact(n).zip(out.iter_mut()) {
+                    let mut best = 0;
+                    for (i, v) in row.iter().enumerate() {
+                        if *v > row[best] {
+                            best = i;
+                        }
+                    }
+                    *o = best as i32;
+                }
+            }
+            _ => {}
         }
         if matches!(op, Op::Linear) {
             let out = &mut outs[0];
