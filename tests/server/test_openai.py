@@ -362,6 +362,28 @@ def test_chat_answer_after_tool_result_plain_and_streamed():
     assert content == ANSWER and reasoning == ANSWER_REASONING
 
 
+def test_stop_strings_cut_the_answer_in_both_modes():
+    c = client(ANSWER_URL)
+    cut = ANSWER.split(" sunny")[0]
+    r = c.chat.completions.create(model="m", messages=follow_up(), stop=[" sunny"])
+    assert r.choices[0].message.content == cut
+    assert r.choices[0].finish_reason == "stop"
+    text = ""
+    for chunk in c.chat.completions.create(model="m", messages=follow_up(), stop=" sunny",
+                                           stream=True):
+        for ch in chunk.choices:
+            text += ch.delta.content or ""
+    assert text == cut
+
+
+def test_max_tokens_cuts_with_length():
+    r = client(ANSWER_URL).chat.completions.create(model="m", messages=follow_up(), max_tokens=3)
+    assert r.choices[0].finish_reason == "length"
+    assert r.usage.completion_tokens == 3
+    r = client(ANSWER_URL).responses.create(model="m", input="hi", max_output_tokens=3)
+    assert r.status == "incomplete" and r.incomplete_details.reason == "max_output_tokens"
+
+
 def test_responses_tool_call_plain_and_streamed():
     c = client(TOOL)
     r = c.responses.create(model="m", input="Weather in Paris?", tools=[RESP_WEATHER],
