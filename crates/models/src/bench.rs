@@ -101,10 +101,10 @@ pub fn run(
     let mut s = model.new_session(prompt + gen)?;
     let (logits, prefill_s) = timed(|| model.forward(&mut s, &tokens, LogitsWanted::Last))?;
     let mut next = argmax(&logits) as u32;
+    // Greedy decode as `generate_greedy` runs it: the argmax on the backend, 4 bytes back.
     let (_, decode_s) = timed(|| {
         for _ in 0..gen {
-            let l = model.forward(&mut s, &[next], LogitsWanted::Last)?;
-            next = argmax(&l) as u32;
+            next = model.forward_argmax(&mut s, &[next])?;
         }
         Ok(())
     })?;

@@ -17,6 +17,9 @@ pub enum LogitsWanted {
     All,
     /// `[1, V]`: the last position only (generation).
     Last,
+    /// `[1]` I32: the argmax of the last position's logits (first on ties), computed by the
+    /// backend, so greedy decoding downloads 4 bytes instead of V floats.
+    Argmax,
 }
 
 /// Buffers the host binds for one step.
@@ -24,7 +27,7 @@ pub enum LogitsWanted {
 pub struct StepIo {
     pub ids: BufferId,       // [T] I32
     pub positions: BufferId, // [T] I32
-    pub logits: BufferId,    // [T or 1, V] F32
+    pub logits: BufferId,    // [T or 1, V] F32, or [1] I32 for LogitsWanted::Argmax
 }
 
 struct Builder<'a> {
@@ -255,12 +258,23 @@ pub fn build_step(
     let mut xn = b.rms_norm(x, norm_w, "final_norm".into());
     let rows = match wanted {
         LogitsWanted::All => t,
-        LogitsWanted::Last => {
+        LogitsWanted::Last | LogitsWanted::Argmax => {
             xn = b.op(Op::LastRow, vec![xn], "final_norm.last".into(), vec![1, h]);
             1
         }
     };
     let lm = b.weight("lm_head.weight".into(), f, vec![v, h], w.lm_head);
+    if wanted == LogitsWanted::Argmax {
+        let logits = b.temp("logits".into(), vec![1, v]);
+        b.g.push(Op::Linear, vec![xn, lm], vec![logits]);
+        let id = b.g.add_value(
+            "argmax",
+            TensorDesc::new(DType::I32, [1]),
+            ValueKind::Output(io.logits),
+        );
+        b.g.push(Op::Argmax, vec![logits], vec![id]);
+        return b.g;
+    }
     let logits = b.g.add_value(
         "logits",
         TensorDesc::new(DType::F32, [rows, v]),

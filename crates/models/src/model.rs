@@ -90,8 +90,25 @@ impl Model {
         s.cache.free(self.backend.as_mut())
     }
 
+    /// Run `tokens` after what `session` holds and return the greedy next token: the argmax
+    /// of the last position's logits (first on ties), computed on the backend
+    /// (`LogitsWanted::Argmax`), so only 4 bytes come back.
+    /// A backend without `Op::Argmax` (Unsupported) gets the logits downloaded and the argmax
+    /// taken here instead.
+    pub fn forward_argmax(&mut self, session: &mut Session, tokens: &[u32]) -> Result<u32> {
+        match self.forward(session, tokens, LogitsWanted::Argmax) {
+            Ok(out) => Ok(out[0].to_bits()),
+            Err(Error::Unsupported { .. }) => {
+                let logits = self.forward(session, tokens, LogitsWanted::Last)?;
+                Ok(argmax(&logits) as u32)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Run `tokens` after what `session` holds; returns logits row-major, `[tokens.len(), V]`
-    /// for `All` or `[1, V]` for `Last`. On error the session is unchanged.
+    /// for `All` or `[1, V]` for `Last`; for `Argmax`, one element whose bits are the token id
+    /// (use `forward_argmax`). On error the session is unchanged.
     pub fn forward(
         &mut self,
         session: &mut Session,
@@ -122,7 +139,11 @@ impl Model {
         let be = self.backend.as_mut();
         let ids = be.alloc(&TensorDesc::new(DType::I32, [t]))?;
         let positions = be.alloc(&TensorDesc::new(DType::I32, [t]))?;
-        let logits = be.alloc(&TensorDesc::new(DType::F32, [rows, v]))?;
+        let logits = if wanted == LogitsWanted::Argmax {
+            be.alloc(&TensorDesc::new(DType::I32, [1]))?
+        } else {
+            be.alloc(&TensorDesc::new(DType::F32, [rows, v]))?
+        };
         let io = StepIo {
             ids,
             positions,
@@ -182,8 +203,7 @@ impl Model {
             let mut out = Vec::with_capacity(max_tokens);
             let mut next_input = prompt.to_vec();
             while out.len() < max_tokens {
-                let logits = self.forward(&mut session, &next_input, LogitsWanted::Last)?;
-                let tok = argmax(&logits) as u32;
+                let tok = self.forward_argmax(&mut session, &next_input)?;
                 out.push(tok);
                 on_token(tok);
                 if stop.contains(&tok) {

@@ -16,6 +16,9 @@ pub struct Family {
     pub name: &'static str,
     pub source: &'static str,
     pub functions: &'static [&'static str],
+    /// A fast path with a fallback: when it does not compile, the error (the full NVRTC log)
+    /// goes to stderr and the ops use their other kernels.
+    pub optional: bool,
 }
 
 pub const FAMILIES: &[Family] = &[
@@ -23,36 +26,43 @@ pub const FAMILIES: &[Family] = &[
         name: "embed",
         source: include_str!("kernels/embed.cu"),
         functions: &["embed"],
+        optional: false,
     },
     Family {
         name: "rms_norm",
         source: include_str!("kernels/rms_norm.cu"),
         functions: &["rms_norm"],
+        optional: false,
     },
     Family {
         name: "linear",
         source: include_str!("kernels/linear.cu"),
         functions: &["linear_f32", "linear_bf16", "linear_f16"],
+        optional: false,
     },
     Family {
         name: "gemv",
         source: include_str!("kernels/gemv.cu"),
         functions: &["gemv_bf16"],
+        optional: false,
     },
     Family {
         name: "rope",
         source: include_str!("kernels/rope.cu"),
         functions: &["rope"],
+        optional: false,
     },
     Family {
         name: "attention",
         source: include_str!("kernels/attention.cu"),
         functions: &["kv_write", "attention"],
+        optional: false,
     },
     Family {
         name: "topk_softmax",
         source: include_str!("kernels/topk_softmax.cu"),
         functions: &["topk_softmax", "topk_softmax_warp"],
+        optional: false,
     },
     Family {
         name: "moe",
@@ -64,16 +74,44 @@ pub const FAMILIES: &[Family] = &[
             "moe_gate_up_fast",
             "moe_down_fast",
         ],
+        optional: false,
     },
     Family {
         name: "elementwise",
         source: include_str!("kernels/elementwise.cu"),
         functions: &["add_f32", "add_i32", "last_row"],
+        optional: false,
     },
     Family {
         name: "argmax",
         source: include_str!("kernels/argmax.cu"),
         functions: &["argmax_rows"],
+        optional: false,
+    },
+    Family {
+        name: "mma",
+        source: include_str!("kernels/mma.cu"),
+        functions: &[
+            "gemm_bf16",
+            "moe_route",
+            "moe_gate_up_mma",
+            "moe_down_mma",
+            "moe_gate_up_mma128",
+            "moe_down_mma128",
+        ],
+        optional: true,
+    },
+    Family {
+        name: "argmax_fast",
+        source: include_str!("kernels/argmax_fast.cu"),
+        functions: &["argmax_partial", "argmax_final"],
+        optional: true,
+    },
+    Family {
+        name: "attn_tiled",
+        source: include_str!("kernels/attn_tiled.cu"),
+        functions: &["attention_tiled", "attention_split", "attention_merge"],
+        optional: true,
     },
 ];
 
@@ -175,11 +213,21 @@ impl Kernels {
                 })
                 .collect()
         });
-        // Report every family's compile error at once.
-        let errors: Vec<String> = results
-            .iter()
-            .filter_map(|r| r.as_ref().err().map(|e| e.to_string()))
-            .collect();
+        // Report every family's compile error at once; optional families only warn.
+        let mut errors: Vec<String> = Vec::new();
+        for (f, r) in missing.iter().zip(&results) {
+            if let Err(e) = r {
+                if f.optional {
+                    eprintln!(
+                        "cuda-mxfp4: optional kernels/{}.cu did not compile for {arch} \
+                         (using the fallback kernels):\n{e}",
+                        f.name
+                    );
+                } else {
+                    errors.push(e.to_string());
+                }
+            }
+        }
         if !errors.is_empty() {
             return Err(Error::backend(
                 BACKEND,
@@ -192,7 +240,10 @@ impl Kernels {
             ));
         }
         for (f, img) in missing.into_iter().zip(results) {
-            let img = img?;
+            let img = match img {
+                Ok(img) => img,
+                Err(_) => continue, // optional, reported above
+            };
             let m = gpu.load_module(&img).map_err(|e| {
                 Error::backend(
                     BACKEND,
@@ -226,6 +277,11 @@ impl Kernels {
             .get(name)
             .copied()
             .ok_or_else(|| Error::backend(BACKEND, format!("kernel {name} is not loaded")))
+    }
+
+    /// Whether kernel `name` is loaded (optional families may be missing).
+    pub fn has(&self, name: &str) -> bool {
+        self.functions.contains_key(name)
     }
 
     pub fn unload(&mut self, gpu: &Gpu) {

@@ -50,6 +50,9 @@ pub struct CudaMxfp4 {
     kernels: kernels::Kernels,
     /// Fast kernels (gemv, fused MoE); GPTOSS_CUDA_NO_FUSION=1 selects the simple ones.
     fast: bool,
+    /// Tensor-core (bf16 operand) linear and grouped MoE from this many tokens on
+    /// (GPTOSS_CUDA_MMA_MIN_T, default 64; 0 turns them off); tiled attention likewise.
+    mma_min_t: usize,
     /// GPTOSS_CUDA_GRAPH=0 turns off replaying repeated steps as CUDA graphs.
     graphs: bool,
     /// The last step's recorded launches, and a captured graph of a repeated one.
@@ -160,6 +163,10 @@ impl CudaMxfp4 {
             err,
             kernels,
             fast: !env_on("GPTOSS_CUDA_NO_FUSION"),
+            mma_min_t: std::env::var("GPTOSS_CUDA_MMA_MIN_T")
+                .ok()
+                .and_then(|v| v.parse::<usize>().ok())
+                .map_or(64, |v| if v == 0 { usize::MAX } else { v }),
             graphs: std::env::var("GPTOSS_CUDA_GRAPH").map_or(true, |v| v != "0")
                 && profile.is_none()
                 && std::env::var_os("GPTOSS_CUDA_SYNC").is_none(),

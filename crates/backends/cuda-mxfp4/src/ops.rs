@@ -9,6 +9,13 @@ use crate::CudaMxfp4;
 /// Warps per block of the warp-per-row kernels.
 const WARPS: u32 = 8;
 
+/// Pairs per tile of the grouped MoE GEMMs (32 M_MT in mma.cu): 64, or 128 (the `*128`
+/// kernels) when the experts average at least 128 pairs.
+const MOE_BM: usize = 64;
+
+/// Tiled (shared K/V) attention from this many queries on.
+const TILED_ATTENTION_MIN_T: usize = 16;
+
 fn unsupported(what: String) -> Error {
     Error::Unsupported {
         backend: BACKEND.into(),
@@ -166,6 +173,31 @@ pub fn run_node(
                     ],
                 );
             }
+            if be.fast
+                && ins[1].desc.dtype == DType::BF16
+                && k % 8 == 0
+                && t >= be.mma_min_t
+                && be.kernels.has("gemm_bf16")
+            {
+                let f = be.kernels.get("gemm_bf16")?;
+                return be.gpu.launch(
+                    "gemm_bf16",
+                    f,
+                    (blocks(n, 128)?, grid_y(t.div_ceil(128))?, 1),
+                    (256, 1, 1),
+                    0,
+                    &[
+                        Arg::Ptr(ip(0)?),
+                        Arg::Ptr(ip(1)?),
+                        Arg::Ptr(bias),
+                        Arg::I32(bdt),
+                        Arg::Ptr(op_(0)?),
+                        Arg::I32(i32_of(t, "tokens")?),
+                        Arg::I32(i32_of(n, "out features")?),
+                        Arg::I32(i32_of(k, "in features")?),
+                    ],
+                );
+            }
             let f = be.kernels.get(name)?;
             be.gpu.launch(
                 name,
@@ -244,6 +276,103 @@ pub fn run_node(
                     Arg::Ptr(err),
                 ],
             )?;
+            // Many queries: tiles of 64 queries share K/V tiles in shared memory (f32).
+            if be.fast
+                && d == 64
+                && t >= TILED_ATTENTION_MIN_T
+                && *kv_heads > 0
+                && *heads % *kv_heads == 0
+                && be.kernels.has("attention_tiled")
+            {
+                let f = be.kernels.get("attention_tiled")?;
+                return be.gpu.launch(
+                    "attention_tiled",
+                    f,
+                    (blocks(t, 64)?, grid_y(*heads as usize)?, 1),
+                    (128, 1, 1),
+                    0,
+                    &[
+                        Arg::Ptr(ip(0)?),
+                        Arg::Ptr(op_(1)?),
+                        Arg::Ptr(op_(2)?),
+                        Arg::Ptr(ip(3)?),
+                        Arg::I32(float_code(ins[3])?),
+                        Arg::Ptr(ip(4)?),
+                        Arg::Ptr(op_(0)?),
+                        Arg::I32(i32_of(t, "tokens")?),
+                        Arg::I32(*heads as i32),
+                        Arg::I32(*kv_heads as i32),
+                        Arg::I32(i32_of(*window as usize, "window")?),
+                        Arg::F32(*scale),
+                        Arg::I32(i32_of(cap, "cache capacity")?),
+                    ],
+                );
+            }
+            // Few queries (decode): the keys split over several blocks per (token, head).
+            let splits = (be.gpu.info.sms as usize * 4)
+                .div_ceil(t * *heads as usize)
+                .next_power_of_two()
+                .clamp(1, 16);
+            if be.fast
+                && d == 64
+                && t < TILED_ATTENTION_MIN_T
+                && *kv_heads > 0
+                && *heads % *kv_heads == 0
+                && be.kernels.has("attention_split")
+            {
+                let parts = t * *heads as usize * splits;
+                let pm = be.take_temp(parts * 4, "attention partial max")?;
+                let pl = be.take_temp(parts * 4, "attention partial sum")?;
+                let pacc = be.take_temp(parts * d * 4, "attention partial acc")?;
+                let r = (|| -> Result<()> {
+                    let f = be.kernels.get("attention_split")?;
+                    be.gpu.launch(
+                        "attention_split",
+                        f,
+                        (blocks(t, 1)?, grid_y(*heads as usize)?, splits as u32),
+                        (128, 1, 1),
+                        0,
+                        &[
+                            Arg::Ptr(ip(0)?),
+                            Arg::Ptr(op_(1)?),
+                            Arg::Ptr(op_(2)?),
+                            Arg::Ptr(ip(4)?),
+                            Arg::Ptr(pm),
+                            Arg::Ptr(pl),
+                            Arg::Ptr(pacc),
+                            Arg::I32(*heads as i32),
+                            Arg::I32(*kv_heads as i32),
+                            Arg::I32(i32_of(*window as usize, "window")?),
+                            Arg::F32(*scale),
+                            Arg::I32(i32_of(cap, "cache capacity")?),
+                        ],
+                    )?;
+                    let f = be.kernels.get("attention_merge")?;
+                    be.gpu.launch(
+                        "attention_merge",
+                        f,
+                        (blocks(t, 1)?, grid_y(*heads as usize)?, 1),
+                        (64, 1, 1),
+                        0,
+                        &[
+                            Arg::Ptr(pm),
+                            Arg::Ptr(pl),
+                            Arg::Ptr(pacc),
+                            Arg::Ptr(ip(3)?),
+                            Arg::I32(float_code(ins[3])?),
+                            Arg::Ptr(ip(4)?),
+                            Arg::Ptr(op_(0)?),
+                            Arg::I32(*heads as i32),
+                            Arg::I32(splits as i32),
+                            Arg::I32(i32_of(cap, "cache capacity")?),
+                        ],
+                    )
+                })();
+                be.give_temp(parts * 4, pm);
+                be.give_temp(parts * 4, pl);
+                be.give_temp(parts * d * 4, pacc);
+                return r;
+            }
             // Few (token, head) blocks: more warps each, so the chip fills at decode.
             let warps = if be.fast && t * (*heads as usize) <= 4096 {
                 16u32
@@ -348,9 +477,95 @@ pub fn run_node(
                 }
             };
             let fast = be.fast && h % 32 == 0 && h.max(i) * 4 <= 48 << 10;
+            let grouped =
+                be.fast && h % 32 == 0 && t >= be.mma_min_t && be.kernels.has("moe_route");
             let sms = be.gpu.info.sms as usize;
             let run = (|| -> Result<()> {
-                if fast {
+                if grouped {
+                    // Tokens grouped by expert: route, then one grouped tensor-core GEMM per
+                    // projection (SwiGLU in the gate_up epilogue); y rows per pair, combined
+                    // below in ascending expert id (deterministic).
+                    let big = pairs >= 128 * e;
+                    let bm = if big { 2 * MOE_BM } else { MOE_BM };
+                    let (gu_name, dn_name) = if big {
+                        ("moe_gate_up_mma128", "moe_down_mma128")
+                    } else {
+                        ("moe_gate_up_mma", "moe_down_mma")
+                    };
+                    let max_tiles = pairs.div_ceil(bm) + e;
+                    let list = be.take_temp(pairs * 4, "moe pair list")?;
+                    let tiles = be.take_temp(max_tiles * 12 + 16, "moe tiles")?;
+                    let r = (|| -> Result<()> {
+                        let ntiles = tiles + (max_tiles * 12) as u64;
+                        let f = be.kernels.get("moe_route")?;
+                        be.gpu.launch(
+                            "moe_route",
+                            f,
+                            (1, 1, 1),
+                            (1024, 1, 1),
+                            (3 * e * 4) as u32,
+                            &[
+                                Arg::Ptr(ip(1)?),
+                                Arg::I32(i32_of(pairs, "pairs")?),
+                                Arg::I32(i32_of(e, "experts")?),
+                                Arg::I32(bm as i32),
+                                Arg::Ptr(list),
+                                Arg::Ptr(tiles),
+                                Arg::Ptr(ntiles),
+                                Arg::I32(i32_of(max_tiles, "moe tiles")?),
+                                Arg::Ptr(err),
+                            ],
+                        )?;
+                        let f = be.kernels.get(gu_name)?;
+                        be.gpu.launch(
+                            gu_name,
+                            f,
+                            (blocks(2 * i, 128)?, grid_y(max_tiles)?, 1),
+                            (256, 1, 1),
+                            0,
+                            &[
+                                Arg::Ptr(ip(0)?),
+                                Arg::I32(k as i32),
+                                Arg::Ptr(list),
+                                Arg::Ptr(tiles),
+                                Arg::Ptr(ntiles),
+                                Arg::Ptr(ip(3)?),
+                                Arg::Ptr(ip(4)?),
+                                Arg::Ptr(ip(5)?),
+                                Arg::I32(float_code(ins[5])?),
+                                Arg::Ptr(act),
+                                Arg::I32(i32_of(h, "hidden")?),
+                                Arg::I32(i32_of(i, "intermediate")?),
+                                Arg::F32(*swiglu_limit),
+                                Arg::F32(*alpha),
+                            ],
+                        )?;
+                        let f = be.kernels.get(dn_name)?;
+                        be.gpu.launch(
+                            dn_name,
+                            f,
+                            (blocks(h, 128)?, grid_y(max_tiles)?, 1),
+                            (256, 1, 1),
+                            0,
+                            &[
+                                Arg::Ptr(act),
+                                Arg::Ptr(list),
+                                Arg::Ptr(tiles),
+                                Arg::Ptr(ntiles),
+                                Arg::Ptr(ip(6)?),
+                                Arg::Ptr(ip(7)?),
+                                Arg::Ptr(ip(8)?),
+                                Arg::I32(float_code(ins[8])?),
+                                Arg::Ptr(y),
+                                Arg::I32(h as i32),
+                                Arg::I32(i as i32),
+                            ],
+                        )
+                    })();
+                    be.give_temp(pairs * 4, list);
+                    be.give_temp(max_tiles * 12 + 16, tiles);
+                    r?;
+                } else if fast {
                     let per_pair = (sms * 4 / pairs).max(1);
                     let by = i.div_ceil(WARPS as usize * 2).min(per_pair);
                     let f = be.kernels.get("moe_gate_up_fast")?;
@@ -517,6 +732,37 @@ pub fn run_node(
             let (t, n) = (dims(ins[0])[0], dims(ins[0])[1]);
             if n == 0 && t > 0 {
                 return Err(Error::tensor(&ins[0].name, "argmax over rows of length 0"));
+            }
+            if be.fast && t == 1 && be.kernels.has("argmax_partial") {
+                // One long row (decode): many blocks, then one over their partial maxima.
+                let nb = blocks(n, 256 * 8)?.min(be.gpu.info.sms * 2).max(1);
+                let part = be.take_temp(nb as usize * 8, "argmax partials")?;
+                let r = (|| -> Result<()> {
+                    let f = be.kernels.get("argmax_partial")?;
+                    be.gpu.launch(
+                        "argmax_partial",
+                        f,
+                        (nb, 1, 1),
+                        (256, 1, 1),
+                        0,
+                        &[
+                            Arg::Ptr(ip(0)?),
+                            Arg::Ptr(part),
+                            Arg::I32(i32_of(n, "columns")?),
+                        ],
+                    )?;
+                    let f = be.kernels.get("argmax_final")?;
+                    be.gpu.launch(
+                        "argmax_final",
+                        f,
+                        (1, 1, 1),
+                        (256, 1, 1),
+                        0,
+                        &[Arg::Ptr(part), Arg::I32(nb as i32), Arg::Ptr(op_(0)?)],
+                    )
+                })();
+                be.give_temp(nb as usize * 8, part);
+                return r;
             }
             let f = be.kernels.get("argmax_rows")?;
             be.gpu.launch(

@@ -1,0 +1,289 @@
+// Attention for many queries (prefill), head_dim 64: one block per (tile of 64 queries, query
+// head); K/V tiles of 64 keys staged in shared memory and shared by the tile's queries, so each
+// key row is read from global memory once per (tile, head) instead of once per query. Four
+// threads per query pair (16 dims each), two queries per thread (each K/V value read from
+// shared memory feeds both); online softmax over chunks of 8 keys, all f32 (same math as
+// `attention`, another summation order). The sink enters the denominator only.
+#define AT_QP 2
+#define AT_Q (32 * AT_QP)
+#define AT_K 64
+#define AT_D 64
+
+extern "C" __global__ void __launch_bounds__(128)
+    attention_tiled(const float* q, const float* kc, const float* vc, const void* sinks, int sdt,
+                    const int* pos, float* o, int T, int NQ, int NKV, int window, float scale,
+                    int cap) {
+    __shared__ __align__(16) float Ks[AT_K][AT_D];
+    __shared__ __align__(16) float Vs[AT_K][AT_D];
+    __shared__ int range[2];
+    const int tid = threadIdx.x, qg = tid >> 2, sub = tid & 3;
+    const int h = blockIdx.y;
+    const int W = NKV * AT_D;
+    const i64 off = (i64)(h / (NQ / NKV)) * AT_D;
+    i64 t[AT_QP];
+    int lo[AT_QP], hi[AT_QP];
+    bool valid[AT_QP];
+    if (tid == 0) {
+        range[0] = 0x7fffffff;
+        range[1] = -1;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int r = 0; r < AT_QP; r++) {
+        t[r] = (i64)blockIdx.x * AT_Q + qg + 32 * r;
+        int p = t[r] < T ? pos[t[r]] : -1;
+        valid[r] = p >= 0 && p < cap;
+        lo[r] = valid[r] ? ((window == 0 || p + 1 - window < 0) ? 0 : p + 1 - window) : 0x7fffffff;
+        hi[r] = valid[r] ? p : -1;
+        // Key range of the tile: [min lo, max hi].
+        if (sub == 0 && valid[r]) {
+            atomicMin(&range[0], lo[r]);
+            atomicMax(&range[1], hi[r]);
+        }
+    }
+    __syncthreads();
+    const int klo = range[0], khi = range[1];
+    float qr[AT_QP][16], acc[AT_QP][16], m[AT_QP], l[AT_QP];
+#pragma unroll
+    for (int r = 0; r < AT_QP; r++) {
+        const float* qh = q + (t[r] * NQ + h) * AT_D + sub * 16;
+#pragma unroll
+        for (int d = 0; d < 16; d += 4) {
+            F4 v = valid[r] ? *(const F4*)(qh + d) : F4{0.0f, 0.0f, 0.0f, 0.0f};
+            qr[r][d] = v.x * scale;
+            qr[r][d + 1] = v.y * scale;
+            qr[r][d + 2] = v.z * scale;
+            qr[r][d + 3] = v.w * scale;
+        }
+#pragma unroll
+        for (int d = 0; d < 16; d++) acc[r][d] = 0.0f;
+        m[r] = NEG_INF;
+        l[r] = 0.0f;
+    }
+    for (int k0 = klo; k0 <= khi; k0 += AT_K) {
+        __syncthreads();
+        // 64 keys x 16 float4 per row = 1024 float4 per tensor; 8 each per thread.
+        for (int i = tid; i < AT_K * 16; i += 128) {
+            int rr = i >> 4, c = (i & 15) * 4;
+            int j = k0 + rr;
+            F4 kv = F4{0.0f, 0.0f, 0.0f, 0.0f}, vv = kv;
+            if (j <= khi) {
+                kv = *(const F4*)(kc + (i64)j * W + off + c);
+                vv = *(const F4*)(vc + (i64)j * W + off + c);
+            }
+            *(F4*)&Ks[rr][c] = kv;
+            *(F4*)&Vs[rr][c] = vv;
+        }
+        __syncthreads();
+        int nk = khi - k0 + 1 < AT_K ? khi - k0 + 1 : AT_K;
+        for (int c0 = 0; c0 < nk; c0 += 8) {
+            float s[AT_QP][8];
+#pragma unroll
+            for (int u = 0; u < 8; u++) {
+                const float* kr = &Ks[c0 + u][sub * 16];
+                float a[AT_QP];
+#pragma unroll
+                for (int r = 0; r < AT_QP; r++) a[r] = 0.0f;
+#pragma unroll
+                for (int d = 0; d < 16; d += 4) {
+                    F4 kv = *(const F4*)(kr + d);
+#pragma unroll
+                    for (int r = 0; r < AT_QP; r++) {
+                        a[r] = fmaf(qr[r][d], kv.x, a[r]);
+                        a[r] = fmaf(qr[r][d + 1], kv.y, a[r]);
+                        a[r] = fmaf(qr[r][d + 2], kv.z, a[r]);
+                        a[r] = fmaf(qr[r][d + 3], kv.w, a[r]);
+                    }
+                }
+#pragma unroll
+                for (int r = 0; r < AT_QP; r++) s[r][u] = a[r];
+            }
+            float e[AT_QP][8];
+#pragma unroll
+            for (int r = 0; r < AT_QP; r++) {
+#pragma unroll
+                for (int u = 0; u < 8; u++) {
+                    s[r][u] += __shfl_xor_sync(0xffffffffu, s[r][u], 1);
+                    s[r][u] += __shfl_xor_sync(0xffffffffu, s[r][u], 2);
+                    int j = k0 + c0 + u;
+                    if (c0 + u >= nk || j < lo[r] || j > hi[r]) s[r][u] = NEG_INF;
+                }
+                float mn = m[r];
+#pragma unroll
+                for (int u = 0; u < 8; u++) mn = fmaxf(mn, s[r][u]);
+                // No visible key yet: mref = 0 makes corr and e[] zero (no branch: the warp
+                // stays converged for the shuffles).
+                float mref = mn == NEG_INF ? 0.0f : mn;
+                float corr = expf(m[r] - mref);
+                float se = 0.0f;
+#pragma unroll
+                for (int u = 0; u < 8; u++) {
+                    e[r][u] = expf(s[r][u] - mref);
+                    se += e[r][u];
+                }
+                l[r] = l[r] * corr + se;
+#pragma unroll
+                for (int d = 0; d < 16; d++) acc[r][d] *= corr;
+                m[r] = mn;
+            }
+#pragma unroll
+            for (int u = 0; u < 8; u++) {
+                const float* vr = &Vs[c0 + u][sub * 16];
+#pragma unroll
+                for (int d = 0; d < 16; d += 4) {
+                    F4 vv = *(const F4*)(vr + d);
+#pragma unroll
+                    for (int r = 0; r < AT_QP; r++) {
+                        acc[r][d] = fmaf(e[r][u], vv.x, acc[r][d]);
+                        acc[r][d + 1] = fmaf(e[r][u], vv.y, acc[r][d + 1]);
+                        acc[r][d + 2] = fmaf(e[r][u], vv.z, acc[r][d + 2]);
+                        acc[r][d + 3] = fmaf(e[r][u], vv.w, acc[r][d + 3]);
+                    }
+                }
+            }
+        }
+    }
+    float sink = ldf(sinks, sdt, h);
+#pragma unroll
+    for (int r = 0; r < AT_QP; r++) {
+        if (t[r] >= T) continue;
+        float* out = o + (t[r] * NQ + h) * AT_D + sub * 16;
+        float f = 0.0f;
+        if (valid[r]) {
+            float M = fmaxf(sink, m[r]);
+            float L = expf(sink - M) + (m[r] == NEG_INF ? 0.0f : l[r] * expf(m[r] - M));
+            f = (m[r] == NEG_INF ? 0.0f : expf(m[r] - M)) / L;
+        }
+#pragma unroll
+        for (int d = 0; d < 16; d++) out[d] = acc[r][d] * f;
+    }
+}
+
+// ---- Few queries (decode), head_dim 64: the visible keys split over S blocks per (token,
+// head) (flash-decoding), so the chip fills with one token: grid (T, NQ, S), 4 warps; each
+// warp an online softmax over every 4th key of the block's chunk (lanes hold 2 dims each, four
+// keys in flight), the warps merged in the block, one partial (m, l, acc[64]) per block;
+// attention_merge combines the S partials with the sink. All f32.
+extern "C" __global__ void __launch_bounds__(128)
+    attention_split(const float* q, const float* kc, const float* vc, const int* pos, float* pm,
+                    float* pl, float* pacc, int NQ, int NKV, int window, float scale, int cap) {
+    __shared__ float sm[4], sl[4];
+    __shared__ __align__(16) float sacc[4][AT_D];
+    const i64 t = blockIdx.x;
+    const int h = blockIdx.y, si = blockIdx.z, S = gridDim.z;
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+    const int p = pos[t];
+    const i64 part = (t * NQ + h) * S + si;
+    const int W = NKV * AT_D;
+    const i64 off = (i64)(h / (NQ / NKV)) * AT_D + 2 * lane;
+    int lo = 0, hi = -1;
+    if (p >= 0 && p < cap) {
+        lo = (window == 0 || p + 1 - window < 0) ? 0 : p + 1 - window;
+        hi = p;
+    }
+    const int n = hi - lo + 1;
+    const int chunk = (n + S - 1) / S;
+    const int a = lo + si * chunk;
+    const int b = min(hi, a + chunk - 1);
+    float q0 = 0.0f, q1 = 0.0f;
+    if (hi >= 0) {
+        const float* qh = q + (t * NQ + h) * AT_D + 2 * lane;
+        q0 = qh[0] * scale;
+        q1 = qh[1] * scale;
+    }
+    float m = NEG_INF, l = 0.0f, a0 = 0.0f, a1 = 0.0f;
+    int j = a + wid;
+    for (; j + 12 <= b; j += 16) {
+        float s4[4], v0[4], v1[4];
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            const float* kr = kc + (i64)(j + 4 * u) * W + off;
+            const float* vr = vc + (i64)(j + 4 * u) * W + off;
+            s4[u] = q0 * kr[0] + q1 * kr[1];
+            v0[u] = vr[0];
+            v1[u] = vr[1];
+        }
+#pragma unroll
+        for (int u = 0; u < 4; u++) s4[u] = warp_sum(s4[u]);
+        float mn = fmaxf(fmaxf(m, fmaxf(s4[0], s4[1])), fmaxf(s4[2], s4[3]));
+        float corr = expf(m - mn);
+        float e4[4];
+#pragma unroll
+        for (int u = 0; u < 4; u++) e4[u] = expf(s4[u] - mn);
+        l = l * corr + ((e4[0] + e4[1]) + (e4[2] + e4[3]));
+        a0 *= corr;
+        a1 *= corr;
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            a0 = fmaf(e4[u], v0[u], a0);
+            a1 = fmaf(e4[u], v1[u], a1);
+        }
+        m = mn;
+    }
+    for (; j <= b; j += 4) {
+        const float* kr = kc + (i64)j * W + off;
+        const float* vr = vc + (i64)j * W + off;
+        float s = warp_sum(q0 * kr[0] + q1 * kr[1]);
+        float mn = fmaxf(m, s);
+        float corr = expf(m - mn);
+        float e = expf(s - mn);
+        l = l * corr + e;
+        a0 = a0 * corr + e * vr[0];
+        a1 = a1 * corr + e * vr[1];
+        m = mn;
+    }
+    if (lane == 0) {
+        sm[wid] = m;
+        sl[wid] = l;
+    }
+    sacc[wid][2 * lane] = a0;
+    sacc[wid][2 * lane + 1] = a1;
+    __syncthreads();
+    float M = NEG_INF;
+#pragma unroll
+    for (int w = 0; w < 4; w++) M = fmaxf(M, sm[w]);
+    if (threadIdx.x < AT_D) {
+        float acc = 0.0f, L = 0.0f;
+        if (M != NEG_INF) {
+#pragma unroll
+            for (int w = 0; w < 4; w++) {
+                if (sm[w] == NEG_INF) continue;
+                float f = expf(sm[w] - M);
+                acc += sacc[w][threadIdx.x] * f;
+                L += sl[w] * f;
+            }
+        }
+        pacc[part * AT_D + threadIdx.x] = acc;
+        if (threadIdx.x == 0) {
+            pm[part] = M;
+            pl[part] = L;
+        }
+    }
+}
+
+// grid (T, NQ), 64 threads: out = sum over the S partials, the sink in the denominator.
+extern "C" __global__ void attention_merge(const float* pm, const float* pl, const float* pacc,
+                                           const void* sinks, int sdt, const int* pos, float* o,
+                                           int NQ, int S, int cap) {
+    const i64 t = blockIdx.x;
+    const int h = blockIdx.y, d = threadIdx.x;
+    const int p = pos[t];
+    float* out = o + (t * NQ + h) * AT_D;
+    if (p < 0 || p >= cap) {
+        out[d] = 0.0f;
+        return;
+    }
+    const i64 base = (t * NQ + h) * S;
+    float sink = ldf(sinks, sdt, h);
+    float M = sink;
+    for (int s = 0; s < S; s++) M = fmaxf(M, pm[base + s]);
+    float L = expf(sink - M), acc = 0.0f;
+    for (int s = 0; s < S; s++) {
+        float ms = pm[base + s];
+        if (ms == NEG_INF) continue;
+        float f = expf(ms - M);
+        L += pl[base + s] * f;
+        acc += pacc[(base + s) * AT_D + d] * f;
+    }
+    out[d] = acc / L;
+}

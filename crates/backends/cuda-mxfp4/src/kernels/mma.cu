@@ -1,0 +1,385 @@
+// Tensor-core paths for large T (prefill): mma.sync m16n8k16 with bf16 operands and f32
+// accumulation. Activations are rounded to bf16 (round to nearest even) when staged into shared
+// memory; bf16 weights are used as they are; MXFP4 expert weights are decoded to bf16 in shared
+// memory (exact: an E2M1 value times a power of two has at most 2 mantissa bits).
+//
+// Shared tiles are [rows][BK + 8] bf16 (80-byte rows: 16-byte aligned for ldmatrix and
+// conflict-free). Block: 256 threads = 8 warps as 2 (m) x 4 (n); a warp computes
+// (16 MT) x (8 NT) outputs, the block (32 MT) x (32 NT). One k-tile (BK = 32) ahead is loaded
+// into registers while the current one is multiplied (double-buffered shared memory).
+
+#define BK 32
+#define LDS (BK + 8)
+
+__device__ __forceinline__ u32 pack_bf16(float lo, float hi) {
+    u32 r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
+__device__ __forceinline__ u32 smem_addr(const void* p) {
+    u32 a;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+    return a;
+}
+
+__device__ __forceinline__ float mma_e8m0(u32 s) {
+    if (s == 0) return __int_as_float(0x00400000);  // 2^-127, subnormal
+    if (s == 255) return __int_as_float(0x7f800000);
+    return __int_as_float((int)(s << 23));
+}
+
+__device__ __forceinline__ float mma_swiglu(float gate, float up, float limit, float alpha) {
+    gate = fminf(gate, limit);
+    up = up < -limit ? -limit : (up > limit ? limit : up);
+    float glu = gate * (1.0f / (1.0f + expf(-(gate * alpha))));
+    return (up + 1.0f) * glu;
+}
+
+__device__ __forceinline__ void ldsm_x4(u32& r0, u32& r1, u32& r2, u32& r3, const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+                 : "r"(smem_addr(p)));
+}
+
+__device__ __forceinline__ void mma_bf16(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0,
+                                         u32 b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// acc[MT][NT][4] += As[warp rows] x Bs[warp cols]^T over one BK tile.
+template <int MT, int NT>
+__device__ __forceinline__ void warp_mma_tile(const u16* As, const u16* Bs, float (*acc)[NT][4],
+                                              int wm, int wn, int lane) {
+#pragma unroll
+    for (int kk = 0; kk < BK; kk += 16) {
+        u32 a[MT][4];
+#pragma unroll
+        for (int i = 0; i < MT; i++) {
+            int row = wm * 16 * MT + i * 16 + (lane & 15);
+            int col = kk + (lane >> 4) * 8;
+            ldsm_x4(a[i][0], a[i][1], a[i][2], a[i][3], As + row * LDS + col);
+        }
+        u32 b[NT][2];
+#pragma unroll
+        for (int j = 0; j < NT; j += 2) {
+            int n = wn * 8 * NT + j * 8 + (lane & 7) + ((lane >> 4) << 3);
+            int col = kk + ((lane >> 3) & 1) * 8;
+            ldsm_x4(b[j][0], b[j][1], b[j + 1][0], b[j + 1][1], Bs + n * LDS + col);
+        }
+#pragma unroll
+        for (int i = 0; i < MT; i++)
+#pragma unroll
+            for (int j = 0; j < NT; j++)
+                mma_bf16(acc[i][j], a[i][0], a[i][1], a[i][2], a[i][3], b[j][0], b[j][1]);
+    }
+}
+
+// ---------------------------------------------------------------- linear (bf16 weights)
+// y [T, N] = x [T, K] W^T + b; W [N, K] bf16, K % 8 == 0. grid (ceil(N/128), ceil(T/128)).
+#define L_MT 4
+#define L_NT 4
+#define L_BM (32 * L_MT)
+#define L_BN (32 * L_NT)
+
+extern "C" __global__ void __launch_bounds__(256) gemm_bf16(const float* x, const u16* w,
+                                                            const void* bias, int bdt, float* y,
+                                                            int T, int N, int K) {
+    __shared__ __align__(16) u16 As[2][L_BM * LDS];
+    __shared__ __align__(16) u16 Bs[2][L_BN * LDS];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int wm = warp >> 2, wn = warp & 3;
+    const i64 m0 = (i64)blockIdx.y * L_BM, n0 = (i64)blockIdx.x * L_BN;
+    float acc[L_MT][L_NT][4];
+#pragma unroll
+    for (int i = 0; i < L_MT; i++)
+#pragma unroll
+        for (int j = 0; j < L_NT; j++)
+#pragma unroll
+            for (int c = 0; c < 4; c++) acc[i][j][c] = 0.0f;
+    // A: 128 rows x 32 floats = 1024 float4 -> 4 per thread; B: 128 rows x 4 chunks of 8 bf16
+    // -> 2 per thread.
+    F4 ra[4];
+    W4 rb[2];
+    const int KT = (K + BK - 1) / BK;
+    auto load = [&](int kt) {
+        int k0 = kt * BK;
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            int idx = tid + 256 * u;
+            int r = idx >> 3, c = (idx & 7) * 4;
+            i64 row = m0 + r;
+            if (row < T && k0 + c < K)
+                ra[u] = *(const F4*)(x + row * K + k0 + c);
+            else
+                ra[u] = F4{0.0f, 0.0f, 0.0f, 0.0f};
+        }
+#pragma unroll
+        for (int u = 0; u < 2; u++) {
+            int idx = tid + 256 * u;
+            int r = idx >> 2, c = (idx & 3) * 8;
+            i64 n = n0 + r;
+            if (n < N && k0 + c < K)
+                rb[u] = ldg16_stream(w + n * K + k0 + c);
+            else
+                rb[u] = W4{0, 0, 0, 0};
+        }
+    };
+    auto store = [&](int buf) {
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            int idx = tid + 256 * u;
+            int r = idx >> 3, c = (idx & 7) * 4;
+            u32* d = (u32*)(As[buf] + r * LDS + c);
+            d[0] = pack_bf16(ra[u].x, ra[u].y);
+            d[1] = pack_bf16(ra[u].z, ra[u].w);
+        }
+#pragma unroll
+        for (int u = 0; u < 2; u++) {
+            int idx = tid + 256 * u;
+            int r = idx >> 2, c = (idx & 3) * 8;
+            *(W4*)(Bs[buf] + r * LDS + c) = rb[u];
+        }
+    };
+    load(0);
+    store(0);
+    __syncthreads();
+    for (int kt = 0; kt < KT; kt++) {
+        if (kt + 1 < KT) load(kt + 1);
+        warp_mma_tile<L_MT, L_NT>(As[kt & 1], Bs[kt & 1], acc, wm, wn, lane);
+        if (kt + 1 < KT) store((kt + 1) & 1);
+        __syncthreads();
+    }
+#pragma unroll
+    for (int i = 0; i < L_MT; i++)
+#pragma unroll
+        for (int j = 0; j < L_NT; j++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                i64 row = m0 + wm * 16 * L_MT + i * 16 + (lane >> 2) + 8 * h;
+                i64 col = n0 + wn * 8 * L_NT + j * 8 + 2 * (lane & 3);
+                if (row >= T) continue;
+#pragma unroll
+                for (int c = 0; c < 2; c++)
+                    if (col + c < N)
+                        y[row * N + col + c] =
+                            acc[i][j][2 * h + c] + (bias ? ldf(bias, bdt, col + c) : 0.0f);
+            }
+}
+
+// ---------------------------------------------------------------- MoE, tokens grouped by expert
+// moe_route (one block): count the (token, slot) pairs per expert, lay the per-expert lists out
+// back to back in `list` (pair indices), and enumerate the work tiles: tiles[i] = {expert,
+// start, end} (at most BM pairs each) for i < *ntiles. Order inside an expert's list is not
+// fixed, which does not change any result: every output row of the grouped GEMMs depends only
+// on its own input row, and the combine sums a token's experts in ascending id.
+// Dynamic shared memory: 3 * E ints.
+extern "C" __global__ void moe_route(const int* ids, int pairs, int E, int BM, int* list,
+                                     int* tiles, int* ntiles, int max_tiles, int* err) {
+    extern __shared__ int sh[];
+    int* cnt = sh;
+    int* off = sh + E;
+    int* cur = sh + 2 * E;
+    for (int e = threadIdx.x; e < E; e += blockDim.x) {
+        cnt[e] = 0;
+        cur[e] = 0;
+    }
+    __syncthreads();
+    for (int p = threadIdx.x; p < pairs; p += blockDim.x) {
+        int e = ids[p];
+        if (e >= 0 && e < E)
+            atomicAdd(&cnt[e], 1);
+        else
+            report_error(err, ERR_EXPERT_ID, e, E, p);
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int o = 0, n = 0;
+        for (int e = 0; e < E; e++) {
+            off[e] = o;
+            for (int s = 0; s < cnt[e] && n < max_tiles; s += BM) {
+                tiles[3 * n] = e;
+                tiles[3 * n + 1] = o + s;
+                tiles[3 * n + 2] = o + (s + BM < cnt[e] ? s + BM : cnt[e]);
+                n++;
+            }
+            o += cnt[e];
+        }
+        *ntiles = n;
+    }
+    __syncthreads();
+    for (int p = threadIdx.x; p < pairs; p += blockDim.x) {
+        int e = ids[p];
+        if (e >= 0 && e < E) list[off[e] + atomicAdd(&cur[e], 1)] = p;
+    }
+}
+
+// Decode 16 E2M1 codes (8 bytes, low nibble first) times 2^(s - 127) to bf16, into 8 words.
+__device__ __forceinline__ void mx_to_bf16(u32 lo, u32 hi, u32 s, u32* out) {
+    bool fast = s >= 3 && s <= 250;  // the exponent add stays normal
+    float scale = mma_e8m0(s);
+    u32 words[2] = {lo, hi};
+#pragma unroll
+    for (int wi = 0; wi < 2; wi++) {
+#pragma unroll
+        for (int b = 0; b < 4; b++) {
+            u32 byte = (words[wi] >> (8 * b)) & 0xffu;
+            u32 h2[2];
+#pragma unroll
+            for (int q = 0; q < 2; q++) {
+                u32 c = q ? (byte >> 4) : (byte & 15u);
+                // bf16 bits of the magnitude (0, .5, 1, 1.5, 2, 3, 4, 6): exponent 126 + e,
+                // mantissa bit m; e = 0 is 0 or 0.5.
+                u32 e = (c >> 1) & 3u, mb = c & 1u;
+                u32 m = e ? (((126u + e) << 7) | (mb << 6)) : (mb ? 0x3f00u : 0u);
+                u32 v;
+                if (fast) {
+                    v = m ? m + ((s - 127u) << 7) : 0u;  // exponent add (mod 2^16)
+                    v &= 0x7fffu;
+                } else {
+                    float f = __uint_as_float(m << 16) * scale;
+                    v = __float_as_uint(f) >> 16;  // exact: at most 2 mantissa bits
+                }
+                h2[q] = v | ((c & 8u) << 12);
+            }
+            out[wi * 4 + b] = h2[0] | (h2[1] << 16);
+        }
+    }
+}
+
+#define M_NT 4
+#define M_BN (32 * M_NT)
+
+// Grouped GEMM over one expert's pairs: rows of A are the pairs list[start..end) (A row of pair
+// p: a + (p / a_div) * Kd, f32), B = the expert's MXFP4 rows [N, Kd/32 groups], f32 accumulation.
+// MODE 0 (gate_up): N = 2I rows interleaved gate/up; out[p, n/2] = swiglu(gate + bg, up + bu).
+// MODE 1 (down): out[p, n] = acc + bias.
+// M_MT = 2: 64 pairs a tile, 4: 128 (moe_route's BM = 32 M_MT).
+// grid (ceil(N / 128), max_tiles); blocks past *ntiles exit.
+template <int MODE, int M_MT>
+__device__ __forceinline__ void moe_mma(const float* a, int a_div, const int* list,
+                                        const int* tiles, const int* ntiles, const u8* wb,
+                                        const u8* ws, const void* bias, int bdt, float* out,
+                                        int N, int Kd, float limit, float alpha) {
+    constexpr int M_BM = 32 * M_MT;
+    constexpr int AU = M_BM / 32;  // float4 of A per thread per k-tile
+    __shared__ __align__(16) u16 As[2][M_BM * LDS];
+    __shared__ __align__(16) u16 Bs[2][M_BN * LDS];
+    __shared__ int rows[M_BM];
+    const int tile = blockIdx.y;
+    if (tile >= *ntiles) return;
+    const int e = tiles[3 * tile], start = tiles[3 * tile + 1], end = tiles[3 * tile + 2];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int wm = warp >> 2, wn = warp & 3;
+    const i64 n0 = (i64)blockIdx.x * M_BN;
+    const int G = Kd / 32;
+    if (tid < M_BM) rows[tid] = start + tid < end ? list[start + tid] : -1;
+    __syncthreads();
+    float acc[M_MT][M_NT][4];
+#pragma unroll
+    for (int i = 0; i < M_MT; i++)
+#pragma unroll
+        for (int j = 0; j < M_NT; j++)
+#pragma unroll
+            for (int c = 0; c < 4; c++) acc[i][j][c] = 0.0f;
+    // A: BM rows x 32 floats = 8 BM float4 -> AU per thread. B: 128 rows x 2 halves (8 bytes
+    // of codes each) -> 1 per thread.
+    F4 ra[AU];
+    u32 rlo, rhi, rs;
+    const int br = tid >> 1, bh = tid & 1;
+    const i64 wrow = (i64)e * N + n0 + br;
+    const bool brow_ok = n0 + br < N;
+    const float* arow[AU];
+#pragma unroll
+    for (int u = 0; u < AU; u++) {
+        int idx = tid + 256 * u;
+        int p = rows[idx >> 3];
+        arow[u] = p >= 0 ? a + (i64)(p / a_div) * Kd + (idx & 7) * 4 : nullptr;
+    }
+    auto load = [&](int kt) {
+#pragma unroll
+        for (int u = 0; u < AU; u++)
+            ra[u] = arow[u] ? *(const F4*)(arow[u] + kt * BK) : F4{0.0f, 0.0f, 0.0f, 0.0f};
+        if (brow_ok) {
+            uint2 q = *(const uint2*)(wb + (wrow * G + kt) * 16 + bh * 8);
+            rlo = q.x;
+            rhi = q.y;
+            rs = ws[wrow * G + kt];
+        } else {
+            rlo = rhi = 0;
+            rs = 127;
+        }
+    };
+    auto store = [&](int buf) {
+#pragma unroll
+        for (int u = 0; u < AU; u++) {
+            int idx = tid + 256 * u;
+            int r = idx >> 3, c = (idx & 7) * 4;
+            u32* d = (u32*)(As[buf] + r * LDS + c);
+            d[0] = pack_bf16(ra[u].x, ra[u].y);
+            d[1] = pack_bf16(ra[u].z, ra[u].w);
+        }
+        u32 o[8];
+        mx_to_bf16(rlo, rhi, rs, o);
+        W4* d = (W4*)(Bs[buf] + br * LDS + bh * 16);
+        d[0] = W4{o[0], o[1], o[2], o[3]};
+        d[1] = W4{o[4], o[5], o[6], o[7]};
+    };
+    load(0);
+    store(0);
+    __syncthreads();
+    for (int kt = 0; kt < G; kt++) {
+        if (kt + 1 < G) load(kt + 1);
+        warp_mma_tile<M_MT, M_NT>(As[kt & 1], Bs[kt & 1], acc, wm, wn, lane);
+        if (kt + 1 < G) store((kt + 1) & 1);
+        __syncthreads();
+    }
+#pragma unroll
+    for (int i = 0; i < M_MT; i++)
+#pragma unroll
+        for (int j = 0; j < M_NT; j++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                int r = wm * 16 * M_MT + i * 16 + (lane >> 2) + 8 * h;
+                int p = rows[r];
+                i64 col = n0 + wn * 8 * M_NT + j * 8 + 2 * (lane & 3);
+                if (p < 0 || col >= N) continue;
+                float v0 = acc[i][j][2 * h], v1 = acc[i][j][2 * h + 1];
+                if (MODE == 0) {
+                    // col is even: gate row col, up row col + 1 (N is even).
+                    float g = v0 + ldf(bias, bdt, (i64)e * N + col);
+                    float u = v1 + ldf(bias, bdt, (i64)e * N + col + 1);
+                    out[(i64)p * (N / 2) + col / 2] = mma_swiglu(g, u, limit, alpha);
+                } else {
+                    out[(i64)p * N + col] = v0 + ldf(bias, bdt, (i64)e * N + col);
+                    if (col + 1 < N) out[(i64)p * N + col + 1] = v1 + ldf(bias, bdt, (i64)e * N + col + 1);
+                }
+            }
+}
+
+// x [T, H] -> act [T*k, I]; gate_up blocks [E, 2I, H/32, 16]. _mma: 64-pair tiles, _mma128:
+// 128-pair tiles (many pairs per expert: the MXFP4 decode is shared by more rows).
+#define MOE_GU(NAME, MT)                                                                       \
+    extern "C" __global__ void __launch_bounds__(256)                                          \
+        NAME(const float* x, int K, const int* list, const int* tiles, const int* ntiles,      \
+             const u8* gub, const u8* gus, const void* gbias, int bdt, float* act, int H, int I, \
+             float limit, float alpha) {                                                       \
+        moe_mma<0, MT>(x, K, list, tiles, ntiles, gub, gus, gbias, bdt, act, 2 * I, H, limit,  \
+                       alpha);                                                                 \
+    }
+MOE_GU(moe_gate_up_mma, 2)
+MOE_GU(moe_gate_up_mma128, 4)
+
+// act [T*k, I] -> y [T*k, H]; down blocks [E, H, I/32, 16].
+#define MOE_DN(NAME, MT)                                                                       \
+    extern "C" __global__ void __launch_bounds__(256)                                          \
+        NAME(const float* act, const int* list, const int* tiles, const int* ntiles,           \
+             const u8* dnb, const u8* dns, const void* dbias, int bdt, float* y, int H, int I) { \
+        moe_mma<1, MT>(act, 1, list, tiles, ntiles, dnb, dns, dbias, bdt, y, H, I, 0.0f, 0.0f); \
+    }
+MOE_DN(moe_down_mma, 2)
+MOE_DN(moe_down_mma128, 4)
