@@ -13,6 +13,10 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,n
 GPTOSS_FIXTURES=tests/fixtures timeout 240 ./dist/cuda-mxfp4-fixtures --include-ignored --test-threads=1 > "$OUT/tests.txt" 2>&1
 echo "tests rc=$? $(grep -E '^test result' "$OUT/tests.txt")"
 grep -E 'FAILED|panicked' "$OUT/tests.txt" | head -20
+grep -E 'bf16 paths|bf16 operands' "$OUT/tests.txt" | head -20
+# The exact f32 kernels (no fusion, no bf16 operands) on the transformers fixtures too.
+GPTOSS_CUDA_NO_FUSION=1 GPTOSS_FIXTURES=tests/fixtures timeout 120 ./dist/cuda-mxfp4-fixtures --include-ignored --test-threads=1 fixtures_ > "$OUT/tests-nofusion.txt" 2>&1
+echo "tests (GPTOSS_CUDA_NO_FUSION=1, fixtures) rc=$? $(grep -E '^test result' "$OUT/tests-nofusion.txt")"
 if [ -z "${SKIP_BASE:-}" ]; then
   GPTOSS_CUDA_NO_FUSION=1 GPTOSS_CUDA_PROFILE=1 timeout 200 $G bench --backend cuda-mxfp4 --synthetic 20b --prompt 512 --gen 32 > "$OUT/prof-base.txt" 2>&1
   echo "== profile, simple kernels (20b, prompt 512, gen 32)"; head -30 "$OUT/prof-base.txt"; tail -8 "$OUT/prof-base.txt"
