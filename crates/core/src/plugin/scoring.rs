@@ -9,6 +9,7 @@
 //! | `cuda-bf16`  | NVIDIA sm_70..sm_89            | 90    |
 //! | `cuda-bf16`  | NVIDIA sm_90+ (runs if forced, cuda-mxfp4 wins) | 50 |
 //! | `wgpu`       | any GPU adapter                | 30    |
+//! | `wgpu`       | software adapter (lavapipe)    | 0 (1 with GPTOSS_WGPU_SOFTWARE=1) |
 //! | `cpu`        | always                         | 1     |
 //!
 //! Everything else scores 0 with a reason a user can act on.
@@ -189,6 +190,21 @@ pub fn wgpu(gpu: &Gpu) -> (u32, String) {
         SCORE_WGPU,
         format!("{} GPU adapter {}", gpu.vendor, gpu.name),
     )
+}
+
+/// Reason of a software adapter (lavapipe, llvmpipe, WARP): it works, but slower than cpu.
+pub const WGPU_SOFTWARE_REASON: &str = "software adapter (lavapipe/llvmpipe): slower than cpu; \
+     set GPTOSS_WGPU_SOFTWARE=1 to make it usable with --backend wgpu";
+
+/// wgpu on one adapter: a GPU scores [`SCORE_WGPU`]; a software (CPU) adapter scores 0, so
+/// auto-selection never prefers it to cpu. (The registry refuses to force a score-0 backend,
+/// so the plugin lifts it to [`SCORE_CPU`] when the user opts in with GPTOSS_WGPU_SOFTWARE=1.)
+pub fn wgpu_adapter(gpu: &Gpu, software: bool) -> (u32, String) {
+    if software {
+        (0, format!("{}: {WGPU_SOFTWARE_REASON}", gpu.name))
+    } else {
+        wgpu(gpu)
+    }
 }
 
 /// cpu: always 1, the last resort.
@@ -395,6 +411,24 @@ mod tests {
             r.devices.iter().map(|d| d.score).collect::<Vec<_>>(),
             [0, 100, 0]
         );
+    }
+
+    #[test]
+    fn software_wgpu_adapters_score_zero_with_the_reason() {
+        let lavapipe = Gpu::other(
+            Vendor::Other("Cpu".into()),
+            "llvmpipe (LLVM 19.1.7, 256 bits)",
+        );
+        let (score, reason) = wgpu_adapter(&lavapipe, true);
+        assert_eq!(score, 0);
+        assert!(
+            reason.contains("llvmpipe") && reason.contains("slower than cpu"),
+            "{reason}"
+        );
+        assert!(reason.contains("GPTOSS_WGPU_SOFTWARE=1"), "{reason}");
+        let amd = Gpu::other(Vendor::Amd, "Radeon RX 7900 XTX");
+        assert_eq!(wgpu_adapter(&amd, false).0, SCORE_WGPU);
+        assert!(SCORE_CPU > wgpu_adapter(&lavapipe, true).0);
     }
 
     #[test]

@@ -1,0 +1,1149 @@
+//! wgpu: the gptoss backend for any GPU with Vulkan (Linux), Metal (macOS) or DX12 (Windows),
+//! headless (no window, no surface), with WGSL compute shaders (src/shaders/*.wgsl).
+//!
+//! - Buffers live in GPU memory in their logical layout: BF16 weights stay packed bf16 pairs
+//!   (decoded in the shaders), MXFP4 blocks and E8M0 scales stay packed bytes (the MoE shaders
+//!   decode them in registers: no dequantized copy of the experts), F32/I32 as is. F16 tensors
+//!   are widened to f32 on upload (narrowed back on download).
+//! - Arithmetic is f32 everywhere (accumulation included); shader-f16 is reported by the probe
+//!   but not used.
+//! - A buffer above the adapter's `max_storage_buffer_binding_size` (or `max_buffer_size`) is
+//!   stored split by rows into several buffers; the embedding and linear kernels (the only ops
+//!   whose operands reach that size in gpt-oss: embedding and lm_head) run one dispatch per
+//!   part. Any other op given a split buffer reports a clear error naming the limit.
+//! - `execute` records every node into one command buffer, submits it, waits, and checks the
+//!   shaders' error word (bad token ids, positions, expert ids), so bad input comes back as a
+//!   [`gptoss_core::Error`]; wgpu validation errors are captured, never panicked.
+
+mod probe;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use gptoss_core::graph::ValueKind;
+use gptoss_core::plugin::{PluginBackend, PluginOptions};
+use gptoss_core::rope::RopeParams;
+use gptoss_core::{Backend, BufferId, DType, Error, Graph, Node, Op, ProbeReport, Result};
+use gptoss_core::{TensorDesc, ValueId};
+use wgpu::util::DeviceExt;
+
+pub use probe::{adapters, software_allowed, AdapterSummary};
+
+pub const BACKEND: &str = "wgpu";
+
+const COMMON: &str = include_str!("shaders/common.wgsl");
+const ERRORS: &str = include_str!("shaders/errors.wgsl");
+const MOE: &str = include_str!("shaders/moe.wgsl");
+
+/// Limits the kernels rely on (all within WebGPU's defaults).
+const NEED_STORAGE_BUFFERS: u32 = 7;
+const NEED_INVOCATIONS: u32 = 256;
+const NEED_WORKGROUP_STORAGE: u32 = 8192;
+
+fn err(reason: impl Into<String>) -> Error {
+    Error::backend(BACKEND, reason)
+}
+
+struct Kernels {
+    embed: wgpu::ComputePipeline,
+    rms_norm: wgpu::ComputePipeline,
+    gemv: wgpu::ComputePipeline,
+    gemm: wgpu::ComputePipeline,
+    rope: wgpu::ComputePipeline,
+    kv_write: wgpu::ComputePipeline,
+    attention: wgpu::ComputePipeline,
+    topk: wgpu::ComputePipeline,
+    moe_gate_up: wgpu::ComputePipeline,
+    moe_down: wgpu::ComputePipeline,
+    moe_combine: wgpu::ComputePipeline,
+    add: wgpu::ComputePipeline,
+    argmax: wgpu::ComputePipeline,
+}
+
+/// A buffer: one or more parts (split by rows when above the binding limit).
+struct DevBuf {
+    parts: Vec<wgpu::Buffer>,
+    /// Rows of the first dimension in each part but the last.
+    rows_per_part: usize,
+    desc: TensorDesc,
+}
+
+/// How a graph value is bound during one execute.
+#[derive(Clone)]
+struct Bound {
+    parts: Vec<wgpu::Buffer>,
+    rows_per_part: usize,
+    /// Stored as packed bf16 pairs.
+    bf16: bool,
+}
+
+/// Bytes per element as stored on the device.
+fn stored_size(d: DType) -> usize {
+    match d {
+        DType::F16 => 4,
+        d => d.size(),
+    }
+}
+
+fn pad4(n: usize) -> u64 {
+    (n.max(4).div_ceil(4) * 4) as u64
+}
+
+pub struct Wgpu {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    info: AdapterSummary,
+    kernels: Kernels,
+    buffers: HashMap<BufferId, DevBuf>,
+    next_id: u64,
+    pool: RefCell<HashMap<u64, Vec<wgpu::Buffer>>>,
+    rope_tables: RefCell<Vec<(RopeParams, wgpu::Buffer)>>,
+    err_buf: wgpu::Buffer,
+    dummy: wgpu::Buffer,
+    /// Largest single buffer a shader may bind (and that may be created).
+    max_part: u64,
+    max_groups: u32,
+    errors: Arc<Mutex<Vec<String>>>,
+}
+
+impl Wgpu {
+    /// The adapter this instance runs on, e.g. "NVIDIA H100 80GB HBM3 (Vulkan)".
+    pub fn device_name(&self) -> String {
+        format!("{} ({})", self.info.name, self.info.backend)
+    }
+
+    /// Lower the largest single buffer this instance creates (tests: exercise the row split of
+    /// large weights on any adapter). Applies to buffers allocated afterwards.
+    pub fn with_binding_limit(mut self, bytes: u64) -> Self {
+        self.max_part = self.max_part.min(bytes.max(4) / 4 * 4);
+        self
+    }
+
+    /// The largest single buffer (binding) this instance creates, in bytes.
+    pub fn binding_limit(&self) -> u64 {
+        self.max_part
+    }
+
+    pub fn adapter(&self) -> &AdapterSummary {
+        &self.info
+    }
+
+    /// Open adapter `index` of [`adapters`] (the probe's order).
+    pub fn open(index: usize) -> Result<Wgpu> {
+        let list = adapters().map_err(err)?;
+        if list.is_empty() {
+            return Err(err(
+                "no GPU adapter found (no Vulkan/Metal/DX12 driver, or no GPU); on Linux install \
+                 the Vulkan loader and a driver (e.g. libvulkan1 + mesa-vulkan-drivers), or use \
+                 --backend cpu",
+            ));
+        }
+        let n = list.len();
+        let adapter = list.into_iter().nth(index).ok_or_else(|| {
+            err(format!(
+                "device {index} does not exist: {n} adapter(s) found (0..{n})"
+            ))
+        })?;
+        Self::with_adapter(adapter)
+    }
+
+    pub fn with_adapter(adapter: wgpu::Adapter) -> Result<Wgpu> {
+        let info = AdapterSummary::of(&adapter);
+        let limits = adapter.limits();
+        let need = [
+            (
+                "max_storage_buffers_per_shader_stage",
+                limits.max_storage_buffers_per_shader_stage,
+                NEED_STORAGE_BUFFERS,
+            ),
+            (
+                "max_compute_invocations_per_workgroup",
+                limits.max_compute_invocations_per_workgroup,
+                NEED_INVOCATIONS,
+            ),
+            (
+                "max_compute_workgroup_size_x",
+                limits.max_compute_workgroup_size_x,
+                NEED_INVOCATIONS,
+            ),
+            (
+                "max_compute_workgroup_storage_size",
+                limits.max_compute_workgroup_storage_size,
+                NEED_WORKGROUP_STORAGE,
+            ),
+        ];
+        for (name, have, want) in need {
+            if have < want {
+                return Err(err(format!(
+                    "adapter {} lacks a needed limit: {name} is {have}, the kernels need {want}",
+                    info.name
+                )));
+            }
+        }
+        if !adapter
+            .get_downlevel_capabilities()
+            .flags
+            .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS)
+        {
+            return Err(err(format!(
+                "adapter {} lacks a needed feature: compute shaders",
+                info.name
+            )));
+        }
+        let desc = wgpu::DeviceDescriptor {
+            label: Some("gptoss"),
+            required_features: wgpu::Features::empty(),
+            // Everything the adapter offers: the largest bindings and buffers.
+            required_limits: limits.clone(),
+            ..Default::default()
+        };
+        let (device, queue) = pollster::block_on(adapter.request_device(&desc))
+            .map_err(|e| err(format!("{}: could not open the device: {e}", info.name)))?;
+        let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+        let sink = errors.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            if let Ok(mut v) = sink.lock() {
+                v.push(e.to_string());
+            }
+        }));
+        let max_part = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size)
+            / 4
+            * 4;
+        let kernels = Self::compile(&device)?;
+        let err_buf = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("error word"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let dummy = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("no bias"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        let me = Wgpu {
+            device,
+            queue,
+            info,
+            kernels,
+            buffers: HashMap::new(),
+            next_id: 1,
+            pool: RefCell::default(),
+            rope_tables: RefCell::default(),
+            err_buf,
+            dummy,
+            max_part,
+            max_groups: limits.max_compute_workgroups_per_dimension,
+            errors,
+        };
+        me.check_device_errors("compiling the WGSL kernels")?;
+        Ok(me)
+    }
+
+    fn compile(device: &wgpu::Device) -> Result<Kernels> {
+        let make = |name: &str, parts: &[&str], entry: &str| -> wgpu::ComputePipeline {
+            let src: String = parts.concat();
+            let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(name),
+                source: wgpu::ShaderSource::Wgsl(src.into()),
+            });
+            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(name),
+                layout: None,
+                module: &module,
+                entry_point: Some(entry),
+                compilation_options: Default::default(),
+                cache: None,
+            })
+        };
+        let linear = include_str!("shaders/linear.wgsl");
+        Ok(Kernels {
+            embed: make(
+                "embed",
+                &[COMMON, ERRORS, include_str!("shaders/embed.wgsl")],
+                "main",
+            ),
+            rms_norm: make(
+                "rms_norm",
+                &[COMMON, include_str!("shaders/rms_norm.wgsl")],
+                "main",
+            ),
+            gemv: make("linear gemv", &[COMMON, linear], "gemv"),
+            gemm: make("linear gemm", &[COMMON, linear], "gemm"),
+            rope: make(
+                "rope",
+                &[COMMON, ERRORS, include_str!("shaders/rope.wgsl")],
+                "main",
+            ),
+            kv_write: make(
+                "kv_write",
+                &[COMMON, ERRORS, include_str!("shaders/kv_write.wgsl")],
+                "main",
+            ),
+            attention: make(
+                "attention",
+                &[COMMON, include_str!("shaders/attention.wgsl")],
+                "main",
+            ),
+            topk: make(
+                "topk_softmax",
+                &[COMMON, include_str!("shaders/topk_softmax.wgsl")],
+                "main",
+            ),
+            moe_gate_up: make(
+                "moe gate_up",
+                &[
+                    COMMON,
+                    ERRORS,
+                    MOE,
+                    include_str!("shaders/moe_gate_up.wgsl"),
+                ],
+                "main",
+            ),
+            moe_down: make(
+                "moe down",
+                &[COMMON, MOE, include_str!("shaders/moe_down.wgsl")],
+                "main",
+            ),
+            moe_combine: make(
+                "moe combine",
+                &[COMMON, MOE, include_str!("shaders/moe_combine.wgsl")],
+                "main",
+            ),
+            add: make("add", &[COMMON, include_str!("shaders/add.wgsl")], "main"),
+            argmax: make(
+                "argmax",
+                &[COMMON, include_str!("shaders/argmax.wgsl")],
+                "main",
+            ),
+        })
+    }
+
+    fn check_device_errors(&self, what: &str) -> Result<()> {
+        let mut v = self.errors.lock().map_err(|_| err("error list poisoned"))?;
+        if v.is_empty() {
+            return Ok(());
+        }
+        let msg = v.join("; ");
+        v.clear();
+        Err(err(format!("{what}: {msg}")))
+    }
+
+    fn new_buffer(&self, bytes: u64, label: &str) -> Result<wgpu::Buffer> {
+        if bytes > self.max_part {
+            return Err(err(format!(
+                "'{label}' needs one buffer of {bytes} bytes, above this adapter's \
+                 max_storage_buffer_binding_size/max_buffer_size ({} bytes)",
+                self.max_part
+            )));
+        }
+        let b = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        self.check_device_errors(&format!("allocating {bytes} bytes for '{label}'"))?;
+        Ok(b)
+    }
+
+    /// A device buffer for `desc`, split by rows when above the binding limit.
+    fn make_buf(&self, desc: &TensorDesc, name: &str) -> Result<DevBuf> {
+        let es = stored_size(desc.dtype);
+        let total = desc.numel() * es;
+        let dims = desc.shape.dims();
+        if pad4(total) <= self.max_part || dims.is_empty() {
+            return Ok(DevBuf {
+                parts: vec![self.new_buffer(pad4(total), name)?],
+                rows_per_part: dims.first().copied().unwrap_or(1).max(1),
+                desc: desc.clone(),
+            });
+        }
+        let rows = dims[0];
+        let row_bytes = (total / rows.max(1)).max(1);
+        // Whole rows per part, a multiple of 4 so every part starts 4-byte aligned.
+        let per = (self.max_part as usize / row_bytes) / 4 * 4;
+        if per == 0 {
+            return Err(err(format!(
+                "'{name}' ({desc}): one row of {row_bytes} bytes is above this adapter's \
+                 max_storage_buffer_binding_size ({} bytes)",
+                self.max_part
+            )));
+        }
+        let mut parts = Vec::new();
+        let mut r = 0;
+        while r < rows {
+            let n = per.min(rows - r);
+            parts.push(self.new_buffer(pad4(n * row_bytes), &format!("{name} rows {r}.."))?);
+            r += n;
+        }
+        Ok(DevBuf {
+            parts,
+            rows_per_part: per,
+            desc: desc.clone(),
+        })
+    }
+
+    /// Device bytes of `data` (logical bytes of `dtype`).
+    fn to_stored(dtype: DType, data: &[u8]) -> Vec<u8> {
+        if dtype == DType::F16 {
+            return data
+                .chunks_exact(2)
+                .flat_map(|b| {
+                    half::f16::from_le_bytes([b[0], b[1]])
+                        .to_f32()
+                        .to_le_bytes()
+                })
+                .collect();
+        }
+        data.to_vec()
+    }
+
+    fn write(&self, b: &DevBuf, data: &[u8]) {
+        let stored = Self::to_stored(b.desc.dtype, data);
+        let rows = b.desc.shape.dims().first().copied().unwrap_or(1).max(1);
+        let part_bytes = if b.parts.len() == 1 {
+            stored.len()
+        } else {
+            b.rows_per_part * (stored.len() / rows)
+        };
+        for (i, part) in b.parts.iter().enumerate() {
+            let lo = (i * part_bytes).min(stored.len());
+            let hi = ((i + 1) * part_bytes).min(stored.len());
+            let mut chunk = stored[lo..hi].to_vec();
+            chunk.resize(pad4(chunk.len()) as usize, 0);
+            self.queue.write_buffer(part, 0, &chunk);
+        }
+    }
+
+    /// Read `bytes` bytes of each of `srcs` back to the host.
+    fn read_back(&self, srcs: &[(&wgpu::Buffer, u64)]) -> Result<Vec<Vec<u8>>> {
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        let mut staging = Vec::new();
+        for (src, bytes) in srcs {
+            let size = pad4(*bytes as usize);
+            let s = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("readback"),
+                size,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            enc.copy_buffer_to_buffer(src, 0, &s, 0, size);
+            staging.push((s, *bytes));
+        }
+        self.queue.submit([enc.finish()]);
+        let done: Arc<Mutex<Vec<std::result::Result<(), String>>>> = Arc::default();
+        for (s, _) in &staging {
+            let d = done.clone();
+            s.map_async(wgpu::MapMode::Read, .., move |r| {
+                if let Ok(mut v) = d.lock() {
+                    v.push(r.map_err(|e| e.to_string()));
+                }
+            });
+        }
+        self.device
+            .poll(wgpu::PollType::Wait {
+                submission_index: None,
+                timeout: None,
+            })
+            .map_err(|e| err(format!("waiting for the GPU: {e}")))?;
+        self.check_device_errors("reading back")?;
+        let results = done.lock().map_err(|_| err("map state poisoned"))?.clone();
+        if results.len() != staging.len() {
+            return Err(err("a readback did not complete"));
+        }
+        if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
+            return Err(err(format!("mapping a readback buffer: {e}")));
+        }
+        let mut out = Vec::new();
+        for (s, bytes) in &staging {
+            let view = s
+                .get_mapped_range(..)
+                .map_err(|e| err(format!("mapping a readback buffer: {e}")))?;
+            out.push(view[..*bytes as usize].to_vec());
+            drop(view);
+            s.unmap();
+        }
+        Ok(out)
+    }
+
+    fn rope_table(&self, params: &RopeParams) -> Result<wgpu::Buffer> {
+        if let Some((_, b)) = self.rope_tables.borrow().iter().find(|(q, _)| q == params) {
+            return Ok(b.clone());
+        }
+        let inv: Vec<u8> = params
+            .inv_freq()
+            .iter()
+            .flat_map(|f| f.to_le_bytes())
+            .collect();
+        let b = self.new_buffer(pad4(inv.len()), "rope inv_freq")?;
+        let mut data = inv;
+        data.resize(pad4(data.len()) as usize, 0);
+        self.queue.write_buffer(&b, 0, &data);
+        self.rope_tables.borrow_mut().push((*params, b.clone()));
+        Ok(b)
+    }
+
+    fn take_temp(&self, bytes: u64, name: &str) -> Result<wgpu::Buffer> {
+        let pooled = self.pool.borrow_mut().get_mut(&bytes).and_then(|v| v.pop());
+        if let Some(b) = pooled {
+            return Ok(b);
+        }
+        self.new_buffer(bytes, name)
+    }
+
+    fn give_temp(&self, b: wgpu::Buffer) {
+        self.pool.borrow_mut().entry(b.size()).or_default().push(b);
+    }
+
+    fn dispatch(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        pipe: &wgpu::ComputePipeline,
+        params: &[u32],
+        bufs: &[&wgpu::Buffer],
+        groups: (u32, u32),
+    ) -> Result<()> {
+        if groups.0 == 0 || groups.1 == 0 {
+            return Ok(());
+        }
+        if groups.0 > self.max_groups || groups.1 > self.max_groups {
+            return Err(err(format!(
+                "a dispatch of {groups:?} workgroups is above this adapter's \
+                 max_compute_workgroups_per_dimension ({})",
+                self.max_groups
+            )));
+        }
+        let mut words = params.to_vec();
+        words.resize(params.len().div_ceil(4).max(1) * 4, 0);
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        let uniform = self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("params"),
+                contents: &bytes,
+                usage: wgpu::BufferUsages::UNIFORM,
+            });
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: uniform.as_entire_binding(),
+        }];
+        for (i, b) in bufs.iter().enumerate() {
+            entries.push(wgpu::BindGroupEntry {
+                binding: i as u32 + 1,
+                resource: b.as_entire_binding(),
+            });
+        }
+        let bg = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &pipe.get_bind_group_layout(0),
+            entries: &entries,
+        });
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+        pass.set_pipeline(pipe);
+        pass.set_bind_group(0, &bg, &[]);
+        pass.dispatch_workgroups(groups.0, groups.1, 1);
+        Ok(())
+    }
+
+    /// `n` workgroups as (x, y) within the per-dimension limit (kernels fold y back in).
+    fn fold(&self, n: u32) -> (u32, u32) {
+        let m = self.max_groups.max(1);
+        if n <= m {
+            (n, 1)
+        } else {
+            (m, n.div_ceil(m))
+        }
+    }
+
+    fn run_node(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        graph: &Graph,
+        node: &Node,
+        bound: &[Option<Bound>],
+    ) -> Result<()> {
+        let vdesc = |id: ValueId| &graph.values[id.0 as usize].desc;
+        let dims = |id: ValueId| vdesc(id).shape.dims().to_vec();
+        let b = |id: ValueId| -> Result<&Bound> {
+            bound[id.0 as usize].as_ref().ok_or_else(|| {
+                err(format!(
+                    "'{}' has no buffer",
+                    graph.values[id.0 as usize].name
+                ))
+            })
+        };
+        // One binding; a split buffer is refused with the limit named.
+        let one = |id: ValueId| -> Result<&wgpu::Buffer> {
+            let bb = b(id)?;
+            if bb.parts.len() != 1 {
+                return Err(err(format!(
+                    "'{}' is split over {} buffers (above this adapter's \
+                     max_storage_buffer_binding_size of {} bytes); {} needs it in one binding",
+                    graph.values[id.0 as usize].name,
+                    bb.parts.len(),
+                    self.max_part,
+                    node.op.name()
+                )));
+            }
+            Ok(&bb.parts[0])
+        };
+        // Activations must be f32 on the device.
+        let f32_in = |id: ValueId| -> Result<&wgpu::Buffer> {
+            let d = vdesc(id).dtype;
+            if !matches!(d, DType::F32 | DType::F16) {
+                return Err(Error::Unsupported {
+                    backend: BACKEND.into(),
+                    what: format!(
+                        "{} with '{}' in {d} (activations must be F32)",
+                        node.op.name(),
+                        graph.values[id.0 as usize].name
+                    ),
+                });
+            }
+            one(id)
+        };
+        let flag = |id: ValueId| -> Result<u32> { Ok(b(id)?.bf16 as u32) };
+        let (ins, outs) = (&node.inputs, &node.outputs);
+        let k = &self.kernels;
+        let u = |v: usize| v as u32;
+        let fbits = |v: f32| v.to_bits();
+        match &node.op {
+            Op::Embed => {
+                let (vocab, hidden) = (dims(ins[0])[0], dims(ins[0])[1]);
+                let t = dims(ins[1])[0];
+                let table = b(ins[0])?;
+                let (ids, out) = (one(ins[1])?, one(outs[0])?);
+                for (pi, part) in table.parts.iter().enumerate() {
+                    let row0 = pi * table.rows_per_part;
+                    let rows = table.rows_per_part.min(vocab - row0);
+                    let p = [
+                        u(t),
+                        u(hidden),
+                        u(vocab),
+                        table.bf16 as u32,
+                        u(row0),
+                        u(rows),
+                        (pi == 0) as u32,
+                        0,
+                    ];
+                    self.dispatch(
+                        enc,
+                        &k.embed,
+                        &p,
+                        &[part, ids, out, &self.err_buf],
+                        (u(hidden.div_ceil(64)), u(t)),
+                    )?;
+                }
+            }
+            Op::RmsNorm { eps } => {
+                let (t, h) = (dims(ins[0])[0], dims(ins[0])[1]);
+                let p = [u(t), u(h), flag(ins[1])?, fbits(*eps)];
+                let (x, w, out) = (f32_in(ins[0])?, one(ins[1])?, one(outs[0])?);
+                self.dispatch(enc, &k.rms_norm, &p, &[x, w, out], (u(t), 1))?;
+            }
+            Op::Linear => {
+                let (t, kk) = (dims(ins[0])[0], dims(ins[0])[1]);
+                let n = dims(ins[1])[0];
+                let x = f32_in(ins[0])?;
+                let w = b(ins[1])?;
+                let (bias, has_bias, bias_bf16) = match ins.get(2) {
+                    Some(id) => (one(*id)?, 1, flag(*id)?),
+                    None => (&self.dummy, 0, 0),
+                };
+                let y = one(outs[0])?;
+                if t == 0 || n == 0 {
+                    return Ok(());
+                }
+                for (pi, part) in w.parts.iter().enumerate() {
+                    let n0 = pi * w.rows_per_part;
+                    let rows = w.rows_per_part.min(n - n0);
+                    let p = [
+                        u(t),
+                        u(n),
+                        u(kk),
+                        w.bf16 as u32,
+                        has_bias,
+                        bias_bf16,
+                        u(n0),
+                        u(rows),
+                    ];
+                    if t <= 8 {
+                        let g = self.fold(u(rows.div_ceil(8)));
+                        self.dispatch(enc, &k.gemv, &p, &[x, part, bias, y], g)?;
+                    } else {
+                        let g = (u(rows.div_ceil(64)), u(t.div_ceil(64)));
+                        self.dispatch(enc, &k.gemm, &p, &[x, part, bias, y], g)?;
+                    }
+                }
+            }
+            Op::Rope { params, heads } => {
+                let t = dims(ins[0])[0];
+                let d = params.head_dim;
+                let table = self.rope_table(params)?;
+                let p = [u(t), *heads, d, fbits(params.attention_scaling())];
+                let (x, pos, out) = (f32_in(ins[0])?, one(ins[1])?, one(outs[0])?);
+                self.dispatch(
+                    enc,
+                    &k.rope,
+                    &p,
+                    &[x, pos, &table, out, &self.err_buf],
+                    ((*heads * d / 2).div_ceil(64), u(t)),
+                )?;
+            }
+            Op::Attention {
+                heads,
+                kv_heads,
+                head_dim,
+                window,
+                scale,
+            } => {
+                let t = dims(ins[0])[0];
+                let cap = dims(outs[1])[0];
+                if *head_dim > 256 {
+                    return Err(Error::Unsupported {
+                        backend: BACKEND.into(),
+                        what: format!("attention with head_dim {head_dim} (at most 256)"),
+                    });
+                }
+                let kvw = kv_heads * head_dim;
+                let (q, kx, vx) = (f32_in(ins[0])?, f32_in(ins[1])?, f32_in(ins[2])?);
+                let (sinks, pos) = (one(ins[3])?, one(ins[4])?);
+                let (o, kc, vc) = (one(outs[0])?, f32_in(outs[1])?, f32_in(outs[2])?);
+                self.dispatch(
+                    enc,
+                    &k.kv_write,
+                    &[u(t), kvw, u(cap), 0],
+                    &[kx, vx, pos, kc, vc, &self.err_buf],
+                    (kvw.div_ceil(64), u(t)),
+                )?;
+                let p = [
+                    u(t),
+                    *heads,
+                    *kv_heads,
+                    *head_dim,
+                    *window,
+                    u(cap),
+                    flag(ins[3])?,
+                    fbits(*scale),
+                ];
+                self.dispatch(
+                    enc,
+                    &k.attention,
+                    &p,
+                    &[q, kc, vc, sinks, pos, o],
+                    (*heads, u(t)),
+                )?;
+            }
+            Op::TopKSoftmax { k: topk } => {
+                let (t, e) = (dims(ins[0])[0], dims(ins[0])[1]);
+                if *topk > 64 {
+                    return Err(Error::Unsupported {
+                        backend: BACKEND.into(),
+                        what: format!("top-{topk} routing (at most 64)"),
+                    });
+                }
+                let (x, ids, w) = (f32_in(ins[0])?, one(outs[0])?, one(outs[1])?);
+                self.dispatch(
+                    enc,
+                    &k.topk,
+                    &[u(t), u(e), *topk, 0],
+                    &[x, ids, w],
+                    (u(t.div_ceil(64)), 1),
+                )?;
+            }
+            Op::MoeMxfp4 {
+                swiglu_limit,
+                alpha,
+            } => {
+                let (t, h) = (dims(ins[0])[0], dims(ins[0])[1]);
+                let topk = dims(ins[1])[1];
+                let gu = dims(ins[3]);
+                let (e, two_i) = (gu[0], gu[1]);
+                let inter = two_i / 2;
+                if h % 32 != 0 || inter % 32 != 0 || gu[2] * 32 != h {
+                    return Err(err(format!(
+                        "moe: hidden {h} and intermediate {inter} must be multiples of 32 \
+                         matching the blocks {gu:?}"
+                    )));
+                }
+                let dn = dims(ins[6]);
+                if dn != [e, h, inter / 32, 16] {
+                    return Err(err(format!(
+                        "moe: down blocks {dn:?} do not fit [{e}, {h}, {}, 16]",
+                        inter / 32
+                    )));
+                }
+                let pairs = t * topk;
+                let p = [
+                    u(t),
+                    u(topk),
+                    u(h),
+                    u(inter),
+                    u(e),
+                    flag(ins[5])?,
+                    flag(ins[8])?,
+                    0,
+                    fbits(*swiglu_limit),
+                    fbits(*alpha),
+                    0,
+                    0,
+                ];
+                let x = f32_in(ins[0])?;
+                let (ids, w) = (one(ins[1])?, f32_in(ins[2])?);
+                let (gub, gus, gubias) = (one(ins[3])?, one(ins[4])?, one(ins[5])?);
+                let (dnb, dns, dnbias) = (one(ins[6])?, one(ins[7])?, one(ins[8])?);
+                let out = one(outs[0])?;
+                if pairs == 0 || h == 0 {
+                    return Ok(());
+                }
+                let act = self.take_temp(pad4(pairs * inter * 4), "moe activations")?;
+                let ys = self.take_temp(pad4(pairs * h * 4), "moe expert outputs")?;
+                let r = self
+                    .dispatch(
+                        enc,
+                        &k.moe_gate_up,
+                        &p,
+                        &[x, ids, gub, gus, gubias, &act, &self.err_buf],
+                        (u(two_i.div_ceil(8)), u(pairs)),
+                    )
+                    .and_then(|_| {
+                        self.dispatch(
+                            enc,
+                            &k.moe_down,
+                            &p,
+                            &[&act, ids, dnb, dns, dnbias, &ys],
+                            (u(h.div_ceil(8)), u(pairs)),
+                        )
+                    })
+                    .and_then(|_| {
+                        self.dispatch(
+                            enc,
+                            &k.moe_combine,
+                            &p,
+                            &[&ys, w, out],
+                            (u(h.div_ceil(64)), u(t)),
+                        )
+                    });
+                self.give_temp(act);
+                self.give_temp(ys);
+                r?;
+            }
+            Op::Add => {
+                let n = vdesc(ins[0]).numel();
+                let int = vdesc(ins[0]).dtype == DType::I32 && vdesc(ins[1]).dtype == DType::I32;
+                let (a, bb) = if int {
+                    (one(ins[0])?, one(ins[1])?)
+                } else {
+                    (f32_in(ins[0])?, f32_in(ins[1])?)
+                };
+                let out = one(outs[0])?;
+                let g = self.fold(u(n.div_ceil(256)));
+                self.dispatch(enc, &k.add, &[u(n), int as u32, 0, 0], &[a, bb, out], g)?;
+            }
+            Op::LastRow => {
+                let (t, n) = (dims(ins[0])[0], dims(ins[0])[1]);
+                let (x, out) = (f32_in(ins[0])?, one(outs[0])?);
+                if t == 0 {
+                    return Err(Error::tensor(
+                        &graph.values[ins[0].0 as usize].name,
+                        "last_row of an empty tensor",
+                    ));
+                }
+                if n > 0 {
+                    enc.copy_buffer_to_buffer(x, ((t - 1) * n * 4) as u64, out, 0, (n * 4) as u64);
+                }
+            }
+            Op::Argmax => {
+                let (t, n) = (dims(ins[0])[0], dims(ins[0])[1]);
+                if n == 0 && t > 0 {
+                    return Err(Error::tensor(
+                        &graph.values[ins[0].0 as usize].name,
+                        "argmax over rows of length 0",
+                    ));
+                }
+                let (x, out) = (f32_in(ins[0])?, one(outs[0])?);
+                self.dispatch(enc, &k.argmax, &[u(t), u(n), 0, 0], &[x, out], (u(t), 1))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Read and clear the shaders' error word; a reported problem becomes an error.
+    fn check_kernel_errors(&self) -> Result<()> {
+        let raw = self.read_back(&[(&self.err_buf, 16)])?.remove(0);
+        let w: Vec<i32> = raw
+            .chunks_exact(4)
+            .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        if w[0] == 0 {
+            return Ok(());
+        }
+        self.queue.write_buffer(&self.err_buf, 0, &[0u8; 16]);
+        let (a, b, c) = (w[1], w[2], w[3]);
+        Err(Error::Input(match w[0] {
+            1 => format!(
+                "token id {a} (at index {c}) is out of range for the vocabulary of {b} tokens (ids 0..{b})"
+            ),
+            2 => format!(
+                "attention: position {a} is beyond the KV cache capacity of {b} positions (0..{b}); \
+                 use a longer context"
+            ),
+            3 => format!("moe: token {c} routed to expert {a}, but there are {b} experts (ids 0..{b})"),
+            4 => format!("rope: negative position {a}"),
+            code => format!("a kernel reported error code {code} ({a}, {b}, {c})"),
+        }))
+    }
+}
+
+impl Backend for Wgpu {
+    fn name(&self) -> &str {
+        BACKEND
+    }
+
+    fn probe(&self) -> ProbeReport {
+        probe::probe()
+    }
+
+    fn alloc(&mut self, desc: &TensorDesc) -> Result<BufferId> {
+        let id = BufferId(self.next_id);
+        let b = self.make_buf(desc, &format!("buffer {} {desc}", id.0))?;
+        // Zeroed, like the other backends.
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        for p in &b.parts {
+            enc.clear_buffer(p, 0, None);
+        }
+        self.queue.submit([enc.finish()]);
+        self.next_id += 1;
+        self.buffers.insert(id, b);
+        Ok(id)
+    }
+
+    fn free(&mut self, id: BufferId) -> Result<()> {
+        self.buffers
+            .remove(&id)
+            .map(|_| ())
+            .ok_or_else(|| err(format!("free of unknown buffer {}", id.0)))
+    }
+
+    fn upload(&mut self, id: BufferId, data: &[u8]) -> Result<()> {
+        let b = self
+            .buffers
+            .get(&id)
+            .ok_or_else(|| err(format!("upload to unknown buffer {}", id.0)))?;
+        if data.len() != b.desc.byte_size() {
+            return Err(Error::tensor(
+                format!("buffer {}", id.0),
+                format!(
+                    "upload of {} bytes into a {} buffer of {} bytes",
+                    data.len(),
+                    b.desc,
+                    b.desc.byte_size()
+                ),
+            ));
+        }
+        self.write(b, data);
+        self.check_device_errors("uploading")
+    }
+
+    fn download(&mut self, id: BufferId) -> Result<Vec<u8>> {
+        let b = self
+            .buffers
+            .get(&id)
+            .ok_or_else(|| err(format!("download of unknown buffer {}", id.0)))?;
+        let es = stored_size(b.desc.dtype);
+        let total = b.desc.numel() * es;
+        let rows = b.desc.shape.dims().first().copied().unwrap_or(1).max(1);
+        let per = if b.parts.len() == 1 {
+            total
+        } else {
+            b.rows_per_part * (total / rows)
+        };
+        let srcs: Vec<(&wgpu::Buffer, u64)> = b
+            .parts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p, (per.min(total - i * per)) as u64))
+            .collect();
+        let stored: Vec<u8> = self.read_back(&srcs)?.concat();
+        Ok(if b.desc.dtype == DType::F16 {
+            stored
+                .chunks_exact(4)
+                .flat_map(|c| {
+                    half::f16::from_f32(f32::from_le_bytes([c[0], c[1], c[2], c[3]])).to_le_bytes()
+                })
+                .collect()
+        } else {
+            stored
+        })
+    }
+
+    fn load_weight(&mut self, name: &str, desc: &TensorDesc, data: &[u8]) -> Result<BufferId> {
+        if data.len() != desc.byte_size() {
+            return Err(Error::tensor(
+                name,
+                format!(
+                    "{} bytes of data for {desc} ({} bytes)",
+                    data.len(),
+                    desc.byte_size()
+                ),
+            ));
+        }
+        let b = self.make_buf(desc, name)?;
+        self.write(&b, data);
+        self.check_device_errors(&format!("uploading '{name}'"))?;
+        let id = BufferId(self.next_id);
+        self.next_id += 1;
+        self.buffers.insert(id, b);
+        Ok(id)
+    }
+
+    fn execute(&mut self, graph: &Graph) -> Result<()> {
+        graph.validate()?;
+        let mut bound: Vec<Option<Bound>> = vec![None; graph.values.len()];
+        for (i, v) in graph.values.iter().enumerate() {
+            match v.kind {
+                ValueKind::Weight(b)
+                | ValueKind::Input(b)
+                | ValueKind::State(b)
+                | ValueKind::Output(b) => {
+                    let buf = self.buffers.get(&b).ok_or_else(|| {
+                        err(format!("'{}' is bound to unknown buffer {}", v.name, b.0))
+                    })?;
+                    let same_bytes = buf.desc.dtype.size() == v.desc.dtype.size()
+                        && buf.desc.dtype.is_byte_packed()
+                        && v.desc.dtype.is_byte_packed();
+                    if buf.desc.shape != v.desc.shape
+                        || (buf.desc.dtype != v.desc.dtype && !same_bytes)
+                    {
+                        return Err(Error::tensor(
+                            &v.name,
+                            format!("graph says {}, its buffer holds {}", v.desc, buf.desc),
+                        ));
+                    }
+                    bound[i] = Some(Bound {
+                        parts: buf.parts.clone(),
+                        rows_per_part: buf.rows_per_part,
+                        bf16: buf.desc.dtype == DType::BF16,
+                    });
+                }
+                ValueKind::Temp => {
+                    if !matches!(v.desc.dtype, DType::F32 | DType::I32) {
+                        return Err(Error::Unsupported {
+                            backend: BACKEND.into(),
+                            what: format!("temporary '{}' in {}", v.name, v.desc.dtype),
+                        });
+                    }
+                }
+            }
+        }
+        let mut last_use = vec![usize::MAX; graph.values.len()];
+        for (n, node) in graph.nodes.iter().enumerate() {
+            for id in node.inputs.iter().chain(&node.outputs) {
+                last_use[id.0 as usize] = n;
+            }
+        }
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        let mut result = Ok(());
+        for (n, node) in graph.nodes.iter().enumerate() {
+            for id in &node.outputs {
+                let i = id.0 as usize;
+                if bound[i].is_none() {
+                    let v = &graph.values[i];
+                    match self.take_temp(pad4(v.desc.byte_size()), &v.name) {
+                        Ok(b) => {
+                            bound[i] = Some(Bound {
+                                parts: vec![b],
+                                rows_per_part: v.desc.shape.dims().first().copied().unwrap_or(1),
+                                bf16: false,
+                            })
+                        }
+                        Err(e) => {
+                            result = Err(e);
+                            break;
+                        }
+                    }
+                }
+            }
+            if result.is_err() {
+                break;
+            }
+            if let Err(e) = self.run_node(&mut enc, graph, node, &bound) {
+                result = Err(match e {
+                    Error::Unsupported { .. } | Error::Input(_) => e,
+                    other => {
+                        let why = match other {
+                            Error::Backend { reason, .. } => reason,
+                            o => o.to_string(),
+                        };
+                        err(format!(
+                            "{} ({}): {why}",
+                            node.op.name(),
+                            graph.values[node.outputs[0].0 as usize].name
+                        ))
+                    }
+                });
+                break;
+            }
+            for id in node.inputs.iter().chain(&node.outputs) {
+                let i = id.0 as usize;
+                if last_use[i] == n && matches!(graph.values[i].kind, ValueKind::Temp) {
+                    if let Some(b) = bound[i].take() {
+                        for p in b.parts {
+                            self.give_temp(p);
+                        }
+                    }
+                }
+            }
+        }
+        for (i, b) in bound.iter_mut().enumerate() {
+            if matches!(graph.values[i].kind, ValueKind::Temp) {
+                if let Some(b) = b.take() {
+                    for p in b.parts {
+                        self.give_temp(p);
+                    }
+                }
+            }
+        }
+        result?;
+        self.queue.submit([enc.finish()]);
+        self.check_device_errors("executing the graph")?;
+        // Waits for the step (the error word is read after it) and reports bad input.
+        self.check_kernel_errors()?;
+        self.check_device_errors("executing the graph")
+    }
+}
+
+impl PluginBackend for Wgpu {
+    const NAME: &'static str = BACKEND;
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+
+    fn probe_devices() -> ProbeReport {
+        probe::probe()
+    }
+
+    fn create(options: &PluginOptions) -> Result<Self> {
+        std::panic::catch_unwind(|| Wgpu::open(options.device)).unwrap_or_else(|p| {
+            let msg = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(err(format!("wgpu could not open the adapter: {msg}")))
+        })
+    }
+}
+
+// In a module of its own (its own codegen unit), so that test binaries linking this crate
+// and the cpu backend as rlibs do not pull two `gptoss_backend_entry` symbols.
+mod entry {
+    gptoss_core::export_backend!(super::Wgpu);
+}

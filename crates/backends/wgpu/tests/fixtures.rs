@@ -1,0 +1,758 @@
+//! wgpu against the CPU reference (every op, random inputs) and against transformers (the
+//! committed tiny fixtures: prefill, incremental, chunked, greedy).
+//!
+//! These tests need a wgpu adapter and FAIL without one (no skipping): CI installs lavapipe
+//! (Debian's mesa-vulkan-drivers, a software Vulkan driver) and the Vulkan loader in .ci/run, so
+//! they run there on the CPU; on the GPU machine they run on the GPU through its Vulkan driver
+//! (`GPTOSS_WGPU_ADAPTER=<index>` picks another adapter of `adapters()`).
+//!
+//! Tolerances: the fixtures use `F32_LOGIT_TOLERANCE` (1e-4 max abs on logits), the bound of
+//! the CPU reference: the shaders widen bf16 weights and MXFP4 codes exactly to f32 and
+//! compute activations, accumulation and softmax in f32 (no f16 arithmetic even where the
+//! adapter has shader-f16), so they differ from transformers' f32 run only by summation order
+//! and the device's exp/cos/sin. Per-op checks against the CPU backend use a relative max-abs
+//! bound of 1e-5 (of the largest reference magnitude) and require integer outputs (ids, argmax,
+//! copied cache rows) and copies (embedding rows, last row) to be equal.
+
+use gptoss_backend_wgpu::{adapters, Wgpu};
+use gptoss_core::graph::{Op, ValueKind};
+use gptoss_core::plugin::{PluginBackend, PluginOptions};
+use gptoss_core::rope::{RopeParams, Yarn};
+use gptoss_core::{bf16, Backend, DType, Graph, TensorDesc};
+use gptoss_e2e::{compare_logits, fixture_dir, Reference, F32_LOGIT_TOLERANCE, FIXTURES};
+use gptoss_models::{LogitsWanted, Model};
+
+/// The adapter under test: GPTOSS_WGPU_ADAPTER or the first (best) one. Fails the test, with
+/// the reason, when there is none.
+fn gpu() -> Wgpu {
+    let index = std::env::var("GPTOSS_WGPU_ADAPTER")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Wgpu::open(index).unwrap_or_else(|e| {
+        panic!(
+            "no usable wgpu adapter: {e}\n(install a Vulkan driver: apt-get install \
+             mesa-vulkan-drivers libvulkan1; .ci/run does)"
+        )
+    })
+}
+
+#[test]
+fn an_adapter_exists_and_the_probe_explains_its_score() {
+    let list = adapters().expect("wgpu enumerates adapters");
+    assert!(
+        !list.is_empty(),
+        "no wgpu adapter: install mesa-vulkan-drivers + libvulkan1 (.ci/run does)"
+    );
+    let report = Wgpu::probe_devices();
+    assert_eq!(report.devices.len(), list.len());
+    for d in &report.devices {
+        assert!(!d.reason.is_empty(), "{d:?}");
+        if d.name.contains("Cpu,") {
+            // software adapter (lavapipe): never preferred to cpu unless opted in
+            assert!(d.score <= 1 && d.reason.contains("software"), "{d:?}");
+        } else {
+            assert_eq!(d.score, gptoss_core::plugin::scoring::SCORE_WGPU, "{d:?}");
+        }
+        eprintln!("{} -> {} ({})", d.name, d.score, d.reason);
+    }
+    let be = gpu();
+    assert_eq!(be.name(), "wgpu");
+    eprintln!("testing on {}", be.device_name());
+}
+
+#[test]
+fn a_missing_device_index_is_a_clear_error() {
+    let n = adapters().expect("wgpu enumerates adapters").len();
+    let e = Wgpu::create(&PluginOptions {
+        threads: 0,
+        device: n + 3,
+    })
+    .err()
+    .expect("no such device")
+    .to_string();
+    assert!(
+        e.contains("does not exist") && e.contains(&format!("{n} adapter")),
+        "{e}"
+    );
+}
+
+// ---------------------------------------------------------------- helpers for op checks
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn uniform(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32
+    }
+    /// Roughly normal, mean 0, sd ~1.
+    fn normal(&mut self) -> f32 {
+        (self.uniform() + self.uniform() + self.uniform() + self.uniform() - 2.0) * 1.7
+    }
+    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.normal() * scale).collect()
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+fn i32_bytes(v: &[i32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+fn to_f32(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+fn to_i32(b: &[u8]) -> Vec<i32> {
+    b.chunks_exact(4)
+        .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// A float tensor in `dtype` (values rounded to it) plus its bytes.
+fn float_tensor(dtype: DType, shape: &[usize], v: &[f32]) -> (TensorDesc, Vec<u8>) {
+    let bytes = match dtype {
+        DType::F32 => f32_bytes(v),
+        DType::BF16 => bf16::f32_to_bytes(v),
+        DType::F16 => v
+            .iter()
+            .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+            .collect(),
+        d => panic!("{d} is not a float dtype"),
+    };
+    (TensorDesc::new(dtype, shape.to_vec()), bytes)
+}
+
+fn f32_t(shape: &[usize], v: &[f32]) -> (TensorDesc, Vec<u8>) {
+    float_tensor(DType::F32, shape, v)
+}
+fn i32_t(shape: &[usize], v: &[i32]) -> (TensorDesc, Vec<u8>) {
+    (TensorDesc::new(DType::I32, shape.to_vec()), i32_bytes(v))
+}
+
+/// Run one op on `be`: inputs bound as Input, outputs as Output (poisoned with 0xFF bytes first
+/// so unwritten elements show) or as State with the given contents. Returns the outputs' bytes.
+fn run_op(
+    be: &mut dyn Backend,
+    op: &Op,
+    ins: &[(TensorDesc, Vec<u8>)],
+    outs: &[(TensorDesc, Option<Vec<u8>>)],
+) -> gptoss_core::Result<Vec<Vec<u8>>> {
+    let mut g = Graph::new();
+    let mut bufs = Vec::new();
+    let mut in_ids = Vec::new();
+    for (i, (d, data)) in ins.iter().enumerate() {
+        let b = be.alloc(d)?;
+        be.upload(b, data)?;
+        bufs.push(b);
+        in_ids.push(g.add_value(format!("in{i}"), d.clone(), ValueKind::Input(b)));
+    }
+    let mut out_bufs = Vec::new();
+    let mut out_ids = Vec::new();
+    for (i, (d, init)) in outs.iter().enumerate() {
+        let b = be.alloc(d)?;
+        let kind = match init {
+            Some(data) => {
+                be.upload(b, data)?;
+                ValueKind::State(b)
+            }
+            None => {
+                be.upload(b, &vec![0xFF; d.byte_size()])?;
+                ValueKind::Output(b)
+            }
+        };
+        out_bufs.push(b);
+        out_ids.push(g.add_value(format!("out{i}"), d.clone(), kind));
+    }
+    g.push(op.clone(), in_ids, out_ids);
+    let r = be.execute(&g);
+    let mut got = Vec::new();
+    if r.is_ok() {
+        for b in &out_bufs {
+            got.push(be.download(*b)?);
+        }
+    }
+    for b in bufs.into_iter().chain(out_bufs) {
+        be.free(b)?;
+    }
+    r.map(|_| got)
+}
+
+/// Both backends on the same op; returns (gpu, cpu) outputs.
+fn both(
+    gpu: &mut Wgpu,
+    op: &Op,
+    ins: &[(TensorDesc, Vec<u8>)],
+    outs: &[(TensorDesc, Option<Vec<u8>>)],
+) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let g = run_op(gpu, op, ins, outs).unwrap_or_else(|e| panic!("gpu {}: {e}", op.name()));
+    let mut cpu = gptoss_backend_cpu::cpu_backend(2);
+    let c = run_op(&mut cpu, op, ins, outs).unwrap_or_else(|e| panic!("cpu {}: {e}", op.name()));
+    (g, c)
+}
+
+/// Max abs difference (relative to the largest reference magnitude) and NMSE; panics when
+/// over `tol` or when the GPU produced a non-finite value where the CPU did not.
+fn assert_close(what: &str, gpu: &[f32], cpu: &[f32], tol: f32) {
+    assert_eq!(gpu.len(), cpu.len(), "{what}: lengths");
+    let scale = cpu.iter().fold(1f32, |m, v| m.max(v.abs()));
+    let (mut max_abs, mut err2, mut ref2) = (0f32, 0f64, 0f64);
+    for (i, (g, c)) in gpu.iter().zip(cpu).enumerate() {
+        assert!(
+            g.is_finite() || !c.is_finite(),
+            "{what}: element {i} is {g} on the GPU, {c} on the CPU"
+        );
+        max_abs = max_abs.max((g - c).abs());
+        err2 += ((g - c) as f64).powi(2);
+        ref2 += (*c as f64).powi(2);
+    }
+    let nmse = err2 / ref2.max(1e-30);
+    eprintln!("{what}: max abs {max_abs:.3e} (scale {scale:.2e}), nmse {nmse:.3e}");
+    assert!(
+        max_abs <= tol * scale,
+        "{what}: max abs diff {max_abs} > {tol} x {scale}"
+    );
+    assert!(nmse < 1e-9, "{what}: nmse {nmse}");
+}
+
+fn gpt_oss_rope() -> RopeParams {
+    RopeParams {
+        head_dim: 64,
+        theta: 150000.0,
+        yarn: Some(Yarn {
+            factor: 32.0,
+            beta_fast: 32.0,
+            beta_slow: 1.0,
+            original_max_position_embeddings: 4096,
+            truncate: false,
+            attention_factor: None,
+        }),
+    }
+}
+
+// ---------------------------------------------------------------- per-op checks against the cpu backend
+
+#[test]
+fn op_embed_matches_cpu() {
+    let mut be = gpu();
+    let mut r = Rng(11);
+    for dt in [DType::BF16, DType::F32, DType::F16] {
+        let (v, h, t) = (100, 80, 7);
+        let table = float_tensor(dt, &[v, h], &r.vec(v * h, 1.0));
+        let ids: Vec<i32> = (0..t).map(|_| r.below(v) as i32).collect();
+        let (g, c) = both(
+            &mut be,
+            &Op::Embed,
+            &[table, i32_t(&[t], &ids)],
+            &[(TensorDesc::new(DType::F32, [t, h]), None)],
+        );
+        assert_eq!(
+            to_f32(&g[0]),
+            to_f32(&c[0]),
+            "embed {dt}: rows are exact copies"
+        );
+    }
+}
+
+#[test]
+fn op_rms_norm_matches_cpu() {
+    let mut be = gpu();
+    let mut r = Rng(12);
+    for (t, h, dt) in [
+        (5, 300, DType::BF16),
+        (3, 2880, DType::F32),
+        (1, 64, DType::F16),
+    ] {
+        let x = f32_t(&[t, h], &r.vec(t * h, 3.0));
+        let w = float_tensor(dt, &[h], &r.vec(h, 1.0));
+        let (g, c) = both(
+            &mut be,
+            &Op::RmsNorm { eps: 1e-5 },
+            &[x, w],
+            &[(TensorDesc::new(DType::F32, [t, h]), None)],
+        );
+        assert_close(
+            &format!("rms_norm {t}x{h} {dt}"),
+            &to_f32(&g[0]),
+            &to_f32(&c[0]),
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn op_linear_matches_cpu() {
+    let mut be = gpu();
+    let mut r = Rng(13);
+    let cases = [
+        (1, 77, 200, DType::BF16, Some(DType::BF16)),
+        (11, 64, 64, DType::F32, None),
+        (9, 33, 2880, DType::F16, Some(DType::F32)),
+        (20, 201, 96, DType::BF16, Some(DType::BF16)),
+        // The small-T bf16 GEMV path (16-byte loads, grid-stride rows, several passes at T > 4).
+        (1, 1000, 2880, DType::BF16, Some(DType::BF16)),
+        (3, 70, 64, DType::BF16, None),
+        (7, 40, 4096, DType::BF16, Some(DType::F32)),
+    ];
+    for (t, n, k, wdt, bdt) in cases {
+        let mut ins = vec![
+            f32_t(&[t, k], &r.vec(t * k, 1.0)),
+            float_tensor(wdt, &[n, k], &r.vec(n * k, 0.1)),
+        ];
+        if let Some(bdt) = bdt {
+            ins.push(float_tensor(bdt, &[n], &r.vec(n, 1.0)));
+        }
+        let (g, c) = both(
+            &mut be,
+            &Op::Linear,
+            &ins,
+            &[(TensorDesc::new(DType::F32, [t, n]), None)],
+        );
+        assert_close(
+            &format!("linear t{t} n{n} k{k} {wdt} bias {bdt:?}"),
+            &to_f32(&g[0]),
+            &to_f32(&c[0]),
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn op_rope_matches_cpu() {
+    let mut be = gpu();
+    let mut r = Rng(14);
+    let plain = RopeParams {
+        head_dim: 16,
+        theta: 10000.0,
+        yarn: None,
+    };
+    for (params, heads) in [(gpt_oss_rope(), 3u32), (plain, 2)] {
+        let t = 6;
+        let w = heads as usize * params.head_dim as usize;
+        let pos: Vec<i32> = vec![0, 1, 7, 4095, 4097, 100_000];
+        let (g, c) = both(
+            &mut be,
+            &Op::Rope { params, heads },
+            &[f32_t(&[t, w], &r.vec(t * w, 1.0)), i32_t(&[t], &pos)],
+            &[(TensorDesc::new(DType::F32, [t, w]), None)],
+        );
+        assert_close(
+            &format!("rope d{} yarn {}", params.head_dim, params.yarn.is_some()),
+            &to_f32(&g[0]),
+            &to_f32(&c[0]),
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn op_attention_matches_cpu() {
+    let mut be = gpu();
+    let mut r = Rng(15);
+    // (heads, kv_heads, head_dim, window, positions, capacity)
+    let cases: Vec<(u32, u32, u32, u32, Vec<i32>, usize)> = vec![
+        (8, 2, 64, 0, vec![20, 21, 22, 23], 40),
+        (8, 2, 64, 7, vec![20, 21, 22, 23], 40),
+        (4, 4, 16, 5, (0..13).collect(), 16),
+        (64, 8, 64, 0, vec![300], 301),
+        (64, 8, 64, 128, vec![300], 301),
+        (2, 1, 128, 0, vec![3, 4], 8),
+    ];
+    for (nq, nkv, d, window, pos, cap) in cases {
+        let t = pos.len();
+        let (qw, kvw) = ((nq * d) as usize, (nkv * d) as usize);
+        let op = Op::Attention {
+            heads: nq,
+            kv_heads: nkv,
+            head_dim: d,
+            window,
+            scale: 1.0 / (d as f32).sqrt(),
+        };
+        let kc = r.vec(cap * kvw, 1.0);
+        let vc = r.vec(cap * kvw, 1.0);
+        let ins = [
+            f32_t(&[t, qw], &r.vec(t * qw, 2.0)),
+            f32_t(&[t, kvw], &r.vec(t * kvw, 2.0)),
+            f32_t(&[t, kvw], &r.vec(t * kvw, 1.0)),
+            float_tensor(DType::BF16, &[nq as usize], &r.vec(nq as usize, 1.0)),
+            i32_t(&[t], &pos),
+        ];
+        let cache = TensorDesc::new(DType::F32, [cap, kvw]);
+        let (g, c) = both(
+            &mut be,
+            &op,
+            &ins,
+            &[
+                (TensorDesc::new(DType::F32, [t, qw]), None),
+                (cache.clone(), Some(f32_bytes(&kc))),
+                (cache, Some(f32_bytes(&vc))),
+            ],
+        );
+        let what = format!("attention nq{nq} nkv{nkv} d{d} window {window} T{t}");
+        assert_close(&what, &to_f32(&g[0]), &to_f32(&c[0]), 1e-5);
+        assert_eq!(g[1], c[1], "{what}: k cache");
+        assert_eq!(g[2], c[2], "{what}: v cache");
+    }
+}
+
+#[test]
+fn op_topk_softmax_matches_cpu() {
+    let mut be = gpu();
+    let mut r = Rng(16);
+    for (t, e, k) in [(9, 32, 4), (3, 128, 4), (70, 8, 2)] {
+        // Values on a coarse grid so ties happen; ties must go to the lower index.
+        let logits: Vec<f32> = (0..t * e)
+            .map(|_| (r.below(9) as f32 - 4.0) * 0.5)
+            .collect();
+        let (g, c) = both(
+            &mut be,
+            &Op::TopKSoftmax { k: k as u32 },
+            &[f32_t(&[t, e], &logits)],
+            &[
+                (TensorDesc::new(DType::I32, [t, k]), None),
+                (TensorDesc::new(DType::F32, [t, k]), None),
+            ],
+        );
+        assert_eq!(to_i32(&g[0]), to_i32(&c[0]), "top-{k} of {e}: ids");
+        assert_close(
+            &format!("top-{k} of {e} weights"),
+            &to_f32(&g[1]),
+            &to_f32(&c[1]),
+            1e-6,
+        );
+    }
+}
+
+#[test]
+fn op_moe_mxfp4_matches_cpu() {
+    let mut be = gpu();
+    let mut r = Rng(17);
+    // (tokens, hidden, intermediate, experts, k)
+    for (t, h, i, e, k) in [
+        (6, 128, 64, 8, 3),
+        (1, 2880, 2880, 4, 4),
+        (33, 64, 96, 4, 2),
+    ] {
+        let rows_gu = 2 * i;
+        let (g1, g2) = (h / 32, i / 32);
+        let bytes = |n: usize, r: &mut Rng| (0..n).map(|_| r.next() as u8).collect::<Vec<u8>>();
+        let scales =
+            |n: usize, r: &mut Rng| (0..n).map(|_| 118 + r.below(8) as u8).collect::<Vec<u8>>();
+        let gub = bytes(e * rows_gu * g1 * 16, &mut r);
+        let gus = scales(e * rows_gu * g1, &mut r);
+        let dnb = bytes(e * h * g2 * 16, &mut r);
+        let dns = scales(e * h * g2, &mut r);
+        let mut ids = Vec::new();
+        let mut w = Vec::new();
+        for _ in 0..t {
+            // k distinct experts in a random (not ascending) order.
+            let mut pool: Vec<i32> = (0..e as i32).collect();
+            for s in 0..k {
+                let j = s + r.below(e - s);
+                pool.swap(s, j);
+                ids.push(pool[s]);
+                w.push(r.uniform() + 0.05);
+            }
+        }
+        let ins = [
+            f32_t(&[t, h], &r.vec(t * h, 1.0)),
+            i32_t(&[t, k], &ids),
+            f32_t(&[t, k], &w),
+            (
+                TensorDesc::new(DType::Mxfp4Blocks, [e, rows_gu, g1, 16]),
+                gub,
+            ),
+            (TensorDesc::new(DType::E8m0Scales, [e, rows_gu, g1]), gus),
+            float_tensor(DType::BF16, &[e, rows_gu], &r.vec(e * rows_gu, 2.0)),
+            (TensorDesc::new(DType::Mxfp4Blocks, [e, h, g2, 16]), dnb),
+            (TensorDesc::new(DType::E8m0Scales, [e, h, g2]), dns),
+            float_tensor(DType::BF16, &[e, h], &r.vec(e * h, 1.0)),
+        ];
+        let op = Op::MoeMxfp4 {
+            swiglu_limit: 7.0,
+            alpha: 1.702,
+        };
+        let (g, c) = both(
+            &mut be,
+            &op,
+            &ins,
+            &[(TensorDesc::new(DType::F32, [t, h]), None)],
+        );
+        assert_close(
+            &format!("moe t{t} h{h} i{i} e{e} k{k}"),
+            &to_f32(&g[0]),
+            &to_f32(&c[0]),
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn op_add_last_row_argmax_match_cpu() {
+    let mut be = gpu();
+    let mut r = Rng(18);
+    let (t, n) = (7, 1000);
+    let (a, b) = (r.vec(t * n, 1.0), r.vec(t * n, 1.0));
+    let (g, c) = both(
+        &mut be,
+        &Op::Add,
+        &[f32_t(&[t, n], &a), f32_t(&[t, n], &b)],
+        &[(TensorDesc::new(DType::F32, [t, n]), None)],
+    );
+    assert_eq!(to_f32(&g[0]), to_f32(&c[0]), "add f32 is exact");
+    let ai: Vec<i32> = (0..50).map(|_| r.next() as i32).collect();
+    let bi: Vec<i32> = (0..50).map(|_| r.next() as i32).collect();
+    let (g, c) = both(
+        &mut be,
+        &Op::Add,
+        &[i32_t(&[50], &ai), i32_t(&[50], &bi)],
+        &[(TensorDesc::new(DType::I32, [50]), None)],
+    );
+    assert_eq!(to_i32(&g[0]), to_i32(&c[0]), "add i32 wraps");
+    let (g, c) = both(
+        &mut be,
+        &Op::LastRow,
+        &[f32_t(&[t, n], &a)],
+        &[(TensorDesc::new(DType::F32, [1, n]), None)],
+    );
+    assert_eq!(to_f32(&g[0]), to_f32(&c[0]), "last_row");
+    assert_eq!(to_f32(&g[0]), a[(t - 1) * n..].to_vec());
+    // argmax: ties to the first index, NaN wins, plain random rows.
+    let mut x = r.vec(t * n, 1.0);
+    x[5] = 9.0;
+    x[700] = 9.0;
+    x[n + 3] = f32::NAN;
+    x[n + 900] = f32::NAN;
+    x[2 * n + 999] = 50.0;
+    for v in &mut x[3 * n..4 * n] {
+        *v = -1.0;
+    }
+    let (g, c) = both(
+        &mut be,
+        &Op::Argmax,
+        &[f32_t(&[t, n], &x)],
+        &[(TensorDesc::new(DType::I32, [t]), None)],
+    );
+    let gi = to_i32(&g[0]);
+    assert_eq!(gi, to_i32(&c[0]), "argmax");
+    assert_eq!(&gi[..4], &[5, 3, 999, 0]);
+}
+
+#[test]
+fn weights_above_the_binding_limit_are_split_by_rows() {
+    // 40 KiB per buffer: a [1000, 64] weight is stored as 4 parts of 320 rows (bf16) or 7 of
+    // 160 rows (f32); outputs of up to 10 tokens stay in one buffer.
+    let mut be = gpu().with_binding_limit(40 * 1024);
+    assert_eq!(be.binding_limit(), 40 * 1024);
+    let mut r = Rng(21);
+    let (n, k) = (1000, 64);
+    for wdt in [DType::BF16, DType::F32] {
+        let w = float_tensor(wdt, &[n, k], &r.vec(n * k, 0.1));
+        for t in [1usize, 3, 9] {
+            let ins = [
+                f32_t(&[t, k], &r.vec(t * k, 1.0)),
+                w.clone(),
+                float_tensor(DType::BF16, &[n], &r.vec(n, 1.0)),
+            ];
+            let (g, c) = both(
+                &mut be,
+                &Op::Linear,
+                &ins,
+                &[(TensorDesc::new(DType::F32, [t, n]), None)],
+            );
+            assert_close(
+                &format!("split linear t{t} {wdt}"),
+                &to_f32(&g[0]),
+                &to_f32(&c[0]),
+                1e-5,
+            );
+        }
+        let ids: Vec<i32> = vec![0, 159, 160, 999, 319, 320];
+        let (g, c) = both(
+            &mut be,
+            &Op::Embed,
+            &[w.clone(), i32_t(&[6], &ids)],
+            &[(TensorDesc::new(DType::F32, [6, k]), None)],
+        );
+        assert_eq!(to_f32(&g[0]), to_f32(&c[0]), "split embed {wdt}");
+        // Upload/download round-trips through the parts.
+        let b = be.alloc(&w.0).unwrap();
+        be.upload(b, &w.1).unwrap();
+        assert_eq!(be.download(b).unwrap(), w.1, "split round trip {wdt}");
+        be.free(b).unwrap();
+    }
+    // An op that needs one binding names the limit instead of failing obscurely.
+    let e = run_op(
+        &mut be,
+        &Op::RmsNorm { eps: 1e-5 },
+        &[f32_t(&[12000, 1], &vec![1.0; 12000]), f32_t(&[1], &[1.0])],
+        &[(TensorDesc::new(DType::F32, [12000, 1]), None)],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("max_storage_buffer_binding_size"), "{e}");
+}
+
+#[test]
+fn bad_input_is_an_error_and_the_backend_stays_usable() {
+    let mut be = gpu();
+    let table = float_tensor(DType::BF16, &[10, 32], &[0.5; 320]);
+    let out = [(TensorDesc::new(DType::F32, [2, 32]), None)];
+    let e = run_op(
+        &mut be,
+        &Op::Embed,
+        &[table.clone(), i32_t(&[2], &[3, 10])],
+        &out,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("token id 10") && e.contains("10 tokens"), "{e}");
+    let op = Op::Attention {
+        heads: 1,
+        kv_heads: 1,
+        head_dim: 16,
+        window: 0,
+        scale: 0.25,
+    };
+    let cache = TensorDesc::new(DType::F32, [4, 16]);
+    let e = run_op(
+        &mut be,
+        &op,
+        &[
+            f32_t(&[1, 16], &[0.1; 16]),
+            f32_t(&[1, 16], &[0.1; 16]),
+            f32_t(&[1, 16], &[0.1; 16]),
+            f32_t(&[1], &[0.0]),
+            i32_t(&[1], &[4]),
+        ],
+        &[
+            (TensorDesc::new(DType::F32, [1, 16]), None),
+            (cache.clone(), Some(vec![0; cache.byte_size()])),
+            (cache.clone(), Some(vec![0; cache.byte_size()])),
+        ],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("position 4") && e.contains("capacity of 4"),
+        "{e}"
+    );
+    // Still usable, with the error word cleared.
+    let got = run_op(&mut be, &Op::Embed, &[table, i32_t(&[2], &[3, 9])], &out).unwrap();
+    assert_eq!(to_f32(&got[0]), vec![0.5; 64]);
+}
+
+fn load(name: &str) -> Model {
+    Model::load(&fixture_dir(name), Box::new(gpu()), &mut |_, _| {}).expect("fixture loads")
+}
+
+#[test]
+fn fixtures_prefill_matches_transformers() {
+    for name in FIXTURES {
+        let mut model = load(name);
+        assert_eq!(model.backend_name(), "wgpu");
+        let v = model.config.vocab_size;
+        for (i, (prompt, want)) in Reference::load(name).prompts().into_iter().enumerate() {
+            let mut s = model.new_session(prompt.len()).unwrap();
+            let got = model.forward(&mut s, &prompt, LogitsWanted::All).unwrap();
+            let diff = compare_logits(&format!("{name} prompt {i} prefill"), &got, &want, v);
+            eprintln!("{name} prompt {i} prefill: max abs diff {diff:.3e}");
+            assert!(diff < F32_LOGIT_TOLERANCE, "{name} prompt {i}: {diff}");
+        }
+    }
+}
+
+#[test]
+fn fixtures_incremental_matches_transformers() {
+    for name in FIXTURES {
+        let mut model = load(name);
+        let v = model.config.vocab_size;
+        for (i, (prompt, want)) in Reference::load(name).prompts().into_iter().enumerate() {
+            let mut s = model.new_session(prompt.len()).unwrap();
+            let mut got = Vec::new();
+            for t in &prompt {
+                got.extend(model.forward(&mut s, &[*t], LogitsWanted::All).unwrap());
+            }
+            let diff = compare_logits(&format!("{name} prompt {i} incremental"), &got, &want, v);
+            eprintln!("{name} prompt {i} incremental: max abs diff {diff:.3e}");
+            assert!(diff < F32_LOGIT_TOLERANCE, "{name} prompt {i}: {diff}");
+        }
+    }
+}
+
+#[test]
+fn fixtures_chunked_prefill_and_last_row_match() {
+    for name in FIXTURES {
+        let mut model = load(name);
+        let v = model.config.vocab_size;
+        let (prompt, want) = Reference::load(name).prompts().remove(0);
+        let mut s = model.new_session(prompt.len()).unwrap();
+        let mut got = Vec::new();
+        for chunk in prompt.chunks(7) {
+            got.extend(model.forward(&mut s, chunk, LogitsWanted::All).unwrap());
+        }
+        let diff = compare_logits(&format!("{name} chunked"), &got, &want, v);
+        eprintln!("{name} chunked prefill: max abs diff {diff:.3e}");
+        assert!(diff < F32_LOGIT_TOLERANCE, "{name}: {diff}");
+        let mut s2 = model.new_session(prompt.len()).unwrap();
+        let last = model.forward(&mut s2, &prompt, LogitsWanted::Last).unwrap();
+        let mut s3 = model.new_session(prompt.len()).unwrap();
+        let all = model.forward(&mut s3, &prompt, LogitsWanted::All).unwrap();
+        // Not bitwise: at T = 1 the lm_head runs the small-T GEMV (16-byte loads, another
+        // summation order) while All over the prompt runs the general linear kernel; both are
+        // f32 with f32 accumulation, so they agree to rounding, with the same argmax.
+        let row = &all[all.len() - v..];
+        let d = row
+            .iter()
+            .zip(&last)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            d <= 1e-5,
+            "{name}: Last vs last row of All: max abs diff {d}"
+        );
+        assert_eq!(
+            gptoss_models::model::argmax(row),
+            gptoss_models::model::argmax(&last),
+            "{name}: argmax of Last = argmax of the last row of All"
+        );
+    }
+}
+
+#[test]
+fn fixtures_greedy_tokens_match_transformers_and_cpu() {
+    for name in FIXTURES {
+        let r = Reference::load(name);
+        let want = r.tokens("greedy_tokens");
+        let prompt = r.tokens("greedy_prompt");
+        let got = load(name)
+            .generate_greedy(&prompt, want.len(), &[], 0, &mut |_| {})
+            .unwrap();
+        assert_eq!(got, want, "{name}: greedy continuation vs transformers");
+        let mut cpu = Model::load(
+            &fixture_dir(name),
+            Box::new(gptoss_backend_cpu::cpu_backend(0)),
+            &mut |_, _| {},
+        )
+        .unwrap();
+        let cpu_tokens = cpu
+            .generate_greedy(&prompt, want.len(), &[], 0, &mut |_| {})
+            .unwrap();
+        assert_eq!(
+            got, cpu_tokens,
+            "{name}: greedy continuation vs the cpu backend"
+        );
+        eprintln!("{name} greedy: {} tokens equal", got.len());
+    }
+}
