@@ -318,7 +318,12 @@ fn print_text(r: &Report) {
             }
         }
     }
-    println!("  (wgpu adapters are not detected yet)");
+    // Vulkan/Metal/DX12 adapters are what the wgpu plugin's probe lists (above).
+    if r.backends.iter().any(|b| b.name == "wgpu") {
+        println!("  (Vulkan/Metal/DX12 adapters: see the wgpu backend's devices above)");
+    } else {
+        println!("  (Vulkan/Metal/DX12 adapters are listed when the wgpu plugin is installed)");
+    }
     if let Some(best) = &r.gpus.best_by_rules {
         let installed = r
             .gpus
