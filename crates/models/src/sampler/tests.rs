@@ -257,18 +257,31 @@ fn top_p_over_a_full_vocabulary_keeps_exactly_the_needed_head() {
     // Equal logits: ties go to the lower id, so top_p 0.5 keeps ids below half the vocabulary,
     // far beyond the first sorted heads (64, 512, 4096, 32768).
     let n = 201_088;
-    let mut s = sampler(SamplingParams { top_p: 0.5, seed: Some(21), ..Default::default() });
+    let mut s = sampler(SamplingParams {
+        top_p: 0.5,
+        seed: Some(21),
+        ..Default::default()
+    });
     let d: Vec<u32> = (0..60).map(|_| s.sample(&mut vec![0.0; n], &[])).collect();
     assert!(d.iter().all(|&t| (t as usize) < n / 2 + 1));
-    assert!(d.iter().any(|&t| t > 40_000), "the cut is not at an early head");
+    assert!(
+        d.iter().any(|&t| t > 40_000),
+        "the cut is not at an early head"
+    );
     // A peaked distribution: token 7 holds most of the mass, then ids 100..110.
     let mut peaked = vec![-30.0f32; n];
     peaked[7] = 10.0;
     for v in &mut peaked[100..110] {
         *v = 8.0;
     }
-    let mut s = sampler(SamplingParams { top_p: 0.9, seed: Some(2), ..Default::default() });
-    let d: Vec<u32> = (0..200).map(|_| s.sample(&mut peaked.clone(), &[])).collect();
+    let mut s = sampler(SamplingParams {
+        top_p: 0.9,
+        seed: Some(2),
+        ..Default::default()
+    });
+    let d: Vec<u32> = (0..200)
+        .map(|_| s.sample(&mut peaked.clone(), &[]))
+        .collect();
     assert!(d.iter().all(|&t| t == 7 || (100..110).contains(&t)));
     assert!(d.iter().any(|&t| t != 7));
 }
