@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run on the GPU machine from the repo root, with dist/ holding the release gptoss binary and
 # plugin .so files (built here: cargo build --release -p gptoss-cli -p gptoss-backend-cpu
-# -p gptoss-backend-cuda-mxfp4; cp target/release/{gptoss,*.so} dist/). Results go to $OUT.
+# -p gptoss-backend-cuda-mxfp4 -p gptoss-backend-cuda-bf16; cp target/release/{gptoss,*.so} dist/). Results go to $OUT.
 set -uo pipefail
 OUT=${OUT:-/tmp/gptoss-out}
 mkdir -p "$OUT"

@@ -289,8 +289,15 @@ fn fake_cuda_device_shows_in_the_gpus_section() {
         gpus.contains("CUDA 0: NVIDIA GeForce RTX 3090, sm_86, 24.0 GiB, driver 12.8"),
         "{gpus}"
     );
-    assert!(
-        gpus.contains("suits: cuda-bf16 (the cuda-bf16 plugin is not installed)"),
+    // The workspace builds the cuda-bf16 plugin next to gptoss; the line says so when it is
+    // not there.
+    assert!(gpus.contains("suits: cuda-bf16"), "{gpus}");
+    let installed = exe()
+        .parent()
+        .is_some_and(|d| d.join("libgptoss_backend_cuda_bf16.so").exists());
+    assert_eq!(
+        gpus.contains("(the cuda-bf16 plugin is not installed)"),
+        !installed,
         "{gpus}"
     );
     assert!(
@@ -307,8 +314,12 @@ fn fake_cuda_device_shows_in_the_gpus_section() {
     assert_eq!(d["memory_bytes"], 25769803776u64);
     assert_eq!(v["gpus"]["cuda_error"], Value::Null);
     assert_eq!(v["gpus"]["best_by_rules"], "cuda-bf16");
-    // nothing installed can use it yet: auto-selection still runs on the cpu
-    assert_eq!(v["auto"]["backend"], "cpu");
+    // auto-selection follows the installed plugins' probes: cuda-bf16 (built next to gptoss
+    // by the workspace) scores 90 on the simulated sm_86, else the cpu runs
+    assert_eq!(
+        v["auto"]["backend"],
+        if installed { "cuda-bf16" } else { "cpu" }
+    );
 
     // a Hopper card suits cuda-mxfp4
     let mut c = gptoss_cmd(&exe(), &["backends", "--json"]);

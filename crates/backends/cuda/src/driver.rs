@@ -9,7 +9,22 @@ use gptoss_core::{Error, Result};
 
 pub use sys::{CUdeviceptr, CUfunction};
 
-pub const BACKEND: &str = "cuda-mxfp4";
+/// Whether this process runs the portable flavor (set when a backend is probed or created; a
+/// plugin library holds one flavor, so its errors carry that flavor's backend name).
+static PORTABLE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn set_flavor(portable: bool) {
+    PORTABLE.store(portable, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The backend name for errors: "cuda-mxfp4" or "cuda-bf16".
+pub fn backend() -> &'static str {
+    if PORTABLE.load(std::sync::atomic::Ordering::Relaxed) {
+        gptoss_core::plugin::scoring::CUDA_BF16
+    } else {
+        gptoss_core::plugin::scoring::CUDA_MXFP4
+    }
+}
 
 /// The driver's name and description of a failure, e.g. `CUDA_ERROR_OUT_OF_MEMORY (out of memory)`.
 pub fn describe(e: &result::DriverError) -> String {
@@ -24,7 +39,7 @@ pub fn describe(e: &result::DriverError) -> String {
 }
 
 pub fn cuda_err(what: &str, e: result::DriverError) -> Error {
-    Error::backend(BACKEND, format!("{what}: {}", describe(&e)))
+    Error::backend(backend(), format!("{what}: {}", describe(&e)))
 }
 
 /// Whether libcuda can be opened at all (checked before any cudarc call, which would panic).
@@ -114,7 +129,7 @@ impl Gpu {
         let info = devices()?
             .into_iter()
             .nth(ordinal)
-            .ok_or_else(|| Error::backend(BACKEND, format!("no CUDA device {ordinal}")))?;
+            .ok_or_else(|| Error::backend(backend(), format!("no CUDA device {ordinal}")))?;
         let driver = driver_version()?;
         let dev = result::device::get(ordinal as i32).map_err(|e| cuda_err("cuDeviceGet", e))?;
         // SAFETY: dev comes from cuDeviceGet; the context is released in Drop.
@@ -236,7 +251,7 @@ impl Gpu {
         self.launch_raw(name, f, grid, block, smem, slots)?;
         if self.sync_each {
             self.sync()
-                .map_err(|e| Error::backend(BACKEND, format!("kernel {name}: {e}")))?;
+                .map_err(|e| Error::backend(backend(), format!("kernel {name}: {e}")))?;
         }
         Ok(())
     }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use gptoss_core::{Error, Result};
 
-use crate::driver::{CUfunction, Gpu, BACKEND};
+use crate::driver::{backend, CUfunction, Gpu};
 use crate::nvrtc::{cache_dir, cache_store, fnv64, Nvrtc};
 
 const COMMON: &str = include_str!("kernels/common.cuh");
@@ -115,11 +115,28 @@ pub const FAMILIES: &[Family] = &[
     },
 ];
 
-/// The NVRTC target for a compute capability: the arch-specific variant from Hopper on
-/// (sm_90a, sm_100a, sm_120a), so later kernels may use wgmma and friends.
+/// The cuda-mxfp4 NVRTC target for a compute capability: the arch-specific variant from Hopper
+/// on (sm_90a, sm_100a, sm_120a), so later kernels may use wgmma and friends.
 pub fn arch_for(cc: (u32, u32)) -> String {
     let suffix = if cc.0 >= 9 { "a" } else { "" };
     format!("sm_{}{}{suffix}", cc.0, cc.1)
+}
+
+/// The portable (cuda-bf16) NVRTC target: the virtual architecture of the device, "compute_86"
+/// (PTX that the driver JIT-compiles), so nothing past that generation is emitted.
+pub fn portable_arch_for(cc: (u32, u32)) -> String {
+    format!("compute_{}{}", cc.0, cc.1)
+}
+
+/// The kernel families the portable flavor leaves out on a target: the tensor-core family
+/// (mma.sync m16n8k16 with bf16 operands, ldmatrix) needs sm_80, so sm_70/sm_75 run the
+/// f32-accumulating CUDA-core kernels only.
+pub fn portable_skip(cc: (u32, u32)) -> &'static [&'static str] {
+    if cc < (8, 0) {
+        &["mma"]
+    } else {
+        &[]
+    }
 }
 
 /// How one family's module was obtained.
@@ -141,13 +158,24 @@ pub struct Kernels {
 unsafe impl Send for Kernels {}
 
 impl Kernels {
-    pub fn load(gpu: &Gpu) -> Result<Kernels> {
-        let arch = arch_for(gpu.info.cc);
+    /// Compile (or load from the cache) every family for `arch` ("sm_90a": a cubin;
+    /// "compute_80": PTX the driver JIT-compiles), leaving out the families in `skip`.
+    pub fn load(gpu: &Gpu, arch: &str, skip: &[&str]) -> Result<Kernels> {
+        let arch = arch.to_string();
+        let ext = if arch.starts_with("compute_") {
+            "ptx"
+        } else {
+            "cubin"
+        };
+        let families: Vec<&'static Family> = FAMILIES
+            .iter()
+            .filter(|f| !skip.contains(&f.name))
+            .collect();
         let options = vec![
             format!("--gpu-architecture={arch}"),
             "-lineinfo".to_string(),
         ];
-        let dir = cache_dir().map(|d| d.join("cuda-mxfp4"));
+        let dir = cache_dir().map(|d| d.join(backend()));
         let key = |f: &Family| {
             fnv64(&[
                 COMMON.as_bytes(),
@@ -158,7 +186,7 @@ impl Kernels {
         let path_of = |f: &Family| {
             dir.as_ref().map(|d| {
                 d.join(format!(
-                    "{}-{arch}-cuda{}.{}-{:016x}.cubin",
+                    "{}-{arch}-cuda{}.{}-{:016x}.{ext}",
                     f.name,
                     gpu.driver.0,
                     gpu.driver.1,
@@ -174,7 +202,7 @@ impl Kernels {
         };
         // Cache hits first; whatever misses is compiled (in parallel) below.
         let mut missing: Vec<&Family> = Vec::new();
-        for f in FAMILIES {
+        for f in families {
             let path = path_of(f);
             let cached = path.as_ref().and_then(|p| std::fs::read(p).ok());
             match cached.map(|img| gpu.load_module(&img)) {
@@ -208,7 +236,7 @@ impl Kernels {
                 .into_iter()
                 .map(|h| {
                     h.join().unwrap_or_else(|_| {
-                        Err(Error::backend(BACKEND, "NVRTC compile thread panicked"))
+                        Err(Error::backend(backend(), "NVRTC compile thread panicked"))
                     })
                 })
                 .collect()
@@ -219,8 +247,9 @@ impl Kernels {
             if let Err(e) = r {
                 if f.optional {
                     eprintln!(
-                        "cuda-mxfp4: optional kernels/{}.cu did not compile for {arch} \
+                        "{}: optional kernels/{}.cu did not compile for {arch} \
                          (using the fallback kernels):\n{e}",
+                        backend(),
                         f.name
                     );
                 } else {
@@ -230,7 +259,7 @@ impl Kernels {
         }
         if !errors.is_empty() {
             return Err(Error::backend(
-                BACKEND,
+                backend(),
                 format!(
                     "compiling kernels with NVRTC {:?} ({}) for {arch} failed:\n{}",
                     nvrtc.version(),
@@ -246,7 +275,7 @@ impl Kernels {
             };
             let m = gpu.load_module(&img).map_err(|e| {
                 Error::backend(
-                    BACKEND,
+                    backend(),
                     format!("loading kernels/{}.cu for {arch}: {e}", f.name),
                 )
             })?;
@@ -276,7 +305,7 @@ impl Kernels {
         self.functions
             .get(name)
             .copied()
-            .ok_or_else(|| Error::backend(BACKEND, format!("kernel {name} is not loaded")))
+            .ok_or_else(|| Error::backend(backend(), format!("kernel {name} is not loaded")))
     }
 
     /// Whether kernel `name` is loaded (optional families may be missing).

@@ -1,4 +1,14 @@
-//! cuda-mxfp4: the gptoss backend for NVIDIA Hopper and Blackwell GPUs (sm_90+).
+//! gptoss-cuda: the CUDA backend shared by two plugins, generic over a [`Flavor`]:
+//!
+//! - [`Mxfp4`] (plugin `cuda-mxfp4`, crates/backends/cuda-mxfp4): Hopper and Blackwell (sm_90+),
+//!   kernels built for the arch-specific target (sm_90a, sm_100a, sm_120a).
+//! - [`Portable`] (plugin `cuda-bf16`, crates/backends/cuda-bf16): Volta to Ada (sm_70..sm_89),
+//!   kernels built as PTX for the device's virtual architecture (compute_XY), so nothing newer
+//!   than the device slips in; the tensor-core family (mma.sync bf16, sm_80) is left out on
+//!   sm_70/sm_75. Experts stay MXFP4 and are dequantized inside the kernels (W4A16).
+//!
+//! This crate is an rlib only; each plugin crate exports its flavor with `export_backend!`
+//! (two rlibs exporting the entry symbol would collide in one cdylib).
 //!
 //! - Buffers live in GPU memory with their logical dtype: BF16 weights stay bf16, MXFP4 blocks
 //!   and E8M0 scales stay packed bytes (the MoE kernels decode them on the fly), F32/I32 as is.
@@ -15,11 +25,13 @@
 
 mod driver;
 mod kernels;
+pub mod memory;
 pub mod nvrtc;
 mod ops;
-mod probe;
+pub mod probe;
 
 use std::collections::HashMap;
+use std::marker::PhantomData;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use gptoss_core::graph::ValueKind;
@@ -27,8 +39,66 @@ use gptoss_core::plugin::{PluginBackend, PluginOptions};
 use gptoss_core::rope::RopeParams;
 use gptoss_core::{Backend, BufferId, Error, Graph, ProbeReport, Result, TensorDesc};
 
-use driver::{CUdeviceptr, Gpu, BACKEND};
-pub use kernels::{arch_for, ModuleOrigin};
+use driver::{CUdeviceptr, Gpu};
+pub use kernels::{arch_for, portable_arch_for, portable_skip, ModuleOrigin};
+
+/// Which plugin the shared code runs as: its name, score rule and kernel targets.
+pub trait Flavor: Send + 'static {
+    /// The backend name ("cuda-mxfp4", "cuda-bf16").
+    const NAME: &'static str;
+    /// Portable (sm_70..sm_89, compute_XY PTX) rather than Hopper/Blackwell MXFP4.
+    const PORTABLE: bool;
+}
+
+/// Hopper/Blackwell: sm_90a/sm_100a/sm_120a cubins, tensor-core paths, scored by
+/// `scoring::cuda_mxfp4`.
+pub struct Mxfp4;
+
+/// Volta to Ada: compute_XY PTX of the device, scored by `scoring::cuda_bf16`.
+/// `GPTOSS_CUDA_PORTABLE_ARCH=compute_80` (any compute_XY) overrides the target, e.g. to run
+/// the portable kernels on a Hopper GPU as sm_80 code.
+pub struct Portable;
+
+impl Flavor for Mxfp4 {
+    const NAME: &'static str = gptoss_core::plugin::scoring::CUDA_MXFP4;
+    const PORTABLE: bool = false;
+}
+
+impl Flavor for Portable {
+    const NAME: &'static str = gptoss_core::plugin::scoring::CUDA_BF16;
+    const PORTABLE: bool = true;
+}
+
+/// The cuda-mxfp4 plugin's backend.
+pub type CudaMxfp4 = Cuda<Mxfp4>;
+/// The cuda-bf16 plugin's backend.
+pub type CudaBf16 = Cuda<Portable>;
+
+/// The portable target for a device of compute capability `cc`: `GPTOSS_CUDA_PORTABLE_ARCH`
+/// when set (compute_XY), else compute_XY of the device. Returns (arch, the capability the
+/// code is built for).
+pub fn portable_target(cc: (u32, u32)) -> Result<(String, (u32, u32))> {
+    match std::env::var("GPTOSS_CUDA_PORTABLE_ARCH") {
+        Ok(v) if !v.is_empty() => {
+            let digits = v.strip_prefix("compute_").unwrap_or("");
+            let n: u32 = digits.parse().map_err(|_| {
+                Error::Input(format!(
+                    "GPTOSS_CUDA_PORTABLE_ARCH={v}: expected compute_XY, e.g. compute_80"
+                ))
+            })?;
+            let target = (n / 10, n % 10);
+            if target < (7, 0) || target > cc {
+                return Err(Error::Input(format!(
+                    "GPTOSS_CUDA_PORTABLE_ARCH={v}: needs compute_70..compute_{}{} on this \
+                     device (sm_{}{})",
+                    cc.0, cc.1, cc.0, cc.1
+                )));
+            }
+            Ok((v, target))
+        }
+        _ => Ok((portable_arch_for(cc), cc)),
+    }
+}
 
 struct DevBuf {
     ptr: CUdeviceptr,
@@ -36,7 +106,7 @@ struct DevBuf {
 }
 
 /// The backend: one GPU, one stream, device buffers and the compiled kernels.
-pub struct CudaMxfp4 {
+pub struct Cuda<F: Flavor> {
     buffers: HashMap<BufferId, DevBuf>,
     next_id: u64,
     /// Free temporaries by byte size, reused across ops and steps.
@@ -61,6 +131,7 @@ pub struct CudaMxfp4 {
     /// GPTOSS_CUDA_PROFILE=1: per-node device times, aggregated by op and shape.
     profile: Option<Profile>,
     gpu: Gpu,
+    _flavor: PhantomData<F>,
 }
 
 /// Device time per (op, output shape), printed to stderr when the backend is dropped
@@ -76,15 +147,15 @@ struct Profile {
 
 // Event and graph handles belong to the context, which `bind` makes current on whichever
 // thread calls in (as for the Gpu's stream).
-unsafe impl Send for CudaMxfp4 {}
+unsafe impl<F: Flavor> Send for Cuda<F> {}
 
 impl Profile {
-    fn report(&self) -> String {
+    fn report(&self, name: &str) -> String {
         let mut rows: Vec<(&String, &(u64, f64))> = self.table.iter().collect();
         rows.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1));
         let total: f64 = rows.iter().map(|r| r.1 .1).sum();
         let mut out = format!(
-            "cuda-mxfp4 profile: {} executes, {:.3} ms of node time\n{:>10} {:>8} {:>10} {:>6}  op [output shape]\n",
+            "{name} profile: {} executes, {:.3} ms of node time\n{:>10} {:>8} {:>10} {:>6}  op [output shape]\n",
             self.executes, total, "total ms", "nodes", "us/node", "%"
         );
         for (k, (n, ms)) in rows {
@@ -100,14 +171,14 @@ impl Profile {
     }
 }
 
-impl CudaMxfp4 {
+impl<F: Flavor> Cuda<F> {
     /// The device this instance runs on, e.g. "NVIDIA H100 80GB HBM3 (sm_90)".
     pub fn device_name(&self) -> String {
         let (a, b) = self.gpu.info.cc;
         format!("{} (sm_{a}{b})", self.gpu.info.name)
     }
 
-    /// The NVRTC target the kernels were built for, e.g. "sm_90a".
+    /// The NVRTC target the kernels were built for, e.g. "sm_90a" or "compute_80".
     pub fn arch(&self) -> &str {
         &self.kernels.arch
     }
@@ -117,28 +188,47 @@ impl CudaMxfp4 {
         &self.kernels.origins
     }
 
-    fn open(options: &PluginOptions) -> Result<CudaMxfp4> {
+    fn open(options: &PluginOptions) -> Result<Cuda<F>> {
+        driver::set_flavor(F::PORTABLE);
+        let needs = if F::PORTABLE {
+            "sm_70+ (Volta or newer)"
+        } else {
+            "sm_90+ (Hopper/Blackwell)"
+        };
         if !driver::driver_present() {
             return Err(Error::backend(
-                BACKEND,
+                F::NAME,
                 format!(
-                    "{}; cuda-mxfp4 needs an NVIDIA GPU (sm_90+) and its driver; try --backend cpu",
-                    gptoss_gpu_detect::NO_DRIVER
+                    "{}; {} needs an NVIDIA GPU ({needs}) and its driver; try --backend cpu",
+                    gptoss_gpu_detect::NO_DRIVER,
+                    F::NAME
                 ),
             ));
         }
         let gpu = Gpu::open(options.device)?;
         let cc = gpu.info.cc;
-        if cc.0 < 9 {
+        let min = if F::PORTABLE { (7, 0) } else { (9, 0) };
+        if cc < min {
+            let hint = if F::PORTABLE || cc < (7, 0) {
+                "wgpu"
+            } else {
+                "cuda-bf16"
+            };
             return Err(Error::backend(
-                BACKEND,
+                F::NAME,
                 format!(
-                    "{}: needs sm_90+ (Hopper/Blackwell), found sm_{}{}; try --backend cuda-bf16",
+                    "{}: needs {needs}, found sm_{}{}; try --backend {hint}",
                     gpu.info.name, cc.0, cc.1
                 ),
             ));
         }
-        let kernels = kernels::Kernels::load(&gpu)?;
+        let (arch, skip, target_cc) = if F::PORTABLE {
+            let (arch, target) = portable_target(cc)?;
+            (arch, portable_skip(target), target)
+        } else {
+            (arch_for(cc), &[][..], cc)
+        };
+        let kernels = kernels::Kernels::load(&gpu, &arch, skip)?;
         let err = gpu
             .malloc(16)
             .map_err(|e| driver::cuda_err("allocating the error word", e))?;
@@ -154,7 +244,7 @@ impl CudaMxfp4 {
                 every: v == "2",
                 ..Default::default()
             });
-        let me = CudaMxfp4 {
+        let me = Cuda {
             buffers: HashMap::new(),
             next_id: 1,
             pool: HashMap::new(),
@@ -174,7 +264,14 @@ impl CudaMxfp4 {
             graph: None,
             profile,
             gpu,
+            _flavor: PhantomData,
         };
+        // Below sm_80 there are no bf16 tensor cores: the mma family is not loaded, so the
+        // tensor-core linear/MoE/attention paths stay off whatever GPTOSS_CUDA_MMA_MIN_T says.
+        let mut me = me;
+        if target_cc < (8, 0) {
+            me.mma_min_t = usize::MAX;
+        }
         me.gpu.memset_zero(me.err, 16)?;
         me.gpu.sync()?;
         Ok(me)
@@ -198,7 +295,7 @@ impl CudaMxfp4 {
             if e.0 == cudarc::driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
                 let (free, total) = self.gpu.mem_info();
                 Error::backend(
-                    BACKEND,
+                    F::NAME,
                     format!(
                         "out of GPU memory allocating {bytes} bytes for '{name}' (free {free} of \
                          {total} bytes on {}); use a shorter context or a smaller model",
@@ -332,7 +429,7 @@ impl CudaMxfp4 {
             ran.map_err(|e| match e {
                 Error::Unsupported { .. } | Error::Input(_) => e,
                 other => Error::backend(
-                    BACKEND,
+                    F::NAME,
                     format!(
                         "{} ({}): {other}",
                         node.op.name(),
@@ -353,13 +450,13 @@ impl CudaMxfp4 {
     }
 }
 
-impl Backend for CudaMxfp4 {
+impl<F: Flavor> Backend for Cuda<F> {
     fn name(&self) -> &str {
-        BACKEND
+        F::NAME
     }
 
     fn probe(&self) -> ProbeReport {
-        probe::probe()
+        probe::probe::<F>()
     }
 
     fn alloc(&mut self, desc: &TensorDesc) -> Result<BufferId> {
@@ -383,7 +480,7 @@ impl Backend for CudaMxfp4 {
         let b = self
             .buffers
             .remove(&id)
-            .ok_or_else(|| Error::backend(BACKEND, format!("free of unknown buffer {}", id.0)))?;
+            .ok_or_else(|| Error::backend(F::NAME, format!("free of unknown buffer {}", id.0)))?;
         // Back to the pool (stream order keeps later reuse safe); trimmed after a step that
         // did not use its size.
         self.give_temp(b.desc.byte_size(), b.ptr);
@@ -395,7 +492,7 @@ impl Backend for CudaMxfp4 {
         let b = self
             .buffers
             .get(&id)
-            .ok_or_else(|| Error::backend(BACKEND, format!("upload to unknown buffer {}", id.0)))?;
+            .ok_or_else(|| Error::backend(F::NAME, format!("upload to unknown buffer {}", id.0)))?;
         if data.len() != b.desc.byte_size() {
             return Err(Error::tensor(
                 format!("buffer {}", id.0),
@@ -413,7 +510,7 @@ impl Backend for CudaMxfp4 {
     fn download(&mut self, id: BufferId) -> Result<Vec<u8>> {
         self.gpu.bind()?;
         let b = self.buffers.get(&id).ok_or_else(|| {
-            Error::backend(BACKEND, format!("download of unknown buffer {}", id.0))
+            Error::backend(F::NAME, format!("download of unknown buffer {}", id.0))
         })?;
         let mut out = vec![0u8; b.desc.byte_size()];
         self.gpu.dtoh(&mut out, b.ptr)?;
@@ -461,7 +558,7 @@ impl Backend for CudaMxfp4 {
             {
                 let buf = self.buffers.get(&b).ok_or_else(|| {
                     Error::backend(
-                        BACKEND,
+                        F::NAME,
                         format!("'{}' is bound to unknown buffer {}", v.name, b.0),
                     )
                 })?;
@@ -502,7 +599,7 @@ impl Backend for CudaMxfp4 {
     }
 }
 
-impl CudaMxfp4 {
+impl<F: Flavor> Cuda<F> {
     /// Issue a step's recorded launches: as the captured graph when the same launches ran
     /// before (decode steps repeat exactly: same kernels, pointers and sizes), captured when
     /// they repeat the previous step, else directly.
@@ -541,20 +638,20 @@ impl CudaMxfp4 {
             e.1 += ms;
         }
         if p.every {
-            eprint!("{}", p.report());
+            eprint!("{}", p.report(F::NAME));
             p.table.clear();
         }
         Ok(())
     }
 }
 
-impl Drop for CudaMxfp4 {
+impl<F: Flavor> Drop for Cuda<F> {
     fn drop(&mut self) {
         let _ = self.gpu.bind();
         let _ = self.gpu.sync();
         if let Some(p) = self.profile.take() {
             if !p.every && p.executes > 0 {
-                eprint!("{}", p.report());
+                eprint!("{}", p.report(F::NAME));
             }
             for ev in p.events {
                 self.gpu.event_destroy(ev);
@@ -579,28 +676,26 @@ impl Drop for CudaMxfp4 {
     }
 }
 
-impl PluginBackend for CudaMxfp4 {
-    const NAME: &'static str = BACKEND;
+impl<F: Flavor> PluginBackend for Cuda<F> {
+    const NAME: &'static str = F::NAME;
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
 
     fn probe_devices() -> ProbeReport {
-        probe::probe()
+        probe::probe::<F>()
     }
 
     fn create(options: &PluginOptions) -> Result<Self> {
         // cudarc panics on a missing driver symbol: keep that inside, as an error.
-        catch_unwind(AssertUnwindSafe(|| CudaMxfp4::open(options))).unwrap_or_else(|p| {
+        catch_unwind(AssertUnwindSafe(|| Cuda::<F>::open(options))).unwrap_or_else(|p| {
             let msg = p
                 .downcast_ref::<String>()
                 .cloned()
                 .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "unknown panic".into());
             Err(Error::backend(
-                BACKEND,
+                F::NAME,
                 format!("the CUDA driver could not be used: {msg}"),
             ))
         })
     }
 }
-
-gptoss_core::export_backend!(CudaMxfp4);

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use gptoss_core::{Error, Result};
 
-use crate::driver::BACKEND;
+use crate::driver::backend;
 
 type Prog = *mut c_void;
 type Status = c_int;
@@ -32,6 +32,8 @@ struct Api {
     log: unsafe extern "C" fn(Prog, *mut c_char) -> Status,
     cubin_size: unsafe extern "C" fn(Prog, *mut usize) -> Status,
     cubin: unsafe extern "C" fn(Prog, *mut c_char) -> Status,
+    ptx_size: unsafe extern "C" fn(Prog, *mut usize) -> Status,
+    ptx: unsafe extern "C" fn(Prog, *mut c_char) -> Status,
     destroy: unsafe extern "C" fn(*mut Prog) -> Status,
     error_string: unsafe extern "C" fn(Status) -> *const c_char,
 }
@@ -106,10 +108,10 @@ impl Nvrtc {
             }
         }
         Err(Error::backend(
-            BACKEND,
+            backend(),
             format!(
                 "NVRTC (the CUDA runtime compiler, libnvrtc.so.13 or .12) was not found, and the \
-                 cuda-mxfp4 kernels are compiled with it when first used on a GPU. Install the \
+                 the CUDA kernels are compiled with it when first used on a GPU. Install the \
                  CUDA toolkit's NVRTC (e.g. the cuda-nvrtc package), put its folder on \
                  LD_LIBRARY_PATH, or set GPTOSS_NVRTC=/path/to/libnvrtc.so. Tried: {}",
                 tried
@@ -139,6 +141,8 @@ impl Nvrtc {
             log: sym!("nvrtcGetProgramLog"),
             cubin_size: sym!("nvrtcGetCUBINSize"),
             cubin: sym!("nvrtcGetCUBIN"),
+            ptx_size: sym!("nvrtcGetPTXSize"),
+            ptx: sym!("nvrtcGetPTX"),
             destroy: sym!("nvrtcDestroyProgram"),
             error_string: sym!("nvrtcGetErrorString"),
             path,
@@ -163,7 +167,7 @@ impl Nvrtc {
         }
         // SAFETY: NVRTC returns a static NUL-terminated string.
         let msg = unsafe { CStr::from_ptr((self.api.error_string)(s)) }.to_string_lossy();
-        Err(Error::backend(BACKEND, format!("NVRTC {what}: {msg}")))
+        Err(Error::backend(backend(), format!("NVRTC {what}: {msg}")))
     }
 
     /// Compile `source` to a cubin with `options`; a compile error carries the full log.
@@ -196,29 +200,35 @@ impl Nvrtc {
                 // SAFETY: static string from NVRTC.
                 let msg = unsafe { CStr::from_ptr((self.api.error_string)(s)) }.to_string_lossy();
                 return Err(Error::backend(
-                    BACKEND,
+                    backend(),
                     format!(
                         "NVRTC could not compile kernels/{name} ({msg}) with {}:\n{log}",
                         options.join(" ")
                     ),
                 ));
             }
+            // A virtual target (compute_XY) yields PTX (NUL-terminated, JIT-compiled by the
+            // driver when loaded); a real one (sm_XY) a cubin.
+            let ptx = options.iter().any(|o| o.contains("=compute_"));
+            let (size_fn, get_fn, what) = if ptx {
+                (self.api.ptx_size, self.api.ptx, "nvrtcGetPTX")
+            } else {
+                (self.api.cubin_size, self.api.cubin, "nvrtcGetCUBIN")
+            };
             let mut n = 0usize;
             // SAFETY: prog compiled.
-            self.status("nvrtcGetCUBINSize", unsafe {
-                (self.api.cubin_size)(prog, &mut n)
-            })?;
+            self.status(what, unsafe { size_fn(prog, &mut n) })?;
             let mut buf = vec![0u8; n];
             // SAFETY: buf holds n bytes.
-            self.status("nvrtcGetCUBIN", unsafe {
-                (self.api.cubin)(prog, buf.as_mut_ptr() as *mut c_char)
+            self.status(what, unsafe {
+                get_fn(prog, buf.as_mut_ptr() as *mut c_char)
             })?;
             if buf.is_empty() {
                 return Err(Error::backend(
-                    BACKEND,
+                    backend(),
                     format!(
                         "NVRTC produced no cubin for kernels/{name} with {} (is the arch a real \
-                         sm_XY target?)",
+                         sm_XY or a compute_XY target?)",
                         options.join(" ")
                     ),
                 ));

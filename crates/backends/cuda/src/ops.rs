@@ -3,8 +3,8 @@
 use gptoss_core::graph::{Node, Op};
 use gptoss_core::{DType, Error, Graph, Result, Value};
 
-use crate::driver::{Arg, CUdeviceptr, BACKEND};
-use crate::CudaMxfp4;
+use crate::driver::{backend, Arg, CUdeviceptr};
+use crate::{Cuda, Flavor};
 
 /// Warps per block of the warp-per-row kernels.
 const WARPS: u32 = 8;
@@ -18,7 +18,7 @@ const TILED_ATTENTION_MIN_T: usize = 16;
 
 fn unsupported(what: String) -> Error {
     Error::Unsupported {
-        backend: BACKEND.into(),
+        backend: backend().into(),
         what,
     }
 }
@@ -67,8 +67,8 @@ fn grid_y(n: usize) -> Result<u32> {
     Ok(n as u32)
 }
 
-pub fn run_node(
-    be: &mut CudaMxfp4,
+pub fn run_node<F: Flavor>(
+    be: &mut Cuda<F>,
     graph: &Graph,
     node: &Node,
     ptrs: &[Option<CUdeviceptr>],

@@ -1,5 +1,9 @@
-//! cuda-mxfp4 against the CPU reference (every op, random inputs) and against transformers
-//! (the committed tiny fixtures: prefill, incremental, chunked, greedy).
+//! The CUDA backend (cuda-mxfp4 flavor, or the portable cuda-bf16 flavor with
+//! `GPTOSS_CUDA_FLAVOR=portable`) against the CPU reference (every op, random inputs) and
+//! against transformers (the committed tiny fixtures: prefill, incremental, chunked, greedy).
+//!
+//! The portable flavor targets compute_80 unless `GPTOSS_CUDA_PORTABLE_ARCH` says otherwise, so
+//! on a Hopper GPU it runs sm_80 PTX (nothing Hopper-only) through the same tests.
 //!
 //! GPU tests are `#[ignore]`d with the reason, so CI (no GPU) lists them as ignored. On the GPU
 //! machine run the test binary with `--ignored --test-threads=1` and `GPTOSS_FIXTURES=<dir>`
@@ -27,19 +31,100 @@
 //! `BF16_LOGIT_TOLERANCE`, and reports how many greedy tokens agree. The exact f32 path stays available through
 //! `GPTOSS_CUDA_MMA_MIN_T=0` or `GPTOSS_CUDA_NO_FUSION=1`.
 
-use gptoss_backend_cuda_mxfp4::{arch_for, nvrtc::fnv64, CudaMxfp4};
-use gptoss_core::graph::Op;
+use gptoss_core::graph::{Graph, Op};
 use gptoss_core::plugin::{PluginBackend, PluginOptions};
 use gptoss_core::rope::RopeParams;
-use gptoss_core::{Backend, DType, TensorDesc};
+use gptoss_core::{Backend, BufferId, DType, ProbeReport, Result, TensorDesc};
+use gptoss_cuda::{arch_for, nvrtc::fnv64, CudaBf16, CudaMxfp4, ModuleOrigin};
 use gptoss_e2e::backend_check::*;
 use gptoss_e2e::{compare_logits, fixture_dir, Reference, F32_LOGIT_TOLERANCE, FIXTURES};
 use gptoss_models::{LogitsWanted, Model};
 
-const GPU: &str = "needs an NVIDIA GPU with sm_90+: run on the GPU machine with --ignored";
+const GPU: &str = "needs an NVIDIA GPU (sm_90+; sm_70+ with GPTOSS_CUDA_FLAVOR=portable): run on the GPU machine with --ignored";
 
-fn gpu() -> CudaMxfp4 {
-    CudaMxfp4::create(&PluginOptions::default()).expect("cuda-mxfp4 on device 0")
+/// GPTOSS_CUDA_FLAVOR=portable: the tests run the cuda-bf16 flavor (forced to compute_80 code
+/// unless GPTOSS_CUDA_PORTABLE_ARCH is set); otherwise cuda-mxfp4.
+fn portable() -> bool {
+    std::env::var("GPTOSS_CUDA_FLAVOR").is_ok_and(|v| v == "portable")
+}
+
+/// The flavor under test.
+enum AnyCuda {
+    Mxfp4(CudaMxfp4),
+    Portable(CudaBf16),
+}
+
+macro_rules! each {
+    ($s:expr, $b:ident => $e:expr) => {
+        match $s {
+            AnyCuda::Mxfp4($b) => $e,
+            AnyCuda::Portable($b) => $e,
+        }
+    };
+}
+
+impl AnyCuda {
+    fn create(options: &PluginOptions) -> Result<AnyCuda> {
+        if portable() {
+            if std::env::var_os("GPTOSS_CUDA_PORTABLE_ARCH").is_none() {
+                std::env::set_var("GPTOSS_CUDA_PORTABLE_ARCH", "compute_80");
+            }
+            CudaBf16::create(options).map(AnyCuda::Portable)
+        } else {
+            CudaMxfp4::create(options).map(AnyCuda::Mxfp4)
+        }
+    }
+    fn name() -> &'static str {
+        if portable() {
+            "cuda-bf16"
+        } else {
+            "cuda-mxfp4"
+        }
+    }
+    fn device_name(&self) -> String {
+        each!(self, b => b.device_name())
+    }
+    fn arch(&self) -> &str {
+        each!(self, b => b.arch())
+    }
+    fn module_origins(&self) -> &[ModuleOrigin] {
+        each!(self, b => b.module_origins())
+    }
+}
+
+impl Backend for AnyCuda {
+    fn name(&self) -> &str {
+        each!(self, b => b.name())
+    }
+    fn probe(&self) -> ProbeReport {
+        each!(self, b => b.probe())
+    }
+    fn alloc(&mut self, desc: &TensorDesc) -> Result<BufferId> {
+        each!(self, b => b.alloc(desc))
+    }
+    fn free(&mut self, id: BufferId) -> Result<()> {
+        each!(self, b => b.free(id))
+    }
+    fn upload(&mut self, id: BufferId, data: &[u8]) -> Result<()> {
+        each!(self, b => b.upload(id, data))
+    }
+    fn download(&mut self, id: BufferId) -> Result<Vec<u8>> {
+        each!(self, b => b.download(id))
+    }
+    fn load_weight(&mut self, name: &str, desc: &TensorDesc, data: &[u8]) -> Result<BufferId> {
+        each!(self, b => b.load_weight(name, desc, data))
+    }
+    fn execute(&mut self, graph: &Graph) -> Result<()> {
+        each!(self, b => b.execute(graph))
+    }
+}
+
+fn gpu() -> AnyCuda {
+    let a = AnyCuda::create(&PluginOptions::default()).expect("the CUDA backend on device 0");
+    if portable() {
+        assert!(a.arch().starts_with("compute_"), "{}", a.arch());
+    }
+    a
 }
 
 fn driver_present() -> bool {
@@ -51,7 +136,11 @@ fn driver_present() -> bool {
 
 #[test]
 fn probe_never_panics_and_explains_its_score() {
-    let report = CudaMxfp4::probe_devices();
+    let report = if portable() {
+        CudaBf16::probe_devices()
+    } else {
+        CudaMxfp4::probe_devices()
+    };
     assert!(
         !report.devices.is_empty(),
         "probe must report at least one entry"
@@ -71,9 +160,24 @@ fn probe_never_panics_and_explains_its_score() {
     } else {
         for d in &report.devices {
             let sm90 = d.compute_capability.is_some_and(|cc| cc >= (9, 0));
-            assert_eq!(d.score, if sm90 { 100 } else { 0 }, "{d:?}");
-            if !sm90 && d.compute_capability.is_some() {
-                assert!(d.reason.contains("needs sm_90+"), "{}", d.reason);
+            let sm70 = d.compute_capability.is_some_and(|cc| cc >= (7, 0));
+            if portable() {
+                assert_eq!(
+                    d.score,
+                    if sm90 {
+                        50
+                    } else if sm70 {
+                        90
+                    } else {
+                        0
+                    },
+                    "{d:?}"
+                );
+            } else {
+                assert_eq!(d.score, if sm90 { 100 } else { 0 }, "{d:?}");
+                if !sm90 && d.compute_capability.is_some() {
+                    assert!(d.reason.contains("needs sm_90+"), "{}", d.reason);
+                }
             }
         }
     }
@@ -81,11 +185,12 @@ fn probe_never_panics_and_explains_its_score() {
 
 #[test]
 fn create_without_a_driver_is_a_clear_error() {
-    let r = CudaMxfp4::create(&PluginOptions::default());
+    let r = AnyCuda::create(&PluginOptions::default());
     if driver_present() {
-        // On a GPU machine the same call must succeed (sm_90+) or say why not.
+        // On a GPU machine the same call must succeed (sm_90+, portable: sm_70+) or say why not.
         if let Err(e) = r {
-            assert!(e.to_string().contains("sm_90"), "{e}");
+            let needs = if portable() { "sm_70" } else { "sm_90" };
+            assert!(e.to_string().contains(needs), "{e}");
         }
     } else {
         let e = r
@@ -93,7 +198,7 @@ fn create_without_a_driver_is_a_clear_error() {
             .expect("create must fail without a driver")
             .to_string();
         assert!(
-            e.contains("libcuda.so.1") && e.contains("cuda-mxfp4"),
+            e.contains("libcuda.so.1") && e.contains(AnyCuda::name()),
             "{e}"
         );
     }
@@ -105,6 +210,11 @@ fn arch_targets_and_cache_keys() {
     assert_eq!(arch_for((10, 0)), "sm_100a");
     assert_eq!(arch_for((12, 0)), "sm_120a");
     assert_eq!(arch_for((8, 6)), "sm_86");
+    assert_eq!(gptoss_cuda::portable_arch_for((8, 6)), "compute_86");
+    assert_eq!(gptoss_cuda::portable_arch_for((7, 0)), "compute_70");
+    // No bf16 tensor cores before sm_80: the mma family is left out there only.
+    assert_eq!(gptoss_cuda::portable_skip((7, 5)), &["mma"]);
+    assert!(gptoss_cuda::portable_skip((8, 0)).is_empty());
     // FNV-1a must not change between builds: cached kernels are found by it.
     assert_eq!(fnv64(&[b"abc"]), fnv64(&[b"abc"]));
     assert_ne!(fnv64(&[b"ab", b"c"]), fnv64(&[b"a", b"bc"]));
@@ -121,7 +231,7 @@ fn assert_close_bf16(what: &str, gpu: &[f32], cpu: &[f32]) {
 // ---------------------------------------------------------------- per-op checks on the GPU
 
 #[test]
-#[ignore = "needs an NVIDIA GPU with sm_90+: run on the GPU machine with --ignored"]
+#[ignore = "needs an NVIDIA GPU (sm_90+; sm_70+ with GPTOSS_CUDA_FLAVOR=portable): run on the GPU machine with --ignored"]
 fn op_embed_matches_cpu() {
     let _ = GPU;
     let mut be = gpu();
@@ -145,7 +255,7 @@ fn op_embed_matches_cpu() {
 }
 
 #[test]
-#[ignore = "needs an NVIDIA GPU with sm_90+: run on the GPU machine with --ignored"]
+#[ignore = "needs an NVIDIA GPU (sm_90+; sm_70+ with GPTOSS_CUDA_FLAVOR=portable): run on the GPU machine with --ignored"]
 fn op_rms_norm_matches_cpu() {
     let mut be = gpu();
     let mut r = Rng(12);
@@ -172,7 +282,7 @@ fn op_rms_norm_matches_cpu() {
 }
 
 #[test]
-#[ignore = "needs an NVIDIA GPU with sm_90+: run on the GPU machine with --ignored"]
+#[ignore = "needs an NVIDIA GPU (sm_90+; sm_70+ with GPTOSS_CUDA_FLAVOR=portable): run on the GPU machine with --ignored"]
 fn op_linear_matches_cpu() {
     let mut be = gpu();
     let mut r = Rng(13);
@@ -210,7 +320,7 @@ fn op_linear_matches_cpu() {
 }
 
 #[test]
-#[ignore = "needs an NVIDIA GPU with sm_90+: run on the GPU machine with --ignored"]
+#[ignore = "needs an NVIDIA GPU (sm_90+; sm_70+ with GPTOSS_CUDA_FLAVOR=portable): run on the GPU machine with --ignored"]
 fn op_rope_matches_cpu() {
     let mut be = gpu();
     let mut r = Rng(14);
@@ -239,7 +349,7 @@ fn op_rope_matches_cpu() {
 }
 
 #[test]
-#[ignore = "needs an NVIDIA GPU with sm_90+: run on the GPU machine with --ignored"]
+#[ignore = "needs an NVIDIA GPU (sm_90+; sm_70+ with GPTOSS_CUDA_FLAVOR=portable): run on the GPU machine with --ignored"]
 fn op_attention_matches_cpu() {
     let mut be = gpu();
     let mut r = Rng(15);
@@ -290,7 +400,7 @@ fn op_attention_matches_cpu() {
 }
 
 #[test]
-#[ignore = "needs an NVIDIA GPU with sm_90+: run on the GPU machine with --ignored"]
+#[ignore = "needs an NVIDIA GPU (sm_90+; sm_70+ with GPTOSS_CUDA_FLAVOR=portable): run on the GPU machine with --ignored"]
 fn op_topk_softmax_matches_cpu() {
     let mut be = gpu();
     let mut r = Rng(16);
@@ -319,7 +429,7 @@ fn op_topk_softmax_matches_cpu() {
 }
 
 #[test]
-#[ignore = "needs an NVIDIA GPU with sm_90+: run on the GPU machine with --ignored"]
+#[ignore = "needs an NVIDIA GPU (sm_90+; sm_70+ with GPTOSS_CUDA_FLAVOR=portable): run on the GPU machine with --ignored"]
 fn op_moe_mxfp4_matches_cpu() {
     let mut be = gpu();
     let mut r = Rng(17);
@@ -384,7 +494,7 @@ fn op_moe_mxfp4_matches_cpu() {
 }
 
 #[test]
-#[ignore = "needs an NVIDIA GPU with sm_90+: run on the GPU machine with --ignored"]
+#[ignore = "needs an NVIDIA GPU (sm_90+; sm_70+ with GPTOSS_CUDA_FLAVOR=portable): run on the GPU machine with --ignored"]
 fn op_add_last_row_argmax_match_cpu() {
     let mut be = gpu();
     let mut r = Rng(18);
@@ -461,7 +571,7 @@ fn op_add_last_row_argmax_match_cpu() {
 }
 
 #[test]
-#[ignore = "needs an NVIDIA GPU with sm_90+: run on the GPU machine with --ignored"]
+#[ignore = "needs an NVIDIA GPU (sm_90+; sm_70+ with GPTOSS_CUDA_FLAVOR=portable): run on the GPU machine with --ignored"]
 fn bad_input_and_out_of_memory_are_errors_and_the_backend_stays_usable() {
     let mut be = gpu();
     eprintln!("device: {}, kernels for {}", be.device_name(), be.arch());
@@ -520,7 +630,7 @@ fn bad_input_and_out_of_memory_are_errors_and_the_backend_stays_usable() {
 }
 
 #[test]
-#[ignore = "needs an NVIDIA GPU with sm_90+: run on the GPU machine with --ignored"]
+#[ignore = "needs an NVIDIA GPU (sm_90+; sm_70+ with GPTOSS_CUDA_FLAVOR=portable): run on the GPU machine with --ignored"]
 fn kernels_are_cached_on_disk() {
     let first = gpu();
     let origins = first.module_origins().to_vec();
@@ -548,7 +658,7 @@ fn kernels_are_cached_on_disk() {
 // ---------------------------------------------------------------- large-T (prefill) paths
 
 #[test]
-#[ignore = "needs an NVIDIA GPU with sm_90+: run on the GPU machine with --ignored"]
+#[ignore = "needs an NVIDIA GPU (sm_90+; sm_70+ with GPTOSS_CUDA_FLAVOR=portable): run on the GPU machine with --ignored"]
 fn op_linear_large_t_tensor_cores_match_cpu() {
     let mut be = gpu();
     let mut r = Rng(21);
@@ -581,7 +691,7 @@ fn op_linear_large_t_tensor_cores_match_cpu() {
 }
 
 #[test]
-#[ignore = "needs an NVIDIA GPU with sm_90+: run on the GPU machine with --ignored"]
+#[ignore = "needs an NVIDIA GPU (sm_90+; sm_70+ with GPTOSS_CUDA_FLAVOR=portable): run on the GPU machine with --ignored"]
 fn op_moe_large_t_grouped_matches_cpu() {
     let mut be = gpu();
     let mut r = Rng(22);
@@ -650,7 +760,7 @@ fn op_moe_large_t_grouped_matches_cpu() {
 }
 
 #[test]
-#[ignore = "needs an NVIDIA GPU with sm_90+: run on the GPU machine with --ignored"]
+#[ignore = "needs an NVIDIA GPU (sm_90+; sm_70+ with GPTOSS_CUDA_FLAVOR=portable): run on the GPU machine with --ignored"]
 fn op_attention_large_t_tiled_matches_cpu() {
     let mut be = gpu();
     let mut r = Rng(23);
@@ -711,7 +821,7 @@ fn op_attention_large_t_tiled_matches_cpu() {
 const BF16_LOGIT_TOLERANCE: f32 = 0.25;
 
 #[test]
-#[ignore = "needs an NVIDIA GPU with sm_90+: run on the GPU machine with --ignored"]
+#[ignore = "needs an NVIDIA GPU (sm_90+; sm_70+ with GPTOSS_CUDA_FLAVOR=portable): run on the GPU machine with --ignored"]
 fn fixtures_with_bf16_paths_forced_match_transformers() {
     // Tests run one at a time on the GPU machine (--test-threads=1); the variable is read when
     // the backend is created and removed again right after.
@@ -780,11 +890,11 @@ fn load(name: &str) -> Model {
 }
 
 #[test]
-#[ignore = "needs an NVIDIA GPU with sm_90+: run on the GPU machine with --ignored"]
+#[ignore = "needs an NVIDIA GPU (sm_90+; sm_70+ with GPTOSS_CUDA_FLAVOR=portable): run on the GPU machine with --ignored"]
 fn fixtures_prefill_matches_transformers() {
     for name in FIXTURES {
         let mut model = load(name);
-        assert_eq!(model.backend_name(), "cuda-mxfp4");
+        assert_eq!(model.backend_name(), AnyCuda::name());
         let v = model.config.vocab_size;
         for (i, (prompt, want)) in Reference::load(name).prompts().into_iter().enumerate() {
             let mut s = model.new_session(prompt.len()).unwrap();
@@ -797,7 +907,7 @@ fn fixtures_prefill_matches_transformers() {
 }
 
 #[test]
-#[ignore = "needs an NVIDIA GPU with sm_90+: run on the GPU machine with --ignored"]
+#[ignore = "needs an NVIDIA GPU (sm_90+; sm_70+ with GPTOSS_CUDA_FLAVOR=portable): run on the GPU machine with --ignored"]
 fn fixtures_incremental_matches_transformers() {
     for name in FIXTURES {
         let mut model = load(name);
@@ -816,7 +926,7 @@ fn fixtures_incremental_matches_transformers() {
 }
 
 #[test]
-#[ignore = "needs an NVIDIA GPU with sm_90+: run on the GPU machine with --ignored"]
+#[ignore = "needs an NVIDIA GPU (sm_90+; sm_70+ with GPTOSS_CUDA_FLAVOR=portable): run on the GPU machine with --ignored"]
 fn fixtures_chunked_prefill_and_last_row_match() {
     for name in FIXTURES {
         let mut model = load(name);
@@ -856,7 +966,7 @@ fn fixtures_chunked_prefill_and_last_row_match() {
 }
 
 #[test]
-#[ignore = "needs an NVIDIA GPU with sm_90+: run on the GPU machine with --ignored"]
+#[ignore = "needs an NVIDIA GPU (sm_90+; sm_70+ with GPTOSS_CUDA_FLAVOR=portable): run on the GPU machine with --ignored"]
 fn fixtures_greedy_tokens_match_transformers_and_cpu() {
     for name in FIXTURES {
         let r = Reference::load(name);
