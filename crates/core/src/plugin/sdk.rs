@@ -131,6 +131,9 @@ unsafe fn bytes<'a>(data: *const u8, len: usize) -> &'a [u8] {
     }
 }
 
+/// # Safety
+/// Called by the host through the vtable only, with the arguments the ABI documents: `h` from
+/// this plugin's `create`, pointers valid (and `len` bytes long) for the duration of the call.
 pub unsafe extern "C" fn probe<B: PluginBackend>(
     out_json: *mut GOwnedStr,
     err: *mut GOwnedStr,
@@ -143,6 +146,9 @@ pub unsafe extern "C" fn probe<B: PluginBackend>(
     })
 }
 
+/// # Safety
+/// Called by the host through the vtable only, with the arguments the ABI documents: `h` from
+/// this plugin's `create`, pointers valid (and `len` bytes long) for the duration of the call.
 pub unsafe extern "C" fn create<B: PluginBackend>(
     options: GStr,
     out: *mut GHandle,
@@ -163,6 +169,9 @@ pub unsafe extern "C" fn create<B: PluginBackend>(
     })
 }
 
+/// # Safety
+/// Called by the host through the vtable only, with the arguments the ABI documents: `h` from
+/// this plugin's `create`, pointers valid (and `len` bytes long) for the duration of the call.
 pub unsafe extern "C" fn destroy<B: PluginBackend>(h: GHandle) {
     if !h.is_null() {
         // A panic in Drop must not cross either.
@@ -170,6 +179,9 @@ pub unsafe extern "C" fn destroy<B: PluginBackend>(h: GHandle) {
     }
 }
 
+/// # Safety
+/// Called by the host through the vtable only, with the arguments the ABI documents: `h` from
+/// this plugin's `create`, pointers valid (and `len` bytes long) for the duration of the call.
 pub unsafe extern "C" fn alloc<B: PluginBackend>(
     h: GHandle,
     desc: *const GTensorDesc,
@@ -182,10 +194,16 @@ pub unsafe extern "C" fn alloc<B: PluginBackend>(
     })
 }
 
+/// # Safety
+/// Called by the host through the vtable only, with the arguments the ABI documents: `h` from
+/// this plugin's `create`, pointers valid (and `len` bytes long) for the duration of the call.
 pub unsafe extern "C" fn free<B: PluginBackend>(h: GHandle, id: u64, err: *mut GOwnedStr) -> i32 {
     guard(B::NAME, err, || backend::<B>(h)?.free(crate::BufferId(id)))
 }
 
+/// # Safety
+/// Called by the host through the vtable only, with the arguments the ABI documents: `h` from
+/// this plugin's `create`, pointers valid (and `len` bytes long) for the duration of the call.
 pub unsafe extern "C" fn upload<B: PluginBackend>(
     h: GHandle,
     id: u64,
@@ -198,6 +216,9 @@ pub unsafe extern "C" fn upload<B: PluginBackend>(
     })
 }
 
+/// # Safety
+/// Called by the host through the vtable only, with the arguments the ABI documents: `h` from
+/// this plugin's `create`, pointers valid (and `len` bytes long) for the duration of the call.
 pub unsafe extern "C" fn download<B: PluginBackend>(
     h: GHandle,
     id: u64,
@@ -220,6 +241,9 @@ pub unsafe extern "C" fn download<B: PluginBackend>(
     })
 }
 
+/// # Safety
+/// Called by the host through the vtable only, with the arguments the ABI documents: `h` from
+/// this plugin's `create`, pointers valid (and `len` bytes long) for the duration of the call.
 pub unsafe extern "C" fn load_weight<B: PluginBackend>(
     h: GHandle,
     name: GStr,
@@ -240,6 +264,9 @@ pub unsafe extern "C" fn load_weight<B: PluginBackend>(
     })
 }
 
+/// # Safety
+/// Called by the host through the vtable only, with the arguments the ABI documents: `h` from
+/// this plugin's `create`, pointers valid (and `len` bytes long) for the duration of the call.
 pub unsafe extern "C" fn execute<B: PluginBackend>(
     h: GHandle,
     graph: *const GGraph,
