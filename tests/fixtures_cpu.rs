@@ -1,7 +1,7 @@
 //! The cpu backend against transformers' f32 logits on every committed fixture.
 
 use gptoss_backend_cpu::cpu_backend;
-use gptoss_e2e::{compare_logits, fixture_dir, Reference, F32_LOGIT_TOLERANCE, FIXTURES};
+use gptoss_e2e::{check_fixture_prompts, fixture_dir, Reference, FIXTURES};
 use gptoss_models::{LogitsWanted, Model};
 
 fn load(name: &str) -> Model {
@@ -13,56 +13,25 @@ fn load(name: &str) -> Model {
 fn prefill_matches_transformers() {
     for name in FIXTURES {
         let mut model = load(name);
-        let v = model.config.vocab_size;
-        for (i, (prompt, want)) in Reference::load(name).prompts().into_iter().enumerate() {
+        for (prompt, _) in Reference::load(name).prompts() {
             assert!(prompt.len() >= 40 && prompt.len() > model.config.sliding_window * 4);
-            let mut s = model.new_session(prompt.len()).unwrap();
-            let got = model.forward(&mut s, &prompt, LogitsWanted::All).unwrap();
-            let diff = compare_logits(&format!("{name} prompt {i} prefill"), &got, &want, v);
-            eprintln!("{name} prompt {i} prefill: max abs diff {diff:.3e}");
-            assert!(
-                diff < F32_LOGIT_TOLERANCE,
-                "{name} prompt {i}: max abs diff {diff}"
-            );
         }
+        check_fixture_prompts(&mut model, name, usize::MAX, "prefill");
     }
 }
 
 #[test]
 fn incremental_decoding_matches_transformers() {
     for name in FIXTURES {
-        let mut model = load(name);
-        let v = model.config.vocab_size;
-        for (i, (prompt, want)) in Reference::load(name).prompts().into_iter().enumerate() {
-            let mut s = model.new_session(prompt.len()).unwrap();
-            let mut got = Vec::new();
-            for t in &prompt {
-                got.extend(model.forward(&mut s, &[*t], LogitsWanted::All).unwrap());
-            }
-            let diff = compare_logits(&format!("{name} prompt {i} incremental"), &got, &want, v);
-            eprintln!("{name} prompt {i} incremental: max abs diff {diff:.3e}");
-            assert!(
-                diff < F32_LOGIT_TOLERANCE,
-                "{name} prompt {i}: max abs diff {diff}"
-            );
-        }
+        check_fixture_prompts(&mut load(name), name, 1, "incremental");
     }
 }
 
 #[test]
 fn chunked_prefill_matches_transformers() {
-    // A prompt in uneven chunks exercises the cache across window boundaries.
+    // Prompts in uneven chunks exercise the cache across window boundaries.
     for name in FIXTURES {
-        let mut model = load(name);
-        let v = model.config.vocab_size;
-        let (prompt, want) = Reference::load(name).prompts().remove(0);
-        let mut s = model.new_session(prompt.len()).unwrap();
-        let mut got = Vec::new();
-        for chunk in prompt.chunks(7) {
-            got.extend(model.forward(&mut s, chunk, LogitsWanted::All).unwrap());
-        }
-        let diff = compare_logits(&format!("{name} chunked"), &got, &want, v);
-        assert!(diff < F32_LOGIT_TOLERANCE, "{name}: max abs diff {diff}");
+        check_fixture_prompts(&mut load(name), name, 7, "chunked");
     }
 }
 

@@ -11,8 +11,8 @@ use gptoss_core::plugin::abi::GPTOSS_ABI_VERSION;
 use gptoss_core::plugin::registry::{self, choose, discover, plugin_file_name, Offer};
 use gptoss_core::plugin::{Plugin, PluginOptions};
 use gptoss_core::{Backend, DType, Graph, Op, TensorDesc, ValueKind};
-use gptoss_e2e::{compare_logits, fixture_dir, Reference, F32_LOGIT_TOLERANCE, FIXTURES};
-use gptoss_models::{LogitsWanted, Model};
+use gptoss_e2e::{check_fixture_prompts, fixture_dir, Reference, FIXTURES};
+use gptoss_models::Model;
 
 /// target/<profile>, from this test binary at target/<profile>/deps/plugins-<hash>.
 fn target_dir() -> PathBuf {
@@ -92,31 +92,19 @@ fn passes_the_fixtures(name: &str) {
     assert_eq!(plugin.abi_version, GPTOSS_ABI_VERSION);
     for fixture in FIXTURES {
         let mut model = model_on(&plugin, fixture);
-        let v = model.config.vocab_size;
         let r = Reference::load(fixture);
-        for (i, (prompt, want)) in r.prompts().into_iter().enumerate() {
-            let what = format!("{name} plugin, {fixture} prompt {i}");
-            let mut s = model.new_session(prompt.len()).unwrap();
-            let got = model.forward(&mut s, &prompt, LogitsWanted::All).unwrap();
-            let diff = compare_logits(&format!("{what} prefill"), &got, &want, v);
-            eprintln!("{what} prefill: max abs diff {diff:.3e}");
-            assert!(
-                diff < F32_LOGIT_TOLERANCE,
-                "{what} prefill: max abs diff {diff}"
-            );
-
-            let mut s = model.new_session(prompt.len()).unwrap();
-            let mut got = Vec::new();
-            for t in &prompt {
-                got.extend(model.forward(&mut s, &[*t], LogitsWanted::All).unwrap());
-            }
-            let diff = compare_logits(&format!("{what} incremental"), &got, &want, v);
-            eprintln!("{what} incremental: max abs diff {diff:.3e}");
-            assert!(
-                diff < F32_LOGIT_TOLERANCE,
-                "{what} incremental: max abs diff {diff}"
-            );
-        }
+        check_fixture_prompts(
+            &mut model,
+            fixture,
+            usize::MAX,
+            &format!("prefill ({name} plugin)"),
+        );
+        check_fixture_prompts(
+            &mut model,
+            fixture,
+            1,
+            &format!("incremental ({name} plugin)"),
+        );
         let want = r.tokens("greedy_tokens");
         let got = model
             .generate_greedy(&r.tokens("greedy_prompt"), want.len(), &[], 0, &mut |_| {})

@@ -105,3 +105,45 @@ pub fn compare_logits(what: &str, ours: &[f32], reference: &[f32], vocab: usize)
     }
     max_diff
 }
+
+/// Logits of every position of `prompt` in a fresh session, fed `chunk` tokens per step
+/// (1 = token by token through the KV cache, `usize::MAX` = one prefill).
+pub fn logits_in_chunks(
+    model: &mut gptoss_models::Model,
+    prompt: &[u32],
+    chunk: usize,
+) -> Vec<f32> {
+    let mut s = model.new_session(prompt.len()).expect("session");
+    let mut got = Vec::with_capacity(prompt.len() * model.config.vocab_size);
+    for part in prompt.chunks(chunk) {
+        got.extend(
+            model
+                .forward(&mut s, part, gptoss_models::LogitsWanted::All)
+                .expect("forward"),
+        );
+    }
+    model.free_session(s).expect("free session");
+    got
+}
+
+/// Every prompt of fixture `name` fed `chunk` tokens per step must match transformers: same
+/// argmax at every position and max abs diff under [`F32_LOGIT_TOLERANCE`]. `what` labels the
+/// run in messages ("prefill", "incremental", ...). Returns the largest difference seen.
+pub fn check_fixture_prompts(
+    model: &mut gptoss_models::Model,
+    name: &str,
+    chunk: usize,
+    what: &str,
+) -> f32 {
+    let v = model.config.vocab_size;
+    let mut worst = 0f32;
+    for (i, (prompt, want)) in Reference::load(name).prompts().into_iter().enumerate() {
+        let label = format!("{name} prompt {i} {what}");
+        let got = logits_in_chunks(model, &prompt, chunk);
+        let diff = compare_logits(&label, &got, &want, v);
+        eprintln!("{label}: max abs diff {diff:.3e}");
+        assert!(diff < F32_LOGIT_TOLERANCE, "{label}: max abs diff {diff}");
+        worst = worst.max(diff);
+    }
+    worst
+}

@@ -20,7 +20,7 @@ use gptoss_core::plugin::{PluginBackend, PluginOptions};
 use gptoss_core::rope::RopeParams;
 use gptoss_core::{Backend, DType, TensorDesc};
 use gptoss_e2e::backend_check::*;
-use gptoss_e2e::{compare_logits, fixture_dir, Reference, F32_LOGIT_TOLERANCE, FIXTURES};
+use gptoss_e2e::{check_fixture_prompts, fixture_dir, Reference, FIXTURES};
 use gptoss_models::{LogitsWanted, Model};
 
 /// The adapter under test: GPTOSS_WGPU_ADAPTER or the first (best) one. Fails the test, with
@@ -501,32 +501,14 @@ fn fixtures_prefill_matches_transformers() {
     for name in FIXTURES {
         let mut model = load(name);
         assert_eq!(model.backend_name(), "wgpu");
-        let v = model.config.vocab_size;
-        for (i, (prompt, want)) in Reference::load(name).prompts().into_iter().enumerate() {
-            let mut s = model.new_session(prompt.len()).unwrap();
-            let got = model.forward(&mut s, &prompt, LogitsWanted::All).unwrap();
-            let diff = compare_logits(&format!("{name} prompt {i} prefill"), &got, &want, v);
-            eprintln!("{name} prompt {i} prefill: max abs diff {diff:.3e}");
-            assert!(diff < F32_LOGIT_TOLERANCE, "{name} prompt {i}: {diff}");
-        }
+        check_fixture_prompts(&mut model, name, usize::MAX, "prefill");
     }
 }
 
 #[test]
 fn fixtures_incremental_matches_transformers() {
     for name in FIXTURES {
-        let mut model = load(name);
-        let v = model.config.vocab_size;
-        for (i, (prompt, want)) in Reference::load(name).prompts().into_iter().enumerate() {
-            let mut s = model.new_session(prompt.len()).unwrap();
-            let mut got = Vec::new();
-            for t in &prompt {
-                got.extend(model.forward(&mut s, &[*t], LogitsWanted::All).unwrap());
-            }
-            let diff = compare_logits(&format!("{name} prompt {i} incremental"), &got, &want, v);
-            eprintln!("{name} prompt {i} incremental: max abs diff {diff:.3e}");
-            assert!(diff < F32_LOGIT_TOLERANCE, "{name} prompt {i}: {diff}");
-        }
+        check_fixture_prompts(&mut load(name), name, 1, "incremental");
     }
 }
 
@@ -535,15 +517,8 @@ fn fixtures_chunked_prefill_and_last_row_match() {
     for name in FIXTURES {
         let mut model = load(name);
         let v = model.config.vocab_size;
-        let (prompt, want) = Reference::load(name).prompts().remove(0);
-        let mut s = model.new_session(prompt.len()).unwrap();
-        let mut got = Vec::new();
-        for chunk in prompt.chunks(7) {
-            got.extend(model.forward(&mut s, chunk, LogitsWanted::All).unwrap());
-        }
-        let diff = compare_logits(&format!("{name} chunked"), &got, &want, v);
-        eprintln!("{name} chunked prefill: max abs diff {diff:.3e}");
-        assert!(diff < F32_LOGIT_TOLERANCE, "{name}: {diff}");
+        check_fixture_prompts(&mut model, name, 7, "chunked");
+        let (prompt, _) = Reference::load(name).prompts().remove(0);
         let mut s2 = model.new_session(prompt.len()).unwrap();
         let last = model.forward(&mut s2, &prompt, LogitsWanted::Last).unwrap();
         let mut s3 = model.new_session(prompt.len()).unwrap();
