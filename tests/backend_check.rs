@@ -171,3 +171,322 @@ pub fn gpt_oss_rope() -> RopeParams {
         }),
     }
 }
+
+// ---------------------------------------------------------------- per-op checks
+// Each runs one op on `be` and on the cpu backend over random inputs, several shapes and
+// dtypes, and asserts the bounds stated inside.
+
+pub fn check_op_embed_matches_cpu(be: &mut dyn Backend) {
+    let mut r = Rng(11);
+    for dt in [DType::BF16, DType::F32, DType::F16] {
+        let (v, h, t) = (100, 80, 7);
+        let table = float_tensor(dt, &[v, h], &r.vec(v * h, 1.0));
+        let ids: Vec<i32> = (0..t).map(|_| r.below(v) as i32).collect();
+        let (g, c) = both(
+            be,
+            &Op::Embed,
+            &[table, i32_t(&[t], &ids)],
+            &[(TensorDesc::new(DType::F32, [t, h]), None)],
+        );
+        assert_eq!(
+            to_f32(&g[0]),
+            to_f32(&c[0]),
+            "embed {dt}: rows are exact copies"
+        );
+    }
+}
+
+pub fn check_op_rms_norm_matches_cpu(be: &mut dyn Backend) {
+    let mut r = Rng(12);
+    for (t, h, dt) in [
+        (5, 300, DType::BF16),
+        (3, 2880, DType::F32),
+        (1, 64, DType::F16),
+    ] {
+        let x = f32_t(&[t, h], &r.vec(t * h, 3.0));
+        let w = float_tensor(dt, &[h], &r.vec(h, 1.0));
+        let (g, c) = both(
+            be,
+            &Op::RmsNorm { eps: 1e-5 },
+            &[x, w],
+            &[(TensorDesc::new(DType::F32, [t, h]), None)],
+        );
+        assert_close(
+            &format!("rms_norm {t}x{h} {dt}"),
+            &to_f32(&g[0]),
+            &to_f32(&c[0]),
+            1e-5,
+        );
+    }
+}
+
+pub fn check_op_linear_matches_cpu(be: &mut dyn Backend) {
+    let mut r = Rng(13);
+    let cases = [
+        (1, 77, 200, DType::BF16, Some(DType::BF16)),
+        (11, 64, 64, DType::F32, None),
+        (9, 33, 2880, DType::F16, Some(DType::F32)),
+        (20, 201, 96, DType::BF16, Some(DType::BF16)),
+        // The small-T bf16 GEMV path (16-byte loads, grid-stride rows, several passes at T > 4).
+        (1, 1000, 2880, DType::BF16, Some(DType::BF16)),
+        (3, 70, 64, DType::BF16, None),
+        (7, 40, 4096, DType::BF16, Some(DType::F32)),
+    ];
+    for (t, n, k, wdt, bdt) in cases {
+        let mut ins = vec![
+            f32_t(&[t, k], &r.vec(t * k, 1.0)),
+            float_tensor(wdt, &[n, k], &r.vec(n * k, 0.1)),
+        ];
+        if let Some(bdt) = bdt {
+            ins.push(float_tensor(bdt, &[n], &r.vec(n, 1.0)));
+        }
+        let (g, c) = both(
+            be,
+            &Op::Linear,
+            &ins,
+            &[(TensorDesc::new(DType::F32, [t, n]), None)],
+        );
+        assert_close(
+            &format!("linear t{t} n{n} k{k} {wdt} bias {bdt:?}"),
+            &to_f32(&g[0]),
+            &to_f32(&c[0]),
+            1e-5,
+        );
+    }
+}
+
+pub fn check_op_rope_matches_cpu(be: &mut dyn Backend) {
+    let mut r = Rng(14);
+    let plain = RopeParams {
+        head_dim: 16,
+        theta: 10000.0,
+        yarn: None,
+    };
+    for (params, heads) in [(gpt_oss_rope(), 3u32), (plain, 2)] {
+        let t = 6;
+        let w = heads as usize * params.head_dim as usize;
+        let pos: Vec<i32> = vec![0, 1, 7, 4095, 4097, 100_000];
+        let (g, c) = both(
+            be,
+            &Op::Rope { params, heads },
+            &[f32_t(&[t, w], &r.vec(t * w, 1.0)), i32_t(&[t], &pos)],
+            &[(TensorDesc::new(DType::F32, [t, w]), None)],
+        );
+        assert_close(
+            &format!("rope d{} yarn {}", params.head_dim, params.yarn.is_some()),
+            &to_f32(&g[0]),
+            &to_f32(&c[0]),
+            1e-5,
+        );
+    }
+}
+
+pub fn check_op_attention_matches_cpu(be: &mut dyn Backend) {
+    let mut r = Rng(15);
+    // (heads, kv_heads, head_dim, window, positions, capacity)
+    let cases: Vec<(u32, u32, u32, u32, Vec<i32>, usize)> = vec![
+        (8, 2, 64, 0, vec![20, 21, 22, 23], 40),
+        (8, 2, 64, 7, vec![20, 21, 22, 23], 40),
+        (4, 4, 16, 5, (0..13).collect(), 16),
+        (64, 8, 64, 0, vec![300], 301),
+        (64, 8, 64, 128, vec![300], 301),
+        (2, 1, 128, 0, vec![3, 4], 8),
+    ];
+    for (nq, nkv, d, window, pos, cap) in cases {
+        let t = pos.len();
+        let (qw, kvw) = ((nq * d) as usize, (nkv * d) as usize);
+        let op = Op::Attention {
+            heads: nq,
+            kv_heads: nkv,
+            head_dim: d,
+            window,
+            scale: 1.0 / (d as f32).sqrt(),
+        };
+        let kc = r.vec(cap * kvw, 1.0);
+        let vc = r.vec(cap * kvw, 1.0);
+        let ins = [
+            f32_t(&[t, qw], &r.vec(t * qw, 2.0)),
+            f32_t(&[t, kvw], &r.vec(t * kvw, 2.0)),
+            f32_t(&[t, kvw], &r.vec(t * kvw, 1.0)),
+            float_tensor(DType::BF16, &[nq as usize], &r.vec(nq as usize, 1.0)),
+            i32_t(&[t], &pos),
+        ];
+        let cache = TensorDesc::new(DType::F32, [cap, kvw]);
+        let (g, c) = both(
+            be,
+            &op,
+            &ins,
+            &[
+                (TensorDesc::new(DType::F32, [t, qw]), None),
+                (cache.clone(), Some(f32_bytes(&kc))),
+                (cache, Some(f32_bytes(&vc))),
+            ],
+        );
+        let what = format!("attention nq{nq} nkv{nkv} d{d} window {window} T{t}");
+        assert_close(&what, &to_f32(&g[0]), &to_f32(&c[0]), 1e-5);
+        assert_eq!(g[1], c[1], "{what}: k cache");
+        assert_eq!(g[2], c[2], "{what}: v cache");
+    }
+}
+
+pub fn check_op_topk_softmax_matches_cpu(be: &mut dyn Backend) {
+    let mut r = Rng(16);
+    for (t, e, k) in [(9, 32, 4), (3, 128, 4), (70, 8, 2)] {
+        // Values on a coarse grid so ties happen; ties must go to the lower index.
+        let logits: Vec<f32> = (0..t * e)
+            .map(|_| (r.below(9) as f32 - 4.0) * 0.5)
+            .collect();
+        let (g, c) = both(
+            be,
+            &Op::TopKSoftmax { k: k as u32 },
+            &[f32_t(&[t, e], &logits)],
+            &[
+                (TensorDesc::new(DType::I32, [t, k]), None),
+                (TensorDesc::new(DType::F32, [t, k]), None),
+            ],
+        );
+        assert_eq!(to_i32(&g[0]), to_i32(&c[0]), "top-{k} of {e}: ids");
+        assert_close(
+            &format!("top-{k} of {e} weights"),
+            &to_f32(&g[1]),
+            &to_f32(&c[1]),
+            1e-6,
+        );
+    }
+}
+
+pub fn check_op_moe_mxfp4_matches_cpu(be: &mut dyn Backend) {
+    let mut r = Rng(17);
+    // (tokens, hidden, intermediate, experts, k)
+    for (t, h, i, e, k) in [
+        (6, 128, 64, 8, 3),
+        (1, 2880, 2880, 4, 4),
+        (33, 64, 96, 4, 2),
+    ] {
+        let rows_gu = 2 * i;
+        let (g1, g2) = (h / 32, i / 32);
+        let bytes = |n: usize, r: &mut Rng| (0..n).map(|_| r.next() as u8).collect::<Vec<u8>>();
+        let scales =
+            |n: usize, r: &mut Rng| (0..n).map(|_| 118 + r.below(8) as u8).collect::<Vec<u8>>();
+        let gub = bytes(e * rows_gu * g1 * 16, &mut r);
+        let gus = scales(e * rows_gu * g1, &mut r);
+        let dnb = bytes(e * h * g2 * 16, &mut r);
+        let dns = scales(e * h * g2, &mut r);
+        let mut ids = Vec::new();
+        let mut w = Vec::new();
+        for _ in 0..t {
+            // k distinct experts in a random (not ascending) order.
+            let mut pool: Vec<i32> = (0..e as i32).collect();
+            for s in 0..k {
+                let j = s + r.below(e - s);
+                pool.swap(s, j);
+                ids.push(pool[s]);
+                w.push(r.uniform() + 0.05);
+            }
+        }
+        let ins = [
+            f32_t(&[t, h], &r.vec(t * h, 1.0)),
+            i32_t(&[t, k], &ids),
+            f32_t(&[t, k], &w),
+            (
+                TensorDesc::new(DType::Mxfp4Blocks, [e, rows_gu, g1, 16]),
+                gub,
+            ),
+            (TensorDesc::new(DType::E8m0Scales, [e, rows_gu, g1]), gus),
+            float_tensor(DType::BF16, &[e, rows_gu], &r.vec(e * rows_gu, 2.0)),
+            (TensorDesc::new(DType::Mxfp4Blocks, [e, h, g2, 16]), dnb),
+            (TensorDesc::new(DType::E8m0Scales, [e, h, g2]), dns),
+            float_tensor(DType::BF16, &[e, h], &r.vec(e * h, 1.0)),
+        ];
+        let op = Op::MoeMxfp4 {
+            swiglu_limit: 7.0,
+            alpha: 1.702,
+        };
+        let (g, c) = both(
+            be,
+            &op,
+            &ins,
+            &[(TensorDesc::new(DType::F32, [t, h]), None)],
+        );
+        assert_close(
+            &format!("moe t{t} h{h} i{i} e{e} k{k}"),
+            &to_f32(&g[0]),
+            &to_f32(&c[0]),
+            1e-5,
+        );
+    }
+}
+
+pub fn check_op_add_last_row_argmax_match_cpu(be: &mut dyn Backend) {
+    let mut r = Rng(18);
+    let (t, n) = (7, 1000);
+    let (a, b) = (r.vec(t * n, 1.0), r.vec(t * n, 1.0));
+    let (g, c) = both(
+        be,
+        &Op::Add,
+        &[f32_t(&[t, n], &a), f32_t(&[t, n], &b)],
+        &[(TensorDesc::new(DType::F32, [t, n]), None)],
+    );
+    assert_eq!(to_f32(&g[0]), to_f32(&c[0]), "add f32 is exact");
+    let ai: Vec<i32> = (0..50).map(|_| r.next() as i32).collect();
+    let bi: Vec<i32> = (0..50).map(|_| r.next() as i32).collect();
+    let (g, c) = both(
+        be,
+        &Op::Add,
+        &[i32_t(&[50], &ai), i32_t(&[50], &bi)],
+        &[(TensorDesc::new(DType::I32, [50]), None)],
+    );
+    assert_eq!(to_i32(&g[0]), to_i32(&c[0]), "add i32 wraps");
+    let (g, c) = both(
+        be,
+        &Op::LastRow,
+        &[f32_t(&[t, n], &a)],
+        &[(TensorDesc::new(DType::F32, [1, n]), None)],
+    );
+    assert_eq!(to_f32(&g[0]), to_f32(&c[0]), "last_row");
+    assert_eq!(to_f32(&g[0]), a[(t - 1) * n..].to_vec());
+    // argmax: ties to the first index, NaN wins, plain random rows.
+    let mut x = r.vec(t * n, 1.0);
+    x[5] = 9.0;
+    x[700] = 9.0;
+    x[n + 3] = f32::NAN;
+    x[n + 900] = f32::NAN;
+    x[2 * n + 999] = 50.0;
+    for v in &mut x[3 * n..4 * n] {
+        *v = -1.0;
+    }
+    let (g, c) = both(
+        be,
+        &Op::Argmax,
+        &[f32_t(&[t, n], &x)],
+        &[(TensorDesc::new(DType::I32, [t]), None)],
+    );
+    let gi = to_i32(&g[0]);
+    assert_eq!(gi, to_i32(&c[0]), "argmax");
+    assert_eq!(&gi[..4], &[5, 3, 999, 0]);
+    // One long row (decode's lm_head: the multi-block argmax): ties, NaN, -0/+0, all equal.
+    let n = 201_088;
+    let mut rows: Vec<(Vec<f32>, i32)> = Vec::new();
+    let mut x = r.vec(n, 1.0);
+    x[150_000] = 20.0;
+    x[190_000] = 20.0;
+    rows.push((x.clone(), 150_000));
+    x[7] = f32::NAN;
+    x[100] = f32::NAN;
+    rows.push((x, 7));
+    let mut z = vec![-1.0f32; n];
+    z[10] = -0.0;
+    z[20] = 0.0;
+    rows.push((z, 10));
+    rows.push((vec![3.0; n], 0));
+    for (k, (x, want)) in rows.into_iter().enumerate() {
+        let (g, c) = both(
+            be,
+            &Op::Argmax,
+            &[f32_t(&[1, n], &x)],
+            &[(TensorDesc::new(DType::I32, [1]), None)],
+        );
+        assert_eq!(to_i32(&g[0]), to_i32(&c[0]), "long-row argmax case {k}");
+        assert_eq!(to_i32(&g[0]), vec![want], "long-row argmax case {k}");
+    }
+}
