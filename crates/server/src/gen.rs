@@ -12,6 +12,7 @@ use crate::engine::{End, Event, GenRequest, SubmitError};
 use crate::error::ApiError;
 use crate::output::{OutputMapper, Piece, Reply};
 use crate::state::AppState;
+use crate::tool_choice::CallConstraint;
 
 /// Why a reply ended, as the APIs report it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +86,8 @@ pub struct Job {
     pub sampling: Sampling,
     pub max_tokens: Option<usize>,
     pub stop: Vec<String>,
+    /// The functions the reply must call (tool_choice "required" or named); None: free.
+    pub must_call: Option<Vec<String>>,
 }
 
 /// Renders the chat and checks the context; returns the prompt ids and the token budget.
@@ -139,12 +142,15 @@ pub struct Generation {
 }
 
 /// Queues `prompt`; refuses with 429 when the queue is full, 503 while shutting down.
+/// With `must_call`, decoding is constrained to a call of one of those functions
+/// ([`crate::tool_choice`]).
 pub fn start(
     st: &Arc<AppState>,
     prompt: Vec<u32>,
     max_tokens: usize,
     sampling: SamplingParams,
     stop: &[String],
+    must_call: Option<Vec<String>>,
 ) -> Result<Generation, ApiError> {
     if st.shutting_down.load(std::sync::atomic::Ordering::Relaxed) {
         return Err(ApiError::unavailable("the server is shutting down"));
@@ -156,6 +162,7 @@ pub fn start(
         sampling,
         max_tokens,
         stop_ids: STOP_TOKENS.to_vec(),
+        constraint: must_call.map(|names| CallConstraint::new(st.tok, names)),
         events: tx,
     };
     match st.engine.submit(req) {

@@ -15,6 +15,7 @@ pub mod output;
 pub mod routes;
 pub mod sse;
 pub mod state;
+pub mod tool_choice;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -151,3 +152,5 @@ async fn wait_for_signal() {
 
 #[cfg(test)]
 mod output_tests;
+#[cfg(test)]
+mod tool_choice_tests;

@@ -1,14 +1,17 @@
 //! The engine interleaves requests (chunked prefill between decode steps, one decode step per
 //! request per round) without changing any of them: every output equals the same request run
-//! alone with `Model::generate_greedy`.
+//! alone with `Model::generate_greedy`; a request with a call constraint writes only what it
+//! allows.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use gptoss_backend_cpu::cpu_backend;
 use gptoss_models::sampler::SamplingParams;
+use gptoss_models::tokenizer::Tokenizer;
 use gptoss_models::Model;
 use gptoss_server::engine::{self, End, EngineOptions, Event, GenRequest, SubmitError};
+use gptoss_server::tool_choice::CallConstraint;
 
 fn tiny() -> Model {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-b");
@@ -49,6 +52,7 @@ fn interleaved_requests_match_greedy_alone() {
             sampling: SamplingParams::greedy(),
             max_tokens,
             stop_ids: Vec::new(),
+            constraint: None,
             events: tx,
         };
         assert!(handle.submit(req).is_ok());
@@ -91,6 +95,7 @@ fn full_queue_refuses_and_dropped_receivers_cancel() {
             sampling: SamplingParams::greedy(),
             max_tokens,
             stop_ids: Vec::new(),
+            constraint: None,
             events: tx,
         };
         (r, rx)
@@ -124,5 +129,57 @@ fn full_queue_refuses_and_dropped_receivers_cancel() {
             .running
             .load(std::sync::atomic::Ordering::Relaxed),
         0
+    );
+}
+
+#[test]
+fn constrained_request_writes_only_the_allowed_header() {
+    // tiny-b's 1024 ids hold no harmony control token, so of the call headers only the
+    // recipient-first one can be started: ` to=functions.f`, spelled with low ids.
+    let tok: &'static Tokenizer = Box::leak(Box::new(Tokenizer::o200k_harmony().unwrap()));
+    let model = tiny();
+    let vocab = model.config.vocab_size;
+    let handle = engine::start(
+        model,
+        EngineOptions {
+            max_batch: 2,
+            queue: 4,
+            prefill_chunk: 4,
+        },
+        1000,
+    );
+    let run = |constraint: Option<CallConstraint>| {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let req = GenRequest {
+            prompt: prompt(5, vocab),
+            sampling: SamplingParams::greedy(),
+            max_tokens: 6,
+            stop_ids: Vec::new(),
+            constraint,
+            events: tx,
+        };
+        assert!(handle.submit(req).is_ok());
+        let mut got = Vec::new();
+        loop {
+            match rx.blocking_recv() {
+                Some(Event::Token(t)) => got.push(t),
+                Some(Event::Done { end, .. }) => {
+                    assert_eq!(end, End::MaxTokens);
+                    break got;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    let header = b" to=functions.f";
+    let free = tok.decode_bytes(&run(None));
+    assert!(!header.starts_with(&free[..free.len().min(header.len())]));
+    let got = run(Some(CallConstraint::new(tok, vec!["f".into()])));
+    assert_eq!(got.len(), 6);
+    let bytes = tok.decode_bytes(&got);
+    assert!(
+        header.starts_with(&bytes[..bytes.len().min(header.len())]),
+        "{:?}",
+        String::from_utf8_lossy(&bytes)
     );
 }

@@ -15,6 +15,7 @@ use crate::gen::{self, Finish, Job, Sampling, Step, Usage};
 use crate::output::{Piece, Reply};
 use crate::sse;
 use crate::state::{unix_now, AppState};
+use crate::tool_choice::apply_tool_choice;
 
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
@@ -83,43 +84,6 @@ pub struct ChatBody {
     pub return_token_ids: Option<bool>,
 }
 
-/// Applies `tool_choice`: "none" hides the tools from the model; "auto", "required" and a
-/// named function are checked against `tools` (the model is told about the tools; decoding
-/// is not constrained yet, so "required" and a named choice are requests, not guarantees).
-pub fn apply_tool_choice(choice: Option<&Value>, tools: Vec<Tool>) -> Result<Vec<Tool>, ApiError> {
-    let bad = |m: String| ApiError::bad_request(m).param("tool_choice");
-    match choice {
-        None | Some(Value::Null) => Ok(tools),
-        Some(Value::String(s)) => match s.as_str() {
-            "none" => Ok(Vec::new()),
-            "auto" => Ok(tools),
-            "required" if tools.is_empty() => Err(bad(
-                "tool_choice is 'required' but no tools were given".into(),
-            )),
-            "required" => Ok(tools),
-            other => Err(bad(format!(
-                "tool_choice must be 'none', 'auto', 'required' or a function, not '{other}'"
-            ))),
-        },
-        Some(obj @ Value::Object(_)) => {
-            let name = obj
-                .pointer("/function/name")
-                .or_else(|| obj.get("name"))
-                .and_then(Value::as_str)
-                .ok_or_else(|| bad("tool_choice object needs function.name".into()))?;
-            if !tools.iter().any(|t| t.function.name == name) {
-                return Err(bad(format!(
-                    "tool_choice names function '{name}', which is not in tools"
-                )));
-            }
-            Ok(tools)
-        }
-        Some(other) => Err(bad(format!(
-            "tool_choice must be a string or an object, not {other}"
-        ))),
-    }
-}
-
 pub async fn handler(
     State(st): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
@@ -130,7 +94,8 @@ pub async fn handler(
             .param("n")
             .code("invalid_value"));
     }
-    let tools = apply_tool_choice(b.tool_choice.as_ref(), b.tools.unwrap_or_default())?;
+    let (tools, must_call) =
+        apply_tool_choice(b.tool_choice.as_ref(), b.tools.unwrap_or_default())?;
     let job = Job {
         messages: b.messages,
         tools,
@@ -147,10 +112,11 @@ pub async fn handler(
         },
         max_tokens: b.max_completion_tokens.or(b.max_tokens),
         stop: b.stop.map(StopField::list).unwrap_or_default(),
+        must_call,
     };
     let params = job.sampling.params()?;
     let (prompt, max_tokens) = gen::prepare(&st, &job)?;
-    let g = gen::start(&st, prompt, max_tokens, params, &job.stop)?;
+    let g = gen::start(&st, prompt, max_tokens, params, &job.stop, job.must_call)?;
     let id = st.new_id("chatcmpl-");
     let model = b.model.unwrap_or_else(|| st.model_id.clone());
     let ids = b.return_token_ids.unwrap_or(false);
@@ -310,57 +276,4 @@ async fn stream(
         }
     }
     let _ = sink.send("data: [DONE]\n\n".to_string()).await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::apply_tool_choice;
-    use gptoss_models::harmony::Tool;
-    use serde_json::json;
-
-    #[test]
-    fn tool_choice_values() {
-        let tools = vec![Tool::function("get_weather", "weather", None)];
-        assert!(apply_tool_choice(Some(&json!("none")), tools.clone())
-            .unwrap()
-            .is_empty());
-        assert_eq!(
-            apply_tool_choice(Some(&json!("auto")), tools.clone())
-                .unwrap()
-                .len(),
-            1
-        );
-        assert_eq!(
-            apply_tool_choice(Some(&json!("required")), tools.clone())
-                .unwrap()
-                .len(),
-            1
-        );
-        let named = json!({"type": "function", "function": {"name": "get_weather"}});
-        assert_eq!(
-            apply_tool_choice(Some(&named), tools.clone())
-                .unwrap()
-                .len(),
-            1
-        );
-        let other = json!({"type": "function", "function": {"name": "nope"}});
-        assert_eq!(
-            apply_tool_choice(Some(&other), tools.clone())
-                .unwrap_err()
-                .status,
-            400
-        );
-        assert_eq!(
-            apply_tool_choice(Some(&json!("required")), vec![])
-                .unwrap_err()
-                .status,
-            400
-        );
-        assert_eq!(
-            apply_tool_choice(Some(&json!("maybe")), tools)
-                .unwrap_err()
-                .status,
-            400
-        );
-    }
 }

@@ -14,13 +14,13 @@ use gptoss_models::harmony::{ChatMessage, ReasoningEffort};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::chat::apply_tool_choice;
 use super::responses_events::Builder;
 use super::responses_input::{self, Input, RespTool};
 use crate::error::ApiError;
 use crate::gen::{self, Job, Sampling, Step};
 use crate::sse;
 use crate::state::{unix_now, AppState};
+use crate::tool_choice::apply_tool_choice;
 
 #[derive(Debug, Deserialize, Default)]
 pub struct ReasoningOpt {
@@ -71,7 +71,7 @@ pub async fn handler(
     };
     history.extend(responses_input::messages(b.input)?);
     let tools = responses_input::tools(b.tools.unwrap_or_default())?;
-    let tools = apply_tool_choice(b.tool_choice.as_ref(), tools)?;
+    let (tools, must_call) = apply_tool_choice(b.tool_choice.as_ref(), tools)?;
     let mut messages = Vec::new();
     if let Some(i) = &b.instructions {
         messages.push(ChatMessage::developer(i.clone()));
@@ -89,10 +89,11 @@ pub async fn handler(
         },
         max_tokens: b.max_output_tokens,
         stop: Vec::new(),
+        must_call,
     };
     let params = job.sampling.params()?;
     let (prompt, max_tokens) = gen::prepare(&st, &job)?;
-    let g = gen::start(&st, prompt, max_tokens, params, &job.stop)?;
+    let g = gen::start(&st, prompt, max_tokens, params, &job.stop, job.must_call)?;
     let id = st.new_id("resp_");
     let model = b.model.unwrap_or_else(|| st.model_id.clone());
     let store = b.store.unwrap_or(true);
