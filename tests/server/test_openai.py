@@ -440,3 +440,143 @@ def test_responses_answer_after_function_output_plain_and_streamed():
     assert again.usage.input_tokens > fresh.usage.input_tokens + 40
     with pytest.raises(openai.NotFoundError):
         c.responses.create(model="m", input="hi", previous_response_id="resp_missing")
+
+
+# ---------------------------------------------------------------- script: tool_choice enforced
+# "required" and a named function constrain decoding to a call (crates/server/src/tool_choice.rs).
+# On the tool server the script's own call is allowed and passes unchanged; on the answer server
+# the script wants a final answer, and the constraint turns the message after the reasoning into
+# a call instead (whose arguments are whatever the scripted model writes then).
+
+TIME = {
+    "type": "function",
+    "function": {
+        "name": "get_time",
+        "description": "Current local time in a city",
+        "parameters": {"type": "object", "properties": {"location": {"type": "string"}}},
+    },
+}
+RESP_TIME = {"type": "function", **TIME["function"]}
+
+
+def chat_named(name):
+    return {"type": "function", "function": {"name": name}}
+
+
+def resp_named(name):
+    return {"type": "function", "name": name}
+
+
+def chat_reply(url, stream, **kw):
+    """One chat completion, plain or streamed: (reasoning, content, [(name, args)], finish)."""
+    c = client(url)
+    if not stream:
+        ch = c.chat.completions.create(model="m", messages=ASK, **kw).choices[0]
+        m = ch.message
+        calls = [(t.function.name, t.function.arguments) for t in m.tool_calls or []]
+        assert all(t.id for t in m.tool_calls or [])
+        return (getattr(m, "reasoning_content", None) or "", m.content or "", calls,
+                ch.finish_reason)
+    reasoning, content, calls, finish = "", "", {}, None
+    for chunk in c.chat.completions.create(model="m", messages=ASK, stream=True, **kw):
+        for ch in chunk.choices:
+            d = ch.delta
+            reasoning += getattr(d, "reasoning_content", None) or ""
+            content += d.content or ""
+            for tc in d.tool_calls or []:
+                call = calls.setdefault(tc.index, {"id": None, "name": "", "args": ""})
+                call["id"] = tc.id or call["id"]
+                call["name"] += (tc.function.name or "") if tc.function else ""
+                call["args"] += (tc.function.arguments or "") if tc.function else ""
+            finish = ch.finish_reason or finish
+    assert list(calls) == list(range(len(calls)))
+    assert all(c["id"] for c in calls.values())
+    return reasoning, content, [(c["name"], c["args"]) for c in calls.values()], finish
+
+
+def resp_reply(url, stream, **kw):
+    """One response, plain or streamed: (output item types, reasoning, text, [(name, args)])."""
+    c = client(url)
+    if not stream:
+        r = c.responses.create(model="m", input="Weather in Paris?", **kw)
+        assert r.status == "completed"
+    else:
+        r, args, done_args = None, "", []
+        for ev in c.responses.create(model="m", input="Weather in Paris?", stream=True, **kw):
+            if ev.type == "response.function_call_arguments.delta":
+                args += ev.delta
+            elif ev.type == "response.function_call_arguments.done":
+                done_args.append(ev.arguments)
+            elif ev.type in ("response.completed", "response.incomplete"):
+                r = ev.response
+        assert r is not None and r.status == "completed"
+        assert done_args == [args] == [o.arguments for o in r.output if o.type == "function_call"]
+    reasoning = "".join(p.text for o in r.output if o.type == "reasoning" for p in o.content)
+    calls = [(o.name, o.arguments) for o in r.output if o.type == "function_call"]
+    assert all(o.call_id for o in r.output if o.type == "function_call")
+    return [o.type for o in r.output], reasoning, r.output_text, calls
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("choice", ["required", chat_named("get_weather")])
+def test_chat_tool_choice_keeps_the_models_own_call(stream, choice):
+    got = chat_reply(TOOL, stream, tools=[TIME, WEATHER], tool_choice=choice)
+    assert got == (REASONING, "", [("get_weather", ARGS)], "tool_calls")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_chat_named_tool_choice_overrides_the_models_pick(stream):
+    reasoning, content, calls, finish = chat_reply(
+        TOOL, stream, tools=[WEATHER, TIME], tool_choice=chat_named("get_time"),
+        temperature=0, max_tokens=100)
+    assert reasoning == REASONING and content == ""
+    assert [name for name, _ in calls] == ["get_time"]
+    assert finish == "tool_calls"
+
+
+def test_chat_tool_choice_forces_a_call_on_a_model_that_answers():
+    # The same request with "auto" gets the scripted answer and no call.
+    kw = dict(tools=[WEATHER], temperature=0, max_tokens=100)
+    assert chat_reply(ANSWER_URL, False, tool_choice="auto", **kw) == (
+        ANSWER_REASONING, ANSWER, [], "stop")
+    for choice in ["required", chat_named("get_weather")]:
+        plain = chat_reply(ANSWER_URL, False, tool_choice=choice, **kw)
+        reasoning, content, calls, finish = plain
+        assert reasoning == ANSWER_REASONING
+        assert content == ""
+        assert [name for name, _ in calls] == ["get_weather"]
+        assert calls[0][1] and "<|" not in calls[0][1]
+        assert finish == "tool_calls"
+        # Streamed: the same call, the same arguments (greedy).
+        assert chat_reply(ANSWER_URL, True, tool_choice=choice, **kw) == plain
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("choice", ["required", resp_named("get_weather")])
+def test_responses_tool_choice_keeps_the_models_own_call(stream, choice):
+    got = resp_reply(TOOL, stream, tools=[RESP_TIME, RESP_WEATHER], tool_choice=choice)
+    assert got == (["reasoning", "function_call"], REASONING, "", [("get_weather", ARGS)])
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_responses_named_tool_choice_overrides_the_models_pick(stream):
+    kinds, reasoning, text, calls = resp_reply(
+        TOOL, stream, tools=[RESP_WEATHER, RESP_TIME], tool_choice=resp_named("get_time"),
+        temperature=0, max_output_tokens=100)
+    assert kinds == ["reasoning", "function_call"]
+    assert reasoning == REASONING and text == ""
+    assert [name for name, _ in calls] == ["get_time"]
+
+
+def test_responses_tool_choice_forces_a_call_on_a_model_that_answers():
+    kw = dict(tools=[RESP_WEATHER], temperature=0, max_output_tokens=100)
+    kinds, _, text, calls = resp_reply(ANSWER_URL, False, tool_choice="auto", **kw)
+    assert kinds == ["reasoning", "message"] and text == ANSWER and calls == []
+    for choice in ["required", resp_named("get_weather")]:
+        plain = resp_reply(ANSWER_URL, False, tool_choice=choice, **kw)
+        kinds, reasoning, text, calls = plain
+        assert kinds == ["reasoning", "function_call"]
+        assert reasoning == ANSWER_REASONING and text == ""
+        assert [name for name, _ in calls] == ["get_weather"]
+        assert calls[0][1] and "<|" not in calls[0][1]
+        assert resp_reply(ANSWER_URL, True, tool_choice=choice, **kw) == plain
