@@ -14,5 +14,6 @@ mkdir -p dist
 cp "$bin" dist/cuda-mxfp4-fixtures
 strip dist/cuda-mxfp4-fixtures
 echo "staged $bin as dist/cuda-mxfp4-fixtures; on the GPU machine run:"
-echo 'set -o pipefail; GPTOSS_FIXTURES=tests/fixtures ./dist/cuda-mxfp4-fixtures --include-ignored --test-threads=1 --nocapture 2>&1 | tee $OUT/log.txt'
+echo 'set -o pipefail; GPTOSS_FIXTURES=tests/fixtures ./dist/cuda-mxfp4-fixtures --include-ignored --skip split_ --test-threads=1 --nocapture 2>&1 | tee $OUT/log.txt'
+echo 'on a machine with two GPUs (nvidia-h100-x2), the split tests: ./dist/cuda-mxfp4-fixtures --ignored split_ --test-threads=1 --nocapture'
 echo 'the portable (cuda-bf16) flavor, as compute_80 code: prefix GPTOSS_CUDA_FLAVOR=portable'

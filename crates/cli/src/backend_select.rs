@@ -9,11 +9,13 @@
 
 use std::path::PathBuf;
 
-use gptoss_backend_cpu::CpuKernels;
+use gptoss_backend_cpu::{available_cores, CpuKernels};
+use gptoss_core::collective::{new_group_name, ShardOptions};
 use gptoss_core::config::EngineConfig;
 use gptoss_core::plugin::registry::{self, Offer};
 use gptoss_core::plugin::{scoring, HostPlugin, Plugin, PluginOptions};
-use gptoss_core::{Backend, ProbeReport, Result};
+use gptoss_core::{Backend, Error, ProbeReport, Result};
+use gptoss_models::Sharding;
 
 /// Backends built into this binary.
 pub const BUILT_IN: &[&str] = &["cpu"];
@@ -123,8 +125,25 @@ pub fn survey(cfg: &EngineConfig) -> Survey {
     }
 }
 
-/// Pick the backend `cfg` asks for (forced, or auto) and create it.
-pub fn open(cfg: &EngineConfig) -> Result<Box<dyn Backend>> {
+/// How `cfg` splits the model.
+pub fn sharding(cfg: &EngineConfig) -> Sharding {
+    Sharding {
+        world: cfg.tensor_parallel.max(1),
+        expert_parallel: cfg.expert_parallel,
+    }
+}
+
+/// "cuda-mxfp4" or "2 × cuda-mxfp4" for a progress line.
+pub fn describe(backends: &[Box<dyn Backend>]) -> String {
+    match backends {
+        [one] => one.name().to_string(),
+        many => format!("{} × {}", many.len(), many[0].name()),
+    }
+}
+
+/// Pick the backend `cfg` asks for and create one instance per shard (`tensor_parallel`
+/// of them, on as many devices; one when the model is not split).
+pub fn open_shards(cfg: &EngineConfig) -> Result<Vec<Box<dyn Backend>>> {
     let survey = survey(cfg);
     let offers = survey.offers();
     let forced = (cfg.backend != "auto").then_some(cfg.backend.as_str());
@@ -144,18 +163,75 @@ pub fn open(cfg: &EngineConfig) -> Result<Box<dyn Backend>> {
         );
     }
     let c = &survey.candidates[chosen?];
-    let options = PluginOptions {
-        threads: cfg.threads,
-        device: c.device(),
+    let world = cfg.tensor_parallel.max(1);
+    let devices = shard_devices(c, world)?;
+    let group = new_group_name();
+    // Simulated shards of the cpu backend share the cores.
+    let threads = if world > 1 && cfg.threads == 0 && c.name() == "cpu" {
+        (available_cores() / world).max(1)
+    } else {
+        cfg.threads
     };
-    match &c.source {
-        Source::Plugin(p) => {
-            tracing::debug!("using plugin {} from {}", p.name, p.path.display());
-            Ok(Box::new(p.create(&options)?))
-        }
-        Source::BuiltIn => {
-            tracing::debug!("using the built-in {} backend", c.name());
-            Ok(Box::new(gptoss_backend_cpu::cpu_backend(options.threads)))
-        }
+    let mut out: Vec<Box<dyn Backend>> = Vec::with_capacity(world);
+    for (rank, device) in devices.into_iter().enumerate() {
+        let shard = (world > 1).then(|| ShardOptions {
+            rank,
+            world,
+            group: group.clone(),
+        });
+        let options = PluginOptions {
+            threads,
+            device,
+            shard,
+        };
+        out.push(match &c.source {
+            Source::Plugin(p) => {
+                tracing::debug!(
+                    "using plugin {} from {} (device {device})",
+                    p.name,
+                    p.path.display()
+                );
+                Box::new(p.create(&options)?)
+            }
+            Source::BuiltIn => {
+                tracing::debug!("using the built-in {} backend", c.name());
+                let be = gptoss_backend_cpu::cpu_backend(options.threads);
+                match &options.shard {
+                    Some(s) => Box::new(be.with_shard(s)?),
+                    None => Box::new(be),
+                }
+            }
+        });
     }
+    Ok(out)
+}
+
+/// The device of each shard: the best-scoring devices in probe order, one per shard. The cpu
+/// backend runs every shard on its one device (a simulation of the split, for tests).
+fn shard_devices(c: &Candidate, world: usize) -> Result<Vec<usize>> {
+    if world == 1 {
+        return Ok(vec![c.device()]);
+    }
+    if c.name() == "cpu" {
+        return Ok(vec![0; world]);
+    }
+    let usable: Vec<usize> = match &c.probe {
+        Ok(p) => p
+            .devices
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.score > 0 && d.score == p.best_score())
+            .map(|(i, _)| i)
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    if usable.len() < world {
+        return Err(Error::Input(format!(
+            "--tensor-parallel {world} needs {world} devices, but {} sees {} usable one(s); \
+             lower --tensor-parallel or see `gptoss backends`",
+            c.name(),
+            usable.len()
+        )));
+    }
+    Ok(usable.into_iter().take(world).collect())
 }

@@ -3,7 +3,7 @@
 use clap::Args as ClapArgs;
 use gptoss_core::{Error, Result};
 use gptoss_models::bench::{self, BenchResult};
-use gptoss_models::synthetic::{load_synthetic, Preset};
+use gptoss_models::synthetic::{load_synthetic_sharded, Preset};
 use gptoss_models::Model;
 use serde::Serialize;
 
@@ -45,6 +45,8 @@ struct Report {
     backend: String,
     model: String,
     layers: usize,
+    /// GPUs (backend instances) the model is split over.
+    shards: usize,
     /// Seconds to build (synthetic) or load (--model) the weights onto the backend.
     load_s: f64,
     bandwidth_gb_s: f64,
@@ -65,7 +67,9 @@ pub fn run(a: Args) -> Result<()> {
     let t0 = std::time::Instant::now();
     let (mut model, label) = load(&a)?;
     let load_s = t0.elapsed().as_secs_f64();
-    let bw = bench::measure_bandwidth(model.backend_mut(), a.bandwidth_mib)?;
+    // Measured on one device; a split model reads from all of them at once, so its
+    // roofline uses their sum.
+    let bw = bench::measure_bandwidth(model.backend_mut(), a.bandwidth_mib)? * model.world() as f64;
     let mut results = Vec::new();
     for p in &a.prompt {
         results.push(bench::run(&mut model, *p, a.gen, Some(bw), 0x5eed)?);
@@ -74,6 +78,7 @@ pub fn run(a: Args) -> Result<()> {
         backend: model.backend_name().to_string(),
         model: label,
         layers: model.config.num_hidden_layers,
+        shards: model.world(),
         load_s,
         bandwidth_gb_s: bw / 1e9,
         results,
@@ -94,14 +99,19 @@ fn load(a: &Args) -> Result<(Model, String)> {
         (Some(preset), _) => {
             let preset_v = Preset::parse(preset)?;
             let cfg = a.engine.engine_config()?;
-            let backend = backend_select::open(&cfg)?;
+            let backends = backend_select::open_shards(&cfg)?;
             let mut bar = progress::Progress::new(format!(
                 "building synthetic {preset} on {}",
-                backend.name()
+                backend_select::describe(&backends)
             ));
-            let model = load_synthetic(preset_v, a.layers, backend, 0x9e37_79b9, &mut |d, t| {
-                bar.update(d, t)
-            })?;
+            let model = load_synthetic_sharded(
+                preset_v,
+                a.layers,
+                backends,
+                backend_select::sharding(&cfg),
+                0x9e37_79b9,
+                &mut |d, t| bar.update(d, t),
+            )?;
             bar.finish();
             Ok((model, format!("synthetic {preset}")))
         }
@@ -112,6 +122,8 @@ fn load(a: &Args) -> Result<(Model, String)> {
                     backend: a.engine.backend.clone(),
                     config: a.engine.config.clone(),
                     threads: a.engine.threads,
+                    tensor_parallel: a.engine.tensor_parallel,
+                    expert_parallel: a.engine.expert_parallel,
                 },
             };
             Ok((args.load()?.0, m.clone()))
@@ -123,8 +135,13 @@ fn load(a: &Args) -> Result<(Model, String)> {
 }
 
 fn print_table(r: &Report) {
+    let split = if r.shards > 1 {
+        format!(" × {} (split)", r.shards)
+    } else {
+        String::new()
+    };
     println!(
-        "backend {}  model {} ({} layers, loaded in {:.2} s)  measured bandwidth {:.1} GB/s",
+        "backend {}{split}  model {} ({} layers, loaded in {:.2} s)  measured bandwidth {:.1} GB/s",
         r.backend, r.model, r.layers, r.load_s, r.bandwidth_gb_s
     );
     println!(

@@ -30,6 +30,13 @@ pub struct EngineArgs {
     /// CPU threads for the cpu backend (0 = all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Split the model over N GPUs (tensor parallel; NCCL sums). Default from the config (1).
+    #[arg(long, value_name = "N")]
+    pub tensor_parallel: Option<usize>,
+    /// With --tensor-parallel N: split the experts by expert (expert parallel) instead of by
+    /// their columns.
+    #[arg(long)]
+    pub expert_parallel: bool,
 }
 
 impl EngineArgs {
@@ -41,6 +48,17 @@ impl EngineArgs {
         if let Some(t) = self.threads {
             cfg.threads = t;
         }
+        if let Some(n) = self.tensor_parallel {
+            cfg.tensor_parallel = n;
+        }
+        if self.expert_parallel {
+            cfg.expert_parallel = true;
+        }
+        if cfg.tensor_parallel == 0 {
+            return Err(Error::Input(
+                "--tensor-parallel 0: give the number of GPUs, at least 1".into(),
+            ));
+        }
         Ok(cfg)
     }
 }
@@ -50,10 +68,18 @@ impl ModelArgs {
     pub fn load(&self) -> Result<(Model, EngineConfig)> {
         let cfg = self.engine.engine_config()?;
         let dir = gptoss_models::hub::resolve_model_dir(&self.model)?;
-        let backend = backend_select::open(&cfg)?;
-        let mut bar =
-            progress::Progress::new(format!("loading {} on {}", dir.display(), backend.name()));
-        let model = Model::load(&dir, backend, &mut |done, total| bar.update(done, total))?;
+        let backends = backend_select::open_shards(&cfg)?;
+        let mut bar = progress::Progress::new(format!(
+            "loading {} on {}",
+            dir.display(),
+            backend_select::describe(&backends)
+        ));
+        let model = Model::load_sharded(
+            &dir,
+            backends,
+            backend_select::sharding(&cfg),
+            &mut |done, total| bar.update(done, total),
+        )?;
         bar.finish();
         Ok((model, cfg))
     }

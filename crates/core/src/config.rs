@@ -21,6 +21,10 @@ pub struct EngineConfig {
     pub threads: usize,
     /// Largest context (prompt + generated tokens) a session reserves KV cache for; 0 = the model's maximum.
     pub max_context: usize,
+    /// GPUs to split the model over (attention heads and expert columns); 1 = one GPU.
+    pub tensor_parallel: usize,
+    /// With tensor_parallel > 1: split the experts by expert instead of by their columns.
+    pub expert_parallel: bool,
 }
 
 impl Default for EngineConfig {
@@ -36,6 +40,8 @@ impl Default for EngineConfig {
             plugin_dirs: Vec::new(),
             threads: 0,
             max_context: 4096,
+            tensor_parallel: 1,
+            expert_parallel: false,
         }
     }
 }

@@ -68,7 +68,17 @@ pub enum Op {
     ///     gate_up_blocks [E, 2I, H/32, 16], gate_up_scales [E, 2I, H/32], gate_up_bias [E, 2I],
     ///     down_blocks [E, H, I/32, 16], down_scales [E, H, I/32], down_bias [E, H]
     /// out: [T, H]. Rows of gate_up interleave gate (even) and up (odd).
+    /// An id of -1 names an expert held by another shard (see `LocalExperts`): that slot is
+    /// skipped, contributing nothing.
     MoeMxfp4 { swiglu_limit: f32, alpha: f32 },
+    /// Expert parallelism: this shard holds experts `first..first + count`.
+    /// in: ids [T, k] I32 (global) -> out: ids [T, k] I32, `id - first` for the held experts
+    /// and -1 for the others.
+    LocalExperts { first: u32, count: u32 },
+    /// Tensor/expert parallelism: the element-wise sum of `x` over every shard of the group
+    /// this backend was created in (the identity for a backend that is not sharded).
+    /// in: x [T, N] F32 -> out [T, N] F32. Every shard must run its nodes in the same order.
+    AllReduceSum,
     /// in: a, b (same shape) -> out: a + b
     Add,
     /// in: x [T, N] -> out: [1, N], the last row (decode only needs the last position's logits)
@@ -87,6 +97,8 @@ impl Op {
             Op::Attention { .. } => "attention",
             Op::TopKSoftmax { .. } => "topk_softmax",
             Op::MoeMxfp4 { .. } => "moe_mxfp4",
+            Op::LocalExperts { .. } => "local_experts",
+            Op::AllReduceSum => "all_reduce_sum",
             Op::Add => "add",
             Op::LastRow => "last_row",
             Op::Argmax => "argmax",

@@ -189,6 +189,24 @@ pub(crate) fn check_node(g: &Graph, node: &Node) -> Result<(), String> {
             )?;
             want(o(0).0 == x, || "output shape must equal x".into())
         }
+        Op::LocalExperts { count, .. } => {
+            arity(node, &[1], 1)?;
+            let (ids, dt, n) = i(0);
+            want(ids.len() == 2 && dt == DType::I32, || {
+                format!("ids '{n}' must be I32 [T, k]")
+            })?;
+            want(*count > 0, || "count must be at least 1".into())?;
+            want(o(0).0 == ids && o(0).1 == DType::I32, || {
+                "output must be I32 of the input's shape".into()
+            })
+        }
+        Op::AllReduceSum => {
+            arity(node, &[1], 1)?;
+            float2(0, true)?;
+            want(o(0).0 == i(0).0 && o(0).1 == DType::F32, || {
+                "output must be F32 of the input's shape".into()
+            })
+        }
         Op::Add => {
             arity(node, &[2], 1)?;
             want(i(0).0 == i(1).0 && o(0).0 == i(0).0, || {

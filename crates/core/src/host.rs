@@ -6,6 +6,9 @@
 //! upload), byte-packed tensors as bytes, I32 as i32.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::collective::{host_group, HostGroup, ShardOptions};
 
 use crate::graph::{Op, ValueKind};
 use crate::{bf16, Backend, BufferId, DType, Error, Graph, ProbeReport, Result, TensorDesc};
@@ -175,6 +178,29 @@ pub struct HostExecutor<K: HostKernels> {
     kernels: K,
     buffers: HashMap<BufferId, HostTensor>,
     next_id: u64,
+    all_reduce: AllReduce,
+}
+
+/// `Op::AllReduceSum` for every host backend: through the shard group when there is one,
+/// else the identity.
+struct AllReduce {
+    group: Option<(usize, Arc<HostGroup>)>,
+}
+
+impl HostKernel for AllReduce {
+    fn run(&self, _op: &Op, inputs: &[&HostTensor], outputs: &mut [&mut HostTensor]) -> Result<()> {
+        let (Some(x), Some(out)) = (inputs.first(), outputs.first_mut()) else {
+            return Err(Error::Graph(
+                "all_reduce_sum takes one input and one output".into(),
+            ));
+        };
+        let out = out.f32_mut()?;
+        out.copy_from_slice(x.f32()?);
+        match &self.group {
+            Some((rank, g)) => g.all_reduce_sum(*rank, out),
+            None => Ok(()),
+        }
+    }
 }
 
 impl<K: HostKernels> HostExecutor<K> {
@@ -184,6 +210,21 @@ impl<K: HostKernels> HostExecutor<K> {
             kernels,
             buffers: HashMap::new(),
             next_id: 1,
+            all_reduce: AllReduce { group: None },
+        }
+    }
+
+    /// This executor runs shard `shard.rank` of a split model: `Op::AllReduceSum` sums with
+    /// the other executors of `shard.group` in this process.
+    pub fn with_shard(mut self, shard: &ShardOptions) -> Result<Self> {
+        self.all_reduce.group = Some((shard.rank, host_group(shard)?));
+        Ok(self)
+    }
+
+    fn kernel_for(&self, op: &Op) -> Option<&dyn HostKernel> {
+        match op {
+            Op::AllReduceSum => Some(&self.all_reduce),
+            _ => self.kernels.kernel(op),
         }
     }
 
@@ -318,7 +359,7 @@ impl<K: HostKernels> Backend for HostExecutor<K> {
                     })
                     .collect();
                 let mut out_refs: Vec<&mut HostTensor> = outs.iter_mut().collect();
-                match (ins, self.kernels.kernel(&node.op)) {
+                match (ins, self.kernel_for(&node.op)) {
                     (Err(e), _) => Ok(Err(e)),
                     (Ok(ins), Some(k)) => {
                         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

@@ -9,6 +9,7 @@
 
 pub mod backend;
 pub mod bf16;
+pub mod collective;
 pub mod config;
 pub mod dtype;
 pub mod error;

@@ -111,7 +111,7 @@ pub fn run(
     model.free_session(s)?;
     let decode_tok_s = gen as f64 / decode_s;
     let mean_ctx = prompt + gen / 2;
-    let bytes = weight_bytes_per_token(&model.config, model.weights.float_dtype)
+    let bytes = weight_bytes_per_token(&model.config, model.float_dtype())
         + kv_bytes_per_token(&model.config, mean_ctx, DType::F32);
     Ok(BenchResult {
         prompt_tokens: prompt,

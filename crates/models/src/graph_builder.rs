@@ -8,6 +8,7 @@ use gptoss_core::{BufferId, DType, Graph, TensorDesc, ValueId};
 
 use crate::config::{GptOssConfig, SWIGLU_ALPHA};
 use crate::kv_cache::KvCache;
+use crate::sharding::ShardPlan;
 use crate::weights::ModelWeights;
 
 /// Which logits the step produces.
@@ -69,6 +70,14 @@ impl Builder<'_> {
             vec![self.t, self.cfg.hidden_size],
         )
     }
+    /// The sum of `x` over all shards (nothing to do for an unsplit model).
+    fn all_reduce(&mut self, x: ValueId, name: String, shard: &ShardPlan) -> ValueId {
+        if shard.is_whole() {
+            return x;
+        }
+        let shape = self.g.value(x).desc.shape.dims().to_vec();
+        self.op(Op::AllReduceSum, vec![x], name, shape)
+    }
     fn linear(
         &mut self,
         x: ValueId,
@@ -83,26 +92,25 @@ impl Builder<'_> {
     }
 }
 
-/// The graph of one step over `n_tokens` new tokens, reading and extending `cache`.
+/// The graph of one step over `n_tokens` new tokens, reading and extending `cache`, for the
+/// shard `shard` of the model (`ShardPlan::whole` when it is not split).
 pub fn build_step(
     cfg: &GptOssConfig,
+    shard: &ShardPlan,
     w: &ModelWeights,
     cache: &KvCache,
     n_tokens: usize,
     io: StepIo,
     wanted: LogitsWanted,
 ) -> Graph {
+    // This shard's part: heads, experts, intermediate columns (all of them when whole).
     let (h, v, e, i) = (
         cfg.hidden_size,
         cfg.vocab_size,
-        cfg.num_local_experts,
-        cfg.intermediate_size,
+        shard.experts.len(),
+        shard.intermediate(),
     );
-    let (nq, nkv, d) = (
-        cfg.num_attention_heads,
-        cfg.num_key_value_heads,
-        cfg.head_dim,
-    );
+    let (nq, nkv, d) = (shard.heads.len(), shard.kv_heads.len(), cfg.head_dim);
     let f = w.float_dtype;
     let mut b = Builder {
         g: Graph::new(),
@@ -124,7 +132,7 @@ pub fn build_step(
     let embed = b.weight("model.embed_tokens.weight".into(), f, vec![v, h], w.embed);
     let mut x = b.op(Op::Embed, vec![embed, ids], "embed".into(), vec![t, h]);
     let rope = cfg.rope_params();
-    let cache_desc = KvCache::desc(cfg, cache.capacity, cache.dtype);
+    let cache_desc = KvCache::desc_for(cfg, nkv, cache.capacity, cache.dtype);
 
     for (l, lw) in w.layers.iter().enumerate() {
         let p = format!("model.layers.{l}.");
@@ -190,6 +198,7 @@ pub fn build_step(
         let o_w = b.weight(format!("{a}o_proj.weight"), f, vec![h, nq * d], lw.o_w);
         let o_b = b.weight(format!("{a}o_proj.bias"), f, vec![h], lw.o_b);
         let o = b.linear(attn, o_w, Some(o_b), format!("attn_out.{l}"), h);
+        let o = b.all_reduce(o, format!("attn_out_sum.{l}"), shard);
         x = b.op(Op::Add, vec![x, o], format!("resid_attn.{l}"), vec![t, h]);
 
         let post_w = b.weight(
@@ -199,9 +208,16 @@ pub fn build_step(
             lw.post_norm,
         );
         let hn = b.rms_norm(x, post_w, format!("ffn_norm.{l}"));
-        let r_w = b.weight(format!("{p}mlp.router.weight"), f, vec![e, h], lw.router_w);
-        let r_b = b.weight(format!("{p}mlp.router.bias"), f, vec![e], lw.router_b);
-        let router = b.linear(hn, r_w, Some(r_b), format!("router_logits.{l}"), e);
+        // The router always sees every expert; the shard then keeps its own.
+        let all_e = cfg.num_local_experts;
+        let r_w = b.weight(
+            format!("{p}mlp.router.weight"),
+            f,
+            vec![all_e, h],
+            lw.router_w,
+        );
+        let r_b = b.weight(format!("{p}mlp.router.bias"), f, vec![all_e], lw.router_b);
+        let router = b.linear(hn, r_w, Some(r_b), format!("router_logits.{l}"), all_e);
         let k_top = cfg.num_experts_per_tok;
         let sel = b.temp_i32(format!("expert_ids.{l}"), vec![t, k_top]);
         let sel_w = b.temp(format!("expert_weights.{l}"), vec![t, k_top]);
@@ -210,6 +226,17 @@ pub fn build_step(
             vec![router],
             vec![sel, sel_w],
         );
+        let sel = if shard.expert_parallel && !shard.is_whole() {
+            let local = b.temp_i32(format!("local_expert_ids.{l}"), vec![t, k_top]);
+            let op = Op::LocalExperts {
+                first: shard.experts.start as u32,
+                count: e as u32,
+            };
+            b.g.push(op, vec![sel], vec![local]);
+            local
+        } else {
+            sel
+        };
         let gub = b.weight(
             format!("{xp}gate_up_proj_blocks"),
             DType::Mxfp4Blocks,
@@ -251,6 +278,7 @@ pub fn build_step(
             format!("moe_out.{l}"),
             vec![t, h],
         );
+        let m = b.all_reduce(m, format!("moe_out_sum.{l}"), shard);
         x = b.op(Op::Add, vec![x, m], format!("resid_ffn.{l}"), vec![t, h]);
     }
 

@@ -10,20 +10,34 @@ pub struct KvCache {
     pub layers: Vec<(BufferId, BufferId)>,
     pub capacity: usize,
     pub dtype: DType,
+    /// Key/value heads held (all of them unless the model is split over shards).
+    pub kv_heads: usize,
 }
 
 impl KvCache {
     pub fn desc(cfg: &GptOssConfig, capacity: usize, dtype: DType) -> TensorDesc {
-        TensorDesc::new(dtype, [capacity, cfg.num_key_value_heads * cfg.head_dim])
+        Self::desc_for(cfg, cfg.num_key_value_heads, capacity, dtype)
     }
 
+    /// One layer's buffer for `kv_heads` heads.
+    pub fn desc_for(
+        cfg: &GptOssConfig,
+        kv_heads: usize,
+        capacity: usize,
+        dtype: DType,
+    ) -> TensorDesc {
+        TensorDesc::new(dtype, [capacity, kv_heads * cfg.head_dim])
+    }
+
+    /// Caches of every layer for `kv_heads` heads.
     pub fn alloc(
         backend: &mut dyn Backend,
         cfg: &GptOssConfig,
+        kv_heads: usize,
         capacity: usize,
         dtype: DType,
     ) -> Result<KvCache> {
-        let desc = Self::desc(cfg, capacity, dtype);
+        let desc = Self::desc_for(cfg, kv_heads, capacity, dtype);
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for _ in 0..cfg.num_hidden_layers {
             let k = backend.alloc(&desc)?;
@@ -34,6 +48,7 @@ impl KvCache {
             layers,
             capacity,
             dtype,
+            kv_heads,
         })
     }
 

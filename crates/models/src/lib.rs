@@ -4,6 +4,7 @@
 //! - [`checkpoint`]: safetensors by mmap, single file or sharded; [`hub`]: local HF cache.
 //! - [`weights`]: the published tensor names, checked and uploaded to a backend.
 //! - [`graph_builder`]: one forward step as a graph; [`kv_cache`]: per-layer caches.
+//! - [`sharding`]: one model split over several backends (tensor / expert parallel).
 //! - [`model`]: a loaded model, sessions, greedy generation; [`generation`]: one sequence
 //!   advanced a forward pass at a time (the CLI's token loop and the server's engine).
 //! - [`synthetic`]: random models of the real shapes; [`bench`], [`roofline`]: speed and its ceiling.
@@ -21,6 +22,7 @@ pub mod kv_cache;
 pub mod model;
 pub mod roofline;
 pub mod sampler;
+pub mod sharding;
 pub mod synthetic;
 pub mod tokenizer;
 pub mod weights;
@@ -28,3 +30,4 @@ pub mod weights;
 pub use config::GptOssConfig;
 pub use graph_builder::LogitsWanted;
 pub use model::{Model, Session};
+pub use sharding::{ShardPlan, Sharding};

@@ -8,18 +8,26 @@ use crate::checkpoint::Checkpoint;
 use crate::config::GptOssConfig;
 use crate::graph_builder::{build_step, LogitsWanted, StepIo};
 use crate::kv_cache::KvCache;
+use crate::sharding::{ShardPlan, Sharding};
 use crate::weights::ModelWeights;
 
 pub struct Model {
     pub config: GptOssConfig,
-    pub weights: ModelWeights,
+    /// One per backend; a model that is not split has one.
+    shards: Vec<Shard>,
+}
+
+/// One backend's part of the model.
+struct Shard {
+    plan: ShardPlan,
+    weights: ModelWeights,
     backend: Box<dyn Backend>,
 }
 
-/// One sequence's state: its KV cache and how many positions it holds.
+/// One sequence's state: its KV cache (one per shard) and how many positions it holds.
 #[derive(Debug)]
 pub struct Session {
-    cache: KvCache,
+    caches: Vec<KvCache>,
     len: usize,
 }
 
@@ -32,7 +40,7 @@ impl Session {
         self.len == 0
     }
     pub fn capacity(&self) -> usize {
-        self.cache.capacity
+        self.caches[0].capacity
     }
 }
 
@@ -40,17 +48,67 @@ impl Model {
     /// Load a model folder onto `backend`. `progress(done_bytes, total_bytes)` follows the upload.
     pub fn load(
         dir: &Path,
-        mut backend: Box<dyn Backend>,
+        backend: Box<dyn Backend>,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Model> {
+        Self::load_sharded(dir, vec![backend], Sharding::NONE, progress)
+    }
+
+    /// Load a model folder split over `backends` (one shard each, in rank order) as
+    /// `sharding` says. Each backend receives only its part; `progress` follows the total.
+    pub fn load_sharded(
+        dir: &Path,
+        backends: Vec<Box<dyn Backend>>,
+        sharding: Sharding,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<Model> {
         let config = GptOssConfig::load(dir)?;
         let ckpt = Checkpoint::open(dir)?;
-        let weights = ModelWeights::load(&config, &ckpt, backend.as_mut(), progress)?;
-        Ok(Model {
+        Self::build(
             config,
-            weights,
-            backend,
-        })
+            backends,
+            sharding,
+            progress,
+            &mut |cfg, plan, be, prog| ModelWeights::load(cfg, plan, &ckpt, be, prog),
+        )
+    }
+
+    /// Put weights on each of `backends` through `load(config, plan, backend, progress)`.
+    pub fn build(
+        config: GptOssConfig,
+        backends: Vec<Box<dyn Backend>>,
+        sharding: Sharding,
+        progress: &mut dyn FnMut(u64, u64),
+        load: &mut dyn FnMut(
+            &GptOssConfig,
+            &ShardPlan,
+            &mut dyn Backend,
+            &mut dyn FnMut(u64, u64),
+        ) -> Result<ModelWeights>,
+    ) -> Result<Model> {
+        if backends.len() != sharding.world.max(1) {
+            return Err(Error::Input(format!(
+                "{} backends given for {} shards",
+                backends.len(),
+                sharding.world
+            )));
+        }
+        let plans = sharding.plans(&config)?;
+        let mut shards = Vec::with_capacity(plans.len());
+        let n = plans.len() as u64;
+        for (plan, mut backend) in plans.into_iter().zip(backends) {
+            let r = plan.rank as u64;
+            // Progress over all shards: shard r covers the r-th of n equal parts.
+            let weights = load(&config, &plan, backend.as_mut(), &mut |d, t| {
+                progress(r * t + d, n * t)
+            })?;
+            shards.push(Shard {
+                plan,
+                weights,
+                backend,
+            });
+        }
+        Ok(Model { config, shards })
     }
 
     /// A model from weights already on `backend` (e.g. a synthetic model).
@@ -60,19 +118,32 @@ impl Model {
         backend: Box<dyn Backend>,
     ) -> Model {
         Model {
+            shards: vec![Shard {
+                plan: ShardPlan::whole(&config),
+                weights,
+                backend,
+            }],
             config,
-            weights,
-            backend,
         }
     }
 
-    /// The backend, for work outside the model graph (bandwidth probes in `gptoss bench`).
+    /// Rank 0's backend, for work outside the model graph (bandwidth probes in `gptoss bench`).
     pub fn backend_mut(&mut self) -> &mut dyn Backend {
-        self.backend.as_mut()
+        self.shards[0].backend.as_mut()
     }
 
     pub fn backend_name(&self) -> &str {
-        self.backend.name()
+        self.shards[0].backend.name()
+    }
+
+    /// Backends the model is split over (1 = not split).
+    pub fn world(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// The float dtype the weights were published in.
+    pub fn float_dtype(&self) -> DType {
+        self.shards[0].weights.float_dtype
     }
 
     /// A new empty sequence with room for `capacity` positions (0 = max_position_embeddings).
@@ -82,12 +153,31 @@ impl Model {
         } else {
             capacity
         };
-        let cache = KvCache::alloc(self.backend.as_mut(), &self.config, capacity, DType::F32)?;
-        Ok(Session { cache, len: 0 })
+        let mut caches = Vec::with_capacity(self.shards.len());
+        for sh in &mut self.shards {
+            let kv = sh.plan.kv_heads.len();
+            match KvCache::alloc(sh.backend.as_mut(), &self.config, kv, capacity, DType::F32) {
+                Ok(c) => caches.push(c),
+                Err(e) => {
+                    for (c, sh) in caches.into_iter().zip(&mut self.shards) {
+                        let _ = c.free(sh.backend.as_mut());
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(Session { caches, len: 0 })
     }
 
     pub fn free_session(&mut self, s: Session) -> Result<()> {
-        s.cache.free(self.backend.as_mut())
+        let mut first_err = Ok(());
+        for (c, sh) in s.caches.into_iter().zip(&mut self.shards) {
+            let r = c.free(sh.backend.as_mut());
+            if first_err.is_ok() {
+                first_err = r;
+            }
+        }
+        first_err
     }
 
     /// Run `tokens` after what `session` holds and return the greedy next token: the argmax
@@ -134,45 +224,46 @@ impl Model {
                 session.capacity()
             )));
         }
-        let t = tokens.len();
-        let rows = if wanted == LogitsWanted::All { t } else { 1 };
-        let be = self.backend.as_mut();
-        let ids = be.alloc(&TensorDesc::new(DType::I32, [t]))?;
-        let positions = be.alloc(&TensorDesc::new(DType::I32, [t]))?;
-        let logits = if wanted == LogitsWanted::Argmax {
-            be.alloc(&TensorDesc::new(DType::I32, [1]))?
+        let step = Step {
+            config: &self.config,
+            tokens,
+            start: session.len,
+            wanted,
+        };
+        let out = if self.shards.len() == 1 {
+            step.run(&mut self.shards[0], &session.caches[0])?
         } else {
-            be.alloc(&TensorDesc::new(DType::F32, [rows, v]))?
+            // Every shard runs the step on its own thread: the all-reduces inside the graphs
+            // meet across them. Rank 0's logits are the model's (all ranks hold the same).
+            let results: Vec<Result<Vec<f32>>> = std::thread::scope(|s| {
+                let handles: Vec<_> = self
+                    .shards
+                    .iter_mut()
+                    .zip(&session.caches)
+                    .map(|(sh, cache)| {
+                        let step = &step;
+                        s.spawn(move || step.run(sh, cache))
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(Error::Input("a shard's thread panicked".into()))
+                        })
+                    })
+                    .collect()
+            });
+            let mut first = None;
+            for r in results {
+                match r {
+                    Ok(v) if first.is_none() => first = Some(Ok(v)),
+                    Err(e) if !matches!(first, Some(Err(_))) => first = Some(Err(e)),
+                    _ => {}
+                }
+            }
+            first.expect("one shard at least")?
         };
-        let io = StepIo {
-            ids,
-            positions,
-            logits,
-        };
-        let result = (|| {
-            be.upload(
-                ids,
-                &tokens
-                    .iter()
-                    .flat_map(|x| (*x as i32).to_le_bytes())
-                    .collect::<Vec<u8>>(),
-            )?;
-            let pos: Vec<u8> = (session.len..end)
-                .flat_map(|p| (p as i32).to_le_bytes())
-                .collect();
-            be.upload(positions, &pos)?;
-            let graph = build_step(&self.config, &self.weights, &session.cache, t, io, wanted);
-            be.execute(&graph)?;
-            let bytes = be.download(logits)?;
-            Ok(bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect::<Vec<f32>>())
-        })();
-        for id in [ids, positions, logits] {
-            be.free(id)?;
-        }
-        let out = result?;
         session.len = end;
         Ok(out)
     }
@@ -214,6 +305,72 @@ impl Model {
             Ok(out)
         })();
         self.free_session(session)?;
+        result
+    }
+}
+
+/// One forward step, as each shard runs it.
+struct Step<'a> {
+    config: &'a GptOssConfig,
+    tokens: &'a [u32],
+    start: usize,
+    wanted: LogitsWanted,
+}
+
+impl Step<'_> {
+    fn run(&self, sh: &mut Shard, cache: &KvCache) -> Result<Vec<f32>> {
+        let (t, v) = (self.tokens.len(), self.config.vocab_size);
+        let rows = if self.wanted == LogitsWanted::All {
+            t
+        } else {
+            1
+        };
+        let be = sh.backend.as_mut();
+        let ids = be.alloc(&TensorDesc::new(DType::I32, [t]))?;
+        let positions = be.alloc(&TensorDesc::new(DType::I32, [t]))?;
+        let logits = if self.wanted == LogitsWanted::Argmax {
+            be.alloc(&TensorDesc::new(DType::I32, [1]))?
+        } else {
+            be.alloc(&TensorDesc::new(DType::F32, [rows, v]))?
+        };
+        let io = StepIo {
+            ids,
+            positions,
+            logits,
+        };
+        let result = (|| {
+            let idb: Vec<u8> = self
+                .tokens
+                .iter()
+                .flat_map(|x| (*x as i32).to_le_bytes())
+                .collect();
+            be.upload(ids, &idb)?;
+            let pos: Vec<u8> = (self.start..self.start + t)
+                .flat_map(|p| (p as i32).to_le_bytes())
+                .collect();
+            be.upload(positions, &pos)?;
+            let graph = build_step(
+                self.config,
+                &sh.plan,
+                &sh.weights,
+                cache,
+                t,
+                io,
+                self.wanted,
+            );
+            be.execute(&graph)?;
+            if sh.plan.rank != 0 {
+                return Ok(Vec::new());
+            }
+            let bytes = be.download(logits)?;
+            Ok(bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect::<Vec<f32>>())
+        })();
+        for id in [ids, positions, logits] {
+            be.free(id)?;
+        }
         result
     }
 }

@@ -9,6 +9,7 @@ use std::path::Path;
 
 use crate::config::GptOssConfig;
 use crate::model::Model;
+use crate::sharding::Sharding;
 use crate::weights::{needs, ModelWeights, Need};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,33 +165,41 @@ pub fn load_synthetic(
     seed: u64,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Model> {
+    load_synthetic_sharded(
+        preset,
+        layers,
+        vec![backend],
+        Sharding::NONE,
+        seed,
+        progress,
+    )
+}
+
+/// [`load_synthetic`] split over `backends` as `sharding` says: each shard gets random
+/// tensors of its part's shape (speed does not depend on the values).
+pub fn load_synthetic_sharded(
+    preset: Preset,
+    layers: Option<usize>,
+    backends: Vec<Box<dyn Backend>>,
+    sharding: Sharding,
+    seed: u64,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Model> {
     let config = preset.config(layers);
     let float = DType::BF16;
-    let mut backend = backend;
     let mut pools = Pools::new(seed, float);
-    let weights = ModelWeights::upload(
-        &config,
-        float,
-        backend.as_mut(),
+    Model::build(
+        config,
+        backends,
+        sharding,
         progress,
-        &mut |n: &Need| {
-            let numel: usize = n.shape.iter().product();
-            let desc = TensorDesc::new(n.dtype, n.shape.clone());
-            let bytes = match n.dtype {
-                DType::Mxfp4Blocks => pools.tile(1, numel),
-                DType::E8m0Scales => pools.tile(2, numel),
-                _ if n.name.ends_with("norm.weight") => {
-                    let v: Vec<f32> = (0..numel)
-                        .map(|_| 1.0 + 0.1 * pools.rng.uniform())
-                        .collect();
-                    encode_floats(&v, float)
-                }
-                _ => pools.tile(0, numel * float.size()),
-            };
-            Ok((desc, Cow::Owned(bytes)))
+        &mut |cfg, plan, backend, progress| {
+            ModelWeights::upload(cfg, plan, float, backend, progress, &mut |n: &Need| {
+                let desc = TensorDesc::new(n.dtype, n.shape.clone());
+                Ok((desc, Cow::Owned(pools.fill(n, float))))
+            })
         },
-    )?;
-    Ok(Model::from_parts(config, weights, backend))
+    )
 }
 
 /// Write a random checkpoint of `preset` to `dir` in the published layout: config.json,

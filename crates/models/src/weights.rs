@@ -1,9 +1,12 @@
 //! The model's weights as backend buffers, loaded from a checkpoint by their published names.
 
+use std::borrow::Cow;
+
 use gptoss_core::{Backend, BufferId, DType, Error, Result};
 
 use crate::checkpoint::Checkpoint;
 use crate::config::GptOssConfig;
+use crate::sharding::{Cut, ShardPlan};
 
 /// Buffers of one decoder layer. Shapes for gpt-oss-20b in comments.
 #[derive(Debug, Clone)]
@@ -39,76 +42,192 @@ pub struct ModelWeights {
     pub float_dtype: DType,
 }
 
-/// One tensor the model needs: its published name, dtype and shape.
+/// One tensor a shard needs: its published name, dtype and shape, and how the shard's part
+/// (`shape`) is cut from it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Need {
     pub name: String,
     pub dtype: DType,
+    /// The shard's shape (the published one when the model is not split).
     pub shape: Vec<usize>,
+    /// The published shape, as the checkpoint holds it.
+    pub full: Vec<usize>,
+    pub cut: Cut,
+}
+
+impl Need {
+    /// The shard's part of the published bytes.
+    pub fn cut_bytes<'a>(&self, published: &'a [u8]) -> Cow<'a, [u8]> {
+        self.cut.apply(&self.full, self.dtype.size(), published)
+    }
+
+    pub fn bytes(&self) -> u64 {
+        (self.shape.iter().product::<usize>() * self.dtype.size()) as u64
+    }
 }
 
 /// Every tensor of a gpt-oss model in load order, float tensors in `float` dtype.
 pub fn needs(cfg: &GptOssConfig, float: DType) -> Vec<Need> {
-    let (h, i, e, v) = (
+    shard_needs(cfg, &ShardPlan::whole(cfg), float)
+}
+
+/// Every tensor one shard holds, in load order (see [`crate::sharding`] for the split).
+pub fn shard_needs(cfg: &GptOssConfig, plan: &ShardPlan, float: DType) -> Vec<Need> {
+    let (h, i, e, v, d) = (
         cfg.hidden_size,
         cfg.intermediate_size,
         cfg.num_local_experts,
         cfg.vocab_size,
+        cfg.head_dim,
     );
-    let (q, kv) = (
-        cfg.num_attention_heads * cfg.head_dim,
-        cfg.num_key_value_heads * cfg.head_dim,
-    );
-    let n = |name: String, dtype: DType, shape: Vec<usize>| Need { name, dtype, shape };
-    let mut out = vec![n("model.embed_tokens.weight".into(), float, vec![v, h])];
+    let (q, kv) = (cfg.num_attention_heads * d, cfg.num_key_value_heads * d);
+    let whole = plan.is_whole();
+    let slice = |dim: usize, r: &std::ops::Range<usize>, unit: usize| {
+        if whole {
+            Cut::Whole
+        } else {
+            Cut::Slice {
+                dim,
+                start: r.start * unit,
+                len: r.len() * unit,
+            }
+        }
+    };
+    // A bias summed across shards is held once.
+    let once = if plan.rank == 0 {
+        Cut::Whole
+    } else {
+        Cut::Zero
+    };
+    let (heads, kvh) = (&plan.heads, &plan.kv_heads);
+    // Experts: by expert (axis 0) or by intermediate blocks (rows of gate_up, axis 1, two per
+    // column; blocks of down, axis 2).
+    let (gate_up, down, down_bias) = if plan.expert_parallel {
+        let c = slice(0, &plan.experts, 1);
+        (c.clone(), c.clone(), c)
+    } else {
+        (
+            slice(1, &plan.inter_blocks, 64),
+            slice(2, &plan.inter_blocks, 1),
+            once.clone(),
+        )
+    };
+    let n = |name: String, dtype: DType, full: Vec<usize>, cut: Cut| Need {
+        name,
+        dtype,
+        shape: cut.shape(&full),
+        full,
+        cut,
+    };
+    let mut out = vec![n(
+        "model.embed_tokens.weight".into(),
+        float,
+        vec![v, h],
+        Cut::Whole,
+    )];
     for l in 0..cfg.num_hidden_layers {
         let p = format!("model.layers.{l}.");
         let a = format!("{p}self_attn.");
         let x = format!("{p}mlp.experts.");
         out.extend([
-            n(format!("{p}input_layernorm.weight"), float, vec![h]),
-            n(format!("{a}q_proj.weight"), float, vec![q, h]),
-            n(format!("{a}q_proj.bias"), float, vec![q]),
-            n(format!("{a}k_proj.weight"), float, vec![kv, h]),
-            n(format!("{a}k_proj.bias"), float, vec![kv]),
-            n(format!("{a}v_proj.weight"), float, vec![kv, h]),
-            n(format!("{a}v_proj.bias"), float, vec![kv]),
-            n(format!("{a}o_proj.weight"), float, vec![h, q]),
-            n(format!("{a}o_proj.bias"), float, vec![h]),
-            n(format!("{a}sinks"), float, vec![cfg.num_attention_heads]),
+            n(
+                format!("{p}input_layernorm.weight"),
+                float,
+                vec![h],
+                Cut::Whole,
+            ),
+            n(
+                format!("{a}q_proj.weight"),
+                float,
+                vec![q, h],
+                slice(0, heads, d),
+            ),
+            n(
+                format!("{a}q_proj.bias"),
+                float,
+                vec![q],
+                slice(0, heads, d),
+            ),
+            n(
+                format!("{a}k_proj.weight"),
+                float,
+                vec![kv, h],
+                slice(0, kvh, d),
+            ),
+            n(format!("{a}k_proj.bias"), float, vec![kv], slice(0, kvh, d)),
+            n(
+                format!("{a}v_proj.weight"),
+                float,
+                vec![kv, h],
+                slice(0, kvh, d),
+            ),
+            n(format!("{a}v_proj.bias"), float, vec![kv], slice(0, kvh, d)),
+            n(
+                format!("{a}o_proj.weight"),
+                float,
+                vec![h, q],
+                slice(1, heads, d),
+            ),
+            n(format!("{a}o_proj.bias"), float, vec![h], once.clone()),
+            n(
+                format!("{a}sinks"),
+                float,
+                vec![cfg.num_attention_heads],
+                slice(0, heads, 1),
+            ),
             n(
                 format!("{p}post_attention_layernorm.weight"),
                 float,
                 vec![h],
+                Cut::Whole,
             ),
-            n(format!("{p}mlp.router.weight"), float, vec![e, h]),
-            n(format!("{p}mlp.router.bias"), float, vec![e]),
+            n(
+                format!("{p}mlp.router.weight"),
+                float,
+                vec![e, h],
+                Cut::Whole,
+            ),
+            n(format!("{p}mlp.router.bias"), float, vec![e], Cut::Whole),
             n(
                 format!("{x}gate_up_proj_blocks"),
                 DType::Mxfp4Blocks,
                 vec![e, 2 * i, h / 32, 16],
+                gate_up.clone(),
             ),
             n(
                 format!("{x}gate_up_proj_scales"),
                 DType::E8m0Scales,
                 vec![e, 2 * i, h / 32],
+                gate_up.clone(),
             ),
-            n(format!("{x}gate_up_proj_bias"), float, vec![e, 2 * i]),
+            n(
+                format!("{x}gate_up_proj_bias"),
+                float,
+                vec![e, 2 * i],
+                gate_up.clone(),
+            ),
             n(
                 format!("{x}down_proj_blocks"),
                 DType::Mxfp4Blocks,
                 vec![e, h, i / 32, 16],
+                down.clone(),
             ),
             n(
                 format!("{x}down_proj_scales"),
                 DType::E8m0Scales,
                 vec![e, h, i / 32],
+                down.clone(),
             ),
-            n(format!("{x}down_proj_bias"), float, vec![e, h]),
+            n(
+                format!("{x}down_proj_bias"),
+                float,
+                vec![e, h],
+                down_bias.clone(),
+            ),
         ]);
     }
-    out.push(n("model.norm.weight".into(), float, vec![h]));
-    out.push(n("lm_head.weight".into(), float, vec![v, h]));
+    out.push(n("model.norm.weight".into(), float, vec![h], Cut::Whole));
+    out.push(n("lm_head.weight".into(), float, vec![v, h], Cut::Whole));
     out
 }
 
@@ -117,6 +236,7 @@ impl ModelWeights {
     /// `progress(done_bytes, total_bytes)` is called after each tensor.
     pub fn load(
         cfg: &GptOssConfig,
+        plan: &ShardPlan,
         ckpt: &Checkpoint,
         backend: &mut dyn Backend,
         progress: &mut dyn FnMut(u64, u64),
@@ -136,20 +256,23 @@ impl ModelWeights {
                 format!("dtype {float} is not a float type"),
             ));
         }
-        let needed = needs(cfg, float);
+        let needed = shard_needs(cfg, plan, float);
         // Validate everything before the first upload: a bad checkpoint fails fast.
         for n in &needed {
-            ckpt.expect(&n.name, n.dtype, &n.shape)?;
+            ckpt.expect(&n.name, n.dtype, &n.full)?;
         }
-        Self::upload(cfg, float, backend, progress, &mut |n: &Need| {
-            let t = ckpt.expect(&n.name, n.dtype, &n.shape)?;
-            Ok((t.desc, std::borrow::Cow::Borrowed(t.bytes)))
+        Self::upload(cfg, plan, float, backend, progress, &mut |n: &Need| {
+            let t = ckpt.expect(&n.name, n.dtype, &n.full)?;
+            let desc = gptoss_core::TensorDesc::new(n.dtype, n.shape.clone());
+            Ok((desc, n.cut_bytes(t.bytes)))
         })
     }
 
-    /// Upload every tensor `fetch` supplies, in [`needs`] order.
+    /// Upload every tensor `fetch` supplies (the shard's part, `Need::shape`), in
+    /// [`shard_needs`] order.
     pub fn upload<'a>(
         cfg: &GptOssConfig,
+        plan: &ShardPlan,
         float: DType,
         backend: &mut dyn Backend,
         progress: &mut dyn FnMut(u64, u64),
@@ -158,15 +281,22 @@ impl ModelWeights {
         )
             -> Result<(gptoss_core::TensorDesc, std::borrow::Cow<'a, [u8]>)>,
     ) -> Result<ModelWeights> {
-        let needed = needs(cfg, float);
-        let total: u64 = needed
-            .iter()
-            .map(|n| (n.shape.iter().product::<usize>() * n.dtype.size()) as u64)
-            .sum();
+        let needed = shard_needs(cfg, plan, float);
+        let total: u64 = needed.iter().map(Need::bytes).sum();
         let mut ids = Vec::with_capacity(needed.len());
         let mut done = 0u64;
         for n in &needed {
             let (desc, bytes) = fetch(n)?;
+            if desc.shape.dims() != n.shape.as_slice() || bytes.len() as u64 != n.bytes() {
+                return Err(Error::tensor(
+                    &n.name,
+                    format!(
+                        "{} bytes of {desc} supplied, need {:?}",
+                        bytes.len(),
+                        n.shape
+                    ),
+                ));
+            }
             ids.push(backend.load_weight(&n.name, &desc, &bytes)?);
             done += bytes.len() as u64;
             progress(done, total);

@@ -43,8 +43,13 @@ impl HostPlugin for ExampleKernels {
 }
 
 impl HostKernels for ExampleKernels {
-    fn kernel(&self, _op: &Op) -> Option<&dyn HostKernel> {
-        Some(self) // every op; return None for an op you do not implement
+    fn kernel(&self, op: &Op) -> Option<&dyn HostKernel> {
+        // Return None for an op you do not implement: this example runs unsplit models only
+        // (the executor itself sums `AllReduceSum` for sharded runs).
+        match op {
+            Op::LocalExperts { .. } | Op::AllReduceSum => None,
+            _ => Some(self),
+        }
     }
 
     fn probe(&self) -> ProbeReport {
@@ -124,6 +129,10 @@ impl HostKernel for ExampleKernels {
                 }
                 Ok(())
             }
+            Op::LocalExperts { .. } | Op::AllReduceSum => Err(Error::Unsupported {
+                backend: "example".into(),
+                what: format!("op '{}'", op.name()),
+            }),
         }
     }
 }

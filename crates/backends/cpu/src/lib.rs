@@ -13,7 +13,7 @@ mod pool;
 use gptoss_core::host::HostExecutor;
 
 pub use kernels::CpuKernels;
-pub use pool::Pool;
+pub use pool::{available_cores, Pool};
 
 /// The CPU backend: the shared host executor driving the CPU kernels.
 pub type CpuBackend = HostExecutor<CpuKernels>;

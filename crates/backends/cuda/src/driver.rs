@@ -106,11 +106,18 @@ pub struct Gpu {
     pub driver: (u32, u32),
     /// While `Some`, `launch` records instead of launching (see `Launch`).
     pub rec: std::cell::RefCell<Option<Vec<Launch>>>,
+    /// This GPU's member of the shard group's communicator (split models only).
+    pub comm: Option<crate::nccl::Communicator>,
     /// GPTOSS_CUDA_SYNC: synchronise after every launch (read once).
     sync_each: bool,
 }
 
-/// One recorded kernel launch: replayed directly, or captured into a CUDA graph.
+/// `Launch::f` of a recorded NCCL all-reduce (args: send, recv, count); a kernel's function
+/// handle is never null.
+pub const ALL_REDUCE: usize = 0;
+
+/// One recorded kernel launch (or all-reduce, `f == ALL_REDUCE`): replayed directly, or
+/// captured into a CUDA graph.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Launch {
     pub f: usize,
@@ -146,6 +153,7 @@ impl Gpu {
             info,
             driver,
             rec: std::cell::RefCell::new(None),
+            comm: None,
             sync_each: std::env::var_os("GPTOSS_CUDA_SYNC").is_some(),
         })
     }
@@ -275,9 +283,37 @@ impl Gpu {
             .map_err(|e| cuda_err(&format!("launching kernel {name}"), e))
     }
 
+    /// Sum `count` floats at `send` over every GPU of the communicator into `recv`, on the
+    /// stream (recorded like a kernel while recording).
+    pub fn all_reduce(&self, send: CUdeviceptr, recv: CUdeviceptr, count: usize) -> Result<()> {
+        let args = vec![send, recv, count as u64];
+        if let Some(rec) = self.rec.borrow_mut().as_mut() {
+            rec.push(Launch {
+                f: ALL_REDUCE,
+                grid: (1, 1, 1),
+                block: (1, 1, 1),
+                smem: 0,
+                args,
+            });
+            return Ok(());
+        }
+        self.all_reduce_raw(&args)
+    }
+
+    fn all_reduce_raw(&self, args: &[u64]) -> Result<()> {
+        let comm = self.comm.as_ref().ok_or_else(|| {
+            Error::backend(backend(), "all-reduce without a communicator".to_string())
+        })?;
+        comm.all_reduce_f32(args[0], args[1], args[2] as usize, self.stream)
+    }
+
     /// Launch recorded kernels in order on the stream.
     pub fn replay(&self, launches: &[Launch]) -> Result<()> {
         for l in launches {
+            if l.f == ALL_REDUCE {
+                self.all_reduce_raw(&l.args)?;
+                continue;
+            }
             self.launch_raw(
                 "(recorded)",
                 l.f as CUfunction,

@@ -79,7 +79,13 @@ pub const FAMILIES: &[Family] = &[
     Family {
         name: "elementwise",
         source: include_str!("kernels/elementwise.cu"),
-        functions: &["add_f32", "add_i32", "last_row"],
+        functions: &[
+            "add_f32",
+            "add_i32",
+            "last_row",
+            "copy_f32",
+            "local_experts",
+        ],
         optional: false,
     },
     Family {

@@ -26,6 +26,7 @@
 mod driver;
 mod kernels;
 pub mod memory;
+pub mod nccl;
 pub mod nvrtc;
 mod ops;
 pub mod probe;
@@ -34,7 +35,7 @@ use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use gptoss_core::graph::ValueKind;
+use gptoss_core::graph::{Op, ValueKind};
 use gptoss_core::plugin::{PluginBackend, PluginOptions};
 use gptoss_core::rope::RopeParams;
 use gptoss_core::{Backend, BufferId, Error, Graph, ProbeReport, Result, TensorDesc};
@@ -130,6 +131,8 @@ pub struct Cuda<F: Flavor> {
     graph: Option<(Vec<driver::Launch>, cudarc::driver::sys::CUgraphExec)>,
     /// GPTOSS_CUDA_PROFILE=1: per-node device times, aggregated by op and shape.
     profile: Option<Profile>,
+    /// The shard this instance runs of a model split over several GPUs.
+    shard: Option<gptoss_core::collective::ShardOptions>,
     gpu: Gpu,
     _flavor: PhantomData<F>,
 }
@@ -263,6 +266,7 @@ impl<F: Flavor> Cuda<F> {
             last_launches: Vec::new(),
             graph: None,
             profile,
+            shard: options.shard.clone().filter(|s| s.world > 1),
             gpu,
             _flavor: PhantomData,
         };
@@ -549,6 +553,9 @@ impl<F: Flavor> Backend for Cuda<F> {
     fn execute(&mut self, graph: &Graph) -> Result<()> {
         self.gpu.bind()?;
         graph.validate()?;
+        if self.gpu.comm.is_none() && graph.nodes.iter().any(|n| n.op == Op::AllReduceSum) {
+            self.join_group()?;
+        }
         let mut ptrs: Vec<Option<CUdeviceptr>> = vec![None; graph.values.len()];
         for (i, v) in graph.values.iter().enumerate() {
             if let ValueKind::Weight(b)
@@ -600,6 +607,17 @@ impl<F: Flavor> Backend for Cuda<F> {
 }
 
 impl<F: Flavor> Cuda<F> {
+    /// Join the shard group's NCCL communicator (first sharded step; every rank is inside
+    /// `execute` on its own thread then, as ncclCommInitRank needs).
+    fn join_group(&mut self) -> Result<()> {
+        let Some(shard) = self.shard.clone() else {
+            return Ok(()); // not split: AllReduceSum is a copy
+        };
+        let id = gptoss_core::collective::exchange(&shard, nccl::unique_id)?;
+        self.gpu.comm = Some(nccl::Communicator::join(&id, shard.rank, shard.world)?);
+        Ok(())
+    }
+
     /// Issue a step's recorded launches: as the captured graph when the same launches ran
     /// before (decode steps repeat exactly: same kernels, pointers and sizes), captured when
     /// they repeat the previous step, else directly.

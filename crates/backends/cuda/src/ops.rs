@@ -708,6 +708,42 @@ pub fn run_node<F: Flavor>(
                 ],
             )
         }
+        Op::LocalExperts { first, count } => {
+            let n = ins[0].desc.numel();
+            let f = be.kernels.get("local_experts")?;
+            be.gpu.launch(
+                "local_experts",
+                f,
+                (blocks(n, 256)?, 1, 1),
+                (256, 1, 1),
+                0,
+                &[
+                    Arg::Ptr(ip(0)?),
+                    Arg::Ptr(op_(0)?),
+                    Arg::I64(n as i64),
+                    Arg::I32(i32_of(*first as usize, "first expert")?),
+                    Arg::I32(i32_of(*count as usize, "expert count")?),
+                ],
+            )
+        }
+        Op::AllReduceSum => {
+            want_f32(ins[0])?;
+            want_f32(outs[0])?;
+            let n = ins[0].desc.numel();
+            if be.gpu.comm.is_some() {
+                return be.gpu.all_reduce(ip(0)?, op_(0)?, n);
+            }
+            // Not split: the sum over one shard is a copy.
+            let f = be.kernels.get("copy_f32")?;
+            be.gpu.launch(
+                "copy_f32",
+                f,
+                (blocks(n, 256)?, 1, 1),
+                (256, 1, 1),
+                0,
+                &[Arg::Ptr(ip(0)?), Arg::Ptr(op_(0)?), Arg::I64(n as i64)],
+            )
+        }
         Op::LastRow => {
             want_f32(ins[0])?;
             want_f32(outs[0])?;

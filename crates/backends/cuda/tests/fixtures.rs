@@ -672,3 +672,78 @@ fn fixtures_greedy_tokens_match_transformers_and_cpu() {
         eprintln!("{name} greedy: {} tokens equal", got.len());
     }
 }
+
+// ---------------------------------------------------------------- split over two GPUs
+
+/// One backend per GPU, each told its shard of a two-way split; NCCL sums between them.
+fn gpu_shards(world: usize) -> Vec<Box<dyn Backend>> {
+    let usable = if portable() {
+        CudaBf16::probe_devices()
+    } else {
+        CudaMxfp4::probe_devices()
+    }
+    .devices
+    .iter()
+    .filter(|d| d.score > 0)
+    .count();
+    assert!(
+        usable >= world,
+        "a {world}-way split needs {world} GPUs, this machine has {usable} usable"
+    );
+    let group = gptoss_core::collective::new_group_name();
+    (0..world)
+        .map(|rank| {
+            let options = PluginOptions {
+                device: rank,
+                shard: Some(gptoss_core::collective::ShardOptions {
+                    rank,
+                    world,
+                    group: group.clone(),
+                }),
+                ..Default::default()
+            };
+            Box::new(AnyCuda::create(&options).expect("a CUDA backend per GPU")) as Box<dyn Backend>
+        })
+        .collect()
+}
+
+fn load_split(name: &str, expert_parallel: bool) -> Model {
+    let sharding = gptoss_models::Sharding {
+        world: 2,
+        expert_parallel,
+    };
+    Model::load_sharded(&fixture_dir(name), gpu_shards(2), sharding, &mut |_, _| {})
+        .expect("fixture loads split over two GPUs")
+}
+
+#[test]
+#[ignore = "needs two NVIDIA GPUs and NCCL: run on a multi-GPU machine with --ignored split_"]
+fn split_tp2_and_ep2_match_transformers() {
+    eprintln!("{}", gptoss_cuda::nccl::describe().expect("NCCL"));
+    for name in FIXTURES {
+        for ep in [false, true] {
+            let what = if ep { "ep2" } else { "tp2" };
+            let mut model = load_split(name, ep);
+            assert_eq!(model.world(), 2);
+            check_fixture_prompts(&mut model, name, usize::MAX, &format!("{what} prefill"));
+            check_fixture_prompts(&mut model, name, 1, &format!("{what} incremental"));
+            check_fixture_prompts(&mut model, name, 7, &format!("{what} chunked"));
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs two NVIDIA GPUs and NCCL: run on a multi-GPU machine with --ignored split_"]
+fn split_greedy_tokens_match_one_gpu() {
+    for name in FIXTURES {
+        let r = Reference::load(name);
+        let want = r.tokens("greedy_tokens");
+        let prompt = r.tokens("greedy_prompt");
+        for ep in [false, true] {
+            let got = load_split(name, ep)
+                .generate_greedy(&prompt, want.len(), &[], 0, &mut |_| {})
+                .unwrap();
+            assert_eq!(got, want, "{name} ep={ep}: greedy tokens split over 2 GPUs");
+        }
+    }
+}

@@ -617,6 +617,13 @@ impl Wgpu {
         let u = |v: usize| v as u32;
         let fbits = |v: f32| v.to_bits();
         match &node.op {
+            // Split models run on the CUDA and cpu backends only.
+            Op::LocalExperts { .. } | Op::AllReduceSum => {
+                return Err(Error::Unsupported {
+                    backend: BACKEND.into(),
+                    what: format!("op '{}' (models split over several GPUs)", node.op.name()),
+                })
+            }
             Op::Embed => {
                 let (vocab, hidden) = (dims(ins[0])[0], dims(ins[0])[1]);
                 let t = dims(ins[1])[0];

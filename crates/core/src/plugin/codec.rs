@@ -50,6 +50,8 @@ const OP_MOE_MXFP4: u32 = 6;
 const OP_ADD: u32 = 7;
 const OP_LAST_ROW: u32 = 8;
 const OP_ARGMAX: u32 = 9;
+const OP_LOCAL_EXPERTS: u32 = 10;
+const OP_ALL_REDUCE_SUM: u32 = 11;
 
 pub fn op_to_c(op: &Op) -> (u32, GOpParams) {
     let mut p = GOpParams::default();
@@ -104,6 +106,12 @@ pub fn op_to_c(op: &Op) -> (u32, GOpParams) {
         Op::Add => OP_ADD,
         Op::LastRow => OP_LAST_ROW,
         Op::Argmax => OP_ARGMAX,
+        Op::LocalExperts { first, count } => {
+            p.u[0] = *first;
+            p.u[1] = *count;
+            OP_LOCAL_EXPERTS
+        }
+        Op::AllReduceSum => OP_ALL_REDUCE_SUM,
     };
     (code, p)
 }
@@ -143,6 +151,11 @@ pub fn op_from_c(code: u32, p: &GOpParams) -> Result<Op> {
         OP_ADD => Op::Add,
         OP_LAST_ROW => Op::LastRow,
         OP_ARGMAX => Op::Argmax,
+        OP_LOCAL_EXPERTS => Op::LocalExperts {
+            first: p.u[0],
+            count: p.u[1],
+        },
+        OP_ALL_REDUCE_SUM => Op::AllReduceSum,
         other => {
             return Err(Error::Graph(format!(
                 "unknown op code {other} (a newer host?)"
@@ -315,6 +328,11 @@ mod tests {
             Op::Add,
             Op::LastRow,
             Op::Argmax,
+            Op::LocalExperts {
+                first: 16,
+                count: 8,
+            },
+            Op::AllReduceSum,
         ];
         for op in ops {
             let (c, p) = op_to_c(&op);

@@ -33,6 +33,8 @@ pub struct PluginOptions {
     pub threads: usize,
     /// Index of the device to use among those `probe` reported.
     pub device: usize,
+    /// Set when this instance runs one shard of a model split over several backends.
+    pub shard: Option<crate::collective::ShardOptions>,
 }
 
 /// What a plugin adds to [`Backend`]: its identity, its probe and its constructor.
@@ -60,7 +62,11 @@ impl<K: HostPlugin> PluginBackend for HostExecutor<K> {
         K::probe_devices()
     }
     fn create(options: &PluginOptions) -> Result<Self> {
-        Ok(HostExecutor::new(K::NAME, K::create(options)?))
+        let exec = HostExecutor::new(K::NAME, K::create(options)?);
+        match &options.shard {
+            Some(shard) => exec.with_shard(shard),
+            None => Ok(exec),
+        }
     }
 }
 

@@ -10,6 +10,7 @@ pub mod attention;
 pub mod embed;
 pub mod last_row;
 pub mod linear;
+pub mod local_experts;
 pub mod moe;
 pub mod rms_norm;
 pub mod rope;
@@ -30,6 +31,7 @@ pub struct CpuKernels {
     attention: attention::Attention,
     topk_softmax: topk_softmax::TopKSoftmax,
     moe: moe::MoeMxfp4,
+    local_experts: local_experts::LocalExperts,
     add: add::Add,
     last_row: last_row::LastRow,
     argmax: argmax::Argmax,
@@ -47,6 +49,7 @@ impl CpuKernels {
             attention: attention::Attention::new(pool.clone()),
             topk_softmax: topk_softmax::TopKSoftmax,
             moe: moe::MoeMxfp4::new(pool.clone()),
+            local_experts: local_experts::LocalExperts,
             add: add::Add,
             last_row: last_row::LastRow,
             argmax: argmax::Argmax,
@@ -70,6 +73,9 @@ impl HostKernels for CpuKernels {
             Op::Attention { .. } => &self.attention,
             Op::TopKSoftmax { .. } => &self.topk_softmax,
             Op::MoeMxfp4 { .. } => &self.moe,
+            Op::LocalExperts { .. } => &self.local_experts,
+            // Collectives belong to the executor (it knows the shard group).
+            Op::AllReduceSum => return None,
             Op::Add => &self.add,
             Op::LastRow => &self.last_row,
             Op::Argmax => &self.argmax,
@@ -329,9 +335,11 @@ mod tests {
             Op::Add,
             Op::LastRow,
             Op::Argmax,
+            Op::LocalExperts { first: 0, count: 1 },
         ] {
             assert!(k.kernel(&op).is_some(), "{}", op.name());
         }
+        assert!(k.kernel(&Op::AllReduceSum).is_none(), "the executor sums");
     }
 
     #[test]

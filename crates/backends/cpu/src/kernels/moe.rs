@@ -117,9 +117,13 @@ impl HostKernel for MoeMxfp4 {
         let (xd, idd, wd) = (f32s(x)?, i32s(ids)?, f32s(weights)?);
         let (gub, gus, gu_bias) = (bytes(gub)?, bytes(gus)?, f32s(gu_bias)?);
         let (dnb, dns, dn_bias) = (bytes(dnb)?, bytes(dns)?, f32s(dn_bias)?);
-        // Group (token, weight) pairs by expert, checking every id first.
+        // Group (token, weight) pairs by expert, checking every id first; -1 is an expert
+        // of another shard and contributes nothing here.
         let mut routed: Vec<Vec<(usize, f32)>> = vec![Vec::new(); e];
         for (n, (&id, &w)) in idd.iter().zip(wd).enumerate() {
+            if id == -1 {
+                continue;
+            }
             if id < 0 || id as usize >= e {
                 return Err(Error::Input(format!(
                     "moe: token {} routed to expert {id}, but there are {e} experts (ids 0..{e})",
@@ -381,7 +385,7 @@ mod tests {
 
     #[test]
     fn expert_id_out_of_range_is_an_error() {
-        for bad in [2, -1] {
+        for bad in [2, -2] {
             let err = moe(x2(), vec![bad], vec![1.0], 1, 1).unwrap_err();
             let msg = err.to_string();
             assert!(
@@ -389,5 +393,15 @@ mod tests {
                 "{msg}"
             );
         }
+    }
+
+    #[test]
+    fn expert_of_another_shard_contributes_nothing() {
+        // Token 0 routes to experts 1 and -1 (held elsewhere): only expert 1's share remains.
+        let both = moe(x2(), vec![1, 0], vec![0.25, 0.75], 1, 2).unwrap();
+        let one = moe(x2(), vec![1, -1], vec![0.25, 0.75], 1, 2).unwrap();
+        let alone = moe(x2(), vec![1], vec![0.25], 1, 1).unwrap();
+        assert_eq!(one, alone);
+        assert_ne!(one, both);
     }
 }

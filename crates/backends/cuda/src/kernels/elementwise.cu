@@ -1,4 +1,4 @@
-// add (f32 and wrapping i32) and last_row.
+// add (f32 and wrapping i32), last_row, copy_f32 and local_experts.
 extern "C" __global__ void add_f32(const float* a, const float* b, float* out, i64 n) {
     i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) out[i] = a[i] + b[i];
@@ -13,4 +13,19 @@ extern "C" __global__ void add_i32(const int* a, const int* b, int* out, i64 n) 
 extern "C" __global__ void last_row(const float* x, float* out, int T, int N) {
     i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < N) out[i] = x[(i64)(T - 1) * N + i];
+}
+
+// out = x (an all-reduce over a group of one).
+extern "C" __global__ void copy_f32(const float* x, float* out, i64 n) {
+    i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = x[i];
+}
+
+// Expert parallelism: global expert ids to this shard's (first..first+count), -1 elsewhere.
+extern "C" __global__ void local_experts(const int* ids, int* out, i64 n, int first, int count) {
+    i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        int e = ids[i] - first;
+        out[i] = (e >= 0 && e < count) ? e : -1;
+    }
 }

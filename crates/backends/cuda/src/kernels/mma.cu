@@ -193,7 +193,7 @@ extern "C" __global__ void moe_route(const int* ids, int pairs, int E, int BM, i
         int e = ids[p];
         if (e >= 0 && e < E)
             atomicAdd(&cnt[e], 1);
-        else
+        else if (e != -1)  // -1: an expert of another shard
             report_error(err, ERR_EXPERT_ID, e, E, p);
     }
     __syncthreads();

@@ -2,6 +2,7 @@
 // Blocks [E, rows, groups, 16] (two E2M1 codes a byte, low nibble first), scales [E, rows,
 // groups] (E8M0). Three passes: gate_up + SwiGLU -> act [T*k, I]; down -> y [T*k, H];
 // combine: out[t] = sum over the token's experts in ascending expert id of y * weight.
+// An id of -1 is an expert held by another shard (expert parallel): it contributes nothing.
 
 struct alignas(16) U4 {
     u32 x, y, z, w;
@@ -65,7 +66,7 @@ extern "C" __global__ void moe_gate_up(const float* x, const int* ids, const u8*
     float* a = act + pair * I;
     if (e < 0 || e >= E) {
         if (lane == 0) {
-            report_error(err, ERR_EXPERT_ID, e, E, (int)t);
+            if (e != -1) report_error(err, ERR_EXPERT_ID, e, E, (int)t);
             a[c] = 0.0f;
         }
         return;
@@ -241,7 +242,8 @@ extern "C" __global__ void moe_gate_up_fast(const float* x, const int* ids, cons
     i64 stride = (i64)gridDim.y * nw * GU_C;
     i64 c_first = ((i64)blockIdx.y * nw + (threadIdx.x >> 5)) * GU_C;
     if (e < 0 || e >= E) {
-        if (threadIdx.x == 0 && blockIdx.y == 0) report_error(err, ERR_EXPERT_ID, e, E, (int)t);
+        if (threadIdx.x == 0 && blockIdx.y == 0 && e != -1)
+            report_error(err, ERR_EXPERT_ID, e, E, (int)t);
         for (i64 c0 = c_first; c0 < I; c0 += stride)
             if (lane < GU_C && c0 + lane < I) a[c0 + lane] = 0.0f;
         return;
