@@ -32,8 +32,22 @@ for fx in tiny-a tiny-b; do
   done
 done
 
+python3 - "$OUT" <<'PY' 2>&1 | tee -a "$OUT/summary.txt"
+import sys, glob, os
+from safetensors.numpy import load_file
+out = sys.argv[1]
+for fx in ("tiny-a", "tiny-b"):
+    one = next(iter(load_file(f"{out}/logits-{fx}-tp1.safetensors").values()))
+    for tag in ("tp2", "tp2--expert-parallel"):
+        p = f"{out}/logits-{fx}-{tag}.safetensors"
+        if not os.path.exists(p):
+            print(f"{fx} {tag}: missing"); continue
+        x = next(iter(load_file(p).values()))
+        print(f"{fx} {tag} vs tp1: max abs diff {abs(x - one).max():.3e}, argmax equal {bool((x.argmax(-1) == one.argmax(-1)).all())}")
+PY
+
 # 3. Speed: batch-1 decode at TP=1 and 2 (and EP=2), 20b and 120b shapes.
-for preset in 20b 120b; do
+for preset in ${PRESETS:-20b 120b}; do
   for tp in "1" "2" "2 --expert-parallel"; do
     timeout 240 $G bench --backend cuda-mxfp4 --synthetic $preset --tensor-parallel $tp --prompt 512 \
       --gen ${GEN:-128} 2>&1 | tail -3 | tee -a "$OUT/bench.txt"
