@@ -1,6 +1,7 @@
 //! Shared helpers of the end-to-end tests: the committed transformers fixtures and comparisons.
 
 pub mod backend_check;
+pub mod batch_check;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

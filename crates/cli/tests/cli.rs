@@ -239,10 +239,48 @@ fn bench_reports_speed_and_roofline_as_json() {
 }
 
 #[test]
+fn bench_measures_batches_and_split_models_on_the_cpu() {
+    let o = gptoss(&[
+        "bench",
+        "--synthetic",
+        "tiny",
+        "--layers",
+        "2",
+        "--backend",
+        "cpu",
+        "--prompt",
+        "16",
+        "--gen",
+        "4",
+        "--batch",
+        "1,3",
+        "--tensor-parallel",
+        "2",
+        "--expert-parallel",
+        "--bandwidth-mib",
+        "8",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8(o.stdout).unwrap();
+    for key in ["\"shards\": 2", "\"batch\": 1", "\"batch\": 3"] {
+        assert!(out.contains(key), "missing {key} in {out}");
+    }
+    assert!(!out.contains("null") && !out.contains("NaN"), "{out}");
+}
+
+#[test]
 fn bench_refuses_what_it_cannot_measure() {
-    let o = gptoss(&["bench", "--synthetic", "tiny", "--batch", "1,8"]);
+    let o = gptoss(&["bench", "--synthetic", "tiny", "--batch", "1,0"]);
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("--batch 8"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--batch sizes must be at least 1"),
+        "{}",
+        stderr(&o)
+    );
+    let o = gptoss(&["bench", "--synthetic", "tiny", "--tensor-parallel", "3"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("key/value heads"), "{}", stderr(&o));
     let o = gptoss(&["bench", "--synthetic", "13b"]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("20b, 120b or tiny"), "{}", stderr(&o));

@@ -166,7 +166,8 @@ pub fn host_group(shard: &ShardOptions) -> Result<Arc<HostGroup>> {
 /// Rank 0 of `shard.group` runs `make` and every rank gets its bytes (e.g. NCCL's unique id,
 /// which every rank needs to join the communicator). Blocks until rank 0 has published.
 pub fn exchange(shard: &ShardOptions, make: impl FnOnce() -> Result<Vec<u8>>) -> Result<Vec<u8>> {
-    static BOARD: OnceLock<(Mutex<HashMap<String, Vec<u8>>>, Condvar)> = OnceLock::new();
+    type Board = (Mutex<HashMap<String, Vec<u8>>>, Condvar);
+    static BOARD: OnceLock<Board> = OnceLock::new();
     shard.check()?;
     let (board, cv) = BOARD.get_or_init(Default::default);
     if shard.rank == 0 {

@@ -60,6 +60,24 @@ pub enum Op {
         window: u32,
         scale: f32,
     },
+    /// Attention over a paged KV pool shared by several sequences (batched decode and
+    /// chunked prefill in one step). Row t belongs to one sequence: its k/v go to pool row
+    /// `slots[t]`, then it attends that sequence's keys `j <= positions[t]` (and, with a
+    /// window, `j > positions[t] - window`), key j living at pool row
+    /// `pages[t, j / page_size] * page_size + j % page_size`. Semantics otherwise as `Attention`.
+    /// in: q [T, NQ*D], k [T, NKV*D], v [T, NKV*D], sinks [NQ], positions [T] I32,
+    ///     slots [T] I32, pages [T, P] I32
+    /// out: o [T, NQ*D], k_pool [R, NKV*D] (State), v_pool [R, NKV*D] (State), R = pages * page_size
+    PagedAttention {
+        heads: u32,
+        kv_heads: u32,
+        head_dim: u32,
+        window: u32,
+        scale: f32,
+        page_size: u32,
+    },
+    /// in: x [T, N], rows [B] I32 -> out [B, N]: out[b] = x[rows[b]] (each sequence's last row)
+    GatherRows,
     /// in: logits [T, E] -> out: ids [T, k] I32 (descending value, ties to the lower index),
     /// weights [T, k] F32 = softmax over the k selected logits
     TopKSoftmax { k: u32 },
@@ -95,6 +113,8 @@ impl Op {
             Op::Linear => "linear",
             Op::Rope { .. } => "rope",
             Op::Attention { .. } => "attention",
+            Op::PagedAttention { .. } => "paged_attention",
+            Op::GatherRows => "gather_rows",
             Op::TopKSoftmax { .. } => "topk_softmax",
             Op::MoeMxfp4 { .. } => "moe_mxfp4",
             Op::LocalExperts { .. } => "local_experts",

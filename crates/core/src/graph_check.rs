@@ -113,33 +113,41 @@ pub(crate) fn check_node(g: &Graph, node: &Node) -> Result<(), String> {
             ..
         } => {
             arity(node, &[5], 3)?;
+            attention_io(g, node, *heads, *kv_heads, *head_dim)
+        }
+        Op::PagedAttention {
+            heads,
+            kv_heads,
+            head_dim,
+            page_size,
+            ..
+        } => {
+            arity(node, &[7], 3)?;
+            attention_io(g, node, *heads, *kv_heads, *head_dim)?;
             let t = i(0).0[0];
-            let (nq, nkv, d) = (*heads as usize, *kv_heads as usize, *head_dim as usize);
-            want(nkv > 0 && nq % nkv == 0, || {
-                format!("heads {nq} must be a multiple of kv_heads {nkv}")
+            want(i(5).0 == [t] && i(5).1 == DType::I32, || {
+                "slots must be I32 [T]".into()
             })?;
-            want(i(0).0 == [t, nq * d], || {
-                format!("q must be [{t}, {}], is {:?}", nq * d, i(0).0)
+            let (pages, pdt, _) = i(6);
+            want(
+                pages.len() == 2 && pages[0] == t && pdt == DType::I32,
+                || format!("page table must be I32 [{t}, pages], is {pdt} {pages:?}"),
+            )?;
+            let rows = o(1).0[0];
+            want(*page_size > 0 && rows % *page_size as usize == 0, || {
+                format!("pool rows {rows} must be a multiple of page_size {page_size}")
+            })
+        }
+        Op::GatherRows => {
+            arity(node, &[2], 1)?;
+            float2(0, true)?;
+            let (rows, dt, n) = i(1);
+            want(rows.len() == 1 && dt == DType::I32, || {
+                format!("rows '{n}' must be I32 [B]")
             })?;
-            want(i(1).0 == [t, nkv * d] && i(2).0 == [t, nkv * d], || {
-                format!("k and v must be [{t}, {}]", nkv * d)
-            })?;
-            want(i(3).0 == [nq], || {
-                format!("sinks must be [{nq}], is {:?}", i(3).0)
-            })?;
-            want(i(4).0 == [t] && i(4).1 == DType::I32, || {
-                "positions must be I32 [T]".into()
-            })?;
-            want(o(0).0 == [t, nq * d], || {
-                "output must be shaped like q".into()
-            })?;
-            for c in 1..3 {
-                let (s, _, n) = o(c);
-                want(s.len() == 2 && s[1] == nkv * d, || {
-                    format!("cache '{n}' must be [capacity, {}], is {s:?}", nkv * d)
-                })?;
-            }
-            Ok(())
+            want(o(0).0 == [rows[0], i(0).0[1]], || {
+                format!("output must be [{}, {}]", rows[0], i(0).0[1])
+            })
         }
         Op::TopKSoftmax { k } => {
             arity(node, &[1], 2)?;
@@ -228,4 +236,43 @@ pub(crate) fn check_node(g: &Graph, node: &Node) -> Result<(), String> {
             })
         }
     }
+}
+
+/// q, k, v, sinks, positions and the output/caches shared by both attention ops.
+fn attention_io(
+    g: &Graph,
+    node: &Node,
+    heads: u32,
+    kv_heads: u32,
+    head_dim: u32,
+) -> Result<(), String> {
+    let i = |k: usize| desc(g, node, true, k);
+    let o = |k: usize| desc(g, node, false, k);
+    let t = i(0).0[0];
+    let (nq, nkv, d) = (heads as usize, kv_heads as usize, head_dim as usize);
+    want(nkv > 0 && nq % nkv == 0, || {
+        format!("heads {nq} must be a multiple of kv_heads {nkv}")
+    })?;
+    want(i(0).0 == [t, nq * d], || {
+        format!("q must be [{t}, {}], is {:?}", nq * d, i(0).0)
+    })?;
+    want(i(1).0 == [t, nkv * d] && i(2).0 == [t, nkv * d], || {
+        format!("k and v must be [{t}, {}]", nkv * d)
+    })?;
+    want(i(3).0 == [nq], || {
+        format!("sinks must be [{nq}], is {:?}", i(3).0)
+    })?;
+    want(i(4).0 == [t] && i(4).1 == DType::I32, || {
+        "positions must be I32 [T]".into()
+    })?;
+    want(o(0).0 == [t, nq * d], || {
+        "output must be shaped like q".into()
+    })?;
+    for c in 1..3 {
+        let (s, _, n) = o(c);
+        want(s.len() == 2 && s[1] == nkv * d, || {
+            format!("cache '{n}' must be [capacity, {}], is {s:?}", nkv * d)
+        })?;
+    }
+    Ok(())
 }

@@ -70,6 +70,99 @@ pub fn measure_bandwidth(backend: &mut dyn Backend, mib: usize) -> Result<f64> {
     run
 }
 
+/// `n` pseudo-random token ids below `vocab`.
+fn random_tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
+    let mut state = seed | 1;
+    (0..n)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 33) % vocab as u64) as u32
+        })
+        .collect()
+}
+
+/// `batch` sequences decoding together over a paged KV cache (continuous batching's steady
+/// state): each prompt is prefilled in its own step, then every step advances all of them by
+/// one greedy token. Decode tok/s counts the tokens of all sequences.
+pub fn run_batch(
+    model: &mut Model,
+    batch: usize,
+    prompt: usize,
+    gen: usize,
+    bandwidth: Option<f64>,
+    seed: u64,
+) -> Result<BenchResult> {
+    use crate::batch::{BatchItem, PagedSeq};
+    let v = model.config.vocab_size;
+    let prompts: Vec<Vec<u32>> = (0..batch)
+        .map(|b| random_tokens(prompt, v, seed + b as u64))
+        .collect();
+    use crate::batch::{PagedKv, PAGE_SIZE};
+    let per_seq = PagedKv::pages_for(prompt + gen) * PAGE_SIZE;
+    let mut kv = model.new_paged_kv(batch * per_seq + PAGE_SIZE)?;
+    let mut seqs: Vec<PagedSeq> = (0..batch).map(|_| PagedSeq::new()).collect();
+    let run = (|| {
+        // Warm-up step (kernel compiles), then the timed prefills.
+        let mut warm = PagedSeq::new();
+        model.forward_batch_argmax(
+            &mut kv,
+            &mut [BatchItem {
+                seq: &mut warm,
+                tokens: &prompts[0][..prompt.min(4)],
+            }],
+        )?;
+        kv.release(&mut warm);
+        let mut next = vec![0u32; batch];
+        let (_, prefill_s) = timed(|| {
+            for (b, seq) in seqs.iter_mut().enumerate() {
+                let item = BatchItem {
+                    seq,
+                    tokens: &prompts[b],
+                };
+                next[b] = model.forward_batch_argmax(&mut kv, &mut [item])?[0];
+            }
+            Ok(())
+        })?;
+        let (_, decode_s) = timed(|| {
+            for _ in 0..gen {
+                let feeds: Vec<[u32; 1]> = next.iter().map(|t| [*t]).collect();
+                let mut items: Vec<BatchItem> = seqs
+                    .iter_mut()
+                    .zip(&feeds)
+                    .map(|(seq, f)| BatchItem { seq, tokens: f })
+                    .collect();
+                next = model.forward_batch_argmax(&mut kv, &mut items)?;
+            }
+            Ok(())
+        })?;
+        Ok((prefill_s, decode_s))
+    })();
+    for s in &mut seqs {
+        kv.release(s);
+    }
+    model.free_paged_kv(kv)?;
+    let (prefill_s, decode_s) = run?;
+    let decode_tok_s = (batch * gen) as f64 / decode_s;
+    let mean_ctx = prompt + gen / 2;
+    // Per step: the weights once (every expert is likely hit at large batches, counted as the
+    // active ones: a lower bound), plus each sequence's KV.
+    let bytes = weight_bytes_per_token(&model.config, model.float_dtype())
+        + batch as u64 * kv_bytes_per_token(&model.config, mean_ctx, DType::F32);
+    let steps_per_s = gen as f64 / decode_s;
+    Ok(BenchResult {
+        prompt_tokens: prompt,
+        gen_tokens: gen,
+        batch,
+        prefill_tok_s: (batch * prompt) as f64 / prefill_s,
+        decode_tok_s,
+        decode_ms_per_token: 1000.0 * decode_s / gen as f64,
+        bytes_per_token: bytes,
+        roofline_fraction: bandwidth.map(|bw| steps_per_s / (bw / bytes as f64)),
+    })
+}
+
 /// Prefill `prompt` random tokens, then decode `gen` tokens greedily, at batch 1.
 pub fn run(
     model: &mut Model,
@@ -78,16 +171,7 @@ pub fn run(
     bandwidth: Option<f64>,
     seed: u64,
 ) -> Result<BenchResult> {
-    let v = model.config.vocab_size as u64;
-    let mut state = seed | 1;
-    let tokens: Vec<u32> = (0..prompt)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((state >> 33) % v) as u32
-        })
-        .collect();
+    let tokens = random_tokens(prompt, model.config.vocab_size, seed);
     // Warm-up: compiles kernels, fills caches, without timing.
     let mut warm = model.new_session(8)?;
     model.forward(

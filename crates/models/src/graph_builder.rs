@@ -28,7 +28,27 @@ pub enum LogitsWanted {
 pub struct StepIo {
     pub ids: BufferId,       // [T] I32
     pub positions: BufferId, // [T] I32
-    pub logits: BufferId,    // [T or 1, V] F32, or [1] I32 for LogitsWanted::Argmax
+    /// [T or 1, V] F32, or [1] I32 for LogitsWanted::Argmax; [B, V] / [B] with `gather`.
+    pub logits: BufferId,
+    /// `(rows [B] I32, B)`: the rows whose logits `Last`/`Argmax` produce (each sequence's
+    /// last token in a batched step) instead of the last row alone.
+    pub gather: Option<(BufferId, usize)>,
+}
+
+/// Where the step's keys and values live.
+pub enum KvBinding<'a> {
+    /// One sequence's contiguous caches; row = position.
+    Contiguous(&'a KvCache),
+    /// Pools shared by the step's sequences (`PagedAttention`): this shard's `(k, v)` pool
+    /// per layer of `rows` rows, and the step's slot [T] and page-table [T, max_pages] inputs.
+    Paged {
+        layers: &'a [(BufferId, BufferId)],
+        rows: usize,
+        page_size: usize,
+        slots: BufferId,
+        pages: BufferId,
+        max_pages: usize,
+    },
 }
 
 struct Builder<'a> {
@@ -98,7 +118,7 @@ pub fn build_step(
     cfg: &GptOssConfig,
     shard: &ShardPlan,
     w: &ModelWeights,
-    cache: &KvCache,
+    kv: &KvBinding,
     n_tokens: usize,
     io: StepIo,
     wanted: LogitsWanted,
@@ -132,7 +152,33 @@ pub fn build_step(
     let embed = b.weight("model.embed_tokens.weight".into(), f, vec![v, h], w.embed);
     let mut x = b.op(Op::Embed, vec![embed, ids], "embed".into(), vec![t, h]);
     let rope = cfg.rope_params();
-    let cache_desc = KvCache::desc_for(cfg, nkv, cache.capacity, cache.dtype);
+    let cache_desc = match kv {
+        KvBinding::Contiguous(c) => KvCache::desc_for(cfg, nkv, c.capacity, c.dtype),
+        KvBinding::Paged { rows, .. } => KvCache::desc_for(cfg, nkv, *rows, DType::F32),
+    };
+    // The paged step's slot and page-table inputs, shared by every layer.
+    let paged = match kv {
+        KvBinding::Paged {
+            slots,
+            pages,
+            max_pages,
+            page_size,
+            ..
+        } => {
+            let s = b.g.add_value(
+                "slots",
+                TensorDesc::new(DType::I32, [t]),
+                ValueKind::Input(*slots),
+            );
+            let p = b.g.add_value(
+                "pages",
+                TensorDesc::new(DType::I32, [t, *max_pages]),
+                ValueKind::Input(*pages),
+            );
+            Some((s, p, *page_size as u32))
+        }
+        KvBinding::Contiguous(_) => None,
+    };
 
     for (l, lw) in w.layers.iter().enumerate() {
         let p = format!("model.layers.{l}.");
@@ -175,7 +221,10 @@ pub fn build_step(
         );
 
         let sinks = b.weight(format!("{a}sinks"), f, vec![nq], lw.sinks);
-        let (kc_buf, vc_buf) = cache.layers[l];
+        let (kc_buf, vc_buf) = match kv {
+            KvBinding::Contiguous(c) => c.layers[l],
+            KvBinding::Paged { layers, .. } => layers[l],
+        };
         let kc = b.g.add_value(
             format!("k_cache.{l}"),
             cache_desc.clone(),
@@ -187,14 +236,32 @@ pub fn build_step(
             ValueKind::State(vc_buf),
         );
         let attn = b.temp(format!("attn.{l}"), vec![t, nq * d]);
-        let op = Op::Attention {
-            heads: nq as u32,
-            kv_heads: nkv as u32,
-            head_dim: d as u32,
-            window: cfg.layer_window(l),
-            scale: cfg.attention_scale(),
-        };
-        b.g.push(op, vec![q, k, vv, sinks, pos], vec![attn, kc, vc]);
+        let (heads, kv_heads, head_dim) = (nq as u32, nkv as u32, d as u32);
+        let (window, scale) = (cfg.layer_window(l), cfg.attention_scale());
+        match paged {
+            None => {
+                let op = Op::Attention {
+                    heads,
+                    kv_heads,
+                    head_dim,
+                    window,
+                    scale,
+                };
+                b.g.push(op, vec![q, k, vv, sinks, pos], vec![attn, kc, vc]);
+            }
+            Some((slots, pages, page_size)) => {
+                let op = Op::PagedAttention {
+                    heads,
+                    kv_heads,
+                    head_dim,
+                    window,
+                    scale,
+                    page_size,
+                };
+                let ins = vec![q, k, vv, sinks, pos, slots, pages];
+                b.g.push(op, ins, vec![attn, kc, vc]);
+            }
+        }
         let o_w = b.weight(format!("{a}o_proj.weight"), f, vec![h, nq * d], lw.o_w);
         let o_b = b.weight(format!("{a}o_proj.bias"), f, vec![h], lw.o_b);
         let o = b.linear(attn, o_w, Some(o_b), format!("attn_out.{l}"), h);
@@ -284,20 +351,34 @@ pub fn build_step(
 
     let norm_w = b.weight("model.norm.weight".into(), f, vec![h], w.norm);
     let mut xn = b.rms_norm(x, norm_w, "final_norm".into());
-    let rows = match wanted {
-        LogitsWanted::All => t,
-        LogitsWanted::Last | LogitsWanted::Argmax => {
+    let rows = match (wanted, io.gather) {
+        (LogitsWanted::All, _) => t,
+        (_, Some((rows_buf, n))) => {
+            let sel = b.g.add_value(
+                "last_rows",
+                TensorDesc::new(DType::I32, [n]),
+                ValueKind::Input(rows_buf),
+            );
+            xn = b.op(
+                Op::GatherRows,
+                vec![xn, sel],
+                "final_norm.last".into(),
+                vec![n, h],
+            );
+            n
+        }
+        (LogitsWanted::Last | LogitsWanted::Argmax, None) => {
             xn = b.op(Op::LastRow, vec![xn], "final_norm.last".into(), vec![1, h]);
             1
         }
     };
     let lm = b.weight("lm_head.weight".into(), f, vec![v, h], w.lm_head);
     if wanted == LogitsWanted::Argmax {
-        let logits = b.temp("logits".into(), vec![1, v]);
+        let logits = b.temp("logits".into(), vec![rows, v]);
         b.g.push(Op::Linear, vec![xn, lm], vec![logits]);
         let id = b.g.add_value(
             "argmax",
-            TensorDesc::new(DType::I32, [1]),
+            TensorDesc::new(DType::I32, [rows]),
             ValueKind::Output(io.logits),
         );
         b.g.push(Op::Argmax, vec![logits], vec![id]);

@@ -5,12 +5,14 @@
 //! - [`weights`]: the published tensor names, checked and uploaded to a backend.
 //! - [`graph_builder`]: one forward step as a graph; [`kv_cache`]: per-layer caches.
 //! - [`sharding`]: one model split over several backends (tensor / expert parallel).
-//! - [`model`]: a loaded model, sessions, greedy generation; [`generation`]: one sequence
+//! - [`model`]: a loaded model, sessions, greedy generation; [`batch`]: a paged KV cache and
+//!   steps over many sequences at once; [`generation`]: one sequence
 //!   advanced a forward pass at a time (the CLI's token loop and the server's engine).
 //! - [`synthetic`]: random models of the real shapes; [`bench`], [`roofline`]: speed and its ceiling.
 //! - [`tokenizer`]: o200k_harmony (tokenizer.json or built in); [`harmony`]: chat rendering and
 //!   the streaming output parser; [`sampler`]: token sampling and stop strings.
 
+pub mod batch;
 pub mod bench;
 pub mod checkpoint;
 pub mod config;

@@ -2,11 +2,11 @@
 
 use std::path::Path;
 
-use gptoss_core::{Backend, DType, Error, Result, TensorDesc};
+use gptoss_core::{Backend, BufferId, DType, Error, Result, TensorDesc};
 
 use crate::checkpoint::Checkpoint;
 use crate::config::GptOssConfig;
-use crate::graph_builder::{build_step, LogitsWanted, StepIo};
+use crate::graph_builder::{build_step, KvBinding, LogitsWanted, StepIo};
 use crate::kv_cache::KvCache;
 use crate::sharding::{ShardPlan, Sharding};
 use crate::weights::ModelWeights;
@@ -14,14 +14,14 @@ use crate::weights::ModelWeights;
 pub struct Model {
     pub config: GptOssConfig,
     /// One per backend; a model that is not split has one.
-    shards: Vec<Shard>,
+    pub(crate) shards: Vec<Shard>,
 }
 
 /// One backend's part of the model.
-struct Shard {
-    plan: ShardPlan,
-    weights: ModelWeights,
-    backend: Box<dyn Backend>,
+pub(crate) struct Shard {
+    pub(crate) plan: ShardPlan,
+    pub(crate) weights: ModelWeights,
+    pub(crate) backend: Box<dyn Backend>,
 }
 
 /// One sequence's state: its KV cache (one per shard) and how many positions it holds.
@@ -230,40 +230,8 @@ impl Model {
             start: session.len,
             wanted,
         };
-        let out = if self.shards.len() == 1 {
-            step.run(&mut self.shards[0], &session.caches[0])?
-        } else {
-            // Every shard runs the step on its own thread: the all-reduces inside the graphs
-            // meet across them. Rank 0's logits are the model's (all ranks hold the same).
-            let results: Vec<Result<Vec<f32>>> = std::thread::scope(|s| {
-                let handles: Vec<_> = self
-                    .shards
-                    .iter_mut()
-                    .zip(&session.caches)
-                    .map(|(sh, cache)| {
-                        let step = &step;
-                        s.spawn(move || step.run(sh, cache))
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| {
-                        h.join().unwrap_or_else(|_| {
-                            Err(Error::Input("a shard's thread panicked".into()))
-                        })
-                    })
-                    .collect()
-            });
-            let mut first = None;
-            for r in results {
-                match r {
-                    Ok(v) if first.is_none() => first = Some(Ok(v)),
-                    Err(e) if !matches!(first, Some(Err(_))) => first = Some(Err(e)),
-                    _ => {}
-                }
-            }
-            first.expect("one shard at least")?
-        };
+        let caches = &session.caches;
+        let out = on_every_shard(&mut self.shards, |rank, sh| step.run(sh, &caches[rank]))?;
         session.len = end;
         Ok(out)
     }
@@ -309,6 +277,42 @@ impl Model {
     }
 }
 
+/// Run `f` for every shard, each on its own thread when the model is split (the
+/// all-reduces inside the graphs meet across them); rank 0's result is the model's.
+pub(crate) fn on_every_shard<T: Send>(
+    shards: &mut [Shard],
+    f: impl Fn(usize, &mut Shard) -> Result<T> + Sync,
+) -> Result<T> {
+    if shards.len() == 1 {
+        return f(0, &mut shards[0]);
+    }
+    let results: Vec<Result<T>> = std::thread::scope(|s| {
+        let f = &f;
+        let handles: Vec<_> = shards
+            .iter_mut()
+            .enumerate()
+            .map(|(rank, sh)| s.spawn(move || f(rank, sh)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(Error::Input("a shard's thread panicked".into())))
+            })
+            .collect()
+    });
+    // The first error of any shard, else rank 0's result.
+    let mut out = None;
+    for r in results {
+        match r {
+            Err(e) => return Err(e),
+            Ok(v) if out.is_none() => out = Some(v),
+            Ok(_) => {}
+        }
+    }
+    Ok(out.expect("one shard at least"))
+}
+
 /// One forward step, as each shard runs it.
 struct Step<'a> {
     config: &'a GptOssConfig,
@@ -325,54 +329,73 @@ impl Step<'_> {
         } else {
             1
         };
-        let be = sh.backend.as_mut();
-        let ids = be.alloc(&TensorDesc::new(DType::I32, [t]))?;
-        let positions = be.alloc(&TensorDesc::new(DType::I32, [t]))?;
-        let logits = if self.wanted == LogitsWanted::Argmax {
-            be.alloc(&TensorDesc::new(DType::I32, [1]))?
+        let out = if self.wanted == LogitsWanted::Argmax {
+            TensorDesc::new(DType::I32, [1])
         } else {
-            be.alloc(&TensorDesc::new(DType::F32, [rows, v]))?
+            TensorDesc::new(DType::F32, [rows, v])
         };
-        let io = StepIo {
-            ids,
-            positions,
-            logits,
-        };
-        let result = (|| {
-            let idb: Vec<u8> = self
-                .tokens
-                .iter()
-                .flat_map(|x| (*x as i32).to_le_bytes())
-                .collect();
-            be.upload(ids, &idb)?;
-            let pos: Vec<u8> = (self.start..self.start + t)
-                .flat_map(|p| (p as i32).to_le_bytes())
-                .collect();
-            be.upload(positions, &pos)?;
-            let graph = build_step(
-                self.config,
-                &sh.plan,
-                &sh.weights,
-                cache,
-                t,
-                io,
-                self.wanted,
-            );
+        let pos: Vec<i32> = (self.start..self.start + t).map(|p| p as i32).collect();
+        let inputs = [
+            (
+                TensorDesc::new(DType::I32, [t]),
+                i32_bytes(self.tokens.iter().map(|x| *x as i32)),
+            ),
+            (TensorDesc::new(DType::I32, [t]), i32_bytes(pos)),
+            (out, Vec::new()),
+        ];
+        let (plan, weights) = (&sh.plan, &sh.weights);
+        with_buffers(sh.backend.as_mut(), &inputs, |be, ids| {
+            let io = StepIo {
+                ids: ids[0],
+                positions: ids[1],
+                logits: ids[2],
+                gather: None,
+            };
+            let kv = KvBinding::Contiguous(cache);
+            let graph = build_step(self.config, plan, weights, &kv, t, io, self.wanted);
             be.execute(&graph)?;
-            if sh.plan.rank != 0 {
+            if plan.rank != 0 {
                 return Ok(Vec::new());
             }
-            let bytes = be.download(logits)?;
-            Ok(bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect::<Vec<f32>>())
-        })();
-        for id in [ids, positions, logits] {
-            be.free(id)?;
-        }
-        result
+            Ok(f32_from_bytes(&be.download(ids[2])?))
+        })
     }
+}
+
+/// Little-endian bytes of i32 values (token ids, positions, slots).
+pub(crate) fn i32_bytes(v: impl IntoIterator<Item = i32>) -> Vec<u8> {
+    v.into_iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// f32 values of little-endian bytes (I32 results keep their bits: see `forward_argmax`).
+pub(crate) fn f32_from_bytes(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// Allocate one buffer per `(desc, bytes)` (uploading non-empty bytes), run `f` with their
+/// ids, then free them all whatever `f` returned.
+pub(crate) fn with_buffers<T>(
+    be: &mut dyn Backend,
+    specs: &[(TensorDesc, Vec<u8>)],
+    f: impl FnOnce(&mut dyn Backend, &[BufferId]) -> Result<T>,
+) -> Result<T> {
+    let mut ids = Vec::with_capacity(specs.len());
+    let staged = (|| {
+        for (desc, bytes) in specs {
+            ids.push(be.alloc(desc)?);
+            if !bytes.is_empty() {
+                be.upload(*ids.last().expect("just pushed"), bytes)?;
+            }
+        }
+        Ok(())
+    })();
+    let out = staged.and_then(|_| f(be, &ids));
+    for id in ids {
+        be.free(id)?;
+    }
+    out
 }
 
 /// Index of the largest value, first on ties.

@@ -47,7 +47,10 @@ impl HostKernels for ExampleKernels {
         // Return None for an op you do not implement: this example runs unsplit models only
         // (the executor itself sums `AllReduceSum` for sharded runs).
         match op {
-            Op::LocalExperts { .. } | Op::AllReduceSum => None,
+            Op::LocalExperts { .. }
+            | Op::AllReduceSum
+            | Op::PagedAttention { .. }
+            | Op::GatherRows => None,
             _ => Some(self),
         }
     }
@@ -129,7 +132,10 @@ impl HostKernel for ExampleKernels {
                 }
                 Ok(())
             }
-            Op::LocalExperts { .. } | Op::AllReduceSum => Err(Error::Unsupported {
+            Op::LocalExperts { .. }
+            | Op::AllReduceSum
+            | Op::PagedAttention { .. }
+            | Op::GatherRows => Err(Error::Unsupported {
                 backend: "example".into(),
                 what: format!("op '{}'", op.name()),
             }),

@@ -403,6 +403,99 @@ pub fn run_node<F: Flavor>(
                 ],
             )
         }
+        Op::PagedAttention {
+            heads,
+            kv_heads,
+            head_dim,
+            window,
+            scale,
+            page_size,
+        } => {
+            for v in [ins[0], ins[1], ins[2], outs[0], outs[1], outs[2]] {
+                want_f32(v)?;
+            }
+            let (t, rows) = (dims(ins[0])[0], dims(outs[1])[0]);
+            let (d, ps, np) = (*head_dim as usize, *page_size as usize, dims(ins[6])[1]);
+            if d > 256 || !ps.is_power_of_two() {
+                return Err(unsupported(format!(
+                    "paged attention with head_dim {d} (> 256) or page size {ps} (not a power of 2)"
+                )));
+            }
+            let w = *kv_heads as usize * d;
+            let f = be.kernels.get("kv_write_slots")?;
+            be.gpu.launch(
+                "kv_write_slots",
+                f,
+                (blocks(t, 1)?, 1, 1),
+                (256, 1, 1),
+                0,
+                &[
+                    Arg::Ptr(ip(1)?),
+                    Arg::Ptr(ip(2)?),
+                    Arg::Ptr(ip(5)?),
+                    Arg::Ptr(op_(1)?),
+                    Arg::Ptr(op_(2)?),
+                    Arg::I32(i32_of(w, "kv width")?),
+                    Arg::I32(i32_of(rows, "pool rows")?),
+                    Arg::Ptr(err),
+                ],
+            )?;
+            // Decode rows of many sequences: (row, head) blocks fill the chip already.
+            let warps = if t * (*heads as usize) <= 4096 {
+                8u32
+            } else {
+                4u32
+            };
+            let f = be.kernels.get("attention_paged")?;
+            be.gpu.launch(
+                "attention_paged",
+                f,
+                (blocks(t, 1)?, grid_y(*heads as usize)?, 1),
+                (32 * warps, 1, 1),
+                warps * d as u32 * 4,
+                &[
+                    Arg::Ptr(ip(0)?),
+                    Arg::Ptr(op_(1)?),
+                    Arg::Ptr(op_(2)?),
+                    Arg::Ptr(ip(3)?),
+                    Arg::I32(float_code(ins[3])?),
+                    Arg::Ptr(ip(4)?),
+                    Arg::Ptr(ip(6)?),
+                    Arg::I32(i32_of(np, "pages per row")?),
+                    Arg::I32(ps.trailing_zeros() as i32),
+                    Arg::I32(i32_of(rows, "pool rows")?),
+                    Arg::Ptr(op_(0)?),
+                    Arg::I32(*heads as i32),
+                    Arg::I32(*kv_heads as i32),
+                    Arg::I32(d as i32),
+                    Arg::I32(i32_of(*window as usize, "window")?),
+                    Arg::F32(*scale),
+                    Arg::Ptr(err),
+                ],
+            )
+        }
+        Op::GatherRows => {
+            want_f32(ins[0])?;
+            want_f32(outs[0])?;
+            let (t, n) = (dims(ins[0])[0], dims(ins[0])[1]);
+            let b = dims(ins[1])[0];
+            let f = be.kernels.get("gather_rows")?;
+            be.gpu.launch(
+                "gather_rows",
+                f,
+                (blocks(n, 256)?, grid_y(b)?, 1),
+                (256, 1, 1),
+                0,
+                &[
+                    Arg::Ptr(ip(0)?),
+                    Arg::Ptr(ip(1)?),
+                    Arg::Ptr(op_(0)?),
+                    Arg::I32(i32_of(t, "rows")?),
+                    Arg::I32(i32_of(n, "row width")?),
+                    Arg::Ptr(err),
+                ],
+            )
+        }
         Op::TopKSoftmax { k } => {
             want_f32(ins[0])?;
             want_f32(outs[1])?;

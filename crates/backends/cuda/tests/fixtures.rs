@@ -747,3 +747,24 @@ fn split_greedy_tokens_match_one_gpu() {
         }
     }
 }
+
+// ---------------------------------------------------------------- many sequences per step
+
+#[test]
+#[ignore = "needs an NVIDIA GPU (sm_90+; sm_70+ with GPTOSS_CUDA_FLAVOR=portable): run on the GPU machine with --ignored"]
+fn batched_paged_steps_match_transformers() {
+    for name in FIXTURES {
+        let mut model = load(name);
+        gptoss_e2e::batch_check::check_batched_prompts(&mut model, name);
+        gptoss_e2e::batch_check::check_batched_greedy(&mut model, name, 4);
+    }
+}
+
+#[test]
+#[ignore = "needs two NVIDIA GPUs and NCCL: run on a multi-GPU machine with --ignored split_"]
+fn split_and_batched_match_transformers() {
+    for name in FIXTURES {
+        let mut model = load_split(name, true);
+        gptoss_e2e::batch_check::check_batched_prompts(&mut model, name);
+    }
+}

@@ -617,11 +617,14 @@ impl Wgpu {
         let u = |v: usize| v as u32;
         let fbits = |v: f32| v.to_bits();
         match &node.op {
-            // Split models run on the CUDA and cpu backends only.
-            Op::LocalExperts { .. } | Op::AllReduceSum => {
+            // Split models and batched (paged) steps run on the CUDA and cpu backends only.
+            Op::LocalExperts { .. }
+            | Op::AllReduceSum
+            | Op::PagedAttention { .. }
+            | Op::GatherRows => {
                 return Err(Error::Unsupported {
                     backend: BACKEND.into(),
-                    what: format!("op '{}' (models split over several GPUs)", node.op.name()),
+                    what: format!("op '{}'", node.op.name()),
                 })
             }
             Op::Embed => {

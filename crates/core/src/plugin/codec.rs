@@ -52,6 +52,8 @@ const OP_LAST_ROW: u32 = 8;
 const OP_ARGMAX: u32 = 9;
 const OP_LOCAL_EXPERTS: u32 = 10;
 const OP_ALL_REDUCE_SUM: u32 = 11;
+const OP_PAGED_ATTENTION: u32 = 12;
+const OP_GATHER_ROWS: u32 = 13;
 
 pub fn op_to_c(op: &Op) -> (u32, GOpParams) {
     let mut p = GOpParams::default();
@@ -112,6 +114,19 @@ pub fn op_to_c(op: &Op) -> (u32, GOpParams) {
             OP_LOCAL_EXPERTS
         }
         Op::AllReduceSum => OP_ALL_REDUCE_SUM,
+        Op::PagedAttention {
+            heads,
+            kv_heads,
+            head_dim,
+            window,
+            scale,
+            page_size,
+        } => {
+            p.u[..5].copy_from_slice(&[*heads, *kv_heads, *head_dim, *window, *page_size]);
+            p.f[0] = *scale;
+            OP_PAGED_ATTENTION
+        }
+        Op::GatherRows => OP_GATHER_ROWS,
     };
     (code, p)
 }
@@ -156,6 +171,15 @@ pub fn op_from_c(code: u32, p: &GOpParams) -> Result<Op> {
             count: p.u[1],
         },
         OP_ALL_REDUCE_SUM => Op::AllReduceSum,
+        OP_PAGED_ATTENTION => Op::PagedAttention {
+            heads: p.u[0],
+            kv_heads: p.u[1],
+            head_dim: p.u[2],
+            window: p.u[3],
+            page_size: p.u[4],
+            scale: p.f[0],
+        },
+        OP_GATHER_ROWS => Op::GatherRows,
         other => {
             return Err(Error::Graph(format!(
                 "unknown op code {other} (a newer host?)"
@@ -333,6 +357,15 @@ mod tests {
                 count: 8,
             },
             Op::AllReduceSum,
+            Op::PagedAttention {
+                heads: 64,
+                kv_heads: 8,
+                head_dim: 64,
+                window: 128,
+                scale: 0.125,
+                page_size: 16,
+            },
+            Op::GatherRows,
         ];
         for op in ops {
             let (c, p) = op_to_c(&op);

@@ -32,9 +32,10 @@ pub fn first_visible(p: usize, window: usize) -> usize {
 
 /// One query head at position `p` over cached keys `lo..=p`: softmax of the scaled scores
 /// with the sink logit as an extra column (dropped afterwards), then the weighted sum of
-/// values. `k_rows`/`v_rows` are the cache rows of this head's kv head (stride `stride`).
+/// values. Key position j lives in cache row `row(j)` (stride `stride`); this head's kv head
+/// starts `offset` floats into the row.
 #[allow(clippy::too_many_arguments)]
-fn attend_one(
+pub(crate) fn attend_one(
     q: &[f32],
     k_cache: &[f32],
     v_cache: &[f32],
@@ -42,6 +43,7 @@ fn attend_one(
     offset: usize,
     lo: usize,
     p: usize,
+    row: impl Fn(usize) -> usize,
     scale: f32,
     sink: f32,
     scores: &mut Vec<f32>,
@@ -49,7 +51,7 @@ fn attend_one(
 ) {
     let d = out.len();
     scores.clear();
-    scores.extend((lo..=p).map(|j| dot(q, &k_cache[j * stride + offset..][..d]) * scale));
+    scores.extend((lo..=p).map(|j| dot(q, &k_cache[row(j) * stride + offset..][..d]) * scale));
     let m = scores.iter().fold(sink, |m, &s| m.max(s));
     let mut sum = (sink - m).exp();
     for s in scores.iter_mut() {
@@ -59,7 +61,7 @@ fn attend_one(
     let inv = 1.0 / sum;
     out.fill(0.0);
     for (j, e) in (lo..=p).zip(scores.iter()) {
-        axpy(out, e * inv, &v_cache[j * stride + offset..][..d]);
+        axpy(out, e * inv, &v_cache[row(j) * stride + offset..][..d]);
     }
 }
 
@@ -137,7 +139,18 @@ impl HostKernel for Attention {
                     let offset = (h / group) * d;
                     let lo = first_visible(p, window);
                     attend_one(
-                        qh, k_cache, v_cache, kvw, offset, lo, p, scale, sinks[h], scores, out,
+                        qh,
+                        k_cache,
+                        v_cache,
+                        kvw,
+                        offset,
+                        lo,
+                        p,
+                        |j| j,
+                        scale,
+                        sinks[h],
+                        scores,
+                        out,
                     );
                 })
         });

@@ -8,10 +8,12 @@ pub mod add;
 pub mod argmax;
 pub mod attention;
 pub mod embed;
+pub mod gather_rows;
 pub mod last_row;
 pub mod linear;
 pub mod local_experts;
 pub mod moe;
+pub mod paged_attention;
 pub mod rms_norm;
 pub mod rope;
 pub mod topk_softmax;
@@ -32,6 +34,8 @@ pub struct CpuKernels {
     topk_softmax: topk_softmax::TopKSoftmax,
     moe: moe::MoeMxfp4,
     local_experts: local_experts::LocalExperts,
+    paged_attention: paged_attention::PagedAttention,
+    gather_rows: gather_rows::GatherRows,
     add: add::Add,
     last_row: last_row::LastRow,
     argmax: argmax::Argmax,
@@ -50,6 +54,8 @@ impl CpuKernels {
             topk_softmax: topk_softmax::TopKSoftmax,
             moe: moe::MoeMxfp4::new(pool.clone()),
             local_experts: local_experts::LocalExperts,
+            paged_attention: paged_attention::PagedAttention::new(pool.clone()),
+            gather_rows: gather_rows::GatherRows,
             add: add::Add,
             last_row: last_row::LastRow,
             argmax: argmax::Argmax,
@@ -74,6 +80,8 @@ impl HostKernels for CpuKernels {
             Op::TopKSoftmax { .. } => &self.topk_softmax,
             Op::MoeMxfp4 { .. } => &self.moe,
             Op::LocalExperts { .. } => &self.local_experts,
+            Op::PagedAttention { .. } => &self.paged_attention,
+            Op::GatherRows => &self.gather_rows,
             // Collectives belong to the executor (it knows the shard group).
             Op::AllReduceSum => return None,
             Op::Add => &self.add,
@@ -336,6 +344,15 @@ mod tests {
             Op::LastRow,
             Op::Argmax,
             Op::LocalExperts { first: 0, count: 1 },
+            Op::GatherRows,
+            Op::PagedAttention {
+                heads: 1,
+                kv_heads: 1,
+                head_dim: 2,
+                window: 0,
+                scale: 1.0,
+                page_size: 16,
+            },
         ] {
             assert!(k.kernel(&op).is_some(), "{}", op.name());
         }

@@ -15,21 +15,37 @@ extern "C" __global__ void kv_write(const float* k, const float* v, const int* p
     }
 }
 
+// Key position j of row t -> cache row: the position itself (one sequence's cache) ...
+struct ContiguousRows {
+    __device__ __forceinline__ i64 operator()(int j) const { return j; }
+};
+
+// ... or its page's row in a pool shared by several sequences (pages: row t's page table).
+struct PagedRows {
+    const int* pages;
+    int shift, mask;  // page_size = 1 << shift
+    __device__ __forceinline__ i64 operator()(int j) const {
+        return ((i64)pages[j >> shift] << shift) + (j & mask);
+    }
+};
+
 // One block per (token, query head); each warp runs an online softmax over a strided subset of
 // the visible keys (lanes split the head dimension), then the warps and the sink are combined.
-// Dynamic shared memory: (blockDim.x / 32) * D floats.
+// Dynamic shared memory: (blockDim.x / 32) * D floats. `valid`: the row's position passed the
+// caller's checks; otherwise the output row is zeroed.
 #define MAXR 8  // D <= 256
-extern "C" __global__ void attention(const float* q, const float* kc, const float* vc,
-                                     const void* sinks, int sdt, const int* pos, float* o, int NQ,
-                                     int NKV, int D, int window, float scale, int cap) {
+template <typename Rows>
+__device__ __forceinline__ void attention_body(const float* q, const float* kc, const float* vc,
+                                               const void* sinks, int sdt, int p, bool valid,
+                                               float* o, int NQ, int NKV, int D, int window,
+                                               float scale, Rows row_of) {
     extern __shared__ float sacc[];
     __shared__ float sm[32], sl[32];
     i64 t = blockIdx.x;
     int h = blockIdx.y;
     int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    int p = pos[t];
     float* out = o + (t * NQ + h) * D;
-    if (p < 0 || p >= cap) {
+    if (!valid) {
         for (int d = threadIdx.x; d < D; d += blockDim.x) out[d] = 0.0f;
         return;
     }
@@ -52,7 +68,7 @@ extern "C" __global__ void attention(const float* q, const float* kc, const floa
         float s4[4];
 #pragma unroll
         for (int u = 0; u < 4; u++) {
-            const float* kr = kc + (i64)(j0 + u * nw) * W + off;
+            const float* kr = kc + row_of(j0 + u * nw) * W + off;
             float s = 0.0f;
 #pragma unroll
             for (int r = 0; r < MAXR; r++) {
@@ -75,15 +91,15 @@ extern "C" __global__ void attention(const float* q, const float* kc, const floa
             if (d < D) {
                 float a = acc[r] * corr;
 #pragma unroll
-                for (int u = 0; u < 4; u++) a += e4[u] * vc[(i64)(j0 + u * nw) * W + off + d];
+                for (int u = 0; u < 4; u++) a += e4[u] * vc[row_of(j0 + u * nw) * W + off + d];
                 acc[r] = a;
             }
         }
         m = mn;
     }
     for (int j = j0; j <= p; j += nw) {
-        const float* kr = kc + (i64)j * W + off;
-        const float* vr = vc + (i64)j * W + off;
+        const float* kr = kc + row_of(j) * W + off;
+        const float* vr = vc + row_of(j) * W + off;
         float s = 0.0f;
 #pragma unroll
         for (int r = 0; r < MAXR; r++) {
@@ -125,4 +141,48 @@ extern "C" __global__ void attention(const float* q, const float* kc, const floa
             if (sm[w] != NEG_INF) r += sacc[w * D + d] * expf(sm[w] - M);
         out[d] = r * inv;
     }
+}
+
+extern "C" __global__ void attention(const float* q, const float* kc, const float* vc,
+                                     const void* sinks, int sdt, const int* pos, float* o, int NQ,
+                                     int NKV, int D, int window, float scale, int cap) {
+    int p = pos[blockIdx.x];
+    attention_body(q, kc, vc, sinks, sdt, p, p >= 0 && p < cap, o, NQ, NKV, D, window, scale,
+                   ContiguousRows{});
+}
+
+// Paged pools: write row t's k/v at pool row slots[t].
+extern "C" __global__ void kv_write_slots(const float* k, const float* v, const int* slots,
+                                          float* kc, float* vc, int W, int rows, int* err) {
+    i64 t = blockIdx.x;
+    int s = slots[t];
+    if (s < 0 || s >= rows) {
+        if (threadIdx.x == 0) report_error(err, ERR_POSITION, s, rows, (int)t);
+        return;
+    }
+    for (int c = threadIdx.x; c < W; c += blockDim.x) {
+        kc[(i64)s * W + c] = k[t * W + c];
+        vc[(i64)s * W + c] = v[t * W + c];
+    }
+}
+
+// Rows of several sequences over paged pools; pages [T, P]: row t's page table (-1 past its
+// pages: a position there is refused, not read).
+extern "C" __global__ void attention_paged(const float* q, const float* kc, const float* vc,
+                                           const void* sinks, int sdt, const int* pos,
+                                           const int* pages, int P, int shift, int rows,
+                                           float* o, int NQ, int NKV, int D, int window,
+                                           float scale, int* err) {
+    i64 t = blockIdx.x;
+    int p = pos[t];
+    const int* table = pages + t * P;
+    bool valid = p >= 0 && (p >> shift) < P;
+    if (valid) {
+        int last = table[p >> shift];
+        valid = last >= 0 && (((i64)last + 1) << shift) <= rows;
+    }
+    if (!valid && threadIdx.x == 0 && blockIdx.y == 0)
+        report_error(err, ERR_POSITION, p, P << shift, (int)t);
+    attention_body(q, kc, vc, sinks, sdt, p, valid, o, NQ, NKV, D, window, scale,
+                   PagedRows{table, shift, (1 << shift) - 1});
 }

@@ -29,3 +29,16 @@ extern "C" __global__ void local_experts(const int* ids, int* out, i64 n, int fi
         out[i] = (e >= 0 && e < count) ? e : -1;
     }
 }
+
+// out [B, N] = x rows rows[b] (each sequence's last row of a batched step).
+extern "C" __global__ void gather_rows(const float* x, const int* rows, float* out, int T, int N,
+                                       int* err) {
+    i64 b = blockIdx.y;
+    int r = rows[b];
+    if (r < 0 || r >= T) {
+        if (blockIdx.x == 0 && threadIdx.x == 0) report_error(err, ERR_POSITION, r, T, (int)b);
+        return;
+    }
+    i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < N) out[b * N + i] = x[(i64)r * N + i];
+}

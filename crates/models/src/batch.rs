@@ -1,0 +1,289 @@
+//! Many sequences in one forward step: a paged KV cache shared by all of them, and batched
+//! steps (several decoding sequences and prefill chunks together) over it.
+//!
+//! Positions of a sequence live on pages of [`PAGE_SIZE`] rows taken from one pool per layer
+//! (per shard when the model is split), so memory follows what each sequence really holds.
+//! A step's rows carry their sequence's page table; the weights are read once for all rows.
+
+use gptoss_core::{BufferId, DType, Error, Result, TensorDesc};
+
+use crate::graph_builder::{build_step, KvBinding, LogitsWanted, StepIo};
+use crate::kv_cache::KvCache;
+use crate::model::{f32_from_bytes, i32_bytes, on_every_shard, with_buffers, Model};
+
+/// Positions per page.
+pub const PAGE_SIZE: usize = 16;
+
+/// The pools of every layer (on every shard) and which pages are free.
+#[derive(Debug)]
+pub struct PagedKv {
+    /// `[shard][layer] = (k_pool, v_pool)`, each `[pages * PAGE_SIZE, kv_heads * head_dim]`.
+    pools: Vec<Vec<(BufferId, BufferId)>>,
+    free: Vec<u32>,
+    pages: usize,
+}
+
+/// One sequence's pages and how many positions it holds.
+#[derive(Debug, Default)]
+pub struct PagedSeq {
+    pages: Vec<u32>,
+    len: usize,
+}
+
+impl PagedSeq {
+    pub fn new() -> PagedSeq {
+        PagedSeq::default()
+    }
+    /// Positions already in the context.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl PagedKv {
+    /// Pages no sequence holds.
+    pub fn free_pages(&self) -> usize {
+        self.free.len()
+    }
+    pub fn total_pages(&self) -> usize {
+        self.pages
+    }
+    /// Pages a sequence of `positions` positions needs.
+    pub fn pages_for(positions: usize) -> usize {
+        positions.div_ceil(PAGE_SIZE)
+    }
+
+    /// Give `seq`'s pages back (the sequence ended or was cancelled).
+    pub fn release(&mut self, seq: &mut PagedSeq) {
+        self.free.append(&mut seq.pages);
+        seq.len = 0;
+    }
+
+    /// Make room in `seq` for positions up to `end`; nothing changes when the pool is short.
+    fn reserve(&mut self, seq: &mut PagedSeq, end: usize) -> Result<()> {
+        let need = Self::pages_for(end).saturating_sub(seq.pages.len());
+        if need > self.free.len() {
+            return Err(Error::Input(format!(
+                "the KV cache is full: {end} positions need {need} more pages of {PAGE_SIZE}, \
+                 {} of {} are free; end other sequences or raise the cache size",
+                self.free.len(),
+                self.pages
+            )));
+        }
+        let at = self.free.len() - need;
+        seq.pages.extend(self.free.drain(at..));
+        Ok(())
+    }
+}
+
+/// One sequence's part of a batched step: its state and the tokens it feeds now.
+pub struct BatchItem<'a> {
+    pub seq: &'a mut PagedSeq,
+    pub tokens: &'a [u32],
+}
+
+impl Model {
+    /// Pools with room for `positions` positions in all, shared by the sequences of
+    /// [`Model::forward_batch`].
+    pub fn new_paged_kv(&mut self, positions: usize) -> Result<PagedKv> {
+        let pages = PagedKv::pages_for(positions).max(1);
+        let rows = pages * PAGE_SIZE;
+        let mut pools = Vec::with_capacity(self.shards.len());
+        let mut result = Ok(());
+        for sh in &mut self.shards {
+            let desc = KvCache::desc_for(&self.config, sh.plan.kv_heads.len(), rows, DType::F32);
+            let mut layers = Vec::with_capacity(self.config.num_hidden_layers);
+            for _ in 0..self.config.num_hidden_layers {
+                let k = sh.backend.alloc(&desc);
+                let v = sh.backend.alloc(&desc);
+                match (k, v) {
+                    (Ok(k), Ok(v)) => layers.push((k, v)),
+                    (k, v) => {
+                        for id in [k.as_ref().ok(), v.as_ref().ok()].into_iter().flatten() {
+                            let _ = sh.backend.free(*id);
+                        }
+                        result = Err(k.and(v).expect_err("one failed"));
+                        break;
+                    }
+                }
+            }
+            pools.push(layers);
+            if result.is_err() {
+                break;
+            }
+        }
+        let kv = PagedKv {
+            pools,
+            free: (0..pages as u32).rev().collect(),
+            pages,
+        };
+        match result {
+            Ok(()) => Ok(kv),
+            Err(e) => {
+                self.free_paged_kv(kv)?;
+                Err(e)
+            }
+        }
+    }
+
+    pub fn free_paged_kv(&mut self, kv: PagedKv) -> Result<()> {
+        for (sh, layers) in self.shards.iter_mut().zip(kv.pools) {
+            for (k, v) in layers {
+                sh.backend.free(k)?;
+                sh.backend.free(v)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One step over several sequences: each item's tokens follow what its sequence holds.
+    /// Returns the logits of each item's last token (`[V]` each). On error no sequence
+    /// changes.
+    pub fn forward_batch(
+        &mut self,
+        kv: &mut PagedKv,
+        items: &mut [BatchItem],
+    ) -> Result<Vec<Vec<f32>>> {
+        let v = self.config.vocab_size;
+        let flat = self.batch_step(kv, items, LogitsWanted::Last)?;
+        Ok(flat.chunks(v).map(<[f32]>::to_vec).collect())
+    }
+
+    /// [`Model::forward_batch`] returning each item's greedy next token, computed on the
+    /// backend (one id per sequence comes back).
+    pub fn forward_batch_argmax(
+        &mut self,
+        kv: &mut PagedKv,
+        items: &mut [BatchItem],
+    ) -> Result<Vec<u32>> {
+        let out = self.batch_step(kv, items, LogitsWanted::Argmax)?;
+        Ok(out.iter().map(|x| x.to_bits()).collect())
+    }
+
+    fn batch_step(
+        &mut self,
+        kv: &mut PagedKv,
+        items: &mut [BatchItem],
+        wanted: LogitsWanted,
+    ) -> Result<Vec<f32>> {
+        let v = self.config.vocab_size;
+        if items.is_empty() {
+            return Err(Error::Input("an empty batch".into()));
+        }
+        let max_ctx = self.config.max_position_embeddings;
+        for (n, it) in items.iter().enumerate() {
+            if it.tokens.is_empty() {
+                return Err(Error::Input(format!("batch item {n} has no tokens")));
+            }
+            if let Some(t) = it.tokens.iter().find(|t| **t as usize >= v) {
+                return Err(Error::Input(format!(
+                    "batch item {n}: token id {t} is out of range: this model's vocab_size is {v}"
+                )));
+            }
+            let end = it.seq.len + it.tokens.len();
+            if end > max_ctx {
+                return Err(Error::Input(format!(
+                    "batch item {n}: {end} positions exceed the model's context of {max_ctx}"
+                )));
+            }
+        }
+        // Pages first (all or nothing), so a full cache fails before any state changes.
+        let before: Vec<usize> = items.iter().map(|it| it.seq.pages.len()).collect();
+        for i in 0..items.len() {
+            let end = items[i].seq.len + items[i].tokens.len();
+            if let Err(e) = kv.reserve(items[i].seq, end) {
+                for (it, &n) in items.iter_mut().zip(&before) {
+                    let extra: Vec<u32> = it.seq.pages.drain(n..).collect();
+                    kv.free.extend(extra);
+                }
+                return Err(e);
+            }
+        }
+        let t: usize = items.iter().map(|it| it.tokens.len()).sum();
+        let max_pages = items.iter().map(|it| it.seq.pages.len()).max().unwrap_or(1);
+        let (mut ids, mut pos, mut slots, mut table, mut last) = (
+            Vec::with_capacity(t),
+            Vec::with_capacity(t),
+            Vec::with_capacity(t),
+            Vec::new(),
+            Vec::new(),
+        );
+        for it in items.iter() {
+            let mut row: Vec<i32> = it.seq.pages.iter().map(|p| *p as i32).collect();
+            row.resize(max_pages, -1);
+            for (k, tok) in it.tokens.iter().enumerate() {
+                let p = it.seq.len + k;
+                ids.push(*tok as i32);
+                pos.push(p as i32);
+                slots.push(
+                    (it.seq.pages[p / PAGE_SIZE] as usize * PAGE_SIZE + p % PAGE_SIZE) as i32,
+                );
+                table.extend_from_slice(&row);
+            }
+            last.push(ids.len() as i32 - 1);
+        }
+        let b = items.len();
+        let out_desc = if wanted == LogitsWanted::Argmax {
+            TensorDesc::new(DType::I32, [b])
+        } else {
+            TensorDesc::new(DType::F32, [b, v])
+        };
+        let inputs = [
+            (TensorDesc::new(DType::I32, [t]), i32_bytes(ids)),
+            (TensorDesc::new(DType::I32, [t]), i32_bytes(pos)),
+            (TensorDesc::new(DType::I32, [t]), i32_bytes(slots)),
+            (
+                TensorDesc::new(DType::I32, [t, max_pages]),
+                i32_bytes(table),
+            ),
+            (TensorDesc::new(DType::I32, [b]), i32_bytes(last)),
+            (out_desc, Vec::new()),
+        ];
+        let rows = kv.pages * PAGE_SIZE;
+        let config = &self.config;
+        let pools = &kv.pools;
+        let out = on_every_shard(&mut self.shards, |rank, sh| {
+            let (plan, weights) = (&sh.plan, &sh.weights);
+            with_buffers(sh.backend.as_mut(), &inputs, |be, bufs| {
+                let io = StepIo {
+                    ids: bufs[0],
+                    positions: bufs[1],
+                    logits: bufs[5],
+                    gather: Some((bufs[4], b)),
+                };
+                let binding = KvBinding::Paged {
+                    layers: &pools[rank],
+                    rows,
+                    page_size: PAGE_SIZE,
+                    slots: bufs[2],
+                    pages: bufs[3],
+                    max_pages,
+                };
+                let graph = build_step(config, plan, weights, &binding, t, io, wanted);
+                be.execute(&graph)?;
+                if rank != 0 {
+                    return Ok(Vec::new());
+                }
+                Ok(f32_from_bytes(&be.download(bufs[5])?))
+            })
+        });
+        match out {
+            Ok(out) => {
+                for it in items.iter_mut() {
+                    it.seq.len += it.tokens.len();
+                }
+                Ok(out)
+            }
+            Err(e) => {
+                for (it, &n) in items.iter_mut().zip(&before) {
+                    let extra: Vec<u32> = it.seq.pages.drain(n..).collect();
+                    kv.free.extend(extra);
+                }
+                Err(e)
+            }
+        }
+    }
+}
