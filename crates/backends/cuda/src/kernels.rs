@@ -85,6 +85,7 @@ pub const FAMILIES: &[Family] = &[
             "last_row",
             "copy_f32",
             "local_experts",
+            "gather_rows",
         ],
         optional: false,
     },
