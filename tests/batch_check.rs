@@ -1,7 +1,7 @@
 //! Batched steps over a paged KV cache, checked against transformers for any backend (the
 //! cpu tests call these; the CUDA tests call them on the GPU).
 
-use gptoss_models::batch::{BatchItem, PagedSeq};
+use gptoss_models::batch::{BatchItem, PagedKv, PagedSeq, PAGE_SIZE};
 use gptoss_models::Model;
 
 use crate::{compare_logits, Reference, F32_LOGIT_TOLERANCE};
@@ -71,9 +71,8 @@ pub fn check_batched_prompts(model: &mut Model, name: &str) -> f32 {
 pub fn check_batched_greedy(model: &mut Model, name: &str, n: usize) {
     let r = Reference::load(name);
     let (prompt, want) = (r.tokens("greedy_prompt"), r.tokens("greedy_tokens"));
-    let mut kv = model
-        .new_paged_kv(n * (prompt.len() + want.len()))
-        .expect("paged kv");
+    let per_seq = PagedKv::pages_for(prompt.len() + want.len()) * PAGE_SIZE;
+    let mut kv = model.new_paged_kv(n * per_seq).expect("paged kv");
     let mut seqs: Vec<PagedSeq> = (0..n).map(|_| PagedSeq::new()).collect();
     let mut got: Vec<Vec<u32>> = vec![Vec::new(); n];
     // Sequence i joins at step i: prefill and decodes share steps.

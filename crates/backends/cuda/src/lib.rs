@@ -122,7 +122,8 @@ pub struct Cuda<F: Flavor> {
     /// Fast kernels (gemv, fused MoE); GPTOSS_CUDA_NO_FUSION=1 selects the simple ones.
     fast: bool,
     /// Tensor-core (bf16 operand) linear and grouped MoE from this many tokens on
-    /// (GPTOSS_CUDA_MMA_MIN_T, default 64; 0 turns them off); tiled attention likewise.
+    /// (GPTOSS_CUDA_MMA_MIN_T, default 16: batched decode reads each weight once per step
+    /// from there; 0 turns them off); tiled attention likewise.
     mma_min_t: usize,
     /// GPTOSS_CUDA_GRAPH=0 turns off replaying repeated steps as CUDA graphs.
     graphs: bool,
@@ -259,7 +260,7 @@ impl<F: Flavor> Cuda<F> {
             mma_min_t: std::env::var("GPTOSS_CUDA_MMA_MIN_T")
                 .ok()
                 .and_then(|v| v.parse::<usize>().ok())
-                .map_or(64, |v| if v == 0 { usize::MAX } else { v }),
+                .map_or(16, |v| if v == 0 { usize::MAX } else { v }),
             graphs: std::env::var("GPTOSS_CUDA_GRAPH").map_or(true, |v| v != "0")
                 && profile.is_none()
                 && std::env::var_os("GPTOSS_CUDA_SYNC").is_none(),

@@ -146,32 +146,40 @@ pub fn run_node<F: Flavor>(
                 Some(b) => (ip(2)?, float_code(b)?),
                 None => (0, 0),
             };
-            let smem = t * k * 4;
+            // Few tokens (decode, small batches below the tensor-core threshold): the GEMV,
+            // in chunks of tokens whose activations fit its 48 KiB of shared memory (each
+            // chunk reads the weights once more).
+            let chunk = ((48usize << 10) / (k * 4).max(1)).min(8);
             if be.fast
                 && ins[1].desc.dtype == DType::BF16
                 && k % 8 == 0
-                && t <= 8
-                && smem <= 48 << 10
+                && chunk > 0
+                && t < be.mma_min_t.min(16)
             {
                 let f = be.kernels.get("gemv_bf16")?;
                 let grid = blocks(n, WARPS as usize)?.min(be.gpu.info.sms * 4);
-                return be.gpu.launch(
-                    "gemv_bf16",
-                    f,
-                    (grid, 1, 1),
-                    (32 * WARPS, 1, 1),
-                    smem as u32,
-                    &[
-                        Arg::Ptr(ip(0)?),
-                        Arg::Ptr(ip(1)?),
-                        Arg::Ptr(bias),
-                        Arg::I32(bdt),
-                        Arg::Ptr(op_(0)?),
-                        Arg::I32(i32_of(t, "tokens")?),
-                        Arg::I32(i32_of(n, "out features")?),
-                        Arg::I32(i32_of(k, "in features")?),
-                    ],
-                );
+                let (x, y) = (ip(0)?, op_(0)?);
+                for t0 in (0..t).step_by(chunk) {
+                    let tc = chunk.min(t - t0);
+                    be.gpu.launch(
+                        "gemv_bf16",
+                        f,
+                        (grid, 1, 1),
+                        (32 * WARPS, 1, 1),
+                        (tc * k * 4) as u32,
+                        &[
+                            Arg::Ptr(x + (t0 * k * 4) as u64),
+                            Arg::Ptr(ip(1)?),
+                            Arg::Ptr(bias),
+                            Arg::I32(bdt),
+                            Arg::Ptr(y + (t0 * n * 4) as u64),
+                            Arg::I32(i32_of(tc, "tokens")?),
+                            Arg::I32(i32_of(n, "out features")?),
+                            Arg::I32(i32_of(k, "in features")?),
+                        ],
+                    )?;
+                }
+                return Ok(());
             }
             if be.fast
                 && ins[1].desc.dtype == DType::BF16
