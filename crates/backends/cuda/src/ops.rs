@@ -146,15 +146,18 @@ pub fn run_node<F: Flavor>(
                 Some(b) => (ip(2)?, float_code(b)?),
                 None => (0, 0),
             };
-            // Few tokens (decode, small batches below the tensor-core threshold): the GEMV,
-            // in chunks of tokens whose activations fit its 48 KiB of shared memory (each
-            // chunk reads the weights once more).
+            // Few tokens (decode, small batches): the GEMV, in chunks of tokens whose
+            // activations fit its 48 KiB of shared memory (each chunk reads the weights once
+            // more). Below the tensor-core threshold always; up to 63 tokens too while the
+            // re-reads stay under ~150 MB, because a tensor-core CTA walks all of K in a chain
+            // of dependent loads (~90 us at K = 2880), which small matrices cannot hide.
             let chunk = ((48usize << 10) / (k * 4).max(1)).min(8);
+            let rereads = t.div_ceil(chunk.max(1)) * n * k * 2;
             if be.fast
                 && ins[1].desc.dtype == DType::BF16
                 && k % 8 == 0
                 && chunk > 0
-                && t < be.mma_min_t.min(16)
+                && (t < be.mma_min_t.min(16) || (t < 64 && rereads <= 150 << 20))
             {
                 let f = be.kernels.get("gemv_bf16")?;
                 let grid = blocks(n, WARPS as usize)?.min(be.gpu.info.sms * 4);

@@ -287,9 +287,12 @@ __device__ __forceinline__ void moe_mma(const float* a, int a_div, const int* li
 #pragma unroll
             for (int c = 0; c < 4; c++) acc[i][j][c] = 0.0f;
     // A: BM rows x 32 floats = 8 BM float4 -> AU per thread. B: 128 rows x 2 halves (8 bytes
-    // of codes each) -> 1 per thread.
-    F4 ra[AU];
-    u32 rlo, rhi, rs;
+    // of codes each) -> 1 per thread. Loads run PF k-tiles ahead in registers (slot kt % PF
+    // holds k-tile kt until it is stored to shared memory): with few pairs per expert (batched
+    // decode) a CTA's work is a chain of small loads, so their latency must overlap.
+    constexpr int PF = M_MT == 2 ? 4 : 2;
+    F4 ra[PF][AU];
+    u32 rlo[PF], rhi[PF], rs[PF];
     const int br = tid >> 1, bh = tid & 1;
     const i64 wrow = (i64)e * N + n0 + br;
     const bool brow_ok = n0 + br < N;
@@ -300,43 +303,53 @@ __device__ __forceinline__ void moe_mma(const float* a, int a_div, const int* li
         int p = rows[idx >> 3];
         arow[u] = p >= 0 ? a + (i64)(p / a_div) * Kd + (idx & 7) * 4 : nullptr;
     }
-    auto load = [&](int kt) {
+    auto load = [&](int kt, F4* rra, u32& lo, u32& hi, u32& sc) {
 #pragma unroll
         for (int u = 0; u < AU; u++)
-            ra[u] = arow[u] ? *(const F4*)(arow[u] + kt * BK) : F4{0.0f, 0.0f, 0.0f, 0.0f};
+            rra[u] = arow[u] ? *(const F4*)(arow[u] + kt * BK) : F4{0.0f, 0.0f, 0.0f, 0.0f};
         if (brow_ok) {
             uint2 q = *(const uint2*)(wb + (wrow * G + kt) * 16 + bh * 8);
-            rlo = q.x;
-            rhi = q.y;
-            rs = ws[wrow * G + kt];
+            lo = q.x;
+            hi = q.y;
+            sc = ws[wrow * G + kt];
         } else {
-            rlo = rhi = 0;
-            rs = 127;
+            lo = hi = 0;
+            sc = 127;
         }
     };
-    auto store = [&](int buf) {
+    auto store = [&](int buf, const F4* rra, u32 lo, u32 hi, u32 sc) {
 #pragma unroll
         for (int u = 0; u < AU; u++) {
             int idx = tid + 256 * u;
             int r = idx >> 3, c = (idx & 7) * 4;
             u32* d = (u32*)(As[buf] + r * LDS + c);
-            d[0] = pack_bf16(ra[u].x, ra[u].y);
-            d[1] = pack_bf16(ra[u].z, ra[u].w);
+            d[0] = pack_bf16(rra[u].x, rra[u].y);
+            d[1] = pack_bf16(rra[u].z, rra[u].w);
         }
         u32 o[8];
-        mx_to_bf16(rlo, rhi, rs, o);
+        mx_to_bf16(lo, hi, sc, o);
         W4* d = (W4*)(Bs[buf] + br * LDS + bh * 16);
         d[0] = W4{o[0], o[1], o[2], o[3]};
         d[1] = W4{o[4], o[5], o[6], o[7]};
     };
-    load(0);
-    store(0);
+#pragma unroll
+    for (int q = 0; q < PF; q++)
+        if (q < G) load(q, ra[q], rlo[q], rhi[q], rs[q]);
+    store(0, ra[0], rlo[0], rhi[0], rs[0]);
     __syncthreads();
-    for (int kt = 0; kt < G; kt++) {
-        if (kt + 1 < G) load(kt + 1);
-        warp_mma_tile<M_MT, M_NT>(As[kt & 1], Bs[kt & 1], acc, wm, wn, lane);
-        if (kt + 1 < G) store((kt + 1) & 1);
-        __syncthreads();
+    for (int k0 = 0; k0 < G; k0 += PF) {
+#pragma unroll
+        for (int q = 0; q < PF; q++) {
+            const int kt = k0 + q;
+            if (kt < G) {
+                // Slot q was stored last iteration: refill it PF tiles ahead.
+                if (kt + PF < G) load(kt + PF, ra[q], rlo[q], rhi[q], rs[q]);
+                warp_mma_tile<M_MT, M_NT>(As[kt & 1], Bs[kt & 1], acc, wm, wn, lane);
+                const int nx = (q + 1) % PF;
+                if (kt + 1 < G) store((kt + 1) & 1, ra[nx], rlo[nx], rhi[nx], rs[nx]);
+                __syncthreads();
+            }
+        }
     }
 #pragma unroll
     for (int i = 0; i < M_MT; i++)
