@@ -8,9 +8,9 @@
 //! session and KV cache, freed when it ends, fails, or its client goes away (the event receiver
 //! was dropped).
 //!
-//! A request whose `tool_choice` forces a function call carries a [`CallConstraint`]; it runs
-//! as a [`Constrained`] sequence, the same loop with the constraint masking the logits before
-//! every draw (gptoss_models' `Sequence` has no hook for that).
+//! A request whose `tool_choice` forces a function call carries a [`CallConstraint`]; its
+//! sequence samples through it (the constraint is the sequence's
+//! [`LogitsMask`](gptoss_models::generation::LogitsMask)).
 //!
 //! Not yet: true multi-sequence batched graphs (one forward over all active sequences) and a
 //! paged KV cache shared by all requests. Interleaving keeps streams fair and the API final;
@@ -21,9 +21,9 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::time::Instant;
 
-use gptoss_models::generation::{SeqEnd, Sequence};
+use gptoss_models::generation::{SeqEnd, SeqState, Sequence};
 use gptoss_models::sampler::{Sampler, SamplingParams};
-use gptoss_models::{LogitsWanted, Model, Session};
+use gptoss_models::Model;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::metrics::Stats;
@@ -121,117 +121,9 @@ pub fn start(model: Model, opts: EngineOptions, kv_budget: usize) -> EngineHandl
     handle
 }
 
-/// A request's sequence: free, or with its draws constrained.
-enum Seq {
-    Free(Sequence),
-    Constrained(Constrained),
-}
-
-impl Seq {
-    fn prompt(&self) -> &[u32] {
-        match self {
-            Seq::Free(s) => s.prompt(),
-            Seq::Constrained(s) => &s.prompt,
-        }
-    }
-    fn generated(&self) -> &[u32] {
-        match self {
-            Seq::Free(s) => s.generated(),
-            Seq::Constrained(s) => &s.generated,
-        }
-    }
-    fn prefilled(&self) -> usize {
-        match self {
-            Seq::Free(s) => s.prefilled(),
-            Seq::Constrained(s) => s.prefilled,
-        }
-    }
-    fn feed(&mut self, model: &mut Model, chunk: usize) -> gptoss_core::Result<bool> {
-        match self {
-            Seq::Free(s) => s.feed(model, chunk),
-            Seq::Constrained(s) => s.feed(model, chunk),
-        }
-    }
-    fn sample(&mut self) -> Option<(u32, Option<SeqEnd>)> {
-        match self {
-            Seq::Free(s) => s.sample(),
-            Seq::Constrained(s) => s.sample(),
-        }
-    }
-    fn free(self, model: &mut Model) -> gptoss_core::Result<()> {
-        match self {
-            Seq::Free(s) => s.free(model),
-            Seq::Constrained(s) => match s.session {
-                Some(session) => model.free_session(session),
-                None => Ok(()),
-            },
-        }
-    }
-}
-
-/// gptoss_models' `Sequence` with a [`CallConstraint`] applied to the logits of every draw
-/// (same prefill chunks, same forward passes, same sampler).
-struct Constrained {
-    session: Option<Session>,
-    sampler: Sampler,
-    constraint: CallConstraint,
-    prompt: Vec<u32>,
-    prefilled: usize,
-    generated: Vec<u32>,
-    logits: Option<Vec<f32>>,
-    max_tokens: usize,
-    stop_ids: Vec<u32>,
-}
-
-impl Constrained {
-    fn feed(&mut self, model: &mut Model, chunk: usize) -> gptoss_core::Result<bool> {
-        if self.logits.is_some() {
-            return Ok(true);
-        }
-        let Some(session) = self.session.as_mut() else {
-            return Err(gptoss_core::Error::Input("the sequence was freed".into()));
-        };
-        let tokens = if self.prefilled < self.prompt.len() {
-            let end = (self.prefilled + chunk.max(1)).min(self.prompt.len());
-            &self.prompt[self.prefilled..end]
-        } else {
-            match self.generated.last() {
-                Some(last) => std::slice::from_ref(last),
-                None => return Err(gptoss_core::Error::Input("an empty prompt".into())),
-            }
-        };
-        let n = tokens.len();
-        let logits = model.forward(session, tokens, LogitsWanted::Last)?;
-        if self.prefilled < self.prompt.len() {
-            self.prefilled += n;
-            if self.prefilled < self.prompt.len() {
-                return Ok(false);
-            }
-        }
-        self.logits = Some(logits);
-        Ok(true)
-    }
-
-    fn sample(&mut self) -> Option<(u32, Option<SeqEnd>)> {
-        let mut logits = self.logits.take()?;
-        self.constraint.mask(&mut logits);
-        let id = self.sampler.sample(&mut logits, &self.generated);
-        self.constraint.push(id);
-        self.generated.push(id);
-        let end = if self.stop_ids.contains(&id) {
-            Some(SeqEnd::StopToken(id))
-        } else if self.generated.len() >= self.max_tokens {
-            Some(SeqEnd::MaxTokens)
-        } else {
-            None
-        };
-        Some((id, end))
-    }
-}
-
 struct Active {
     req: GenRequest,
-    seq: Seq,
+    seq: Sequence,
     /// KV positions reserved.
     capacity: usize,
     started: Instant,
@@ -306,30 +198,11 @@ fn admit(model: &mut Model, mut req: GenRequest, stats: &Stats) -> Option<Active
         }
     };
     let prompt = std::mem::take(&mut req.prompt);
-    let seq = match req.constraint.take() {
-        None => Sequence::new(
-            model,
-            prompt,
-            sampler,
-            req.max_tokens,
-            req.stop_ids.clone(),
-            capacity,
-        )
-        .map(Seq::Free),
-        Some(constraint) => model.new_session(capacity).map(|session| {
-            Seq::Constrained(Constrained {
-                session: Some(session),
-                sampler,
-                constraint,
-                prompt,
-                prefilled: 0,
-                generated: Vec::with_capacity(req.max_tokens.min(4096)),
-                logits: None,
-                max_tokens: req.max_tokens,
-                stop_ids: req.stop_ids.clone(),
-            })
-        }),
-    };
+    let mut state = SeqState::new(prompt, sampler, req.max_tokens, req.stop_ids.clone());
+    if let Some(constraint) = req.constraint.take() {
+        state = state.with_mask(Box::new(constraint));
+    }
+    let seq = Sequence::with_state(model, state, capacity);
     match seq {
         Ok(seq) => {
             stats.kv_add(capacity as i64);

@@ -305,3 +305,14 @@ fn allowed_in_header(
     }
     keep
 }
+
+/// The engine's hook: every draw of a constrained request goes through the constraint
+/// (gptoss_models::generation samples; this only masks and follows).
+impl gptoss_models::generation::LogitsMask for CallConstraint {
+    fn mask(&mut self, logits: &mut [f32]) {
+        CallConstraint::mask(self, logits);
+    }
+    fn accept(&mut self, id: u32) {
+        self.push(id);
+    }
+}
