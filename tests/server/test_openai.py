@@ -200,10 +200,14 @@ def test_metrics_are_prometheus_text():
     assert m.status_code == 200
     for name in ("gptoss_queue_depth", "gptoss_running_requests",
                  "gptoss_generation_tokens_per_second",
-                 "gptoss_time_to_first_token_seconds_sum", "gptoss_kv_cache_usage_ratio"):
+                 "gptoss_time_to_first_token_seconds_sum", "gptoss_kv_cache_usage_ratio",
+                 "gptoss_kv_cache_pages_used", "gptoss_kv_cache_pages_reserved",
+                 "gptoss_kv_cache_pages_total", "gptoss_engine_steps_total"):
         assert f"\n{name}{{" in m.text or m.text.startswith(name), name
     total = [l for l in m.text.splitlines() if l.startswith("gptoss_requests_total")]
     assert float(total[0].split()[-1]) >= 1
+    # --max-context 2048 x --max-batch 64, capped at 65536 positions, in pages of 16.
+    assert metric("gptoss_kv_cache_pages_total") == 65536 / 16
 
 
 # ---------------------------------------------------------------- cpu: errors
@@ -279,13 +283,20 @@ def metric(name):
 
 def test_disconnected_stream_is_cancelled():
     before = metric("gptoss_generation_tokens_total")
-    open_stream(CPU, 1900).close()
+    conn = open_stream(CPU, 1900)
+    # Running: its prompt + 1900 positions are set aside in the paged KV cache.
+    assert metric("gptoss_kv_cache_pages_reserved") >= 1900 / 16
+    conn.close()
     deadline = time.time() + 30
     while metric("gptoss_running_requests") != 0:
         assert time.time() < deadline, "the engine kept generating for a client that left"
         time.sleep(0.1)
     generated = metric("gptoss_generation_tokens_total") - before
     assert 1 <= generated < 1900, generated
+    # Its pages went back.
+    assert metric("gptoss_kv_cache_pages_reserved") == 0
+    assert metric("gptoss_kv_cache_pages_used") == 0
+    assert metric("gptoss_kv_cache_usage_ratio") == 0
 
 
 # ---------------------------------------------------------------- script: harmony mapping

@@ -25,7 +25,8 @@ pub struct Args {
     /// without either, no key is required.
     #[arg(long)]
     pub api_key: Option<String>,
-    /// Most requests generating at once (the others wait in the queue).
+    /// Most requests batched together: each engine step is one forward pass over all of them
+    /// (the others wait in the queue).
     #[arg(long, default_value_t = 64)]
     pub max_batch: usize,
     /// Most requests waiting; more are answered 429 with Retry-After.
@@ -34,9 +35,17 @@ pub struct Args {
     /// Longest prompt + output per request; default the config's max_context (0 = the model's).
     #[arg(long)]
     pub max_context: Option<usize>,
-    /// Prompt tokens prefilled per step between decode steps of running requests.
+    /// Prompt tokens prefilled per step, shared by the prompts being prefilled; the running
+    /// requests' next tokens go in the same step, so a long prompt never stalls them.
     #[arg(long, default_value_t = 256)]
     pub prefill_chunk: usize,
+    /// KV-cache positions shared by all requests (paged, 16 positions a page), allocated at
+    /// start. A request starts only when its prompt + max_tokens fit beside the running
+    /// ones (else it waits in the queue); one that can never fit is refused with 400.
+    /// Default: max_batch x max_context, at most 65536 positions and 4 GiB (f32 keys and
+    /// values of every layer), but never below max_context.
+    #[arg(long)]
+    pub kv_cache_tokens: Option<usize>,
     /// Seconds in-flight requests may still run after SIGINT/SIGTERM before they are ended.
     #[arg(long, default_value_t = 30)]
     pub shutdown_timeout: u64,
@@ -51,9 +60,9 @@ pub fn run(a: Args) -> Result<()> {
         .clone()
         .or_else(|| std::env::var("GPTOSS_API_KEY").ok())
         .filter(|k| !k.is_empty());
-    if a.max_batch == 0 || a.queue == 0 || a.prefill_chunk == 0 {
+    if a.max_batch == 0 || a.queue == 0 || a.prefill_chunk == 0 || a.kv_cache_tokens == Some(0) {
         return Err(Error::Input(
-            "--max-batch, --queue and --prefill-chunk must be at least 1".into(),
+            "--max-batch, --queue, --prefill-chunk and --kv-cache-tokens must be at least 1".into(),
         ));
     }
     let dir = gptoss_models::hub::resolve_model_dir(&a.model.model)?;
@@ -71,6 +80,8 @@ pub fn run(a: Args) -> Result<()> {
             max_batch: a.max_batch,
             queue: a.queue,
             prefill_chunk: a.prefill_chunk,
+            // 0: the default for the effective max_context (gptoss_server::serve).
+            kv_cache_tokens: a.kv_cache_tokens.unwrap_or(0),
         },
         shutdown_timeout: Duration::from_secs(a.shutdown_timeout),
     };

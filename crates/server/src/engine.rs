@@ -1,29 +1,35 @@
-//! The engine thread: owns the [`Model`] (backends are not `Sync`), takes requests from a
-//! bounded queue and interleaves up to `max_batch` of them step by step.
+//! The engine thread: owns the [`Model`] (backends are not `Sync`) and one paged KV cache
+//! ([`PagedKv`], `--kv-cache-tokens` positions in pages of [`PAGE_SIZE`]) shared by every
+//! request, takes requests from a bounded queue and runs them with continuous batching.
 //!
-//! Each round runs, for every active request, either one prefill chunk of its prompt (at most
-//! `prefill_chunk` tokens, so a long prompt never stalls running streams for long) or one
-//! decode step. New requests join between rounds. Each request is a
-//! [`Sequence`] (gptoss_models::generation, shared with the CLI's token loop) with its own
-//! session and KV cache, freed when it ends, fails, or its client goes away (the event receiver
-//! was dropped).
+//! Each round is ONE forward pass ([`step_paged`], i.e. `Model::forward_batch`) over up to
+//! `max_batch` sequences: every sequence past its prompt feeds its last token, and sequences
+//! still prefilling feed prompt chunks within a budget of `prefill_chunk` prompt tokens per
+//! round (oldest first), so a long prompt never stalls the running streams. Then each
+//! sequence whose prompt has run samples its next token from its own logits row. On the cpu
+//! backend rows are computed independently, so a request's tokens are the same alone or
+//! batched.
 //!
-//! A request whose `tool_choice` forces a function call carries a [`CallConstraint`]; its
-//! sequence samples through it (the constraint is the sequence's
-//! [`LogitsMask`](gptoss_models::generation::LogitsMask)).
+//! New requests join between rounds, in arrival order. A request is admitted only when the
+//! pages its prompt + max_tokens can ever need are free of other requests' reservations; until
+//! then it waits at the head of the queue (later ones wait behind it). One that could never
+//! fit is refused up front ([`SubmitError::TooLarge`]). A request's pages go back when it ends,
+//! fails, or its client goes away (the event receiver was closed or dropped).
 //!
-//! Not yet: true multi-sequence batched graphs (one forward over all active sequences) and a
-//! paged KV cache shared by all requests. Interleaving keeps streams fair and the API final;
-//! batching the graph is the next step for throughput.
+//! Per-sequence state (prompt, sampler, stop conditions) is gptoss_models' generation module,
+//! shared with the CLI; a request whose `tool_choice` forces a function call samples through
+//! its [`CallConstraint`] as that module's [`LogitsMask`](gptoss_models::generation::LogitsMask).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::time::Instant;
 
-use gptoss_models::generation::{SeqEnd, SeqState, Sequence};
+use gptoss_core::Result;
+use gptoss_models::batch::{PagedKv, PAGE_SIZE};
+use gptoss_models::generation::{step_paged, PagedSequence, SeqEnd, SeqState};
 use gptoss_models::sampler::{Sampler, SamplingParams};
-use gptoss_models::Model;
+use gptoss_models::{GptOssConfig, Model};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::metrics::Stats;
@@ -64,12 +70,39 @@ pub struct GenRequest {
 
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
-    /// Most requests decoding at once.
+    /// Most requests in one batch (the others wait in the queue).
     pub max_batch: usize,
     /// Most requests waiting in the queue (more are refused with 429).
     pub queue: usize,
-    /// Prompt tokens run per prefill step.
+    /// Prompt tokens prefilled per round, shared by every prompt being prefilled (the
+    /// decoding sequences' tokens ride along in the same forward pass).
     pub prefill_chunk: usize,
+    /// KV-cache positions shared by all requests (rounded up to whole pages), allocated at
+    /// start; 0: [`default_kv_cache_tokens`] with the model's whole context.
+    pub kv_cache_tokens: usize,
+}
+
+/// The most KV-cache positions the default allocates (unless one request's context needs
+/// more).
+pub const DEFAULT_KV_CACHE_TOKENS_CAP: usize = 65_536;
+/// The most memory the default KV cache takes (unless one request's context needs more).
+pub const DEFAULT_KV_CACHE_BYTES_CAP: usize = 4 << 30;
+
+/// Bytes of KV cache per position of `cfg` (keys and values of every layer, f32 pools).
+pub fn kv_bytes_per_position(cfg: &GptOssConfig) -> usize {
+    cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * cfg.head_dim * 4
+}
+
+/// The default KV cache: `max_batch` full contexts, capped at
+/// [`DEFAULT_KV_CACHE_TOKENS_CAP`] positions and [`DEFAULT_KV_CACHE_BYTES_CAP`] bytes, but
+/// never below one `max_context`.
+pub fn default_kv_cache_tokens(max_batch: usize, max_context: usize, cfg: &GptOssConfig) -> usize {
+    max_batch
+        .max(1)
+        .saturating_mul(max_context)
+        .min(DEFAULT_KV_CACHE_TOKENS_CAP)
+        .min(DEFAULT_KV_CACHE_BYTES_CAP / kv_bytes_per_position(cfg).max(1))
+        .max(max_context)
 }
 
 /// Why a request was not queued.
@@ -77,21 +110,61 @@ pub struct EngineOptions {
 pub enum SubmitError {
     QueueFull,
     Closed,
+    /// Its prompt + max_tokens (`needed` positions) can never fit the KV cache (`capacity`
+    /// positions in all).
+    TooLarge {
+        needed: usize,
+        capacity: usize,
+    },
+}
+
+impl std::fmt::Display for SubmitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SubmitError::QueueFull => f.write_str("the request queue is full"),
+            SubmitError::Closed => f.write_str("the engine has stopped"),
+            SubmitError::TooLarge { needed, capacity } => write!(
+                f,
+                "the request needs {needed} KV-cache positions (prompt + max_tokens) but the \
+                 server's KV cache holds {capacity} positions in all (--kv-cache-tokens); \
+                 shorten the prompt or lower max_tokens"
+            ),
+        }
+    }
 }
 
 /// The handle the HTTP side holds.
 #[derive(Clone)]
 pub struct EngineHandle {
-    tx: SyncSender<GenRequest>,
+    tx: SyncSender<(Instant, GenRequest)>,
     pub stats: Arc<Stats>,
     /// Set on shutdown after the drain timeout: active requests end with [`End::Aborted`].
     pub abort: Arc<AtomicBool>,
+    queue: usize,
+    kv_pages: usize,
 }
 
 impl EngineHandle {
-    pub fn submit(&self, req: GenRequest) -> Result<(), SubmitError> {
-        self.stats.queue_depth.fetch_add(1, Ordering::Relaxed);
-        match self.tx.try_send(req) {
+    /// KV-cache positions in all: the most prompt + max_tokens a request may ask for.
+    pub fn kv_capacity(&self) -> usize {
+        self.kv_pages * PAGE_SIZE
+    }
+
+    pub fn submit(&self, req: GenRequest) -> std::result::Result<(), SubmitError> {
+        let needed = req.prompt.len().saturating_add(req.max_tokens);
+        if PagedKv::pages_for(needed) > self.kv_pages {
+            return Err(SubmitError::TooLarge {
+                needed,
+                capacity: self.kv_capacity(),
+            });
+        }
+        // The depth counts requests in the channel and the one the engine holds back for
+        // pages: both are waiting.
+        if self.stats.queue_depth.fetch_add(1, Ordering::Relaxed) >= self.queue {
+            self.stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
+            return Err(SubmitError::QueueFull);
+        }
+        match self.tx.try_send((Instant::now(), req)) {
             Ok(()) => Ok(()),
             Err(e) => {
                 self.stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
@@ -104,171 +177,281 @@ impl EngineHandle {
     }
 }
 
-/// Starts the engine thread; it runs until every handle is dropped and the work is done.
-pub fn start(model: Model, opts: EngineOptions, kv_budget: usize) -> EngineHandle {
-    let (tx, rx) = mpsc::sync_channel(opts.queue.max(1));
-    let stats = Arc::new(Stats::new(kv_budget));
+/// Allocates the KV cache and starts the engine thread; it runs until every handle is dropped
+/// and the work is done.
+pub fn start(mut model: Model, opts: EngineOptions) -> Result<EngineHandle> {
+    let tokens = match opts.kv_cache_tokens {
+        0 => default_kv_cache_tokens(
+            opts.max_batch,
+            model.config.max_position_embeddings,
+            &model.config,
+        ),
+        n => n,
+    };
+    let kv = model.new_paged_kv(tokens)?;
+    let queue = opts.queue.max(1);
+    let (tx, rx) = mpsc::sync_channel(queue);
+    let stats = Arc::new(Stats::new(kv.total_pages()));
     let abort = Arc::new(AtomicBool::new(false));
     let handle = EngineHandle {
         tx,
         stats: stats.clone(),
         abort: abort.clone(),
+        queue,
+        kv_pages: kv.total_pages(),
+    };
+    let engine = Engine {
+        model,
+        kv,
+        opts,
+        stats,
+        abort,
+        running: Vec::new(),
+        held: None,
+        reserved: 0,
     };
     std::thread::Builder::new()
         .name("gptoss-engine".into())
-        .spawn(move || run(model, rx, opts, stats, abort))
-        .expect("spawn the engine thread");
-    handle
+        .spawn(move || engine.run(rx))
+        .map_err(|e| gptoss_core::Error::Input(format!("cannot start the engine thread: {e}")))?;
+    Ok(handle)
 }
 
-struct Active {
-    req: GenRequest,
-    seq: Sequence,
-    /// KV positions reserved.
-    capacity: usize,
-    started: Instant,
+/// A request being prefilled or decoded.
+struct Running {
+    events: UnboundedSender<Event>,
+    seq: PagedSequence,
+    /// Pages reserved for it (its prompt + max_tokens).
+    pages: usize,
+    /// When it was submitted.
+    submitted: Instant,
 }
 
-/// What one step did to a request.
-enum Step {
-    Continue,
-    Finished,
-}
-
-impl Active {
+impl Running {
     fn finish(&self, end: End) {
-        let _ = self.req.events.send(Event::Done {
+        let _ = self.events.send(Event::Done {
             end,
-            prompt_tokens: self.seq.prompt().len(),
-            completion_tokens: self.seq.generated().len(),
+            prompt_tokens: self.seq.state().prompt().len(),
+            completion_tokens: self.seq.state().generated().len(),
         });
     }
-
-    fn step(&mut self, model: &mut Model, chunk: usize, stats: &Stats) -> Step {
-        if self.req.events.is_closed() {
-            return Step::Finished; // the client went away
-        }
-        let before = self.seq.generated().is_empty();
-        let p0 = self.seq.prefilled();
-        let ready = self.seq.feed(model, chunk);
-        stats.add_prompt_tokens(self.seq.prefilled() - p0);
-        match ready {
-            Ok(false) => return Step::Continue,
-            Ok(true) => {}
-            Err(e) => return self.fail(e),
-        }
-        let Some((id, end)) = self.seq.sample() else {
-            return Step::Continue;
-        };
-        if before {
-            stats.record_ttft(self.started.elapsed());
-        }
-        stats.add_generated(1);
-        let _ = self.req.events.send(Event::Token(id));
-        match end {
-            Some(SeqEnd::StopToken(_)) => {
-                self.finish(End::StopToken);
-                Step::Finished
-            }
-            Some(SeqEnd::MaxTokens) => {
-                self.finish(End::MaxTokens);
-                Step::Finished
-            }
-            None => Step::Continue,
-        }
-    }
-
-    fn fail(&self, e: gptoss_core::Error) -> Step {
-        tracing::error!("generation failed: {e}");
-        let _ = self.req.events.send(Event::Error(e.to_string()));
-        Step::Finished
-    }
 }
 
-fn admit(model: &mut Model, mut req: GenRequest, stats: &Stats) -> Option<Active> {
-    if req.events.is_closed() {
-        return None;
-    }
-    let capacity = req.prompt.len() + req.max_tokens;
-    let sampler = match Sampler::new(req.sampling.clone()) {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = req.events.send(Event::Error(e.to_string()));
-            return None;
-        }
-    };
-    let prompt = std::mem::take(&mut req.prompt);
-    let mut state = SeqState::new(prompt, sampler, req.max_tokens, req.stop_ids.clone());
-    if let Some(constraint) = req.constraint.take() {
-        state = state.with_mask(Box::new(constraint));
-    }
-    let seq = Sequence::with_state(model, state, capacity);
-    match seq {
-        Ok(seq) => {
-            stats.kv_add(capacity as i64);
-            Some(Active {
-                req,
-                seq,
-                capacity,
-                started: Instant::now(),
-            })
-        }
-        Err(e) => {
-            let _ = req.events.send(Event::Error(e.to_string()));
-            None
-        }
-    }
-}
-
-fn run(
-    mut model: Model,
-    rx: Receiver<GenRequest>,
+struct Engine {
+    model: Model,
+    kv: PagedKv,
     opts: EngineOptions,
     stats: Arc<Stats>,
     abort: Arc<AtomicBool>,
-) {
-    let mut active: Vec<Active> = Vec::new();
-    loop {
-        // New requests join between rounds; with nothing to do, wait for one.
-        while active.len() < opts.max_batch.max(1) {
-            let next = if active.is_empty() {
-                match rx.recv() {
-                    Ok(r) => r,
-                    Err(_) => return, // every handle dropped: the server is gone
+    /// In admission order (prefill goes oldest first).
+    running: Vec<Running>,
+    /// The head of the queue, waiting for pages.
+    held: Option<(Instant, GenRequest)>,
+    /// Pages reserved by the running requests.
+    reserved: usize,
+}
+
+impl Engine {
+    fn run(mut self, rx: Receiver<(Instant, GenRequest)>) {
+        while self.admit(&rx) {
+            if self.abort.load(Ordering::Relaxed) {
+                for r in &self.running {
+                    r.finish(End::Aborted);
                 }
-            } else {
-                match rx.try_recv() {
+                self.end_where(|_, _| true);
+            }
+            // Clients that went away.
+            self.end_where(|_, r| r.events.is_closed());
+            if !self.running.is_empty() {
+                self.step();
+            }
+            self.publish();
+            self.stats.tick();
+        }
+        if let Err(e) = self.model.free_paged_kv(self.kv) {
+            tracing::error!("freeing the KV cache failed: {e}");
+        }
+    }
+
+    /// Takes queued requests while the batch has room and the KV cache has their pages; with
+    /// nothing running, waits for one. False when every handle is gone and nothing is left.
+    fn admit(&mut self, rx: &Receiver<(Instant, GenRequest)>) -> bool {
+        while self.running.len() < self.opts.max_batch.max(1) {
+            let (submitted, req) = match self.held.take() {
+                Some(r) => r,
+                None if self.running.is_empty() => match rx.recv() {
+                    Ok(r) => r,
+                    Err(_) => return false, // every handle dropped: the server is gone
+                },
+                None => match rx.try_recv() {
                     Ok(r) => r,
                     Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                },
+            };
+            if req.events.is_closed() {
+                self.stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
+                continue;
+            }
+            let pages = PagedKv::pages_for(req.prompt.len().saturating_add(req.max_tokens));
+            if pages <= self.kv.total_pages() && self.reserved + pages > self.kv.total_pages() {
+                self.held = Some((submitted, req)); // waits for pages
+                break;
+            }
+            self.stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
+            if let Err(m) = self.check(&req, pages) {
+                let _ = req.events.send(Event::Error(m));
+                continue;
+            }
+            let sampler = match Sampler::new(req.sampling) {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = req.events.send(Event::Error(e.to_string()));
+                    continue;
                 }
             };
-            stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
-            if let Some(a) = admit(&mut model, next, &stats) {
-                active.push(a);
+            let mut state = SeqState::new(req.prompt, sampler, req.max_tokens, req.stop_ids);
+            if let Some(c) = req.constraint {
+                state = state.with_mask(Box::new(c));
+            }
+            self.reserved += pages;
+            self.running.push(Running {
+                events: req.events,
+                seq: PagedSequence::new(state),
+                pages,
+                submitted,
+            });
+        }
+        self.publish();
+        true
+    }
+
+    /// Why a request cannot run, if it cannot (every check one step could fail on, so that
+    /// one bad request never fails a batch).
+    fn check(&self, req: &GenRequest, pages: usize) -> std::result::Result<(), String> {
+        let cfg = &self.model.config;
+        let needed = req.prompt.len().saturating_add(req.max_tokens);
+        if pages > self.kv.total_pages() {
+            return Err(SubmitError::TooLarge {
+                needed,
+                capacity: self.kv.total_pages() * PAGE_SIZE,
+            }
+            .to_string());
+        }
+        if req.prompt.is_empty() {
+            return Err("an empty prompt".into());
+        }
+        if req.max_tokens == 0 {
+            return Err("max_tokens must be at least 1".into());
+        }
+        if needed > cfg.max_position_embeddings {
+            return Err(format!(
+                "{needed} positions (prompt + max_tokens) exceed the model's context of {}",
+                cfg.max_position_embeddings
+            ));
+        }
+        if let Some(bad) = req.prompt.iter().find(|&&t| t as usize >= cfg.vocab_size) {
+            return Err(format!(
+                "the prompt uses token {bad}, outside this model's vocabulary of {}",
+                cfg.vocab_size
+            ));
+        }
+        Ok(())
+    }
+
+    /// One round: one forward pass over every running sequence, then a token for each one
+    /// whose prompt has run.
+    fn step(&mut self) {
+        // Decodes: one token each. Prefill: prompt chunks within the round's budget.
+        let mut chunks: Vec<usize> = self
+            .running
+            .iter()
+            .map(|r| usize::from(!r.seq.state().is_prefilling()))
+            .collect();
+        let mut budget = self.opts.prefill_chunk.max(1);
+        for (r, c) in self.running.iter().zip(chunks.iter_mut()) {
+            let s = r.seq.state();
+            if budget == 0 {
+                break;
+            }
+            if s.is_prefilling() {
+                *c = (s.prompt().len() - s.prefilled()).min(budget);
+                budget -= *c;
             }
         }
-        stats.running.store(active.len(), Ordering::Relaxed);
-        let aborting = abort.load(Ordering::Relaxed);
-        let mut i = 0;
-        while i < active.len() {
-            let step = if aborting {
-                active[i].finish(End::Aborted);
-                Step::Finished
-            } else {
-                active[i].step(&mut model, opts.prefill_chunk, &stats)
-            };
-            match step {
-                Step::Continue => i += 1,
-                Step::Finished => {
-                    let a = active.swap_remove(i);
-                    stats.kv_add(-(a.capacity as i64));
-                    if let Err(e) = a.seq.free(&mut model) {
-                        tracing::error!("freeing a session failed: {e}");
+        let in_step: Vec<usize> = (0..chunks.len()).filter(|&i| chunks[i] > 0).collect();
+        let mut batch: Vec<_> = self
+            .running
+            .iter_mut()
+            .zip(&chunks)
+            .filter(|(_, &c)| c > 0)
+            .map(|(r, &c)| (&mut r.seq, c))
+            .collect();
+        let result = step_paged(&mut self.model, &mut self.kv, &mut batch);
+        drop(batch);
+        self.publish(); // the pages in use before any token goes out
+        let mut ended = vec![false; self.running.len()];
+        match result {
+            Err(e) => {
+                tracing::error!("a batched step failed: {e}");
+                for &i in &in_step {
+                    let _ = self.running[i].events.send(Event::Error(e.to_string()));
+                    ended[i] = true;
+                }
+            }
+            Ok(fed) => {
+                let tokens: usize = fed.iter().map(|f| f.tokens).sum();
+                self.stats.record_step(in_step.len(), tokens);
+                for (&i, f) in in_step.iter().zip(&fed) {
+                    self.stats.add_prompt_tokens(f.prompt_tokens);
+                    if f.ready {
+                        ended[i] = self.emit(i);
                     }
                 }
             }
         }
-        stats.running.store(active.len(), Ordering::Relaxed);
-        stats.tick();
+        self.end_where(|i, _| ended[i]);
+    }
+
+    /// Samples sequence `i`'s next token and sends it; true when the request ended.
+    fn emit(&mut self, i: usize) -> bool {
+        let r = &mut self.running[i];
+        let first = r.seq.state().generated().is_empty();
+        let Some((id, end)) = r.seq.sample() else {
+            return false;
+        };
+        if first {
+            self.stats.record_ttft(r.submitted.elapsed());
+        }
+        self.stats.add_generated(1);
+        let _ = r.events.send(Event::Token(id));
+        match end {
+            Some(SeqEnd::StopToken(_)) => r.finish(End::StopToken),
+            Some(SeqEnd::MaxTokens) => r.finish(End::MaxTokens),
+            None => return false,
+        }
+        true
+    }
+
+    /// Drops the running requests `f` picks (by index and request), giving back their pages.
+    fn end_where(&mut self, f: impl Fn(usize, &Running) -> bool) {
+        let mut kept = Vec::with_capacity(self.running.len());
+        for (i, mut r) in std::mem::take(&mut self.running).into_iter().enumerate() {
+            if f(i, &r) {
+                r.seq.release(&mut self.kv);
+                self.reserved -= r.pages;
+            } else {
+                kept.push(r);
+            }
+        }
+        self.running = kept;
+        self.publish();
+    }
+
+    fn publish(&self) {
+        self.stats
+            .running
+            .store(self.running.len(), Ordering::Relaxed);
+        self.stats
+            .set_kv(self.kv.total_pages() - self.kv.free_pages(), self.reserved);
     }
 }

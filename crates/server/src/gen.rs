@@ -107,9 +107,13 @@ pub fn prepare(st: &AppState, job: &Job) -> Result<(Vec<u32>, usize), ApiError> 
                 .code("invalid_value"))
         }
         Some(n) => n,
-        None => st.max_context.saturating_sub(prompt.len()),
+        None => st
+            .max_context
+            .min(st.engine.kv_capacity())
+            .saturating_sub(prompt.len()),
     };
-    if prompt.len().saturating_add(max_tokens) > st.max_context || max_tokens == 0 {
+    let needed = prompt.len().saturating_add(max_tokens);
+    if needed > st.max_context || max_tokens == 0 {
         return Err(ApiError::bad_request(format!(
             "this model's maximum context length is {} tokens; the prompt has {} tokens and \
              {} more were asked for; shorten the messages or lower max_tokens",
@@ -120,6 +124,10 @@ pub fn prepare(st: &AppState, job: &Job) -> Result<(Vec<u32>, usize), ApiError> 
         .param("messages")
         .code("context_length_exceeded"));
     }
+    let kv = st.engine.kv_capacity();
+    if needed > kv {
+        return Err(kv_too_small(prompt.len(), max_tokens, kv));
+    }
     if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= st.vocab_size) {
         return Err(ApiError::bad_request(format!(
             "the prompt uses token {bad}, outside this model's vocabulary of {}",
@@ -127,6 +135,17 @@ pub fn prepare(st: &AppState, job: &Job) -> Result<(Vec<u32>, usize), ApiError> 
         )));
     }
     Ok((prompt, max_tokens))
+}
+
+/// 400 for a request that can never fit the server's KV cache (whatever else runs).
+fn kv_too_small(prompt: usize, max_tokens: usize, kv: usize) -> ApiError {
+    ApiError::bad_request(format!(
+        "the prompt has {prompt} tokens and {max_tokens} more were asked for, but this \
+         server's KV cache holds {kv} positions in all (--kv-cache-tokens); shorten the \
+         messages or lower max_tokens"
+    ))
+    .param("max_tokens")
+    .code("context_length_exceeded")
 }
 
 /// A queued generation, read step by step.
@@ -141,7 +160,8 @@ pub struct Generation {
     pub token_ids: Vec<u32>,
 }
 
-/// Queues `prompt`; refuses with 429 when the queue is full, 503 while shutting down.
+/// Queues `prompt`; refuses with 429 when the queue is full, 503 while shutting down, 400 when
+/// it can never fit the KV cache.
 /// With `must_call`, decoding is constrained to a call of one of those functions
 /// ([`crate::tool_choice`]).
 pub fn start(
@@ -169,6 +189,9 @@ pub fn start(
         Ok(()) => {}
         Err(SubmitError::QueueFull) => return Err(ApiError::queue_full()),
         Err(SubmitError::Closed) => return Err(ApiError::unavailable("the engine has stopped")),
+        Err(SubmitError::TooLarge { capacity, .. }) => {
+            return Err(kv_too_small(prompt_len, max_tokens, capacity))
+        }
     }
     st.engine
         .stats

@@ -1,8 +1,8 @@
 //! gptoss-server: an OpenAI-compatible HTTP server over one [`Model`].
 //!
 //! Routes: POST /v1/chat/completions, POST /v1/responses, GET /v1/models, GET /health,
-//! GET /metrics, POST /tokenize, POST /detokenize. The [`engine`] thread owns the model and
-//! interleaves requests; handlers render chats, queue them and map the harmony output to the
+//! GET /metrics, POST /tokenize, POST /detokenize. The [`engine`] thread owns the model and a
+//! paged KV cache and batches the running requests into one forward pass per step; handlers render chats, queue them and map the harmony output to the
 //! API shapes ([`output`]). Errors use OpenAI's JSON shape ([`error`]).
 
 pub mod auth;
@@ -77,8 +77,28 @@ pub fn serve(model: Model, tok: Tokenizer, opts: ServeOptions) -> Result<()> {
         opts.max_context.min(model_max)
     };
     let vocab_size = model.config.vocab_size;
-    let kv_budget = max_context * opts.engine.max_batch.max(1);
-    let engine = engine::start(model, opts.engine.clone(), kv_budget);
+    let mut engine_opts = opts.engine.clone();
+    if engine_opts.kv_cache_tokens == 0 {
+        engine_opts.kv_cache_tokens =
+            engine::default_kv_cache_tokens(engine_opts.max_batch, max_context, &model.config);
+    }
+    let kv_mib = engine::kv_bytes_per_position(&model.config) as f64 / (1 << 20) as f64;
+    let engine = engine::start(model, engine_opts)?;
+    let kv = engine.kv_capacity();
+    eprintln!(
+        "gptoss serve: KV cache of {kv} positions ({} pages of {}, {:.0} MiB) shared by up to \
+         {} requests",
+        engine.stats.kv_pages_total(),
+        gptoss_models::batch::PAGE_SIZE,
+        kv as f64 * kv_mib,
+        opts.engine.max_batch.max(1)
+    );
+    if kv < max_context {
+        eprintln!(
+            "gptoss serve: requests are limited to {kv} positions by --kv-cache-tokens \
+             (max_context is {max_context})"
+        );
+    }
     let tok: &'static Tokenizer = Box::leak(Box::new(tok));
     let state = Arc::new(AppState::new(
         engine,

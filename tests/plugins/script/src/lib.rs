@@ -16,6 +16,11 @@
 //! script again and gets script[0]. A prompt always ends with `<|start|>assistant`, so a
 //! one-token final prefill chunk never looks like a decode step. Past the end of the script
 //! the last token repeats.
+//!
+//! A batched step (`PagedAttention` over a shared pool, `GatherRows` picking each sequence's
+//! last row) holds several sequences: each is the run of rows up to its gathered row, known
+//! by the first page of its page table (held by that sequence alone while it lives), and gets
+//! its own next token by the same rule.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -40,7 +45,13 @@ struct Current {
     ids: Vec<i32>,
     positions: Vec<i32>,
     cache: Option<usize>,
+    /// A batched step: each row's page table (`[T, width]`), and each sequence's last row.
+    pages: Option<(Vec<i32>, usize)>,
+    rows: Vec<i32>,
 }
+
+/// Keys of paged sequences (first page), apart from cache addresses.
+const PAGED: usize = 1 << 62;
 
 pub struct Kernels {
     script: Vec<u32>,
@@ -57,7 +68,8 @@ fn zero(t: &mut HostTensor) {
 }
 
 impl Kernels {
-    fn next_token(&self) -> Result<u32> {
+    /// The next token of each sequence of the step (one per lm_head row).
+    fn next_tokens(&self, rows: usize) -> Result<Vec<u32>> {
         let cur = self
             .current
             .lock()
@@ -66,13 +78,38 @@ impl Kernels {
             .seqs
             .lock()
             .map_err(|_| Error::Input("poisoned".into()))?;
-        let key = cur.cache.unwrap_or(0);
+        let Some((pages, width)) = &cur.pages else {
+            let key = cur.cache.unwrap_or(0);
+            let tok = self.next_token(&mut seqs, key, &cur.ids, &cur.positions);
+            return Ok(vec![tok; rows]);
+        };
+        let mut out = Vec::with_capacity(rows);
+        let mut start = 0;
+        for &last in &cur.rows {
+            let last = last.max(0) as usize;
+            let end = (last + 1).min(cur.ids.len()).max(start);
+            let key = PAGED | pages.get(last * width).copied().unwrap_or(0) as usize;
+            let (ids, pos) = (&cur.ids[start..end], &cur.positions[start..end]);
+            out.push(self.next_token(&mut seqs, key, ids, pos));
+            start = end;
+        }
+        out.resize(rows, *out.last().unwrap_or(&self.script[0]));
+        Ok(out)
+    }
+
+    fn next_token(
+        &self,
+        seqs: &mut HashMap<usize, Seq>,
+        key: usize,
+        ids: &[i32],
+        positions: &[i32],
+    ) -> u32 {
         let seq = seqs.entry(key).or_default();
-        let first = cur.positions.first().copied().unwrap_or(0);
-        let last = cur.positions.last().copied().unwrap_or(0);
-        let decode = cur.ids.len() == 1
+        let first = positions.first().copied().unwrap_or(0);
+        let last = positions.last().copied().unwrap_or(0);
+        let decode = ids.len() == 1
             && seq.emitted > 0
-            && cur.ids[0] as u32 == seq.last_token
+            && ids[0] as u32 == seq.last_token
             && first == seq.last_pos + 1;
         if !decode {
             seq.emitted = 0;
@@ -82,7 +119,7 @@ impl Kernels {
         seq.emitted += 1;
         seq.last_token = tok;
         seq.last_pos = last;
-        Ok(tok)
+        tok
     }
 }
 
@@ -95,6 +132,20 @@ impl HostKernel for Kernels {
                 cur.ids = ins[1].i32()?.to_vec();
                 cur.positions.clear();
                 cur.cache = None;
+                cur.pages = None;
+                cur.rows.clear();
+            }
+            Op::PagedAttention { .. } => {
+                let mut cur = self.current.lock().map_err(poisoned)?;
+                if cur.pages.is_none() {
+                    cur.positions = ins[4].i32()?.to_vec();
+                    let width = ins[6].desc.shape.dims().last().copied().unwrap_or(1);
+                    cur.pages = Some((ins[6].i32()?.to_vec(), width));
+                }
+            }
+            Op::GatherRows => {
+                let mut cur = self.current.lock().map_err(poisoned)?;
+                cur.rows = ins[1].i32()?.to_vec();
             }
             Op::Attention { .. } => {
                 let mut cur = self.current.lock().map_err(poisoned)?;
@@ -106,7 +157,7 @@ impl HostKernel for Kernels {
             _ => {}
         }
         for o in outs.iter_mut() {
-            if !matches!(op, Op::Attention { .. }) {
+            if !matches!(op, Op::Attention { .. } | Op::PagedAttention { .. }) {
                 zero(o);
             }
         }
@@ -136,10 +187,10 @@ impl HostKernel for Kernels {
             let out = &mut outs[0];
             let width = out.desc.shape.dims().last().copied().unwrap_or(0);
             if width == VOCAB {
-                let tok = self.next_token()? as usize;
                 let v = out.f32_mut()?;
-                for row in v.chunks_exact_mut(VOCAB) {
-                    row[tok] = 100.0;
+                let toks = self.next_tokens(v.len() / VOCAB)?;
+                for (row, tok) in v.chunks_exact_mut(VOCAB).zip(toks) {
+                    row[tok as usize] = 100.0;
                 }
             }
         }
