@@ -40,14 +40,21 @@ async def one(client, url, prompt, max_tokens, stats):
         if r.status_code != 200:
             stats["errors"].append(f"{r.status_code}: {(await r.aread())[:200]!r}")
             return
-        async for line in r.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            if ttft is None and chunk.get("choices"):
-                ttft = time.perf_counter() - t0
-            if chunk.get("usage"):
-                usage = chunk["usage"]
+        # SSE lines end at "\n" only (httpx's aiter_lines also splits at U+2028 and friends,
+        # which random tokens do produce inside JSON strings).
+        buf = b""
+        async for part in r.aiter_bytes():
+            buf += part
+            *lines, buf = buf.split(b"\n")
+            for raw in lines:
+                line = raw.decode("utf-8").rstrip("\r")
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[6:])
+                if ttft is None and chunk.get("choices"):
+                    ttft = time.perf_counter() - t0
+                if chunk.get("usage"):
+                    usage = chunk["usage"]
     stats["latency"].append(time.perf_counter() - t0)
     if ttft is not None:
         stats["ttft"].append(ttft)
@@ -77,6 +84,7 @@ async def level(url, c, seed):
         "errors": len(stats["errors"]),
         "first_error": stats["errors"][0] if stats["errors"] else None,
         "wall_s": round(wall, 2),
+        "total_tok_s": round((stats["completion"] + stats["prompt"]) / wall, 1),
         "generated_tok_s": round(stats["completion"] / wall, 1),
         "prompt_tok_s": round(stats["prompt"] / wall, 1),
         "generated_tokens": stats["completion"],
