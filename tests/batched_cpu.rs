@@ -93,3 +93,66 @@ fn a_full_cache_is_refused_and_changes_nothing() {
     );
     assert!(bad.unwrap_err().to_string().contains("no tokens"));
 }
+
+/// A no-op mask: forces the logits path (the sampler draws on the host).
+struct Passthrough;
+impl gptoss_models::generation::LogitsMask for Passthrough {
+    fn mask(&mut self, _: &mut [f32]) {}
+    fn accept(&mut self, _: u32) {}
+}
+
+#[test]
+fn greedy_steps_picked_by_the_backend_equal_host_sampling() {
+    use gptoss_e2e::Reference;
+    use gptoss_models::generation::{sample_all, step_paged, PagedSequence, SeqState};
+    use gptoss_models::sampler::{Sampler, SamplingParams};
+    let mut m = load("tiny-b");
+    let r = Reference::load("tiny-b");
+    let prompts: Vec<Vec<u32>> = r.prompts().into_iter().map(|(p, _)| p).collect();
+    let run = |m: &mut Model, masked: bool| -> Vec<Vec<u32>> {
+        let mut kv = m.new_paged_kv(1024).unwrap();
+        let mut seqs: Vec<PagedSequence> = prompts
+            .iter()
+            .map(|p| {
+                let s = Sampler::new(SamplingParams::greedy()).unwrap();
+                let st = SeqState::new(p.clone(), s, 12, vec![]);
+                assert!(st.draws_argmax());
+                PagedSequence::new(if masked {
+                    st.with_mask(Box::new(Passthrough))
+                } else {
+                    st
+                })
+            })
+            .collect();
+        assert_eq!(seqs[0].state().draws_argmax(), !masked);
+        while seqs.iter().any(|s| s.state().generated().len() < 12) {
+            let live = |s: &PagedSequence| s.state().generated().len() < 12;
+            let mut batch: Vec<_> = seqs
+                .iter_mut()
+                .filter(|s| live(s))
+                .map(|s| (s, 9))
+                .collect();
+            let fed = step_paged(m, &mut kv, &mut batch).unwrap();
+            drop(batch);
+            let mut ready: Vec<&mut PagedSequence> = seqs
+                .iter_mut()
+                .filter(|s| live(s) && s.state().is_ready())
+                .collect();
+            assert!(ready.len() <= fed.len());
+            sample_all(&mut ready);
+        }
+        let out = seqs
+            .iter()
+            .map(|s| s.state().generated().to_vec())
+            .collect();
+        for s in &mut seqs {
+            s.release(&mut kv);
+        }
+        m.free_paged_kv(kv).unwrap();
+        out
+    };
+    let on_backend = run(&mut m, false);
+    let on_host = run(&mut m, true);
+    assert_eq!(on_backend, on_host);
+    assert!(on_backend.iter().all(|g| g.len() == 12));
+}

@@ -141,15 +141,15 @@ impl Model {
 
     /// One step over several sequences: each item's tokens follow what its sequence holds.
     /// Returns the logits of each item's last token (`[V]` each). On error no sequence
-    /// changes.
+    /// changes. (The raw result, little-endian, is converted once, row by row.)
     pub fn forward_batch(
         &mut self,
         kv: &mut PagedKv,
         items: &mut [BatchItem],
     ) -> Result<Vec<Vec<f32>>> {
         let v = self.config.vocab_size;
-        let flat = self.batch_step(kv, items, LogitsWanted::Last)?;
-        Ok(flat.chunks(v).map(<[f32]>::to_vec).collect())
+        let bytes = self.batch_step(kv, items, LogitsWanted::Last)?;
+        Ok(bytes.chunks(v * 4).map(f32_from_bytes).collect())
     }
 
     /// [`Model::forward_batch`] returning each item's greedy next token, computed on the
@@ -160,7 +160,10 @@ impl Model {
         items: &mut [BatchItem],
     ) -> Result<Vec<u32>> {
         let out = self.batch_step(kv, items, LogitsWanted::Argmax)?;
-        Ok(out.iter().map(|x| x.to_bits()).collect())
+        Ok(out
+            .chunks_exact(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect())
     }
 
     fn batch_step(
@@ -168,7 +171,7 @@ impl Model {
         kv: &mut PagedKv,
         items: &mut [BatchItem],
         wanted: LogitsWanted,
-    ) -> Result<Vec<f32>> {
+    ) -> Result<Vec<u8>> {
         let v = self.config.vocab_size;
         if items.is_empty() {
             return Err(Error::Input("an empty batch".into()));
@@ -267,7 +270,7 @@ impl Model {
                 if rank != 0 {
                     return Ok(Vec::new());
                 }
-                Ok(f32_from_bytes(&be.download(bufs[5])?))
+                be.download(bufs[5])
             })
         });
         match out {

@@ -42,10 +42,18 @@ pub struct SeqState {
     prompt: Vec<u32>,
     prefilled: usize,
     generated: Vec<u32>,
-    logits: Option<Vec<f32>>,
+    logits: Option<Next>,
     max_tokens: usize,
     stop_ids: Vec<u32>,
     mask: Option<Box<dyn LogitsMask>>,
+}
+
+/// What a forward pass left for the next draw.
+enum Next {
+    Logits(Vec<f32>),
+    /// The argmax, computed by the backend (a greedy sequence without penalties or mask:
+    /// the same token the sampler would pick from the logits, without downloading them).
+    Greedy(u32),
 }
 
 impl SeqState {
@@ -121,27 +129,53 @@ impl SeqState {
     /// `logits` are those after its last token. Returns true when they are the logits of the
     /// next token (the prompt has run), ready for [`sample`](Self::sample).
     pub fn accept(&mut self, n: usize, logits: Vec<f32>) -> bool {
+        self.record(n, Next::Logits(logits))
+    }
+
+    /// As [`accept`](Self::accept), with the backend's argmax in place of the logits; only
+    /// for a sequence that [`draws_argmax`](Self::draws_argmax).
+    pub fn accept_argmax(&mut self, n: usize, id: u32) -> bool {
+        self.record(n, Next::Greedy(id))
+    }
+
+    fn record(&mut self, n: usize, next: Next) -> bool {
         if self.is_prefilling() {
             self.prefilled = (self.prefilled + n).min(self.prompt.len());
             if self.is_prefilling() {
                 return false;
             }
         }
-        self.logits = Some(logits);
+        self.logits = Some(next);
         true
+    }
+
+    /// True when the next token is the plain argmax of the logits (greedy, no penalty, no
+    /// mask), so the backend may pick it.
+    pub fn draws_argmax(&self) -> bool {
+        let p = self.sampler.params();
+        self.mask.is_none()
+            && p.temperature == 0.0
+            && p.frequency_penalty == 0.0
+            && p.presence_penalty == 0.0
+            && p.repetition_penalty == 1.0
     }
 
     /// Samples the next token from the accepted logits (None before them); says whether the
     /// sequence ended with it (a stop token, or max_tokens reached).
     pub fn sample(&mut self) -> Option<(u32, Option<SeqEnd>)> {
-        let mut logits = self.logits.take()?;
-        if let Some(m) = self.mask.as_mut() {
-            m.mask(&mut logits);
-        }
-        let id = self.sampler.sample(&mut logits, &self.generated);
-        if let Some(m) = self.mask.as_mut() {
-            m.accept(id);
-        }
+        let id = match self.logits.take()? {
+            Next::Greedy(id) => id,
+            Next::Logits(mut logits) => {
+                if let Some(m) = self.mask.as_mut() {
+                    m.mask(&mut logits);
+                }
+                let id = self.sampler.sample(&mut logits, &self.generated);
+                if let Some(m) = self.mask.as_mut() {
+                    m.accept(id);
+                }
+                id
+            }
+        };
         self.generated.push(id);
         let end = if self.stop_ids.contains(&id) {
             Some(SeqEnd::StopToken(id))
@@ -286,6 +320,7 @@ pub fn step_paged(
     kv: &mut PagedKv,
     batch: &mut [(&mut PagedSequence, usize)],
 ) -> Result<Vec<Fed>> {
+    let argmax = batch.iter().all(|(s, _)| s.state.draws_argmax());
     let mut items = Vec::with_capacity(batch.len());
     for (n, (s, chunk)) in batch.iter_mut().enumerate() {
         let PagedSequence { kv: seq, state } = &mut **s;
@@ -297,20 +332,55 @@ pub fn step_paged(
         }
         items.push(BatchItem { seq, tokens });
     }
-    let logits = model.forward_batch(kv, &mut items)?;
+    // Every sequence greedy: the backend picks the tokens (one id each comes back instead of
+    // a row of vocab_size logits, which at large batches costs more than the step itself).
+    let out = if argmax {
+        model
+            .forward_batch_argmax(kv, &mut items)?
+            .into_iter()
+            .map(Next::Greedy)
+            .collect::<Vec<_>>()
+    } else {
+        model
+            .forward_batch(kv, &mut items)?
+            .into_iter()
+            .map(Next::Logits)
+            .collect()
+    };
     let fed: Vec<usize> = items.iter().map(|it| it.tokens.len()).collect();
     drop(items);
     Ok(batch
         .iter_mut()
         .zip(fed)
-        .zip(logits)
-        .map(|(((s, _), n), logits)| {
+        .zip(out)
+        .map(|(((s, _), n), next)| {
             let prompt_tokens = if s.state.is_prefilling() { n } else { 0 };
             Fed {
                 tokens: n,
                 prompt_tokens,
-                ready: s.state.accept(n, logits),
+                ready: s.state.record(n, next),
             }
         })
         .collect())
+}
+
+/// [`PagedSequence::sample`] for each of `seqs`, spread over the machine's cores when there
+/// are many (each draw scans the whole vocabulary). Same results as one by one: each
+/// sequence has its own sampler.
+pub fn sample_all(seqs: &mut [&mut PagedSequence]) -> Vec<Option<(u32, Option<SeqEnd>)>> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if seqs.len() < 8 || threads < 2 {
+        return seqs.iter_mut().map(|s| s.sample()).collect();
+    }
+    let per = seqs.len().div_ceil(threads);
+    std::thread::scope(|sc| {
+        let handles: Vec<_> = seqs
+            .chunks_mut(per)
+            .map(|part| sc.spawn(move || part.iter_mut().map(|s| s.sample()).collect::<Vec<_>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("sampling does not panic"))
+            .collect()
+    })
 }

@@ -27,7 +27,7 @@ use std::time::Instant;
 
 use gptoss_core::Result;
 use gptoss_models::batch::{PagedKv, PAGE_SIZE};
-use gptoss_models::generation::{step_paged, PagedSequence, SeqEnd, SeqState};
+use gptoss_models::generation::{sample_all, step_paged, PagedSequence, SeqEnd, SeqState};
 use gptoss_models::sampler::{Sampler, SamplingParams};
 use gptoss_models::{GptOssConfig, Model};
 use tokio::sync::mpsc::UnboundedSender;
@@ -401,24 +401,38 @@ impl Engine {
             Ok(fed) => {
                 let tokens: usize = fed.iter().map(|f| f.tokens).sum();
                 self.stats.record_step(in_step.len(), tokens);
+                let mut ready = Vec::new();
                 for (&i, f) in in_step.iter().zip(&fed) {
                     self.stats.add_prompt_tokens(f.prompt_tokens);
                     if f.ready {
-                        ended[i] = self.emit(i);
+                        ready.push(i);
                     }
+                }
+                // Draw every ready sequence's token (in parallel when many), then send them.
+                let mut seqs: Vec<&mut PagedSequence> = self
+                    .running
+                    .iter_mut()
+                    .enumerate()
+                    .filter(|(i, _)| ready.binary_search(i).is_ok())
+                    .map(|(_, r)| &mut r.seq)
+                    .collect();
+                let drawn = sample_all(&mut seqs);
+                drop(seqs);
+                for (i, d) in ready.into_iter().zip(drawn) {
+                    ended[i] = self.emit(i, d);
                 }
             }
         }
         self.end_where(|i, _| ended[i]);
     }
 
-    /// Samples sequence `i`'s next token and sends it; true when the request ended.
-    fn emit(&mut self, i: usize) -> bool {
+    /// Sends sequence `i`'s drawn token; true when the request ended.
+    fn emit(&mut self, i: usize, drawn: Option<(u32, Option<SeqEnd>)>) -> bool {
         let r = &mut self.running[i];
-        let first = r.seq.state().generated().is_empty();
-        let Some((id, end)) = r.seq.sample() else {
+        let Some((id, end)) = drawn else {
             return false;
         };
+        let first = r.seq.state().generated().len() == 1;
         if first {
             self.stats.record_ttft(r.submitted.elapsed());
         }
