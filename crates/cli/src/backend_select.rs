@@ -15,7 +15,7 @@ use gptoss_core::config::EngineConfig;
 use gptoss_core::plugin::registry::{self, Offer};
 use gptoss_core::plugin::{scoring, HostPlugin, Plugin, PluginOptions};
 use gptoss_core::{Backend, Error, ProbeReport, Result};
-use gptoss_models::Sharding;
+use gptoss_models::{GptOssConfig, Sharding};
 
 /// Backends built into this binary.
 pub const BUILT_IN: &[&str] = &["cpu"];
@@ -142,8 +142,12 @@ pub fn describe(backends: &[Box<dyn Backend>]) -> String {
 }
 
 /// Pick the backend `cfg` asks for and create one instance per shard (`tensor_parallel`
-/// of them, on as many devices; one when the model is not split).
-pub fn open_shards(cfg: &EngineConfig) -> Result<Vec<Box<dyn Backend>>> {
+/// of them, on as many devices; one when the model is not split). With `model`, first check
+/// that each shard fits its device's memory (weights + a KV cache of `max_context`).
+pub fn open_shards(
+    cfg: &EngineConfig,
+    model: Option<&GptOssConfig>,
+) -> Result<Vec<Box<dyn Backend>>> {
     let survey = survey(cfg);
     let offers = survey.offers();
     let forced = (cfg.backend != "auto").then_some(cfg.backend.as_str());
@@ -165,6 +169,17 @@ pub fn open_shards(cfg: &EngineConfig) -> Result<Vec<Box<dyn Backend>>> {
     let c = &survey.candidates[chosen?];
     let world = cfg.tensor_parallel.max(1);
     let devices = shard_devices(c, world)?;
+    if let (Some(m), Ok(probe)) = (model, &c.probe) {
+        let context = match cfg.max_context {
+            0 => m.max_position_embeddings,
+            n => n.min(m.max_position_embeddings),
+        };
+        let reports: Vec<(usize, &gptoss_core::DeviceReport)> = devices
+            .iter()
+            .filter_map(|d| probe.devices.get(*d).map(|r| (*d, r)))
+            .collect();
+        crate::fit::check(c.name(), m, sharding(cfg), context, &reports)?;
+    }
     let group = new_group_name();
     // Simulated shards of the cpu backend share the cores.
     let threads = if world > 1 && cfg.threads == 0 && c.name() == "cpu" {

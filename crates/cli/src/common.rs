@@ -68,7 +68,8 @@ impl ModelArgs {
     pub fn load(&self) -> Result<(Model, EngineConfig)> {
         let cfg = self.engine.engine_config()?;
         let dir = gptoss_models::hub::resolve_model_dir(&self.model)?;
-        let backends = backend_select::open_shards(&cfg)?;
+        let model_cfg = gptoss_models::GptOssConfig::load(&dir)?;
+        let backends = backend_select::open_shards(&cfg, Some(&model_cfg))?;
         let mut bar = progress::Progress::new(format!(
             "loading {} on {}",
             dir.display(),

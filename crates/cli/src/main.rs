@@ -13,6 +13,7 @@ mod cmd_serve;
 mod cmd_synth;
 mod cmd_tokenize;
 mod common;
+mod fit;
 mod progress;
 mod reply;
 mod text_args;

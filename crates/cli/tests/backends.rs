@@ -329,3 +329,42 @@ fn fake_cuda_device_shows_in_the_gpus_section() {
     );
     assert_eq!(json(c)["gpus"]["best_by_rules"], "cuda-mxfp4");
 }
+
+#[test]
+fn a_model_too_big_for_the_gpu_is_refused_before_loading() {
+    let dir = exe().parent().unwrap().to_path_buf();
+    assert!(
+        dir.join("libgptoss_backend_cuda_bf16.so").exists(),
+        "the cuda-bf16 plugin is not built next to gptoss: run `cargo test --workspace`"
+    );
+    // A 2 GiB Turing card cannot hold even two layers of gpt-oss-20b with its 1.2 GB
+    // embedding and unembedding: refused from the estimate, before any weight is built
+    // (and before the missing driver would be noticed).
+    let fake = r#"[{"name": "Tesla T4", "compute_capability": [7, 5],
+                    "memory_bytes": 2147483648, "driver_version": "12.8"}]"#;
+    let mut c = gptoss_cmd(
+        &exe(),
+        &[
+            "bench",
+            "--synthetic",
+            "20b",
+            "--layers",
+            "2",
+            "--backend",
+            "cuda-bf16",
+        ],
+    );
+    c.env(FAKE, fake);
+    let o = c.output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("not enough memory on cuda-bf16 device 0 (Tesla T4, 2.00 GiB)")
+            && err.contains("--tensor-parallel"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("building synthetic"),
+        "refused before loading: {err}"
+    );
+}

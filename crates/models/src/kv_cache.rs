@@ -62,6 +62,12 @@ impl KvCache {
 
     /// Bytes this cache occupies (for memory estimates and messages).
     pub fn bytes(cfg: &GptOssConfig, capacity: usize, dtype: DType) -> u64 {
-        2 * cfg.num_hidden_layers as u64 * Self::desc(cfg, capacity, dtype).byte_size() as u64
+        Self::bytes_for(cfg, cfg.num_key_value_heads, capacity, dtype)
+    }
+
+    /// Bytes of a cache for `kv_heads` heads (one shard's part).
+    pub fn bytes_for(cfg: &GptOssConfig, kv_heads: usize, capacity: usize, dtype: DType) -> u64 {
+        2 * cfg.num_hidden_layers as u64
+            * Self::desc_for(cfg, kv_heads, capacity, dtype).byte_size() as u64
     }
 }

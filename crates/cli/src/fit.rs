@@ -1,0 +1,134 @@
+//! Before loading: does each shard of the model fit its device's memory? A clear refusal now
+//! beats an out-of-memory error halfway through a long load.
+
+use gptoss_core::{DType, DeviceReport, Error, Result};
+use gptoss_models::kv_cache::KvCache;
+use gptoss_models::weights::shard_needs;
+use gptoss_models::{GptOssConfig, Sharding};
+
+/// Room for temporaries (a prefill chunk's activations, logits, kernel pools) and the
+/// runtime's own allocations.
+pub const WORKSPACE_MARGIN: u64 = 1 << 30;
+
+fn gib(b: u64) -> String {
+    format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)
+}
+
+/// Bytes shard `rank` needs on its device: its weights as stored (BF16 floats, MXFP4
+/// experts), an f32 KV cache of `context` positions for its kv heads, and the margin.
+pub fn shard_need(
+    cfg: &GptOssConfig,
+    sharding: Sharding,
+    rank: usize,
+    context: usize,
+) -> Result<(u64, u64, u64)> {
+    let plan = gptoss_models::ShardPlan::new(cfg, sharding, rank)?;
+    let weights: u64 = shard_needs(cfg, &plan, DType::BF16)
+        .iter()
+        .map(|n| n.bytes())
+        .sum();
+    let kv = KvCache::bytes_for(cfg, plan.kv_heads.len(), context, DType::F32);
+    Ok((weights, kv, WORKSPACE_MARGIN))
+}
+
+/// Refuses when a shard's need exceeds its device's memory (devices that report none, like
+/// the cpu, are not checked). `devices[r]` runs shard r.
+pub fn check(
+    backend: &str,
+    cfg: &GptOssConfig,
+    sharding: Sharding,
+    context: usize,
+    devices: &[(usize, &DeviceReport)],
+) -> Result<()> {
+    for (rank, (index, dev)) in devices.iter().enumerate() {
+        let Some(have) = dev.memory_bytes else {
+            continue;
+        };
+        let (w, kv, margin) = shard_need(cfg, sharding, rank, context)?;
+        let need = w + kv + margin;
+        if need > have {
+            let split = if sharding.world > 1 {
+                format!("this shard (of {})", sharding.world)
+            } else {
+                "the model".to_string()
+            };
+            return Err(Error::Input(format!(
+                "not enough memory on {backend} device {index} ({}, {}): {split} needs {} \
+                 (weights {} as stored + KV cache for {context} positions {} + {} workspace); \
+                 lower max_context (config or --max-context), split the model with \
+                 --tensor-parallel N, or use a device with more memory",
+                dev.name,
+                gib(have),
+                gib(need),
+                gib(w),
+                gib(kv),
+                gib(margin)
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gptoss_models::synthetic::Preset;
+
+    fn gpu(name: &str, gb: u64) -> DeviceReport {
+        DeviceReport {
+            name: name.into(),
+            memory_bytes: Some(gb << 30),
+            score: 90,
+            ..Default::default()
+        }
+    }
+
+    const ONE: Sharding = Sharding::NONE;
+
+    #[test]
+    fn twenty_b_fits_16_gb_at_4k_not_at_128k() {
+        let cfg = Preset::Gpt20b.config(None);
+        let t4 = gpu("Tesla T4", 15);
+        assert!(check("cuda-bf16", &cfg, ONE, 4096, &[(0, &t4)]).is_ok());
+        let e = check("cuda-bf16", &cfg, ONE, 131_072, &[(0, &t4)])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cuda-bf16 device 0 (Tesla T4, 15.00 GiB)")
+                && e.contains("KV cache for 131072 positions 12.00 GiB")
+                && e.contains("--tensor-parallel"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn one_twenty_b_needs_80_gb_or_a_split() {
+        let cfg = Preset::Gpt120b.config(None);
+        let (h100, a6000) = (gpu("H100", 79), gpu("RTX A6000", 47));
+        assert!(check("cuda-mxfp4", &cfg, ONE, 8192, &[(0, &h100)]).is_ok());
+        let e = check("cuda-bf16", &cfg, ONE, 8192, &[(0, &a6000)])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("the model needs"), "{e}");
+        // Split over two: each holds half the experts and heads.
+        let two = Sharding {
+            world: 2,
+            expert_parallel: true,
+        };
+        assert!(check("cuda-bf16", &cfg, two, 8192, &[(0, &a6000), (1, &a6000)]).is_ok());
+        let (w0, _, _) = shard_need(&cfg, two, 0, 8192).unwrap();
+        let (w, _, _) = shard_need(&cfg, ONE, 0, 8192).unwrap();
+        assert!(w0 < w * 6 / 10 && w0 > w * 4 / 10, "{w0} of {w}");
+    }
+
+    #[test]
+    fn devices_without_a_memory_size_are_not_checked() {
+        let cfg = Preset::Gpt120b.config(None);
+        let cpu = DeviceReport {
+            name: "cpu".into(),
+            score: 1,
+            ..Default::default()
+        };
+        assert!(check("cpu", &cfg, ONE, 131_072, &[(0, &cpu)]).is_ok());
+    }
+}
