@@ -591,3 +591,19 @@ def test_responses_tool_choice_forces_a_call_on_a_model_that_answers():
         assert [name for name, _ in calls] == ["get_weather"]
         assert calls[0][1] and "<|" not in calls[0][1]
         assert resp_reply(ANSWER_URL, True, tool_choice=choice, **kw) == plain
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_responses_echo_the_requests_tools_and_tool_choice(stream):
+    c = client(TOOL)
+    kw = dict(model="m", input="Weather in Paris?", tools=[RESP_WEATHER],
+              tool_choice=resp_named("get_weather"))
+    if stream:
+        r = [ev.response for ev in c.responses.create(stream=True, **kw)
+             if ev.type == "response.completed"][0]
+    else:
+        r = c.responses.create(**kw)
+    assert [t.name for t in r.tools] == ["get_weather"]
+    assert r.tool_choice.type == "function" and r.tool_choice.name == "get_weather"
+    r = c.responses.create(model="m", input="Weather in Paris?")
+    assert r.tool_choice == "auto" and r.tools == []

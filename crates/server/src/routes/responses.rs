@@ -70,6 +70,12 @@ pub async fn handler(
         None => Vec::new(),
     };
     history.extend(responses_input::messages(b.input)?);
+    let echo_tools = serde_json::to_value(b.tools.as_deref().unwrap_or_default())
+        .unwrap_or_else(|_| serde_json::json!([]));
+    let echo_choice = b
+        .tool_choice
+        .clone()
+        .unwrap_or_else(|| serde_json::json!("auto"));
     let tools = responses_input::tools(b.tools.unwrap_or_default())?;
     let (tools, must_call) = apply_tool_choice(b.tool_choice.as_ref(), tools)?;
     let mut messages = Vec::new();
@@ -97,7 +103,14 @@ pub async fn handler(
     let id = st.new_id("resp_");
     let model = b.model.unwrap_or_else(|| st.model_id.clone());
     let store = b.store.unwrap_or(true);
-    let builder = Builder::new(st.clone(), id, model, b.instructions);
+    let builder = Builder::new(
+        st.clone(),
+        id,
+        model,
+        b.instructions,
+        echo_tools,
+        echo_choice,
+    );
     if b.stream.unwrap_or(false) {
         return Ok(sse::stream(move |sink| {
             stream(st, g, builder, sink, history, store)

@@ -20,6 +20,9 @@ pub struct Builder {
     pub id: String,
     model: String,
     instructions: Option<String>,
+    /// The request's tools and tool_choice, echoed in the response object.
+    tools: Value,
+    tool_choice: Value,
     created: u64,
     items: Vec<Value>,
     open: Open,
@@ -29,12 +32,21 @@ pub struct Builder {
 }
 
 impl Builder {
-    pub fn new(st: Arc<AppState>, id: String, model: String, instructions: Option<String>) -> Self {
+    pub fn new(
+        st: Arc<AppState>,
+        id: String,
+        model: String,
+        instructions: Option<String>,
+        tools: Value,
+        tool_choice: Value,
+    ) -> Self {
         Builder {
             st,
             id,
             model,
             instructions,
+            tools,
+            tool_choice,
             created: unix_now(),
             items: Vec::new(),
             open: Open::None,
@@ -59,8 +71,8 @@ impl Builder {
             "output": self.items,
             "instructions": self.instructions,
             "parallel_tool_calls": true,
-            "tool_choice": "auto",
-            "tools": [],
+            "tool_choice": self.tool_choice,
+            "tools": self.tools,
             "error": null,
             "incomplete_details": null,
         })
