@@ -55,7 +55,7 @@ pub const FAMILIES: &[Family] = &[
     Family {
         name: "attention",
         source: include_str!("kernels/attention.cu"),
-        functions: &["kv_write", "attention", "kv_write_slots", "attention_paged"],
+        functions: &["kv_write", "attention", "attention_paged"],
         optional: false,
     },
     Family {

@@ -67,6 +67,26 @@ fn grid_y(n: usize) -> Result<u32> {
     Ok(n as u32)
 }
 
+/// Write `t` rows of k and v (each `w` floats) into the caches at the rows an I32 index
+/// gives (`ptrs`: k, v, index, k cache, v cache); `rows` = the caches' rows.
+fn write_kv<F: Flavor>(
+    be: &mut Cuda<F>,
+    ptrs: [CUdeviceptr; 5],
+    t: usize,
+    w: usize,
+    rows: usize,
+) -> Result<()> {
+    let f = be.kernels.get("kv_write")?;
+    let mut args: Vec<Arg> = ptrs.iter().map(|p| Arg::Ptr(*p)).collect();
+    args.extend([
+        Arg::I32(i32_of(w, "kv width")?),
+        Arg::I32(i32_of(rows, "cache rows")?),
+        Arg::Ptr(be.err),
+    ]);
+    be.gpu
+        .launch("kv_write", f, (blocks(t, 1)?, 1, 1), (256, 1, 1), 0, &args)
+}
+
 pub fn run_node<F: Flavor>(
     be: &mut Cuda<F>,
     graph: &Graph,
@@ -269,24 +289,9 @@ pub fn run_node<F: Flavor>(
                 return Err(unsupported(format!("attention with head_dim {d} (> 256)")));
             }
             let w = *kv_heads as usize * d;
-            let f = be.kernels.get("kv_write")?;
-            be.gpu.launch(
-                "kv_write",
-                f,
-                (blocks(t, 1)?, 1, 1),
-                (256, 1, 1),
-                0,
-                &[
-                    Arg::Ptr(ip(1)?),
-                    Arg::Ptr(ip(2)?),
-                    Arg::Ptr(ip(4)?),
-                    Arg::Ptr(op_(1)?),
-                    Arg::Ptr(op_(2)?),
-                    Arg::I32(i32_of(w, "kv width")?),
-                    Arg::I32(i32_of(cap, "cache capacity")?),
-                    Arg::Ptr(err),
-                ],
-            )?;
+            // Cache row of each token: its position.
+            let kv = [ip(1)?, ip(2)?, ip(4)?, op_(1)?, op_(2)?];
+            write_kv(be, kv, t, w, cap)?;
             // Many queries: tiles of 64 queries share K/V tiles in shared memory (f32).
             if be.fast
                 && d == 64
@@ -433,24 +438,9 @@ pub fn run_node<F: Flavor>(
                 )));
             }
             let w = *kv_heads as usize * d;
-            let f = be.kernels.get("kv_write_slots")?;
-            be.gpu.launch(
-                "kv_write_slots",
-                f,
-                (blocks(t, 1)?, 1, 1),
-                (256, 1, 1),
-                0,
-                &[
-                    Arg::Ptr(ip(1)?),
-                    Arg::Ptr(ip(2)?),
-                    Arg::Ptr(ip(5)?),
-                    Arg::Ptr(op_(1)?),
-                    Arg::Ptr(op_(2)?),
-                    Arg::I32(i32_of(w, "kv width")?),
-                    Arg::I32(i32_of(rows, "pool rows")?),
-                    Arg::Ptr(err),
-                ],
-            )?;
+            // Pool row of each token: its slot.
+            let kv = [ip(1)?, ip(2)?, ip(5)?, op_(1)?, op_(2)?];
+            write_kv(be, kv, t, w, rows)?;
             // Decode rows of many sequences: (row, head) blocks fill the chip already.
             let warps = if t * (*heads as usize) <= 4096 {
                 8u32

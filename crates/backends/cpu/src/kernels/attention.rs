@@ -65,6 +65,34 @@ pub(crate) fn attend_one(
     }
 }
 
+/// Checks q, k, v, sinks, positions, the output and both caches of an attention op (also
+/// `PagedAttention`, whose caches are the pools); returns (tokens, cache rows).
+pub(crate) fn check_io(
+    inputs: &[&HostTensor],
+    outputs: &[&mut HostTensor],
+    nq: usize,
+    nkv: usize,
+    d: usize,
+) -> Result<(usize, usize)> {
+    if nkv == 0 || nq % nkv != 0 {
+        return Err(Error::Graph(format!(
+            "attention: heads {nq} must be a multiple of kv_heads {nkv}"
+        )));
+    }
+    let (t, _) = dims2(inputs[0])?;
+    let kvw = nkv * d;
+    want_shape(inputs[0], &[t, nq * d])?;
+    want_shape(inputs[1], &[t, kvw])?;
+    want_shape(inputs[2], &[t, kvw])?;
+    want_shape(inputs[3], &[nq])?;
+    want_shape(inputs[4], &[t])?;
+    want_shape(outputs[0], &[t, nq * d])?;
+    let (rows, _) = dims2(outputs[1])?;
+    want_shape(outputs[1], &[rows, kvw])?;
+    want_shape(outputs[2], &[rows, kvw])?;
+    Ok((t, rows))
+}
+
 impl HostKernel for Attention {
     fn run(&self, op: &Op, inputs: &[&HostTensor], outputs: &mut [&mut HostTensor]) -> Result<()> {
         let Op::Attention {
@@ -84,23 +112,8 @@ impl HostKernel for Attention {
             head_dim as usize,
             window as usize,
         );
-        if nkv == 0 || nq % nkv != 0 {
-            return Err(Error::Graph(format!(
-                "attention: heads {nq} must be a multiple of kv_heads {nkv}"
-            )));
-        }
-        let group = nq / nkv;
-        let (t, qw) = dims2(inputs[0])?;
-        let kvw = nkv * d;
-        want_shape(inputs[0], &[t, nq * d])?;
-        want_shape(inputs[1], &[t, kvw])?;
-        want_shape(inputs[2], &[t, kvw])?;
-        want_shape(inputs[3], &[nq])?;
-        want_shape(inputs[4], &[t])?;
-        want_shape(outputs[0], &[t, qw])?;
-        let (cap, _) = dims2(outputs[1])?;
-        want_shape(outputs[1], &[cap, kvw])?;
-        want_shape(outputs[2], &[cap, kvw])?;
+        let (_, cap) = check_io(inputs, outputs, nq, nkv, d)?;
+        let (group, kvw) = (nq / nkv, nkv * d);
         let (q, k, v) = (f32s(inputs[0])?, f32s(inputs[1])?, f32s(inputs[2])?);
         let (sinks, pos) = (f32s(inputs[3])?, i32s(inputs[4])?);
         // Check every position before touching the caches.

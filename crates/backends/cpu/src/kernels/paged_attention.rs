@@ -4,7 +4,7 @@ use gptoss_core::host::{HostKernel, HostTensor};
 use gptoss_core::{Error, Op, Result};
 use rayon::prelude::*;
 
-use super::attention::{attend_one, first_visible};
+use super::attention::{attend_one, check_io, first_visible};
 use super::{arity, dims2, f32s, f32s_mut, i32s, want_shape, wrong_op};
 use crate::Pool;
 
@@ -41,22 +41,15 @@ impl HostKernel for PagedAttention {
             window as usize,
             page_size as usize,
         );
-        if nkv == 0 || nq % nkv != 0 || ps == 0 {
-            return Err(Error::Graph(format!(
-                "paged_attention: heads {nq} must be a multiple of kv_heads {nkv}, page_size > 0"
-            )));
+        if ps == 0 {
+            return Err(Error::Graph(
+                "paged_attention: page_size must be > 0".into(),
+            ));
         }
-        let (t, _) = dims2(inputs[0])?;
+        let (t, rows) = check_io(inputs, outputs, nq, nkv, d)?;
         let kvw = nkv * d;
-        want_shape(inputs[0], &[t, nq * d])?;
-        want_shape(inputs[1], &[t, kvw])?;
-        want_shape(inputs[2], &[t, kvw])?;
-        want_shape(inputs[3], &[nq])?;
-        want_shape(inputs[4], &[t])?;
         want_shape(inputs[5], &[t])?;
         let (_, np) = dims2(inputs[6])?;
-        let (rows, _) = dims2(outputs[1])?;
-        want_shape(outputs[2], &[rows, kvw])?;
         let (q, k, v) = (f32s(inputs[0])?, f32s(inputs[1])?, f32s(inputs[2])?);
         let (sinks, pos, slots, pages) = (
             f32s(inputs[3])?,

@@ -1,6 +1,7 @@
 // Attention with per-head sinks, sliding window and GQA over an f32 KV cache [C, NKV*D].
 
-// Write this step's k/v rows into the caches at their positions.
+// Write this step's k/v rows into the caches at the rows `pos` gives (their positions, or
+// their slots in a paged pool).
 extern "C" __global__ void kv_write(const float* k, const float* v, const int* pos, float* kc,
                                     float* vc, int W, int cap, int* err) {
     i64 t = blockIdx.x;
@@ -149,21 +150,6 @@ extern "C" __global__ void attention(const float* q, const float* kc, const floa
     int p = pos[blockIdx.x];
     attention_body(q, kc, vc, sinks, sdt, p, p >= 0 && p < cap, o, NQ, NKV, D, window, scale,
                    ContiguousRows{});
-}
-
-// Paged pools: write row t's k/v at pool row slots[t].
-extern "C" __global__ void kv_write_slots(const float* k, const float* v, const int* slots,
-                                          float* kc, float* vc, int W, int rows, int* err) {
-    i64 t = blockIdx.x;
-    int s = slots[t];
-    if (s < 0 || s >= rows) {
-        if (threadIdx.x == 0) report_error(err, ERR_POSITION, s, rows, (int)t);
-        return;
-    }
-    for (int c = threadIdx.x; c < W; c += blockDim.x) {
-        kc[(i64)s * W + c] = k[t * W + c];
-        vc[(i64)s * W + c] = v[t * W + c];
-    }
 }
 
 // Rows of several sequences over paged pools; pages [T, P]: row t's page table (-1 past its
