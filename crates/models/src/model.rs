@@ -11,6 +11,15 @@ use crate::kv_cache::KvCache;
 use crate::sharding::{ShardPlan, Sharding};
 use crate::weights::ModelWeights;
 
+/// Puts one shard's weights on its backend: `(config, plan, backend, progress)`.
+pub type ShardLoader<'a> = dyn FnMut(
+        &GptOssConfig,
+        &ShardPlan,
+        &mut dyn Backend,
+        &mut dyn FnMut(u64, u64),
+    ) -> Result<ModelWeights>
+    + 'a;
+
 pub struct Model {
     pub config: GptOssConfig,
     /// One per backend; a model that is not split has one.
@@ -79,12 +88,7 @@ impl Model {
         backends: Vec<Box<dyn Backend>>,
         sharding: Sharding,
         progress: &mut dyn FnMut(u64, u64),
-        load: &mut dyn FnMut(
-            &GptOssConfig,
-            &ShardPlan,
-            &mut dyn Backend,
-            &mut dyn FnMut(u64, u64),
-        ) -> Result<ModelWeights>,
+        load: &mut ShardLoader,
     ) -> Result<Model> {
         if backends.len() != sharding.world.max(1) {
             return Err(Error::Input(format!(

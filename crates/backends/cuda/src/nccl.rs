@@ -203,7 +203,7 @@ impl Communicator {
     }
 
     /// Enqueue `recv[i] = sum over ranks of send[i]` for `count` f32 on `stream`.
-    pub fn all_reduce_f32(
+    pub(crate) fn all_reduce_f32(
         &self,
         send: u64,
         recv: u64,
