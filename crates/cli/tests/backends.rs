@@ -332,11 +332,13 @@ fn fake_cuda_device_shows_in_the_gpus_section() {
 
 #[test]
 fn a_model_too_big_for_the_gpu_is_refused_before_loading() {
-    let dir = exe().parent().unwrap().to_path_buf();
-    assert!(
-        dir.join("libgptoss_backend_cuda_bf16.so").exists(),
-        "the cuda-bf16 plugin is not built next to gptoss: run `cargo test --workspace`"
-    );
+    // A dev-dependency of this crate, so cargo builds the plugin (into deps/) for this test.
+    let name = "libgptoss_backend_cuda_bf16.so";
+    let bin = exe().parent().unwrap().to_path_buf();
+    let dir = [bin.clone(), bin.join("deps")]
+        .into_iter()
+        .find(|d| d.join(name).is_file())
+        .unwrap_or_else(|| panic!("{name} not built next to {}", bin.display()));
     // A 2 GiB Turing card cannot hold even two layers of gpt-oss-20b with its 1.2 GB
     // embedding and unembedding: refused from the estimate, before any weight is built
     // (and before the missing driver would be noticed).
@@ -354,7 +356,7 @@ fn a_model_too_big_for_the_gpu_is_refused_before_loading() {
             "cuda-bf16",
         ],
     );
-    c.env(FAKE, fake);
+    c.env(FAKE, fake).env("GPTOSS_PLUGIN_PATH", &dir);
     let o = c.output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "{err}");
