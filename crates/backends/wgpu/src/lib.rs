@@ -34,6 +34,7 @@ pub const BACKEND: &str = "wgpu";
 
 const COMMON: &str = include_str!("shaders/common.wgsl");
 const ERRORS: &str = include_str!("shaders/errors.wgsl");
+const ATTENTION_BODY: &str = include_str!("shaders/attention_body.wgsl");
 const MOE: &str = include_str!("shaders/moe.wgsl");
 
 /// Limits the kernels rely on (all within WebGPU's defaults).
@@ -53,6 +54,8 @@ struct Kernels {
     rope: wgpu::ComputePipeline,
     kv_write: wgpu::ComputePipeline,
     attention: wgpu::ComputePipeline,
+    attention_paged: wgpu::ComputePipeline,
+    gather_rows: wgpu::ComputePipeline,
     topk: wgpu::ComputePipeline,
     moe_gate_up: wgpu::ComputePipeline,
     moe_down: wgpu::ComputePipeline,
@@ -288,7 +291,17 @@ impl Wgpu {
             ),
             attention: make(
                 "attention",
-                &[COMMON, include_str!("shaders/attention.wgsl")],
+                &[COMMON, include_str!("shaders/attention.wgsl"), ATTENTION_BODY],
+                "main",
+            ),
+            attention_paged: make(
+                "attention_paged",
+                &[COMMON, include_str!("shaders/attention_paged.wgsl"), ATTENTION_BODY],
+                "main",
+            ),
+            gather_rows: make(
+                "gather_rows",
+                &[COMMON, ERRORS, include_str!("shaders/gather_rows.wgsl")],
                 "main",
             ),
             topk: make(
@@ -617,11 +630,8 @@ impl Wgpu {
         let u = |v: usize| v as u32;
         let fbits = |v: f32| v.to_bits();
         match &node.op {
-            // Split models and batched (paged) steps run on the CUDA and cpu backends only.
-            Op::LocalExperts { .. }
-            | Op::AllReduceSum
-            | Op::PagedAttention { .. }
-            | Op::GatherRows => {
+            // Split models run on the CUDA and cpu backends only.
+            Op::LocalExperts { .. } | Op::AllReduceSum => {
                 return Err(Error::Unsupported {
                     backend: BACKEND.into(),
                     what: format!("op '{}'", node.op.name()),
@@ -751,6 +761,72 @@ impl Wgpu {
                     &p,
                     &[q, kc, vc, sinks, pos, o],
                     (*heads, u(t)),
+                )?;
+            }
+            Op::PagedAttention {
+                heads,
+                kv_heads,
+                head_dim,
+                window,
+                scale,
+                page_size,
+            } => {
+                let t = dims(ins[0])[0];
+                let (rows, np) = (dims(outs[1])[0], dims(ins[6])[1]);
+                if *head_dim > 256 || !page_size.is_power_of_two() {
+                    return Err(Error::Unsupported {
+                        backend: BACKEND.into(),
+                        what: format!(
+                            "paged attention with head_dim {head_dim} (at most 256) or page size \
+                             {page_size} (a power of 2)"
+                        ),
+                    });
+                }
+                let kvw = kv_heads * head_dim;
+                let (q, kx, vx) = (f32_in(ins[0])?, f32_in(ins[1])?, f32_in(ins[2])?);
+                let (sinks, pos, slots, pages) =
+                    (one(ins[3])?, one(ins[4])?, one(ins[5])?, one(ins[6])?);
+                let (o, kc, vc) = (one(outs[0])?, f32_in(outs[1])?, f32_in(outs[2])?);
+                // Step 1 writes each row at its pool slot (kv_write indexes by the given row).
+                self.dispatch(
+                    enc,
+                    &k.kv_write,
+                    &[u(t), kvw, u(rows), 0],
+                    &[kx, vx, slots, kc, vc, &self.err_buf],
+                    (kvw.div_ceil(64), u(t)),
+                )?;
+                let p = [
+                    u(t),
+                    *heads,
+                    *kv_heads,
+                    *head_dim,
+                    *window,
+                    u(rows),
+                    flag(ins[3])?,
+                    fbits(*scale),
+                    u(np),
+                    page_size.trailing_zeros(),
+                    0,
+                    0,
+                ];
+                self.dispatch(
+                    enc,
+                    &k.attention_paged,
+                    &p,
+                    &[q, kc, vc, sinks, pos, o, pages],
+                    (*heads, u(t)),
+                )?;
+            }
+            Op::GatherRows => {
+                let (t, n) = (dims(ins[0])[0], dims(ins[0])[1]);
+                let b = dims(ins[1])[0];
+                let (x, rows, out) = (f32_in(ins[0])?, one(ins[1])?, one(outs[0])?);
+                self.dispatch(
+                    enc,
+                    &k.gather_rows,
+                    &[u(b), u(n), u(t), 0],
+                    &[x, rows, out, &self.err_buf],
+                    (u(n.div_ceil(64)), u(b)),
                 )?;
             }
             Op::TopKSoftmax { k: topk } => {
@@ -909,6 +985,7 @@ impl Wgpu {
             ),
             3 => format!("moe: token {c} routed to expert {a}, but there are {b} experts (ids 0..{b})"),
             4 => format!("rope: negative position {a}"),
+            5 => format!("gather_rows: row {a} of a tensor with {b} rows"),
             code => format!("a kernel reported error code {code} ({a}, {b}, {c})"),
         }))
     }

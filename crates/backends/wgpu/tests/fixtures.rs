@@ -304,3 +304,13 @@ fn fixtures_greedy_tokens_match_transformers_and_cpu() {
         eprintln!("{name} greedy: {} tokens equal", got.len());
     }
 }
+
+#[test]
+fn batched_paged_steps_match_transformers() {
+    // Several sequences per step over the paged KV pool (what `gptoss serve` runs).
+    for name in FIXTURES {
+        let mut model = load(name);
+        gptoss_e2e::batch_check::check_batched_prompts(&mut model, name);
+        gptoss_e2e::batch_check::check_batched_greedy(&mut model, name, 3);
+    }
+}

@@ -1,4 +1,5 @@
-// Attention, step 1: k/v rows of position p go to cache row p.
+// Attention, step 1: k/v rows of row t go to cache row pos[t] (its position, or its slot in a
+// paged pool).
 struct P { t: u32, kvw: u32, cap: u32, _p: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> k: array<f32>;

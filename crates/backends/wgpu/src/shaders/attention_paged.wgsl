@@ -1,0 +1,24 @@
+// Paged attention, step 2: rows of several sequences over one pool of pages; row ti's page
+// table is pages[ti * np ..]; key j lives at pool row pages[j >> shift] << shift | j & mask.
+struct P { t: u32, nq: u32, nkv: u32, d: u32, window: u32, rows: u32, sinks_bf16: u32,
+           scale: f32, np: u32, shift: u32, _a: u32, _b: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> q: array<f32>;
+@group(0) @binding(2) var<storage, read> kc: array<f32>;
+@group(0) @binding(3) var<storage, read> vc: array<f32>;
+@group(0) @binding(4) var<storage, read> sinks: array<u32>;
+@group(0) @binding(5) var<storage, read> pos: array<i32>;
+@group(0) @binding(6) var<storage, read_write> out: array<f32>;
+@group(0) @binding(7) var<storage, read> pages: array<i32>;
+
+// The row's last key must sit on a page its table holds, inside the pool.
+fn position_ok(ti: u32, ps: i32) -> bool {
+    if (ps < 0 || (u32(ps) >> p.shift) >= p.np) { return false; }
+    let pg = pages[ti * p.np + (u32(ps) >> p.shift)];
+    return pg >= 0 && ((u32(pg) + 1u) << p.shift) <= p.rows;
+}
+
+fn key_row(ti: u32, j: u32) -> u32 {
+    let pg = u32(pages[ti * p.np + (j >> p.shift)]);
+    return (pg << p.shift) | (j & ((1u << p.shift) - 1u));
+}
