@@ -110,6 +110,9 @@ fn passes_the_fixtures(name: &str) {
             .generate_greedy(&r.tokens("greedy_prompt"), want.len(), &[], 0, &mut |_| {})
             .unwrap();
         assert_eq!(got, want, "{name} plugin, {fixture}: greedy continuation");
+        // Several sequences per step over a paged KV pool (what `gptoss serve` runs), through
+        // the ABI (PagedAttention and GatherRows crossing the codec).
+        gptoss_e2e::batch_check::check_batched_prompts(&mut model, fixture);
     }
 }
 

@@ -44,13 +44,10 @@ impl HostPlugin for ExampleKernels {
 
 impl HostKernels for ExampleKernels {
     fn kernel(&self, op: &Op) -> Option<&dyn HostKernel> {
-        // Return None for an op you do not implement: this example runs unsplit models only
-        // (the executor itself sums `AllReduceSum` for sharded runs).
+        // Return None for an op you do not implement: this example runs unsplit models
+        // (LocalExperts only appears in split runs; the executor itself sums AllReduceSum).
         match op {
-            Op::LocalExperts { .. }
-            | Op::AllReduceSum
-            | Op::PagedAttention { .. }
-            | Op::GatherRows => None,
+            Op::LocalExperts { .. } | Op::AllReduceSum => None,
             _ => Some(self),
         }
     }
@@ -99,7 +96,32 @@ impl HostKernel for ExampleKernels {
                 scale,
             } => {
                 let shape = (heads as usize, kv_heads as usize, head_dim as usize);
-                attention(ins, outs, shape, window as usize, scale)
+                attention(ins, outs, shape, window as usize, scale, None)
+            }
+            Op::PagedAttention {
+                heads,
+                kv_heads,
+                head_dim,
+                window,
+                scale,
+                page_size,
+            } => {
+                let shape = (heads as usize, kv_heads as usize, head_dim as usize);
+                let ps = Some(page_size as usize);
+                attention(ins, outs, shape, window as usize, scale, ps)
+            }
+            Op::GatherRows => {
+                let n = ins[0].desc.shape.dims()[1];
+                let (x, rows) = (ins[0].f32()?, ins[1].i32()?);
+                let out = outs[0].f32_mut()?;
+                for (b, &r) in rows.iter().enumerate() {
+                    let src = x
+                        .get(r as usize * n..(r as usize + 1) * n)
+                        .filter(|_| r >= 0);
+                    let src = src.ok_or_else(|| Error::Input(format!("row {r} out of range")))?;
+                    out[b * n..(b + 1) * n].copy_from_slice(src);
+                }
+                Ok(())
             }
             Op::TopKSoftmax { k } => {
                 let [ids, weights] = outs else {
@@ -132,10 +154,7 @@ impl HostKernel for ExampleKernels {
                 }
                 Ok(())
             }
-            Op::LocalExperts { .. }
-            | Op::AllReduceSum
-            | Op::PagedAttention { .. }
-            | Op::GatherRows => Err(Error::Unsupported {
+            Op::LocalExperts { .. } | Op::AllReduceSum => Err(Error::Unsupported {
                 backend: "example".into(),
                 what: format!("op '{}'", op.name()),
             }),
@@ -200,13 +219,17 @@ fn linear(x: &[f32], k: usize, w: &[f32], bias: Option<&[f32]>, out: &mut [f32])
     }
 }
 
-/// Causal attention with sinks over the KV cache; see `Op::Attention`.
+/// Attention with sinks over a KV cache: one sequence's contiguous cache (`page_size` None:
+/// key j in row j) or a pool of pages shared by several sequences (`PagedAttention`: row t
+/// writes its k/v at `slots[t]`, and key j of its sequence sits at
+/// `pages[t][j / page_size] * page_size + j % page_size`).
 fn attention(
     ins: &[&HostTensor],
     outs: &mut [&mut HostTensor],
     (nq, nkv, d): (usize, usize, usize),
     window: usize,
     scale: f32,
+    page_size: Option<usize>,
 ) -> Result<()> {
     let (q, k, v, sinks, pos) = (
         ins[0].f32()?,
@@ -215,23 +238,51 @@ fn attention(
         ins[3].f32()?,
         ins[4].i32()?,
     );
+    let paged = match page_size {
+        Some(ps) => Some((
+            ins[5].i32()?,
+            ins[6].i32()?,
+            ins[6].desc.shape.dims()[1],
+            ps,
+        )),
+        None => None,
+    };
     let [o, k_cache, v_cache] = outs else {
         return Err(Error::Graph("attention has three outputs".into()));
     };
     let kvw = nkv * d;
-    let capacity = k_cache.desc.shape.dims()[0];
+    let rows = k_cache.desc.shape.dims()[0];
     let (o, k_cache, v_cache) = (o.f32_mut()?, k_cache.f32_mut()?, v_cache.f32_mut()?);
-    // 1. Write this step's keys and values into the cache rows of their positions.
-    for (t, &p) in pos.iter().enumerate() {
-        if p < 0 || p as usize >= capacity {
+    // The cache row of key position j for row t, checked.
+    let row_of = |t: usize, j: usize| -> Result<usize> {
+        let r = match paged {
+            None => j as i64,
+            Some((_, pages, np, ps)) => match pages.get(t * np + j / ps) {
+                Some(&pg) if pg >= 0 => pg as i64 * ps as i64 + (j % ps) as i64,
+                _ => -1,
+            },
+        };
+        if r < 0 || r as usize >= rows {
             return Err(Error::Input(format!(
-                "position {p} is outside the KV cache (0..{capacity})"
+                "row {t}: key position {j} is outside the KV cache ({rows} rows)"
             )));
         }
-        let (src, dst) = (
-            t * kvw..(t + 1) * kvw,
-            p as usize * kvw..(p as usize + 1) * kvw,
-        );
+        Ok(r as usize)
+    };
+    // 1. Write this step's keys and values into their cache rows: their positions, or their
+    //    slots in the pool.
+    for (t, &p) in pos.iter().enumerate() {
+        if p < 0 {
+            return Err(Error::Input(format!("negative position {p}")));
+        }
+        let dst = match paged {
+            None => row_of(t, p as usize)?,
+            Some((slots, ..)) => match usize::try_from(slots[t]) {
+                Ok(s) if s < rows => s,
+                _ => return Err(Error::Input(format!("slot {} outside the pool", slots[t]))),
+            },
+        };
+        let (src, dst) = (t * kvw..(t + 1) * kvw, dst * kvw..(dst + 1) * kvw);
         k_cache[dst.clone()].copy_from_slice(&k[src.clone()]);
         v_cache[dst].copy_from_slice(&v[src]);
     }
@@ -244,19 +295,21 @@ fn attention(
         } else {
             (p + 1).saturating_sub(window)
         };
+        let key_rows: Vec<usize> = (first..=p).map(|j| row_of(t, j)).collect::<Result<_>>()?;
         for h in 0..nq {
             let qh = &q[(t * nq + h) * d..][..d];
             let kv_off = (h / (nq / nkv)) * d; // grouped-query: heads share kv heads
-            let scores: Vec<f32> = (first..=p)
-                .map(|j| dot(qh, &k_cache[j * kvw + kv_off..][..d]) * scale)
+            let scores: Vec<f32> = key_rows
+                .iter()
+                .map(|r| dot(qh, &k_cache[r * kvw + kv_off..][..d]) * scale)
                 .collect();
             let m = scores.iter().fold(sinks[h], |m, &s| m.max(s));
             let denom = (sinks[h] - m).exp() + scores.iter().map(|s| (s - m).exp()).sum::<f32>();
             let out = &mut o[(t * nq + h) * d..][..d];
             out.fill(0.0);
-            for (j, s) in (first..=p).zip(&scores) {
+            for (r, s) in key_rows.iter().zip(&scores) {
                 let a = (s - m).exp() / denom;
-                for (o, v) in out.iter_mut().zip(&v_cache[j * kvw + kv_off..][..d]) {
+                for (o, v) in out.iter_mut().zip(&v_cache[r * kvw + kv_off..][..d]) {
                     *o += a * v;
                 }
             }
