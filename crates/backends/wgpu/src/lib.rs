@@ -291,12 +291,20 @@ impl Wgpu {
             ),
             attention: make(
                 "attention",
-                &[COMMON, include_str!("shaders/attention.wgsl"), ATTENTION_BODY],
+                &[
+                    COMMON,
+                    include_str!("shaders/attention.wgsl"),
+                    ATTENTION_BODY,
+                ],
                 "main",
             ),
             attention_paged: make(
                 "attention_paged",
-                &[COMMON, include_str!("shaders/attention_paged.wgsl"), ATTENTION_BODY],
+                &[
+                    COMMON,
+                    include_str!("shaders/attention_paged.wgsl"),
+                    ATTENTION_BODY,
+                ],
                 "main",
             ),
             gather_rows: make(
