@@ -141,13 +141,18 @@ pub fn describe(backends: &[Box<dyn Backend>]) -> String {
     }
 }
 
+/// The backend instances of one model, one per shard.
+pub struct Opened {
+    pub backends: Vec<Box<dyn Backend>>,
+    /// KV-cache positions that fit every shard's device beside its weights (known when a
+    /// model was given and the devices report their memory).
+    pub kv_room: Option<usize>,
+}
+
 /// Pick the backend `cfg` asks for and create one instance per shard (`tensor_parallel`
 /// of them, on as many devices; one when the model is not split). With `model`, first check
 /// that each shard fits its device's memory (weights + a KV cache of `max_context`).
-pub fn open_shards(
-    cfg: &EngineConfig,
-    model: Option<&GptOssConfig>,
-) -> Result<Vec<Box<dyn Backend>>> {
+pub fn open_shards(cfg: &EngineConfig, model: Option<&GptOssConfig>) -> Result<Opened> {
     let survey = survey(cfg);
     let offers = survey.offers();
     let forced = (cfg.backend != "auto").then_some(cfg.backend.as_str());
@@ -169,6 +174,7 @@ pub fn open_shards(
     let c = &survey.candidates[chosen?];
     let world = cfg.tensor_parallel.max(1);
     let devices = shard_devices(c, world)?;
+    let mut kv_room = None;
     if let (Some(m), Ok(probe)) = (model, &c.probe) {
         let context = match cfg.max_context {
             0 => m.max_position_embeddings,
@@ -179,6 +185,7 @@ pub fn open_shards(
             .filter_map(|d| probe.devices.get(*d).map(|r| (*d, r)))
             .collect();
         crate::fit::check(c.name(), m, sharding(cfg), context, &reports)?;
+        kv_room = crate::fit::kv_room(m, sharding(cfg), &reports)?;
     }
     let group = new_group_name();
     // Simulated shards of the cpu backend share the cores.
@@ -218,7 +225,10 @@ pub fn open_shards(
             }
         });
     }
-    Ok(out)
+    Ok(Opened {
+        backends: out,
+        kv_room,
+    })
 }
 
 /// The device of each shard: the best-scoring devices in probe order, one per shard. The cpu

@@ -105,7 +105,8 @@ fn load(a: &Args) -> Result<(Model, String)> {
         (Some(preset), _) => {
             let preset_v = Preset::parse(preset)?;
             let cfg = a.engine.engine_config()?;
-            let backends = backend_select::open_shards(&cfg, Some(&preset_v.config(a.layers)))?;
+            let backends =
+                backend_select::open_shards(&cfg, Some(&preset_v.config(a.layers)))?.backends;
             let mut bar = progress::Progress::new(format!(
                 "building synthetic {preset} on {}",
                 backend_select::describe(&backends)

@@ -42,8 +42,9 @@ pub struct Args {
     /// KV-cache positions shared by all requests (paged, 16 positions a page), allocated at
     /// start. A request starts only when its prompt + max_tokens fit beside the running
     /// ones (else it waits in the queue); one that can never fit is refused with 400.
-    /// Default: max_batch x max_context, at most 65536 positions and 4 GiB (f32 keys and
-    /// values of every layer), but never below max_context.
+    /// Default: max_batch x max_context, within 90% of the GPU memory the weights leave (on a
+    /// device without a memory size: at most 65536 positions and 4 GiB of f32 keys and
+    /// values), but never below max_context.
     #[arg(long)]
     pub kv_cache_tokens: Option<usize>,
     /// Seconds in-flight requests may still run after SIGINT/SIGTERM before they are ended.
@@ -67,7 +68,21 @@ pub fn run(a: Args) -> Result<()> {
     }
     let dir = gptoss_models::hub::resolve_model_dir(&a.model.model)?;
     let tok = load_tokenizer(&dir)?;
-    let (model, cfg) = a.model.load()?;
+    let (model, cfg, room) = a.model.load_with_room()?;
+    let max_context = a.max_context.unwrap_or(cfg.max_context);
+    let kv_cache_tokens = match (a.kv_cache_tokens, room) {
+        (Some(n), _) => n,
+        // On a GPU: max_batch full contexts, within 90% of the memory the weights leave.
+        (None, Some(room)) => {
+            let ctx = match max_context {
+                0 => model.config.max_position_embeddings,
+                n => n.min(model.config.max_position_embeddings),
+            };
+            a.max_batch.saturating_mul(ctx).min(room / 10 * 9).max(ctx)
+        }
+        // 0: the default for the effective max_context (gptoss_server::serve).
+        (None, None) => 0,
+    };
     let opts = ServeOptions {
         addr: SocketAddr::new(a.host, a.port),
         model_id: a
@@ -75,13 +90,12 @@ pub fn run(a: Args) -> Result<()> {
             .clone()
             .unwrap_or_else(|| a.model.model.clone()),
         api_key,
-        max_context: a.max_context.unwrap_or(cfg.max_context),
+        max_context,
         engine: EngineOptions {
             max_batch: a.max_batch,
             queue: a.queue,
             prefill_chunk: a.prefill_chunk,
-            // 0: the default for the effective max_context (gptoss_server::serve).
-            kv_cache_tokens: a.kv_cache_tokens.unwrap_or(0),
+            kv_cache_tokens,
         },
         shutdown_timeout: Duration::from_secs(a.shutdown_timeout),
     };

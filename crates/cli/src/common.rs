@@ -66,10 +66,17 @@ impl EngineArgs {
 impl ModelArgs {
     /// Resolve the model, pick the backend, load the weights with a progress line on stderr.
     pub fn load(&self) -> Result<(Model, EngineConfig)> {
+        self.load_with_room().map(|(m, cfg, _)| (m, cfg))
+    }
+
+    /// [`load`](Self::load), also saying how many KV-cache positions fit beside the weights
+    /// on every device (None when the devices do not report their memory).
+    pub fn load_with_room(&self) -> Result<(Model, EngineConfig, Option<usize>)> {
         let cfg = self.engine.engine_config()?;
         let dir = gptoss_models::hub::resolve_model_dir(&self.model)?;
         let model_cfg = gptoss_models::GptOssConfig::load(&dir)?;
-        let backends = backend_select::open_shards(&cfg, Some(&model_cfg))?;
+        let opened = backend_select::open_shards(&cfg, Some(&model_cfg))?;
+        let (backends, room) = (opened.backends, opened.kv_room);
         let mut bar = progress::Progress::new(format!(
             "loading {} on {}",
             dir.display(),
@@ -82,7 +89,7 @@ impl ModelArgs {
             &mut |done, total| bar.update(done, total),
         )?;
         bar.finish();
-        Ok((model, cfg))
+        Ok((model, cfg, room))
     }
 }
 

@@ -69,6 +69,25 @@ pub fn check(
     Ok(())
 }
 
+/// KV-cache positions (f32) that fit beside every shard's weights and the margin on its
+/// device: the most a server's shared cache may take. None when a device reports no memory.
+pub fn kv_room(
+    cfg: &GptOssConfig,
+    sharding: Sharding,
+    devices: &[(usize, &DeviceReport)],
+) -> Result<Option<usize>> {
+    let mut room = usize::MAX;
+    for (rank, (_, dev)) in devices.iter().enumerate() {
+        let Some(have) = dev.memory_bytes else {
+            return Ok(None);
+        };
+        let (w, per_position, margin) = shard_need(cfg, sharding, rank, 1)?;
+        let left = have.saturating_sub(w + margin);
+        room = room.min((left / per_position.max(1)) as usize);
+    }
+    Ok((room != usize::MAX).then_some(room))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,6 +138,27 @@ mod tests {
         let (w0, _, _) = shard_need(&cfg, two, 0, 8192).unwrap();
         let (w, _, _) = shard_need(&cfg, ONE, 0, 8192).unwrap();
         assert!(w0 < w * 6 / 10 && w0 > w * 4 / 10, "{w0} of {w}");
+    }
+
+    #[test]
+    fn kv_room_is_what_the_weights_leave() {
+        let cfg = Preset::Gpt20b.config(None);
+        let h100 = gpu("H100", 79);
+        let room = kv_room(&cfg, ONE, &[(0, &h100)]).unwrap().unwrap();
+        let (w, per_position, margin) = shard_need(&cfg, ONE, 0, 1).unwrap();
+        assert_eq!(per_position, 98_304); // 24 layers x k,v x 8 heads x 64 x f32
+        assert_eq!(room as u64, ((79u64 << 30) - w - margin) / per_position);
+        // Split in two, each GPU holds half the heads: more than twice the positions per GPU.
+        let two = Sharding {
+            world: 2,
+            expert_parallel: false,
+        };
+        let split = kv_room(&cfg, two, &[(0, &h100), (1, &h100)])
+            .unwrap()
+            .unwrap();
+        assert!(split > 2 * room, "{split} vs {room}");
+        let cpu = DeviceReport::default();
+        assert_eq!(kv_room(&cfg, ONE, &[(0, &cpu)]).unwrap(), None);
     }
 
     #[test]
