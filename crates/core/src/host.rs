@@ -113,17 +113,7 @@ impl HostTensor {
 
     /// Fill from little-endian bytes of `desc.dtype`.
     pub fn fill_from_bytes(&mut self, data: &[u8]) -> Result<()> {
-        if data.len() != self.desc.byte_size() {
-            return Err(Error::tensor(
-                &self.name,
-                format!(
-                    "upload of {} bytes into a {} buffer of {} bytes",
-                    data.len(),
-                    self.desc,
-                    self.desc.byte_size()
-                ),
-            ));
-        }
+        self.desc.check_upload(&self.name, data.len())?;
         self.data = match self.desc.dtype {
             DType::F32 => HostData::F32(
                 data.chunks_exact(4)
@@ -306,17 +296,7 @@ impl<K: HostKernels> Backend for HostExecutor<K> {
                         format!("'{}' is bound to unknown buffer {}", v.name, b.0),
                     )
                 })?;
-                if t.desc.shape != v.desc.shape
-                    || (t.desc.dtype != v.desc.dtype
-                        && !(t.desc.dtype.size() == v.desc.dtype.size()
-                            && t.desc.dtype.is_byte_packed()
-                            && v.desc.dtype.is_byte_packed()))
-                {
-                    return Err(Error::tensor(
-                        &v.name,
-                        format!("graph says {}, its buffer holds {}", v.desc, t.desc),
-                    ));
-                }
+                t.desc.check_binds(&v.name, &v.desc)?;
             }
         }
         // Free each temporary after its last reader.

@@ -498,17 +498,8 @@ impl<F: Flavor> Backend for Cuda<F> {
             .buffers
             .get(&id)
             .ok_or_else(|| Error::backend(F::NAME, format!("upload to unknown buffer {}", id.0)))?;
-        if data.len() != b.desc.byte_size() {
-            return Err(Error::tensor(
-                format!("buffer {}", id.0),
-                format!(
-                    "upload of {} bytes into a {} buffer of {} bytes",
-                    data.len(),
-                    b.desc,
-                    b.desc.byte_size()
-                ),
-            ));
-        }
+        b.desc
+            .check_upload(format!("buffer {}", id.0), data.len())?;
         self.gpu.htod(b.ptr, data)
     }
 
@@ -570,16 +561,7 @@ impl<F: Flavor> Backend for Cuda<F> {
                         format!("'{}' is bound to unknown buffer {}", v.name, b.0),
                     )
                 })?;
-                let same_bytes = buf.desc.dtype.size() == v.desc.dtype.size()
-                    && buf.desc.dtype.is_byte_packed()
-                    && v.desc.dtype.is_byte_packed();
-                if buf.desc.shape != v.desc.shape || (buf.desc.dtype != v.desc.dtype && !same_bytes)
-                {
-                    return Err(Error::tensor(
-                        &v.name,
-                        format!("graph says {}, its buffer holds {}", v.desc, buf.desc),
-                    ));
-                }
+                buf.desc.check_binds(&v.name, &v.desc)?;
                 ptrs[i] = Some(buf.ptr);
             }
         }

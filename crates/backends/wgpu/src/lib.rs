@@ -1034,17 +1034,8 @@ impl Backend for Wgpu {
             .buffers
             .get(&id)
             .ok_or_else(|| err(format!("upload to unknown buffer {}", id.0)))?;
-        if data.len() != b.desc.byte_size() {
-            return Err(Error::tensor(
-                format!("buffer {}", id.0),
-                format!(
-                    "upload of {} bytes into a {} buffer of {} bytes",
-                    data.len(),
-                    b.desc,
-                    b.desc.byte_size()
-                ),
-            ));
-        }
+        b.desc
+            .check_upload(format!("buffer {}", id.0), data.len())?;
         self.write(b, data);
         self.check_device_errors("uploading")
     }
@@ -1113,17 +1104,7 @@ impl Backend for Wgpu {
                     let buf = self.buffers.get(&b).ok_or_else(|| {
                         err(format!("'{}' is bound to unknown buffer {}", v.name, b.0))
                     })?;
-                    let same_bytes = buf.desc.dtype.size() == v.desc.dtype.size()
-                        && buf.desc.dtype.is_byte_packed()
-                        && v.desc.dtype.is_byte_packed();
-                    if buf.desc.shape != v.desc.shape
-                        || (buf.desc.dtype != v.desc.dtype && !same_bytes)
-                    {
-                        return Err(Error::tensor(
-                            &v.name,
-                            format!("graph says {}, its buffer holds {}", v.desc, buf.desc),
-                        ));
-                    }
+                    buf.desc.check_binds(&v.name, &v.desc)?;
                     bound[i] = Some(Bound {
                         parts: buf.parts.clone(),
                         rows_per_part: buf.rows_per_part,
