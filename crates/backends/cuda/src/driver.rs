@@ -245,23 +245,34 @@ impl Gpu {
         if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
             return Ok(());
         }
-        let slots: Vec<u64> = args.iter().map(Arg::bits).collect();
-        if let Some(rec) = self.rec.borrow_mut().as_mut() {
-            rec.push(Launch {
-                f: f as usize,
-                grid,
-                block,
-                smem,
-                args: slots,
-            });
+        let launch = Launch {
+            f: f as usize,
+            grid,
+            block,
+            smem,
+            args: args.iter().map(Arg::bits).collect(),
+        };
+        let Some(l) = self.record_launch(launch) else {
             return Ok(());
-        }
-        self.launch_raw(name, f, grid, block, smem, slots)?;
+        };
+        self.launch_raw(name, f, grid, block, smem, l.args)?;
         if self.sync_each {
             self.sync()
                 .map_err(|e| Error::backend(backend(), format!("kernel {name}: {e}")))?;
         }
         Ok(())
+    }
+
+    /// Keeps `l` for the step being recorded (see `rec`); hands it back when nothing records,
+    /// to be issued now.
+    fn record_launch(&self, l: Launch) -> Option<Launch> {
+        match self.rec.borrow_mut().as_mut() {
+            Some(rec) => {
+                rec.push(l);
+                None
+            }
+            None => Some(l),
+        }
     }
 
     fn launch_raw(
@@ -286,18 +297,17 @@ impl Gpu {
     /// Sum `count` floats at `send` over every GPU of the communicator into `recv`, on the
     /// stream (recorded like a kernel while recording).
     pub fn all_reduce(&self, send: CUdeviceptr, recv: CUdeviceptr, count: usize) -> Result<()> {
-        let args = vec![send, recv, count as u64];
-        if let Some(rec) = self.rec.borrow_mut().as_mut() {
-            rec.push(Launch {
-                f: ALL_REDUCE,
-                grid: (1, 1, 1),
-                block: (1, 1, 1),
-                smem: 0,
-                args,
-            });
-            return Ok(());
+        let launch = Launch {
+            f: ALL_REDUCE,
+            grid: (1, 1, 1),
+            block: (1, 1, 1),
+            smem: 0,
+            args: vec![send, recv, count as u64],
+        };
+        match self.record_launch(launch) {
+            Some(l) => self.all_reduce_raw(&l.args),
+            None => Ok(()),
         }
-        self.all_reduce_raw(&args)
     }
 
     fn all_reduce_raw(&self, args: &[u64]) -> Result<()> {

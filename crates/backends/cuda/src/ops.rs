@@ -87,6 +87,37 @@ fn write_kv<F: Flavor>(
         .launch("kv_write", f, (blocks(t, 1)?, 1, 1), (256, 1, 1), 0, &args)
 }
 
+/// The arguments both attention kernels start with: q, k cache, v cache, sinks (and their
+/// dtype code), positions (`ptrs` in that order; `sinks` is the sinks value).
+fn attention_args(sinks: &Value, ptrs: [CUdeviceptr; 5]) -> Result<Vec<Arg>> {
+    let [q, kc, vc, sk, pos] = ptrs;
+    Ok(vec![
+        Arg::Ptr(q),
+        Arg::Ptr(kc),
+        Arg::Ptr(vc),
+        Arg::Ptr(sk),
+        Arg::I32(float_code(sinks)?),
+        Arg::Ptr(pos),
+    ])
+}
+
+/// The shape arguments both attention kernels take after the output pointer.
+fn attention_shape_args(
+    heads: u32,
+    kv_heads: u32,
+    d: usize,
+    window: u32,
+    scale: f32,
+) -> Result<[Arg; 5]> {
+    Ok([
+        Arg::I32(heads as i32),
+        Arg::I32(kv_heads as i32),
+        Arg::I32(d as i32),
+        Arg::I32(i32_of(window as usize, "window")?),
+        Arg::F32(scale),
+    ])
+}
+
 pub fn run_node<F: Flavor>(
     be: &mut Cuda<F>,
     graph: &Graph,
@@ -395,6 +426,10 @@ pub fn run_node<F: Flavor>(
             } else {
                 4u32
             };
+            let mut args = attention_args(ins[3], [ip(0)?, op_(1)?, op_(2)?, ip(3)?, ip(4)?])?;
+            args.push(Arg::Ptr(op_(0)?));
+            args.extend(attention_shape_args(*heads, *kv_heads, d, *window, *scale)?);
+            args.push(Arg::I32(i32_of(cap, "cache capacity")?));
             let f = be.kernels.get("attention")?;
             be.gpu.launch(
                 "attention",
@@ -402,21 +437,7 @@ pub fn run_node<F: Flavor>(
                 (blocks(t, 1)?, grid_y(*heads as usize)?, 1),
                 (32 * warps, 1, 1),
                 warps * d as u32 * 4,
-                &[
-                    Arg::Ptr(ip(0)?),
-                    Arg::Ptr(op_(1)?),
-                    Arg::Ptr(op_(2)?),
-                    Arg::Ptr(ip(3)?),
-                    Arg::I32(float_code(ins[3])?),
-                    Arg::Ptr(ip(4)?),
-                    Arg::Ptr(op_(0)?),
-                    Arg::I32(*heads as i32),
-                    Arg::I32(*kv_heads as i32),
-                    Arg::I32(d as i32),
-                    Arg::I32(i32_of(*window as usize, "window")?),
-                    Arg::F32(*scale),
-                    Arg::I32(i32_of(cap, "cache capacity")?),
-                ],
+                &args,
             )
         }
         Op::PagedAttention {
@@ -447,6 +468,16 @@ pub fn run_node<F: Flavor>(
             } else {
                 4u32
             };
+            let mut args = attention_args(ins[3], [ip(0)?, op_(1)?, op_(2)?, ip(3)?, ip(4)?])?;
+            args.extend([
+                Arg::Ptr(ip(6)?),
+                Arg::I32(i32_of(np, "pages per row")?),
+                Arg::I32(ps.trailing_zeros() as i32),
+                Arg::I32(i32_of(rows, "pool rows")?),
+                Arg::Ptr(op_(0)?),
+            ]);
+            args.extend(attention_shape_args(*heads, *kv_heads, d, *window, *scale)?);
+            args.push(Arg::Ptr(err));
             let f = be.kernels.get("attention_paged")?;
             be.gpu.launch(
                 "attention_paged",
@@ -454,25 +485,7 @@ pub fn run_node<F: Flavor>(
                 (blocks(t, 1)?, grid_y(*heads as usize)?, 1),
                 (32 * warps, 1, 1),
                 warps * d as u32 * 4,
-                &[
-                    Arg::Ptr(ip(0)?),
-                    Arg::Ptr(op_(1)?),
-                    Arg::Ptr(op_(2)?),
-                    Arg::Ptr(ip(3)?),
-                    Arg::I32(float_code(ins[3])?),
-                    Arg::Ptr(ip(4)?),
-                    Arg::Ptr(ip(6)?),
-                    Arg::I32(i32_of(np, "pages per row")?),
-                    Arg::I32(ps.trailing_zeros() as i32),
-                    Arg::I32(i32_of(rows, "pool rows")?),
-                    Arg::Ptr(op_(0)?),
-                    Arg::I32(*heads as i32),
-                    Arg::I32(*kv_heads as i32),
-                    Arg::I32(d as i32),
-                    Arg::I32(i32_of(*window as usize, "window")?),
-                    Arg::F32(*scale),
-                    Arg::Ptr(err),
-                ],
+                &args,
             )
         }
         Op::GatherRows => {
