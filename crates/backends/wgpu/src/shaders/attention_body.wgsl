@@ -1,6 +1,14 @@
 // Attention body shared by attention.wgsl (one sequence's cache) and attention_paged.wgsl
-// (a pool of pages shared by several sequences): the prelude defines `p`, the bindings,
-// `position_ok(ti, pos)` and `key_row(ti, j)`, the cache row of key position j for query row ti.
+// (a pool of pages shared by several sequences): the prelude defines `p` (binding 0), any
+// bindings after 6, `position_ok(ti, pos)` and `key_row(ti, j)`, the cache row of key position j
+// for query row ti.
+@group(0) @binding(1) var<storage, read> q: array<f32>;
+@group(0) @binding(2) var<storage, read> kc: array<f32>;
+@group(0) @binding(3) var<storage, read> vc: array<f32>;
+@group(0) @binding(4) var<storage, read> sinks: array<u32>;
+@group(0) @binding(5) var<storage, read> pos: array<i32>;
+@group(0) @binding(6) var<storage, read_write> out: array<f32>;
+
 var<workgroup> qs: array<f32, 256>;
 var<workgroup> pe: array<f32, 64>;
 var<workgroup> ps_shared: i32;

@@ -3,12 +3,6 @@
 struct P { t: u32, nq: u32, nkv: u32, d: u32, window: u32, rows: u32, sinks_bf16: u32,
            scale: f32, np: u32, shift: u32, _a: u32, _b: u32 }
 @group(0) @binding(0) var<uniform> p: P;
-@group(0) @binding(1) var<storage, read> q: array<f32>;
-@group(0) @binding(2) var<storage, read> kc: array<f32>;
-@group(0) @binding(3) var<storage, read> vc: array<f32>;
-@group(0) @binding(4) var<storage, read> sinks: array<u32>;
-@group(0) @binding(5) var<storage, read> pos: array<i32>;
-@group(0) @binding(6) var<storage, read_write> out: array<f32>;
 @group(0) @binding(7) var<storage, read> pages: array<i32>;
 
 // The row's last key must sit on a page its table holds, inside the pool.
