@@ -105,6 +105,19 @@ mod tests {
     const ONE: Sharding = Sharding::NONE;
 
     #[test]
+    fn whole_model_weights_match_the_published_checkpoints() {
+        // The published safetensors are 13.8 GB (20b) and 65.3 GB (120b), with a few small
+        // tensors stored in other dtypes: the estimate must land within 5% of them.
+        const GB: u64 = 1_000_000_000;
+        let (w20, _, _) = shard_need(&Preset::Gpt20b.config(None), ONE, 0, 0).unwrap();
+        let (w120, _, _) = shard_need(&Preset::Gpt120b.config(None), ONE, 0, 0).unwrap();
+        assert!((13 * GB..14 * GB).contains(&w20), "{w20}");
+        assert!((62 * GB..66 * GB).contains(&w120), "{w120}");
+        // Experts dominate: 120b has 4x the experts per layer and 1.5x the layers.
+        assert!(w120 > 4 * w20, "{w120} vs {w20}");
+    }
+
+    #[test]
     fn twenty_b_fits_16_gb_at_4k_not_at_128k() {
         let cfg = Preset::Gpt20b.config(None);
         let t4 = gpu("Tesla T4", 15);

@@ -90,7 +90,7 @@ pub const DEFAULT_KV_CACHE_BYTES_CAP: usize = 4 << 30;
 
 /// Bytes of KV cache per position of `cfg` (keys and values of every layer, f32 pools).
 pub fn kv_bytes_per_position(cfg: &GptOssConfig) -> usize {
-    cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * cfg.head_dim * 4
+    gptoss_models::kv_cache::KvCache::bytes(cfg, 1, gptoss_core::DType::F32) as usize
 }
 
 /// The default KV cache: `max_batch` full contexts, capped at

@@ -25,7 +25,6 @@
 
 mod driver;
 mod kernels;
-pub mod memory;
 pub mod nccl;
 pub mod nvrtc;
 mod ops;
