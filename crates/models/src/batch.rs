@@ -77,6 +77,14 @@ impl PagedKv {
         seq.pages.extend(self.free.drain(at..));
         Ok(())
     }
+
+    /// Undo a step's [`reserve`](Self::reserve)s: each item keeps only its first `before`
+    /// pages (what it held when the step began).
+    fn unreserve(&mut self, items: &mut [BatchItem], before: &[usize]) {
+        for (it, &n) in items.iter_mut().zip(before) {
+            self.free.extend(it.seq.pages.drain(n..));
+        }
+    }
 }
 
 /// One sequence's part of a batched step: its state and the tokens it feeds now.
@@ -198,10 +206,7 @@ impl Model {
         for i in 0..items.len() {
             let end = items[i].seq.len + items[i].tokens.len();
             if let Err(e) = kv.reserve(items[i].seq, end) {
-                for (it, &n) in items.iter_mut().zip(&before) {
-                    let extra: Vec<u32> = it.seq.pages.drain(n..).collect();
-                    kv.free.extend(extra);
-                }
+                kv.unreserve(items, &before);
                 return Err(e);
             }
         }
@@ -281,10 +286,7 @@ impl Model {
                 Ok(out)
             }
             Err(e) => {
-                for (it, &n) in items.iter_mut().zip(&before) {
-                    let extra: Vec<u32> = it.seq.pages.drain(n..).collect();
-                    kv.free.extend(extra);
-                }
+                kv.unreserve(items, &before);
                 Err(e)
             }
         }
