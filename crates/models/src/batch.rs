@@ -5,7 +5,7 @@
 //! (per shard when the model is split), so memory follows what each sequence really holds.
 //! A step's rows carry their sequence's page table; the weights are read once for all rows.
 
-use gptoss_core::{BufferId, DType, Error, Result, TensorDesc};
+use gptoss_core::{DType, Error, Result, TensorDesc};
 
 use crate::graph_builder::{build_step, KvBinding, LogitsWanted, StepIo};
 use crate::kv_cache::KvCache;
@@ -17,8 +17,9 @@ pub const PAGE_SIZE: usize = 16;
 /// The pools of every layer (on every shard) and which pages are free.
 #[derive(Debug)]
 pub struct PagedKv {
-    /// `[shard][layer] = (k_pool, v_pool)`, each `[pages * PAGE_SIZE, kv_heads * head_dim]`.
-    pools: Vec<Vec<(BufferId, BufferId)>>,
+    /// Per shard, `(k_pool, v_pool)` of every layer, each `[pages * PAGE_SIZE, kv_heads *
+    /// head_dim]`.
+    pools: Vec<KvCache>,
     free: Vec<u32>,
     pages: usize,
 }
@@ -98,53 +99,15 @@ impl Model {
     /// [`Model::forward_batch`].
     pub fn new_paged_kv(&mut self, positions: usize) -> Result<PagedKv> {
         let pages = PagedKv::pages_for(positions).max(1);
-        let rows = pages * PAGE_SIZE;
-        let mut pools = Vec::with_capacity(self.shards.len());
-        let mut result = Ok(());
-        for sh in &mut self.shards {
-            let desc = KvCache::desc_for(&self.config, sh.plan.kv_heads.len(), rows, DType::F32);
-            let mut layers = Vec::with_capacity(self.config.num_hidden_layers);
-            for _ in 0..self.config.num_hidden_layers {
-                let k = sh.backend.alloc(&desc);
-                let v = sh.backend.alloc(&desc);
-                match (k, v) {
-                    (Ok(k), Ok(v)) => layers.push((k, v)),
-                    (k, v) => {
-                        for id in [k.as_ref().ok(), v.as_ref().ok()].into_iter().flatten() {
-                            let _ = sh.backend.free(*id);
-                        }
-                        result = Err(k.and(v).expect_err("one failed"));
-                        break;
-                    }
-                }
-            }
-            pools.push(layers);
-            if result.is_err() {
-                break;
-            }
-        }
-        let kv = PagedKv {
-            pools,
+        Ok(PagedKv {
+            pools: self.alloc_caches(pages * PAGE_SIZE)?,
             free: (0..pages as u32).rev().collect(),
             pages,
-        };
-        match result {
-            Ok(()) => Ok(kv),
-            Err(e) => {
-                self.free_paged_kv(kv)?;
-                Err(e)
-            }
-        }
+        })
     }
 
     pub fn free_paged_kv(&mut self, kv: PagedKv) -> Result<()> {
-        for (sh, layers) in self.shards.iter_mut().zip(kv.pools) {
-            for (k, v) in layers {
-                sh.backend.free(k)?;
-                sh.backend.free(v)?;
-            }
-        }
-        Ok(())
+        self.free_caches(kv.pools)
     }
 
     /// One step over several sequences: each item's tokens follow what its sequence holds.
@@ -263,7 +226,7 @@ impl Model {
                     gather: Some((bufs[4], b)),
                 };
                 let binding = KvBinding::Paged {
-                    layers: &pools[rank],
+                    layers: &pools[rank].layers,
                     rows,
                     page_size: PAGE_SIZE,
                     slots: bufs[2],

@@ -29,7 +29,8 @@ impl KvCache {
         TensorDesc::new(dtype, [capacity, kv_heads * cfg.head_dim])
     }
 
-    /// Caches of every layer for `kv_heads` heads.
+    /// Caches of every layer for `kv_heads` heads. On an error (out of memory) the buffers
+    /// already allocated are freed again.
     pub fn alloc(
         backend: &mut dyn Backend,
         cfg: &GptOssConfig,
@@ -38,14 +39,20 @@ impl KvCache {
         dtype: DType,
     ) -> Result<KvCache> {
         let desc = Self::desc_for(cfg, kv_heads, capacity, dtype);
-        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-        for _ in 0..cfg.num_hidden_layers {
-            let k = backend.alloc(&desc)?;
-            let v = backend.alloc(&desc)?;
-            layers.push((k, v));
+        let mut ids = Vec::with_capacity(2 * cfg.num_hidden_layers);
+        for _ in 0..2 * cfg.num_hidden_layers {
+            match backend.alloc(&desc) {
+                Ok(id) => ids.push(id),
+                Err(e) => {
+                    for id in ids {
+                        let _ = backend.free(id);
+                    }
+                    return Err(e);
+                }
+            }
         }
         Ok(KvCache {
-            layers,
+            layers: ids.chunks_exact(2).map(|kv| (kv[0], kv[1])).collect(),
             capacity,
             dtype,
             kv_heads,

@@ -157,25 +157,34 @@ impl Model {
         } else {
             capacity
         };
-        let mut caches = Vec::with_capacity(self.shards.len());
-        for sh in &mut self.shards {
-            let kv = sh.plan.kv_heads.len();
-            match KvCache::alloc(sh.backend.as_mut(), &self.config, kv, capacity, DType::F32) {
-                Ok(c) => caches.push(c),
-                Err(e) => {
-                    for (c, sh) in caches.into_iter().zip(&mut self.shards) {
-                        let _ = c.free(sh.backend.as_mut());
-                    }
-                    return Err(e);
-                }
-            }
-        }
+        let caches = self.alloc_caches(capacity)?;
         Ok(Session { caches, len: 0 })
     }
 
     pub fn free_session(&mut self, s: Session) -> Result<()> {
+        self.free_caches(s.caches)
+    }
+
+    /// One f32 KV cache of `rows` rows per shard (its KV heads); all or nothing.
+    pub(crate) fn alloc_caches(&mut self, rows: usize) -> Result<Vec<KvCache>> {
+        let mut caches = Vec::with_capacity(self.shards.len());
+        for sh in &mut self.shards {
+            let kv = sh.plan.kv_heads.len();
+            match KvCache::alloc(sh.backend.as_mut(), &self.config, kv, rows, DType::F32) {
+                Ok(c) => caches.push(c),
+                Err(e) => {
+                    let _ = self.free_caches(caches);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(caches)
+    }
+
+    /// Frees per-shard caches from [`alloc_caches`](Self::alloc_caches); the first error wins.
+    pub(crate) fn free_caches(&mut self, caches: Vec<KvCache>) -> Result<()> {
         let mut first_err = Ok(());
-        for (c, sh) in s.caches.into_iter().zip(&mut self.shards) {
+        for (c, sh) in caches.into_iter().zip(&mut self.shards) {
             let r = c.free(sh.backend.as_mut());
             if first_err.is_ok() {
                 first_err = r;
