@@ -6,6 +6,7 @@ use gptoss_core::graph::{Op, ValueKind};
 use gptoss_core::{Backend, DType, Graph, Result, TensorDesc};
 use serde::Serialize;
 
+use crate::batch::{BatchItem, PagedKv, PagedSeq, PAGE_SIZE};
 use crate::model::{argmax, Model};
 use crate::roofline::{kv_bytes_per_token, weight_bytes_per_token};
 use crate::LogitsWanted;
@@ -94,12 +95,10 @@ pub fn run_batch(
     bandwidth: Option<f64>,
     seed: u64,
 ) -> Result<BenchResult> {
-    use crate::batch::{BatchItem, PagedSeq};
     let v = model.config.vocab_size;
     let prompts: Vec<Vec<u32>> = (0..batch)
         .map(|b| random_tokens(prompt, v, seed + b as u64))
         .collect();
-    use crate::batch::{PagedKv, PAGE_SIZE};
     let per_seq = PagedKv::pages_for(prompt + gen) * PAGE_SIZE;
     let mut kv = model.new_paged_kv(batch * per_seq + PAGE_SIZE)?;
     let mut seqs: Vec<PagedSeq> = (0..batch).map(|_| PagedSeq::new()).collect();
@@ -144,23 +143,9 @@ pub fn run_batch(
     }
     model.free_paged_kv(kv)?;
     let (prefill_s, decode_s) = run?;
-    let decode_tok_s = (batch * gen) as f64 / decode_s;
-    let mean_ctx = prompt + gen / 2;
-    // Per step: the weights once (every expert is likely hit at large batches, counted as the
-    // active ones: a lower bound), plus each sequence's KV.
-    let bytes = weight_bytes_per_token(&model.config, model.float_dtype())
-        + batch as u64 * kv_bytes_per_token(&model.config, mean_ctx, DType::F32);
-    let steps_per_s = gen as f64 / decode_s;
-    Ok(BenchResult {
-        prompt_tokens: prompt,
-        gen_tokens: gen,
-        batch,
-        prefill_tok_s: (batch * prompt) as f64 / prefill_s,
-        decode_tok_s,
-        decode_ms_per_token: 1000.0 * decode_s / gen as f64,
-        bytes_per_token: bytes,
-        roofline_fraction: bandwidth.map(|bw| steps_per_s / (bw / bytes as f64)),
-    })
+    Ok(BenchResult::from_times(
+        model, batch, prompt, gen, prefill_s, decode_s, bandwidth,
+    ))
 }
 
 /// Prefill `prompt` random tokens, then decode `gen` tokens greedily, at batch 1.
@@ -193,18 +178,38 @@ pub fn run(
         Ok(())
     })?;
     model.free_session(s)?;
-    let decode_tok_s = gen as f64 / decode_s;
-    let mean_ctx = prompt + gen / 2;
-    let bytes = weight_bytes_per_token(&model.config, model.float_dtype())
-        + kv_bytes_per_token(&model.config, mean_ctx, DType::F32);
-    Ok(BenchResult {
-        prompt_tokens: prompt,
-        gen_tokens: gen,
-        batch: 1,
-        prefill_tok_s: prompt as f64 / prefill_s,
-        decode_tok_s,
-        decode_ms_per_token: 1000.0 * decode_s / gen as f64,
-        bytes_per_token: bytes,
-        roofline_fraction: bandwidth.map(|bw| decode_tok_s / (bw / bytes as f64)),
-    })
+    Ok(BenchResult::from_times(
+        model, 1, prompt, gen, prefill_s, decode_s, bandwidth,
+    ))
+}
+
+impl BenchResult {
+    /// The figures of `batch` sequences that prefilled `prompt` tokens each in `prefill_s`
+    /// and then decoded `gen` steps (one token each per step) in `decode_s`. A step reads the
+    /// weights once (counted as the active experts': a lower bound at large batches, where
+    /// most experts are hit) plus each sequence's KV at the mean decode context.
+    fn from_times(
+        model: &Model,
+        batch: usize,
+        prompt: usize,
+        gen: usize,
+        prefill_s: f64,
+        decode_s: f64,
+        bandwidth: Option<f64>,
+    ) -> BenchResult {
+        let mean_ctx = prompt + gen / 2;
+        let bytes = weight_bytes_per_token(&model.config, model.float_dtype())
+            + batch as u64 * kv_bytes_per_token(&model.config, mean_ctx, DType::F32);
+        let steps_per_s = gen as f64 / decode_s;
+        BenchResult {
+            prompt_tokens: prompt,
+            gen_tokens: gen,
+            batch,
+            prefill_tok_s: (batch * prompt) as f64 / prefill_s,
+            decode_tok_s: batch as f64 * steps_per_s,
+            decode_ms_per_token: 1000.0 * decode_s / gen as f64,
+            bytes_per_token: bytes,
+            roofline_fraction: bandwidth.map(|bw| steps_per_s / (bw / bytes as f64)),
+        }
+    }
 }
