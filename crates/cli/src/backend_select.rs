@@ -176,10 +176,7 @@ pub fn open_shards(cfg: &EngineConfig, model: Option<&GptOssConfig>) -> Result<O
     let devices = shard_devices(c, world)?;
     let mut kv_room = None;
     if let (Some(m), Ok(probe)) = (model, &c.probe) {
-        let context = match cfg.max_context {
-            0 => m.max_position_embeddings,
-            n => n.min(m.max_position_embeddings),
-        };
+        let context = m.context_limit(cfg.max_context);
         let reports: Vec<(usize, &gptoss_core::DeviceReport)> = devices
             .iter()
             .filter_map(|d| probe.devices.get(*d).map(|r| (*d, r)))

@@ -74,10 +74,7 @@ pub fn run(a: Args) -> Result<()> {
         (Some(n), _) => n,
         // On a GPU: max_batch full contexts, within 90% of the memory the weights leave.
         (None, Some(room)) => {
-            let ctx = match max_context {
-                0 => model.config.max_position_embeddings,
-                n => n.min(model.config.max_position_embeddings),
-            };
+            let ctx = model.config.context_limit(max_context);
             a.max_batch.saturating_mul(ctx).min(room / 10 * 9).max(ctx)
         }
         // 0: the default for the effective max_context (gptoss_server::serve).

@@ -236,6 +236,15 @@ impl GptOssConfig {
         }
     }
 
+    /// The context a run may use when the configuration says `configured` positions
+    /// (0 = the model's own maximum): never more than the model's maximum.
+    pub fn context_limit(&self, configured: usize) -> usize {
+        match configured {
+            0 => self.max_position_embeddings,
+            n => n.min(self.max_position_embeddings),
+        }
+    }
+
     /// The window in positions for layer `i` (0 = unlimited).
     pub fn layer_window(&self, i: usize) -> u32 {
         match self.layer_kind(i) {

@@ -70,12 +70,7 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 /// Loads nothing, blocks until shutdown: starts the engine on `model` and serves.
 pub fn serve(model: Model, tok: Tokenizer, opts: ServeOptions) -> Result<()> {
-    let model_max = model.config.max_position_embeddings;
-    let max_context = if opts.max_context == 0 {
-        model_max
-    } else {
-        opts.max_context.min(model_max)
-    };
+    let max_context = model.config.context_limit(opts.max_context);
     let vocab_size = model.config.vocab_size;
     let mut engine_opts = opts.engine.clone();
     if engine_opts.kv_cache_tokens == 0 {
