@@ -355,6 +355,62 @@ pub fn check_op_topk_softmax_matches_cpu(be: &mut dyn Backend) {
     }
 }
 
+/// gpt-oss's SwiGLU constants.
+pub const MOE_OP: Op = Op::MoeMxfp4 {
+    swiglu_limit: 7.0,
+    alpha: 1.702,
+};
+
+/// Random inputs of a `MoeMxfp4` node of `(tokens, hidden, intermediate, experts, k)`: each
+/// token routed to k distinct experts in a random (not ascending) order; with `skew`, expert
+/// 0 is almost always a token's first (one crowded expert, the rest rare).
+pub fn moe_inputs(
+    r: &mut Rng,
+    (t, h, i, e, k): (usize, usize, usize, usize, usize),
+    skew: bool,
+) -> Vec<(TensorDesc, Vec<u8>)> {
+    let rows_gu = 2 * i;
+    let (g1, g2) = (h / 32, i / 32);
+    let bytes = |n: usize, r: &mut Rng| (0..n).map(|_| r.next() as u8).collect::<Vec<u8>>();
+    let scales =
+        |n: usize, r: &mut Rng| (0..n).map(|_| 118 + r.below(8) as u8).collect::<Vec<u8>>();
+    let gub = bytes(e * rows_gu * g1 * 16, r);
+    let gus = scales(e * rows_gu * g1, r);
+    let dnb = bytes(e * h * g2 * 16, r);
+    let dns = scales(e * h * g2, r);
+    let mut ids = Vec::new();
+    let mut w = Vec::new();
+    for _ in 0..t {
+        // k distinct experts in a random (not ascending) order.
+        let mut pool: Vec<i32> = (0..e as i32).collect();
+        for s in 0..k {
+            // skew: expert 0 almost always first, the rest rarely.
+            let j = if skew && s == 0 && r.below(4) != 0 {
+                0
+            } else {
+                s + r.below(e - s)
+            };
+            pool.swap(s, j);
+            ids.push(pool[s]);
+            w.push(r.uniform() + 0.05);
+        }
+    }
+    vec![
+        f32_t(&[t, h], &r.vec(t * h, 1.0)),
+        i32_t(&[t, k], &ids),
+        f32_t(&[t, k], &w),
+        (
+            TensorDesc::new(DType::Mxfp4Blocks, [e, rows_gu, g1, 16]),
+            gub,
+        ),
+        (TensorDesc::new(DType::E8m0Scales, [e, rows_gu, g1]), gus),
+        float_tensor(DType::BF16, &[e, rows_gu], &r.vec(e * rows_gu, 2.0)),
+        (TensorDesc::new(DType::Mxfp4Blocks, [e, h, g2, 16]), dnb),
+        (TensorDesc::new(DType::E8m0Scales, [e, h, g2]), dns),
+        float_tensor(DType::BF16, &[e, h], &r.vec(e * h, 1.0)),
+    ]
+}
+
 pub fn check_op_moe_mxfp4_matches_cpu(be: &mut dyn Backend) {
     let mut r = Rng(17);
     // (tokens, hidden, intermediate, experts, k)
@@ -363,45 +419,8 @@ pub fn check_op_moe_mxfp4_matches_cpu(be: &mut dyn Backend) {
         (1, 2880, 2880, 4, 4),
         (33, 64, 96, 4, 2),
     ] {
-        let rows_gu = 2 * i;
-        let (g1, g2) = (h / 32, i / 32);
-        let bytes = |n: usize, r: &mut Rng| (0..n).map(|_| r.next() as u8).collect::<Vec<u8>>();
-        let scales =
-            |n: usize, r: &mut Rng| (0..n).map(|_| 118 + r.below(8) as u8).collect::<Vec<u8>>();
-        let gub = bytes(e * rows_gu * g1 * 16, &mut r);
-        let gus = scales(e * rows_gu * g1, &mut r);
-        let dnb = bytes(e * h * g2 * 16, &mut r);
-        let dns = scales(e * h * g2, &mut r);
-        let mut ids = Vec::new();
-        let mut w = Vec::new();
-        for _ in 0..t {
-            // k distinct experts in a random (not ascending) order.
-            let mut pool: Vec<i32> = (0..e as i32).collect();
-            for s in 0..k {
-                let j = s + r.below(e - s);
-                pool.swap(s, j);
-                ids.push(pool[s]);
-                w.push(r.uniform() + 0.05);
-            }
-        }
-        let ins = [
-            f32_t(&[t, h], &r.vec(t * h, 1.0)),
-            i32_t(&[t, k], &ids),
-            f32_t(&[t, k], &w),
-            (
-                TensorDesc::new(DType::Mxfp4Blocks, [e, rows_gu, g1, 16]),
-                gub,
-            ),
-            (TensorDesc::new(DType::E8m0Scales, [e, rows_gu, g1]), gus),
-            float_tensor(DType::BF16, &[e, rows_gu], &r.vec(e * rows_gu, 2.0)),
-            (TensorDesc::new(DType::Mxfp4Blocks, [e, h, g2, 16]), dnb),
-            (TensorDesc::new(DType::E8m0Scales, [e, h, g2]), dns),
-            float_tensor(DType::BF16, &[e, h], &r.vec(e * h, 1.0)),
-        ];
-        let op = Op::MoeMxfp4 {
-            swiglu_limit: 7.0,
-            alpha: 1.702,
-        };
+        let ins = moe_inputs(&mut r, (t, h, i, e, k), false);
+        let op = MOE_OP;
         let (g, c) = both(
             be,
             &op,

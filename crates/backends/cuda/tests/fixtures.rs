@@ -417,49 +417,8 @@ fn op_moe_large_t_grouped_matches_cpu() {
         (64, 576, 640, 4, 2, false),
         (200, 128, 96, 16, 4, true),
     ] {
-        let rows_gu = 2 * i;
-        let (g1, g2) = (h / 32, i / 32);
-        let bytes = |n: usize, r: &mut Rng| (0..n).map(|_| r.next() as u8).collect::<Vec<u8>>();
-        let scales =
-            |n: usize, r: &mut Rng| (0..n).map(|_| 118 + r.below(8) as u8).collect::<Vec<u8>>();
-        let gub = bytes(e * rows_gu * g1 * 16, &mut r);
-        let gus = scales(e * rows_gu * g1, &mut r);
-        let dnb = bytes(e * h * g2 * 16, &mut r);
-        let dns = scales(e * h * g2, &mut r);
-        let mut ids = Vec::new();
-        let mut w = Vec::new();
-        for _ in 0..t {
-            let mut pool: Vec<i32> = (0..e as i32).collect();
-            for s in 0..k {
-                // skew: expert 0 almost always first, the rest rarely.
-                let j = if skew && s == 0 && r.below(4) != 0 {
-                    0
-                } else {
-                    s + r.below(e - s)
-                };
-                pool.swap(s, j);
-                ids.push(pool[s]);
-                w.push(r.uniform() + 0.05);
-            }
-        }
-        let ins = [
-            f32_t(&[t, h], &r.vec(t * h, 1.0)),
-            i32_t(&[t, k], &ids),
-            f32_t(&[t, k], &w),
-            (
-                TensorDesc::new(DType::Mxfp4Blocks, [e, rows_gu, g1, 16]),
-                gub,
-            ),
-            (TensorDesc::new(DType::E8m0Scales, [e, rows_gu, g1]), gus),
-            float_tensor(DType::BF16, &[e, rows_gu], &r.vec(e * rows_gu, 2.0)),
-            (TensorDesc::new(DType::Mxfp4Blocks, [e, h, g2, 16]), dnb),
-            (TensorDesc::new(DType::E8m0Scales, [e, h, g2]), dns),
-            float_tensor(DType::BF16, &[e, h], &r.vec(e * h, 1.0)),
-        ];
-        let op = Op::MoeMxfp4 {
-            swiglu_limit: 7.0,
-            alpha: 1.702,
-        };
+        let ins = moe_inputs(&mut r, (t, h, i, e, k), skew);
+        let op = MOE_OP;
         let (g, c) = both(
             &mut be,
             &op,
