@@ -509,3 +509,52 @@ pub fn check_op_add_last_row_argmax_match_cpu(be: &mut dyn Backend) {
         assert_eq!(to_i32(&g[0]), vec![want], "long-row argmax case {k}");
     }
 }
+
+/// An out-of-range token id and a position beyond the KV cache are errors that name them.
+/// Follow with [`check_still_usable`].
+pub fn check_bad_input_is_an_error(be: &mut dyn Backend) {
+    let table = float_tensor(DType::BF16, &[10, 32], &[0.5; 320]);
+    let out = [(TensorDesc::new(DType::F32, [2, 32]), None)];
+    let e = run_op(be, &Op::Embed, &[table, i32_t(&[2], &[3, 10])], &out)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("token id 10") && e.contains("10 tokens"), "{e}");
+    let op = Op::Attention {
+        heads: 1,
+        kv_heads: 1,
+        head_dim: 16,
+        window: 0,
+        scale: 0.25,
+    };
+    let cache = TensorDesc::new(DType::F32, [4, 16]);
+    let e = run_op(
+        be,
+        &op,
+        &[
+            f32_t(&[1, 16], &[0.1; 16]),
+            f32_t(&[1, 16], &[0.1; 16]),
+            f32_t(&[1, 16], &[0.1; 16]),
+            f32_t(&[1], &[0.0]),
+            i32_t(&[1], &[4]),
+        ],
+        &[
+            (TensorDesc::new(DType::F32, [1, 16]), None),
+            (cache.clone(), Some(vec![0; cache.byte_size()])),
+            (cache.clone(), Some(vec![0; cache.byte_size()])),
+        ],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("position 4") && e.contains("capacity of 4"),
+        "{e}"
+    );
+}
+
+/// After errors the backend still runs an op correctly (its error state was cleared).
+pub fn check_still_usable(be: &mut dyn Backend) {
+    let table = float_tensor(DType::BF16, &[10, 32], &[0.5; 320]);
+    let out = [(TensorDesc::new(DType::F32, [2, 32]), None)];
+    let got = run_op(be, &Op::Embed, &[table, i32_t(&[2], &[3, 9])], &out).unwrap();
+    assert_eq!(to_f32(&got[0]), vec![0.5; 64]);
+}
