@@ -36,6 +36,7 @@ const COMMON: &str = include_str!("shaders/common.wgsl");
 const ERRORS: &str = include_str!("shaders/errors.wgsl");
 const ATTENTION_BODY: &str = include_str!("shaders/attention_body.wgsl");
 const MOE: &str = include_str!("shaders/moe.wgsl");
+const MOE_ROWS: &str = include_str!("shaders/moe_rows.wgsl");
 
 /// Limits the kernels rely on (all within WebGPU's defaults).
 const NEED_STORAGE_BUFFERS: u32 = 7;
@@ -323,13 +324,14 @@ impl Wgpu {
                     COMMON,
                     ERRORS,
                     MOE,
+                    MOE_ROWS,
                     include_str!("shaders/moe_gate_up.wgsl"),
                 ],
                 "main",
             ),
             moe_down: make(
                 "moe down",
-                &[COMMON, MOE, include_str!("shaders/moe_down.wgsl")],
+                &[COMMON, MOE, MOE_ROWS, include_str!("shaders/moe_down.wgsl")],
                 "main",
             ),
             moe_combine: make(

@@ -1,4 +1,4 @@
-@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> inp: array<f32>;
 @group(0) @binding(2) var<storage, read> ids: array<i32>;
 @group(0) @binding(3) var<storage, read> blocks: array<u32>;
 @group(0) @binding(4) var<storage, read> scales: array<u32>;
@@ -6,7 +6,6 @@
 @group(0) @binding(6) var<storage, read_write> act: array<f32>;
 @group(0) @binding(7) var<storage, read_write> err: array<atomic<u32>, 4>;
 
-var<workgroup> red: array<f32, 256>;
 var<workgroup> ex_shared: i32;
 
 fn bias_at(i: u32) -> f32 {
@@ -31,29 +30,7 @@ fn main(@builtin(local_invocation_index) l: u32, @builtin(workgroup_id) wg: vec3
     let r = l / 32u;
     let lane = l % 32u;
     let row = wg.x * 8u + r;
-    var acc = 0.0;
-    if (row < rows) {
-        let rb = (ex * rows + row) * g;
-        for (var gi = lane; gi < g; gi += 32u) {
-            let si = rb + gi;
-            let sc = e8m0(byte_at(scales[si >> 2u], si));
-            let xb = t * p.h + gi * 32u;
-            var part = 0.0;
-            for (var j = 0u; j < 4u; j++) {
-                let w = blocks[si * 4u + j];
-                for (var n = 0u; n < 8u; n++) {
-                    part += fp4((w >> (4u * n)) & 15u) * x[xb + j * 8u + n];
-                }
-            }
-            acc += part * sc;
-        }
-    }
-    red[l] = acc;
-    workgroupBarrier();
-    for (var s = 16u; s > 0u; s >>= 1u) {
-        if (lane < s) { red[l] += red[l + s]; }
-        workgroupBarrier();
-    }
+    mx_row_dot(row < rows, (ex * rows + row) * g, g, t * p.h, l);
     if (lane == 0u && (r & 1u) == 0u && row + 1u < rows) {
         let gate = min(red[l] + bias_at(ex * rows + row), p.limit);
         let up = clamp(red[l + 32u] + bias_at(ex * rows + row + 1u), -p.limit, p.limit);
