@@ -1,0 +1,213 @@
+//! Host-side cost of one batch-1 decode step of the full gpt-oss-20b graph, without a GPU.
+//!
+//! ```sh
+//! cargo run --release -p gptoss-models --example step_overhead [-- ITERS [PRESET]]
+//! ```
+//!
+//! Nothing executes: the weights and caches are fake buffer ids. Each part of what the host
+//! does per step is timed on its own, averaged over ITERS (default 200) steps:
+//! - `build_step`: the graph of one decode token ([`build_step`]);
+//! - `validate`: [`Graph::validate`] (the plugin loader runs it, the CUDA backend again);
+//! - `encode`: the loader's C form of the graph ([`codec::EncodedGraph`]);
+//! - `decode`: the plugin SDK's rebuild of it ([`codec::graph_from_c`]);
+//! - `Model::forward_argmax`: the whole step through a backend that passes the graph through
+//!   the same encode → decode → validate path a plugin sees and otherwise does nothing
+//!   (so it also counts the per-step buffer alloc/upload/free and the model's bookkeeping).
+//!
+//! Results and what was changed are in crates/models/NOTES.md.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use gptoss_core::plugin::codec;
+use gptoss_core::{Backend, BufferId, DType, Graph, ProbeReport, Result, TensorDesc};
+use gptoss_models::graph_builder::{build_step, KvBinding, LogitsWanted, StepIo};
+use gptoss_models::kv_cache::KvCache;
+use gptoss_models::synthetic::Preset;
+use gptoss_models::weights::{LayerWeights, ModelWeights};
+use gptoss_models::{GptOssConfig, Model, ShardPlan};
+
+/// A backend that owns no memory: ids count up, `execute` only crosses the plugin codec and
+/// validates as a plugin would, `download` returns zeros.
+struct NullBackend {
+    next: u64,
+    sizes: std::collections::HashMap<BufferId, usize>,
+}
+
+impl NullBackend {
+    fn new() -> Self {
+        NullBackend {
+            next: 1_000_000,
+            sizes: Default::default(),
+        }
+    }
+}
+
+impl Backend for NullBackend {
+    fn name(&self) -> &str {
+        "null"
+    }
+    fn probe(&self) -> ProbeReport {
+        ProbeReport::default()
+    }
+    fn alloc(&mut self, desc: &TensorDesc) -> Result<BufferId> {
+        self.next += 1;
+        let id = BufferId(self.next);
+        self.sizes.insert(id, desc.byte_size());
+        Ok(id)
+    }
+    fn free(&mut self, id: BufferId) -> Result<()> {
+        self.sizes.remove(&id);
+        Ok(())
+    }
+    fn upload(&mut self, _id: BufferId, _data: &[u8]) -> Result<()> {
+        Ok(())
+    }
+    fn download(&mut self, id: BufferId) -> Result<Vec<u8>> {
+        Ok(vec![0; self.sizes[&id]])
+    }
+    fn execute(&mut self, graph: &Graph) -> Result<()> {
+        // What PluginBackendHandle::execute + sdk::execute + a backend's execute do.
+        graph.validate()?;
+        let enc = codec::EncodedGraph::new(graph)?;
+        let back = unsafe { codec::graph_from_c(&enc.as_c()) }?;
+        back.validate()?;
+        black_box(&back);
+        Ok(())
+    }
+}
+
+fn fake_weights(cfg: &GptOssConfig, next: &mut u64) -> ModelWeights {
+    let mut id = || {
+        *next += 1;
+        BufferId(*next)
+    };
+    let layers = (0..cfg.num_hidden_layers)
+        .map(|_| LayerWeights {
+            input_norm: id(),
+            q_w: id(),
+            q_b: id(),
+            k_w: id(),
+            k_b: id(),
+            v_w: id(),
+            v_b: id(),
+            o_w: id(),
+            o_b: id(),
+            sinks: id(),
+            post_norm: id(),
+            router_w: id(),
+            router_b: id(),
+            gate_up_blocks: id(),
+            gate_up_scales: id(),
+            gate_up_bias: id(),
+            down_blocks: id(),
+            down_scales: id(),
+            down_bias: id(),
+        })
+        .collect();
+    ModelWeights {
+        embed: id(),
+        layers,
+        norm: id(),
+        lm_head: id(),
+        float_dtype: DType::BF16,
+    }
+}
+
+/// Mean microseconds per call of `f` over `iters` calls (after a few warm-up calls).
+fn time_us<T>(iters: usize, mut f: impl FnMut(usize) -> T) -> f64 {
+    for i in 0..5 {
+        black_box(f(i));
+    }
+    let t0 = Instant::now();
+    for i in 0..iters {
+        black_box(f(i));
+    }
+    t0.elapsed().as_secs_f64() * 1e6 / iters as f64
+}
+
+fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let iters: usize = args.next().map_or(200, |s| s.parse().expect("ITERS"));
+    let preset = Preset::parse(&args.next().unwrap_or_else(|| "20b".into()))?;
+    let cfg = preset.config(None);
+    let plan = ShardPlan::whole(&cfg);
+    let mut next = 0u64;
+    let weights = fake_weights(&cfg, &mut next);
+    let capacity = 4096;
+    let cache = KvCache {
+        layers: (0..cfg.num_hidden_layers)
+            .map(|_| {
+                next += 2;
+                (BufferId(next - 1), BufferId(next))
+            })
+            .collect(),
+        capacity,
+        dtype: DType::F32,
+        kv_heads: cfg.num_key_value_heads,
+    };
+    let kv = KvBinding::Contiguous(&cache);
+    // Fresh io buffer ids each step, as Model::forward allocates them.
+    let io = |i: usize| {
+        let b = 10_000 + 3 * i as u64;
+        StepIo {
+            ids: BufferId(b),
+            positions: BufferId(b + 1),
+            logits: BufferId(b + 2),
+            gather: None,
+        }
+    };
+    let build = |i: usize| build_step(&cfg, &plan, &weights, &kv, 1, io(i), LogitsWanted::Argmax);
+
+    let g = build(0);
+    g.validate()?;
+    let enc = codec::EncodedGraph::new(&g)?;
+    let back = unsafe { codec::graph_from_c(&enc.as_c()) }?;
+    assert_eq!(back, g, "the codec round-trips the graph");
+    let name_bytes: usize = g.values.iter().map(|v| v.name.len()).sum();
+    println!(
+        "{preset:?} decode step: {} nodes, {} values ({name_bytes} bytes of names), {iters} iterations",
+        g.nodes.len(),
+        g.values.len()
+    );
+
+    let rows = [
+        ("build_step", time_us(iters, build)),
+        ("validate", time_us(iters, |_| g.validate())),
+        (
+            "encode (loader)",
+            time_us(iters, |_| codec::EncodedGraph::new(&g)),
+        ),
+        (
+            "decode (plugin)",
+            time_us(iters, |_| unsafe { codec::graph_from_c(&enc.as_c()) }),
+        ),
+    ];
+    // The whole step through Model::forward_argmax on the null backend.
+    let mut model = Model::from_parts(cfg.clone(), weights.clone(), Box::new(NullBackend::new()));
+    let mut session = model.new_session(capacity)?;
+    let mut tok = 1u32;
+    let forward = time_us(iters.min(capacity - 10), |_| {
+        tok = model
+            .forward_argmax(&mut session, &[tok])
+            .expect("step runs")
+            % 1000
+            + 1;
+        tok
+    });
+
+    println!("{:<46} {:>10}", "part", "us/step");
+    for (name, us) in rows {
+        println!("{name:<46} {us:>10.1}");
+    }
+    let sum = rows[0].1 + 2.0 * rows[1].1 + rows[2].1 + rows[3].1;
+    println!(
+        "{:<46} {sum:>10.1}",
+        "sum (build + 2x validate + encode + decode)"
+    );
+    println!(
+        "{:<46} {forward:>10.1}",
+        "Model::forward_argmax on a null backend"
+    );
+    Ok(())
+}
