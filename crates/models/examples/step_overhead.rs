@@ -8,8 +8,10 @@
 //! does per step is timed on its own, averaged over ITERS (default 200) steps:
 //! - `build_step`: the graph of one decode token ([`build_step`]);
 //! - `validate`: [`Graph::validate`] (the plugin loader runs it, the CUDA backend again);
-//! - `encode`: the loader's C form of the graph ([`codec::EncodedGraph`]);
-//! - `decode`: the plugin SDK's rebuild of it ([`codec::graph_from_c`]);
+//! - `encode`: the loader's C form of the graph ([`codec::GraphEncoder`], reused per step as
+//!   the loader does);
+//! - `decode`: the plugin SDK's rebuild of it ([`codec::graph_from_c_into`] over the previous
+//!   step's graph, as the SDK does; `decode fresh` into a new graph, for comparison);
 //! - `Model::forward_argmax`: the whole step through a backend that passes the graph through
 //!   the same encode → decode → validate path a plugin sees and otherwise does nothing
 //!   (so it also counts the per-step buffer alloc/upload/free and the model's bookkeeping).
@@ -32,6 +34,9 @@ use gptoss_models::{GptOssConfig, Model, ShardPlan};
 struct NullBackend {
     next: u64,
     sizes: std::collections::HashMap<BufferId, usize>,
+    /// The loader's encoder and the SDK's decoded graph, reused step after step as there.
+    encoder: codec::GraphEncoder,
+    decoded: Graph,
 }
 
 impl NullBackend {
@@ -39,6 +44,8 @@ impl NullBackend {
         NullBackend {
             next: 1_000_000,
             sizes: Default::default(),
+            encoder: codec::GraphEncoder::new(),
+            decoded: Graph::new(),
         }
     }
 }
@@ -69,11 +76,9 @@ impl Backend for NullBackend {
     fn execute(&mut self, graph: &Graph) -> Result<()> {
         // What PluginBackendHandle::execute + sdk::execute + a backend's execute do.
         graph.validate()?;
-        let enc = codec::EncodedGraph::new(graph)?;
-        let back = unsafe { codec::graph_from_c(&enc.as_c()) }?;
-        back.validate()?;
-        black_box(&back);
-        Ok(())
+        let enc = self.encoder.encode(graph)?;
+        unsafe { codec::graph_from_c_into(&enc.as_c(), &mut self.decoded) }?;
+        self.decoded.validate()
     }
 }
 
@@ -161,9 +166,13 @@ fn main() -> Result<()> {
 
     let g = build(0);
     g.validate()?;
-    let enc = codec::EncodedGraph::new(&g)?;
-    let back = unsafe { codec::graph_from_c(&enc.as_c()) }?;
+    // `c` points into `held` (and `g`), left alone while `c` is in use.
+    let mut held = codec::GraphEncoder::new();
+    let c = held.encode(&g)?.as_c();
+    let mut encoder = codec::GraphEncoder::new();
+    let back = unsafe { codec::graph_from_c(&c) }?;
     assert_eq!(back, g, "the codec round-trips the graph");
+    let mut decoded = back;
     let name_bytes: usize = g.values.iter().map(|v| v.name.len()).sum();
     println!(
         "{preset:?} decode step: {} nodes, {} values ({name_bytes} bytes of names), {iters} iterations",
@@ -176,11 +185,17 @@ fn main() -> Result<()> {
         ("validate", time_us(iters, |_| g.validate())),
         (
             "encode (loader)",
-            time_us(iters, |_| codec::EncodedGraph::new(&g)),
+            time_us(iters, |_| encoder.encode(&g).map(|e| e.as_c().n_nodes)),
         ),
         (
             "decode (plugin)",
-            time_us(iters, |_| unsafe { codec::graph_from_c(&enc.as_c()) }),
+            time_us(iters, |_| unsafe {
+                codec::graph_from_c_into(&c, &mut decoded)
+            }),
+        ),
+        (
+            "decode fresh (graph_from_c)",
+            time_us(iters, |_| unsafe { codec::graph_from_c(&c) }),
         ),
     ];
     // The whole step through Model::forward_argmax on the null backend.

@@ -3,7 +3,7 @@
 use super::abi::*;
 use crate::graph::{Op, ValueKind};
 use crate::rope::{RopeParams, Yarn};
-use crate::{BufferId, DType, Error, Graph, Result, Shape, TensorDesc, ValueId};
+use crate::{BufferId, DType, Error, Graph, Result, Shape, TensorDesc, Value, ValueId};
 
 pub fn desc_to_c(d: &TensorDesc) -> Result<GTensorDesc> {
     let dims = d.shape.dims();
@@ -188,19 +188,37 @@ pub fn op_from_c(code: u32, p: &GOpParams) -> Result<Op> {
     })
 }
 
-/// A graph laid out as C arrays; owns everything the [`GGraph`] points into.
-pub struct EncodedGraph {
-    _names: Vec<String>,
+/// Reusable storage for a graph's C form: a host that executes many graphs keeps one and
+/// refills it per graph, so a step allocates nothing once the vectors have grown.
+#[derive(Default)]
+pub struct GraphEncoder {
     values: Vec<GValue>,
-    _io: Vec<Vec<u32>>,
+    /// Every node's inputs then outputs, node after node.
+    io: Vec<u32>,
     nodes: Vec<GNode>,
 }
 
-impl EncodedGraph {
-    pub fn new(g: &Graph) -> Result<EncodedGraph> {
-        let names: Vec<String> = g.values.iter().map(|v| v.name.clone()).collect();
-        let mut values = Vec::with_capacity(g.values.len());
-        for (v, name) in g.values.iter().zip(&names) {
+// The raw pointers left in the vectors between calls point into graphs no longer borrowed
+// and are never read before being overwritten.
+unsafe impl Send for GraphEncoder {}
+
+/// A graph laid out as C arrays, borrowing the [`Graph`] (its value names are not copied)
+/// and the [`GraphEncoder`]'s storage for as long as the [`GGraph`] is used.
+pub struct EncodedGraph<'a> {
+    c: GGraph,
+    _borrows: std::marker::PhantomData<(&'a Graph, &'a mut GraphEncoder)>,
+}
+
+impl GraphEncoder {
+    pub fn new() -> GraphEncoder {
+        GraphEncoder::default()
+    }
+
+    /// Lay `g` out as C arrays in this encoder's storage.
+    pub fn encode<'a>(&'a mut self, g: &'a Graph) -> Result<EncodedGraph<'a>> {
+        self.values.clear();
+        self.values.reserve(g.values.len());
+        for v in &g.values {
             let (kind, buffer) = match v.kind {
                 ValueKind::Weight(b) => (VALUE_WEIGHT, b.0),
                 ValueKind::Input(b) => (VALUE_INPUT, b.0),
@@ -208,55 +226,58 @@ impl EncodedGraph {
                 ValueKind::Output(b) => (VALUE_OUTPUT, b.0),
                 ValueKind::Temp => (VALUE_TEMP, 0),
             };
-            values.push(GValue {
-                name: GStr::new(name),
+            self.values.push(GValue {
+                name: GStr::new(&v.name),
                 desc: desc_to_c(&v.desc)?,
                 kind,
                 buffer,
             });
         }
-        let io: Vec<Vec<u32>> = g
+        // All ids first: `io` must not grow once nodes point into it.
+        self.io.clear();
+        let n_io = g
             .nodes
             .iter()
-            .flat_map(|n| {
-                [
-                    n.inputs.iter().map(|v| v.0).collect(),
-                    n.outputs.iter().map(|v| v.0).collect(),
-                ]
-            })
-            .collect();
-        let nodes = g
-            .nodes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| {
-                let (op, params) = op_to_c(&n.op);
-                let (ins, outs) = (&io[2 * i], &io[2 * i + 1]);
-                GNode {
-                    op,
-                    params,
-                    inputs: ins.as_ptr(),
-                    n_inputs: ins.len(),
-                    outputs: outs.as_ptr(),
-                    n_outputs: outs.len(),
-                }
-            })
-            .collect();
+            .map(|n| n.inputs.len() + n.outputs.len())
+            .sum();
+        self.io.reserve(n_io);
+        for n in &g.nodes {
+            self.io
+                .extend(n.inputs.iter().chain(&n.outputs).map(|v| v.0));
+        }
+        self.nodes.clear();
+        self.nodes.reserve(g.nodes.len());
+        let mut at = 0;
+        for n in &g.nodes {
+            let (op, params) = op_to_c(&n.op);
+            let (ni, no) = (n.inputs.len(), n.outputs.len());
+            let ins = &self.io[at..at + ni];
+            let outs = &self.io[at + ni..at + ni + no];
+            at += ni + no;
+            self.nodes.push(GNode {
+                op,
+                params,
+                inputs: ins.as_ptr(),
+                n_inputs: ni,
+                outputs: outs.as_ptr(),
+                n_outputs: no,
+            });
+        }
         Ok(EncodedGraph {
-            _names: names,
-            values,
-            _io: io,
-            nodes,
+            c: GGraph {
+                values: self.values.as_ptr(),
+                n_values: self.values.len(),
+                nodes: self.nodes.as_ptr(),
+                n_nodes: self.nodes.len(),
+            },
+            _borrows: std::marker::PhantomData,
         })
     }
+}
 
+impl EncodedGraph<'_> {
     pub fn as_c(&self) -> GGraph {
-        GGraph {
-            values: self.values.as_ptr(),
-            n_values: self.values.len(),
-            nodes: self.nodes.as_ptr(),
-            n_nodes: self.nodes.len(),
-        }
+        self.c
     }
 }
 
@@ -275,11 +296,22 @@ unsafe fn slice<'a, T>(ptr: *const T, len: usize) -> &'a [T] {
 /// this for the graph passed to `execute`).
 pub unsafe fn graph_from_c(g: &GGraph) -> Result<Graph> {
     let mut out = Graph::new();
-    for v in slice(g.values, g.n_values) {
-        let name = v
-            .name
-            .as_str()
-            .map_err(|e| Error::Graph(format!("value name is not UTF-8: {e}")))?;
+    graph_from_c_into(g, &mut out)?;
+    Ok(out)
+}
+
+/// [`graph_from_c`] into `out`, reusing its allocations: the plugin SDK keeps the previous
+/// step's graph and overwrites it, so a step like the previous one allocates nothing (names
+/// equal to the ones already there are not even copied). On an error `out` holds a partly
+/// overwritten graph, fit only to be overwritten again.
+///
+/// # Safety
+/// As [`graph_from_c`].
+pub unsafe fn graph_from_c_into(g: &GGraph, out: &mut Graph) -> Result<()> {
+    let values = slice(g.values, g.n_values);
+    out.values.truncate(values.len());
+    for (i, v) in values.iter().enumerate() {
+        let bytes = slice(v.name.ptr, v.name.len);
         let b = BufferId(v.buffer);
         let kind = match v.kind {
             VALUE_WEIGHT => ValueKind::Weight(b),
@@ -287,24 +319,61 @@ pub unsafe fn graph_from_c(g: &GGraph) -> Result<Graph> {
             VALUE_STATE => ValueKind::State(b),
             VALUE_OUTPUT => ValueKind::Output(b),
             VALUE_TEMP => ValueKind::Temp,
-            k => return Err(Error::Graph(format!("value '{name}' has unknown kind {k}"))),
+            k => {
+                let name = String::from_utf8_lossy(bytes);
+                return Err(Error::Graph(format!("value '{name}' has unknown kind {k}")));
+            }
         };
-        out.add_value(name, desc_from_c(&v.desc)?, kind);
+        let d = &v.desc;
+        let dtype = DType::from_u32(d.dtype)
+            .ok_or_else(|| Error::Graph(format!("unknown dtype code {}", d.dtype)))?;
+        if d.rank > 8 {
+            return Err(Error::Graph(format!("rank {} > 8", d.rank)));
+        }
+        let dims = d.dims[..d.rank as usize].iter().map(|x| *x as usize);
+        if i == out.values.len() {
+            let name = std::str::from_utf8(bytes)
+                .map_err(|e| Error::Graph(format!("value name is not UTF-8: {e}")))?;
+            out.values.push(Value {
+                name: name.to_owned(),
+                desc: TensorDesc {
+                    dtype,
+                    shape: Shape(dims.collect()),
+                },
+                kind,
+            });
+            continue;
+        }
+        let o = &mut out.values[i];
+        if o.name.as_bytes() != bytes {
+            let name = std::str::from_utf8(bytes)
+                .map_err(|e| Error::Graph(format!("value name is not UTF-8: {e}")))?;
+            o.name.clear();
+            o.name.push_str(name);
+        }
+        o.desc.dtype = dtype;
+        o.desc.shape.0.clear();
+        o.desc.shape.0.extend(dims);
+        o.kind = kind;
     }
-    for n in slice(g.nodes, g.n_nodes) {
-        let ids = |p: *const u32, len: usize| {
-            slice(p, len)
-                .iter()
-                .map(|v| ValueId(*v))
-                .collect::<Vec<_>>()
-        };
-        out.push(
-            op_from_c(n.op, &n.params)?,
-            ids(n.inputs, n.n_inputs),
-            ids(n.outputs, n.n_outputs),
-        );
+    let nodes = slice(g.nodes, g.n_nodes);
+    out.nodes.truncate(nodes.len());
+    for (i, n) in nodes.iter().enumerate() {
+        let op = op_from_c(n.op, &n.params)?;
+        let ins = slice(n.inputs, n.n_inputs).iter().map(|v| ValueId(*v));
+        let outs = slice(n.outputs, n.n_outputs).iter().map(|v| ValueId(*v));
+        if i == out.nodes.len() {
+            out.push(op, ins.collect(), outs.collect());
+            continue;
+        }
+        let o = &mut out.nodes[i];
+        o.op = op;
+        o.inputs.clear();
+        o.inputs.extend(ins);
+        o.outputs.clear();
+        o.outputs.extend(outs);
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -398,8 +467,34 @@ mod tests {
         );
         g.push(Op::Add, vec![a, b], vec![c]);
         g.push(Op::Argmax, vec![c], vec![d]);
-        let enc = EncodedGraph::new(&g).unwrap();
+        let mut encoder = GraphEncoder::new();
+        let enc = encoder.encode(&g).unwrap();
         let back = unsafe { graph_from_c(&enc.as_c()) }.unwrap();
         assert_eq!(back, g);
+
+        // Decoding over an earlier graph (what the SDK does per step) leaves exactly the new
+        // one, whether it is smaller, larger or differs only in names and buffers.
+        let mut small = Graph::new();
+        let x = small.add_value(
+            "x",
+            TensorDesc::new(DType::F32, [4]),
+            ValueKind::Input(BufferId(1)),
+        );
+        let y = small.add_value(
+            "a longer name",
+            TensorDesc::new(DType::I32, [4]),
+            ValueKind::Output(BufferId(2)),
+        );
+        small.push(Op::Argmax, vec![x], vec![y]);
+        let mut renamed = g.clone();
+        renamed.values[1].name = "b2".into();
+        renamed.values[0].kind = ValueKind::Input(BufferId(70));
+        renamed.values[3].desc = TensorDesc::new(DType::I32, [5, 1]);
+        let mut out = Graph::new();
+        for want in [&g, &small, &g, &renamed, &small] {
+            let enc = encoder.encode(want).unwrap();
+            unsafe { graph_from_c_into(&enc.as_c(), &mut out) }.unwrap();
+            assert_eq!(&out, want);
+        }
     }
 }

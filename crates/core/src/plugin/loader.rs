@@ -117,6 +117,7 @@ impl Plugin {
             handle,
             name: self.name.clone(),
             sizes: HashMap::new(),
+            encoder: codec::GraphEncoder::new(),
         })
     }
 }
@@ -158,6 +159,8 @@ pub struct PluginBackendHandle {
     name: String,
     /// Byte size of every live buffer, so `download` can hand the plugin a buffer to fill.
     sizes: HashMap<BufferId, usize>,
+    /// The C form of the graphs `execute` passes, its storage reused step after step.
+    encoder: codec::GraphEncoder,
 }
 
 // The plugin contract: an instance may move between threads and is used by one at a time
@@ -241,8 +244,7 @@ impl Backend for PluginBackendHandle {
 
     fn execute(&mut self, graph: &Graph) -> Result<()> {
         graph.validate()?;
-        let enc = codec::EncodedGraph::new(graph)?;
-        let g = enc.as_c();
+        let g = self.encoder.encode(graph)?.as_c();
         self.call(|err| unsafe { (self.vtable.execute)(self.handle, &g, err) })
     }
 }

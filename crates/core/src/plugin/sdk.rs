@@ -116,10 +116,21 @@ unsafe fn guard(name: &str, err: *mut GOwnedStr, f: impl FnOnce() -> Result<()>)
     code
 }
 
-unsafe fn backend<'a, B>(h: GHandle) -> Result<&'a mut B> {
-    (h as *mut B)
+/// What a handle points at: the backend, and the graph of its last `execute`, decoded over
+/// in place by the next one (decode steps repeat the same graph, so this allocates nothing).
+struct Instance<B> {
+    backend: B,
+    graph: crate::Graph,
+}
+
+unsafe fn instance<'a, B>(h: GHandle) -> Result<&'a mut Instance<B>> {
+    (h as *mut Instance<B>)
         .as_mut()
         .ok_or_else(|| Error::Input("null backend handle".into()))
+}
+
+unsafe fn backend<'a, B>(h: GHandle) -> Result<&'a mut B> {
+    Ok(&mut instance::<B>(h)?.backend)
 }
 
 unsafe fn read_desc(desc: *const GTensorDesc) -> Result<crate::TensorDesc> {
@@ -170,7 +181,11 @@ pub unsafe extern "C" fn create<B: PluginBackend>(
             serde_json::from_str(text)
                 .map_err(|e| Error::Input(format!("bad plugin options {text}: {e}")))?
         };
-        *out = Box::into_raw(Box::new(B::create(&opts)?)) as GHandle;
+        let inst = Instance {
+            backend: B::create(&opts)?,
+            graph: crate::Graph::new(),
+        };
+        *out = Box::into_raw(Box::new(inst)) as GHandle;
         Ok(())
     })
 }
@@ -181,7 +196,9 @@ pub unsafe extern "C" fn create<B: PluginBackend>(
 pub unsafe extern "C" fn destroy<B: PluginBackend>(h: GHandle) {
     if !h.is_null() {
         // A panic in Drop must not cross either.
-        let _ = catch_unwind(AssertUnwindSafe(|| drop(Box::from_raw(h as *mut B))));
+        let _ = catch_unwind(AssertUnwindSafe(|| {
+            drop(Box::from_raw(h as *mut Instance<B>))
+        }));
     }
 }
 
@@ -279,12 +296,14 @@ pub unsafe extern "C" fn execute<B: PluginBackend>(
     err: *mut GOwnedStr,
 ) -> i32 {
     guard(B::NAME, err, || {
-        let g = codec::graph_from_c(
+        let inst = instance::<B>(h)?;
+        codec::graph_from_c_into(
             graph
                 .as_ref()
                 .ok_or_else(|| Error::Input("null graph".into()))?,
+            &mut inst.graph,
         )?;
-        backend::<B>(h)?.execute(&g)
+        inst.backend.execute(&inst.graph)
     })
 }
 
