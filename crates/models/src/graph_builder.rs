@@ -24,7 +24,7 @@ pub enum LogitsWanted {
 }
 
 /// Buffers the host binds for one step.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StepIo {
     pub ids: BufferId,       // [T] I32
     pub positions: BufferId, // [T] I32

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use gptoss_core::{Backend, BufferId, DType, Error, Result, TensorDesc};
+use gptoss_core::{Backend, BufferId, DType, Error, Graph, Result, TensorDesc};
 
 use crate::checkpoint::Checkpoint;
 use crate::config::GptOssConfig;
@@ -31,6 +31,8 @@ pub(crate) struct Shard {
     pub(crate) plan: ShardPlan,
     pub(crate) weights: ModelWeights,
     pub(crate) backend: Box<dyn Backend>,
+    /// What one-token steps reuse from the previous one.
+    decode: DecodeCache,
 }
 
 /// One sequence's state: its KV cache (one per shard) and how many positions it holds.
@@ -110,6 +112,7 @@ impl Model {
                 plan,
                 weights,
                 backend,
+                decode: DecodeCache::default(),
             });
         }
         Ok(Model { config, shards })
@@ -126,6 +129,7 @@ impl Model {
                 plan: ShardPlan::whole(&config),
                 weights,
                 backend,
+                decode: DecodeCache::default(),
             }],
             config,
         }
@@ -336,6 +340,9 @@ struct Step<'a> {
 
 impl Step<'_> {
     fn run(&self, sh: &mut Shard, cache: &KvCache) -> Result<Vec<f32>> {
+        if self.tokens.len() == 1 {
+            return self.run_decode(sh, cache);
+        }
         let (t, v) = (self.tokens.len(), self.config.vocab_size);
         let rows = if self.wanted == LogitsWanted::All {
             t
@@ -372,6 +379,130 @@ impl Step<'_> {
             }
             Ok(f32_from_bytes(&be.download(ids[2])?))
         })
+    }
+}
+
+impl Step<'_> {
+    /// A one-token step: the same as `run`'s general path, but on io buffers kept from step
+    /// to step and with the graph of the previous such step when only the token and position
+    /// (the buffers' contents) changed, so the host spends next to nothing between the GPU's
+    /// steps.
+    fn run_decode(&self, sh: &mut Shard, cache: &KvCache) -> Result<Vec<f32>> {
+        let be = sh.backend.as_mut();
+        let io = sh.decode.io(be, self.wanted, self.config.vocab_size)?;
+        be.upload(io.ids, &(self.tokens[0] as i32).to_le_bytes())?;
+        be.upload(io.positions, &(self.start as i32).to_le_bytes())?;
+        let graph = sh
+            .decode
+            .graph(self.config, &sh.plan, &sh.weights, cache, io, self.wanted);
+        be.execute(graph)?;
+        if sh.plan.rank != 0 {
+            return Ok(Vec::new());
+        }
+        Ok(f32_from_bytes(&be.download(io.logits)?))
+    }
+}
+
+/// A shard's buffers and graphs for one-token steps (see [`Step::run_decode`]). The buffers
+/// are allocated at the first such step and live as long as the model (a few bytes, and
+/// `[1, V]` f32 once logits were asked for).
+#[derive(Default)]
+pub(crate) struct DecodeCache {
+    ids: Option<BufferId>,
+    positions: Option<BufferId>,
+    /// `[1]` I32 for `LogitsWanted::Argmax`, `[1, V]` F32 for the others.
+    argmax: Option<BufferId>,
+    logits: Option<BufferId>,
+    /// The graph last built for each `LogitsWanted`, and what it was built for.
+    graphs: Vec<(DecodeKey, Graph)>,
+}
+
+/// What a one-token graph depends on besides the model: the io buffers, what it returns and
+/// the KV cache it reads.
+struct DecodeKey {
+    io: StepIo,
+    wanted: LogitsWanted,
+    capacity: usize,
+    dtype: DType,
+    layers: Vec<(BufferId, BufferId)>,
+}
+
+impl DecodeKey {
+    fn fits(&self, io: &StepIo, wanted: LogitsWanted, cache: &KvCache) -> bool {
+        self.io == *io
+            && self.wanted == wanted
+            && self.capacity == cache.capacity
+            && self.dtype == cache.dtype
+            && self.layers == cache.layers
+    }
+}
+
+impl DecodeCache {
+    /// The step's io buffers, allocated the first time each is needed.
+    fn io(&mut self, be: &mut dyn Backend, wanted: LogitsWanted, vocab: usize) -> Result<StepIo> {
+        let mut get = |slot: &mut Option<BufferId>, desc: TensorDesc| -> Result<BufferId> {
+            match *slot {
+                Some(id) => Ok(id),
+                None => Ok(*slot.insert(be.alloc(&desc)?)),
+            }
+        };
+        let one = || TensorDesc::new(DType::I32, [1]);
+        let ids = get(&mut self.ids, one())?;
+        let positions = get(&mut self.positions, one())?;
+        let logits = match wanted {
+            LogitsWanted::Argmax => get(&mut self.argmax, one())?,
+            LogitsWanted::All | LogitsWanted::Last => {
+                get(&mut self.logits, TensorDesc::new(DType::F32, [1, vocab]))?
+            }
+        };
+        Ok(StepIo {
+            ids,
+            positions,
+            logits,
+            gather: None,
+        })
+    }
+
+    /// The one-token graph over `cache`: the previous one when it was built for the same
+    /// buffers, else built (and kept) now.
+    fn graph(
+        &mut self,
+        cfg: &GptOssConfig,
+        plan: &ShardPlan,
+        weights: &ModelWeights,
+        cache: &KvCache,
+        io: StepIo,
+        wanted: LogitsWanted,
+    ) -> &Graph {
+        let at = match self.graphs.iter().position(|(k, _)| k.wanted == wanted) {
+            Some(at) => at,
+            None => {
+                self.graphs.push((
+                    DecodeKey {
+                        io,
+                        wanted,
+                        capacity: 0,
+                        dtype: cache.dtype,
+                        layers: Vec::new(),
+                    },
+                    Graph::new(),
+                ));
+                self.graphs.len() - 1
+            }
+        };
+        let (key, graph) = &mut self.graphs[at];
+        if graph.nodes.is_empty() || !key.fits(&io, wanted, cache) {
+            let kv = KvBinding::Contiguous(cache);
+            *graph = build_step(cfg, plan, weights, &kv, 1, io, wanted);
+            *key = DecodeKey {
+                io,
+                wanted,
+                capacity: cache.capacity,
+                dtype: cache.dtype,
+                layers: cache.layers.clone(),
+            };
+        }
+        graph
     }
 }
 
