@@ -6,7 +6,9 @@
 //!
 //! Nothing executes: the weights and caches are fake buffer ids. Each part of what the host
 //! does per step is timed on its own, averaged over ITERS (default 200) steps:
-//! - `build_step`: the graph of one decode token ([`build_step`]);
+//! - `build_step`: the graph of one decode token ([`build_step`]), and `build_step_into` the
+//!   same written over the previous step's graph (what batched steps do; one-token steps of
+//!   `Model::forward` reuse the previous graph outright);
 //! - `validate`: [`Graph::validate`] (the plugin loader runs it, the CUDA backend again);
 //! - `encode`: the loader's C form of the graph ([`codec::GraphEncoder`], reused per step as
 //!   the loader does);
@@ -23,7 +25,7 @@ use std::time::Instant;
 
 use gptoss_core::plugin::codec;
 use gptoss_core::{Backend, BufferId, DType, Graph, ProbeReport, Result, TensorDesc};
-use gptoss_models::graph_builder::{build_step, KvBinding, LogitsWanted, StepIo};
+use gptoss_models::graph_builder::{build_step, build_step_into, KvBinding, LogitsWanted, StepIo};
 use gptoss_models::kv_cache::KvCache;
 use gptoss_models::synthetic::Preset;
 use gptoss_models::weights::{LayerWeights, ModelWeights};
@@ -180,8 +182,24 @@ fn main() -> Result<()> {
         g.values.len()
     );
 
+    let mut over = g.clone();
     let rows = [
         ("build_step", time_us(iters, build)),
+        (
+            "build_step_into (over the previous graph)",
+            time_us(iters, |i| {
+                build_step_into(
+                    &mut over,
+                    &cfg,
+                    &plan,
+                    &weights,
+                    &kv,
+                    1,
+                    io(i),
+                    LogitsWanted::Argmax,
+                )
+            }),
+        ),
         ("validate", time_us(iters, |_| g.validate())),
         (
             "encode (loader)",
@@ -215,7 +233,7 @@ fn main() -> Result<()> {
     for (name, us) in rows {
         println!("{name:<46} {us:>10.1}");
     }
-    let sum = rows[0].1 + 2.0 * rows[1].1 + rows[2].1 + rows[3].1;
+    let sum = rows[0].1 + 2.0 * rows[2].1 + rows[3].1 + rows[4].1;
     println!(
         "{:<46} {sum:>10.1}",
         "sum (build + 2x validate + encode + decode)"

@@ -7,7 +7,7 @@
 
 use gptoss_core::{DType, Error, Result, TensorDesc};
 
-use crate::graph_builder::{build_step, KvBinding, LogitsWanted, StepIo};
+use crate::graph_builder::{build_step_into, KvBinding, LogitsWanted, StepIo};
 use crate::kv_cache::KvCache;
 use crate::model::{f32_from_bytes, i32_bytes, on_every_shard, with_buffers, Model};
 
@@ -217,7 +217,7 @@ impl Model {
         let config = &self.config;
         let pools = &kv.pools;
         let out = on_every_shard(&mut self.shards, |rank, sh| {
-            let (plan, weights) = (&sh.plan, &sh.weights);
+            let (plan, weights, graph) = (&sh.plan, &sh.weights, &mut sh.batch_graph);
             with_buffers(sh.backend.as_mut(), &inputs, |be, bufs| {
                 let io = StepIo {
                     ids: bufs[0],
@@ -233,8 +233,8 @@ impl Model {
                     pages: bufs[3],
                     max_pages,
                 };
-                let graph = build_step(config, plan, weights, &binding, t, io, wanted);
-                be.execute(&graph)?;
+                build_step_into(graph, config, plan, weights, &binding, t, io, wanted);
+                be.execute(graph)?;
                 if rank != 0 {
                     return Ok(Vec::new());
                 }

@@ -6,7 +6,7 @@ use gptoss_core::{Backend, BufferId, DType, Error, Graph, Result, TensorDesc};
 
 use crate::checkpoint::Checkpoint;
 use crate::config::GptOssConfig;
-use crate::graph_builder::{build_step, KvBinding, LogitsWanted, StepIo};
+use crate::graph_builder::{build_step, build_step_into, KvBinding, LogitsWanted, StepIo};
 use crate::kv_cache::KvCache;
 use crate::sharding::{ShardPlan, Sharding};
 use crate::weights::ModelWeights;
@@ -33,6 +33,8 @@ pub(crate) struct Shard {
     pub(crate) backend: Box<dyn Backend>,
     /// What one-token steps reuse from the previous one.
     decode: DecodeCache,
+    /// The last batched step's graph, built over by the next one ([`build_step_into`]).
+    pub(crate) batch_graph: Graph,
 }
 
 /// One sequence's state: its KV cache (one per shard) and how many positions it holds.
@@ -113,6 +115,7 @@ impl Model {
                 weights,
                 backend,
                 decode: DecodeCache::default(),
+                batch_graph: Graph::new(),
             });
         }
         Ok(Model { config, shards })
@@ -130,6 +133,7 @@ impl Model {
                 weights,
                 backend,
                 decode: DecodeCache::default(),
+                batch_graph: Graph::new(),
             }],
             config,
         }
@@ -493,7 +497,7 @@ impl DecodeCache {
         let (key, graph) = &mut self.graphs[at];
         if graph.nodes.is_empty() || !key.fits(&io, wanted, cache) {
             let kv = KvBinding::Contiguous(cache);
-            *graph = build_step(cfg, plan, weights, &kv, 1, io, wanted);
+            build_step_into(graph, cfg, plan, weights, &kv, 1, io, wanted);
             *key = DecodeKey {
                 io,
                 wanted,
