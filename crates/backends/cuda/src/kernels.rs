@@ -43,7 +43,7 @@ pub const FAMILIES: &[Family] = &[
     Family {
         name: "gemv",
         source: include_str!("kernels/gemv.cu"),
-        functions: &["gemv_bf16"],
+        functions: &["gemv_bf16", "gemv_bf16_t1"],
         optional: false,
     },
     Family {
@@ -61,7 +61,7 @@ pub const FAMILIES: &[Family] = &[
     Family {
         name: "topk_softmax",
         source: include_str!("kernels/topk_softmax.cu"),
-        functions: &["topk_softmax", "topk_softmax_warp"],
+        functions: &["topk_softmax", "topk_softmax_warp", "router_topk"],
         optional: false,
     },
     Family {
@@ -118,6 +118,12 @@ pub const FAMILIES: &[Family] = &[
         name: "attn_tiled",
         source: include_str!("kernels/attn_tiled.cu"),
         functions: &["attention_tiled", "attention_split", "attention_merge"],
+        optional: true,
+    },
+    Family {
+        name: "decode",
+        source: include_str!("kernels/decode.cu"),
+        functions: &["add_rms_norm", "moe_combine_add_norm", "rope_pairs"],
         optional: true,
     },
 ];

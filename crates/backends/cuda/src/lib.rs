@@ -24,6 +24,7 @@
 //! without CUDA; there `probe` reports score 0 with the reason and `create` fails cleanly.
 
 mod driver;
+mod fusion;
 mod kernels;
 pub mod nccl;
 pub mod nvrtc;
@@ -412,12 +413,22 @@ impl<F: Flavor> Cuda<F> {
                 last_use[id.0 as usize] = n;
             }
         }
+        // Nodes up to here ran as part of a fused run (fusion.rs) that started earlier.
+        let mut fused_until = 0;
         for (n, node) in graph.nodes.iter().enumerate() {
-            for id in &node.outputs {
-                let v = &graph.values[id.0 as usize];
-                if ptrs[id.0 as usize].is_none() {
-                    let p = self.take_temp(v.desc.byte_size(), &v.name)?;
-                    ptrs[id.0 as usize] = Some(p);
+            let pattern = if n >= fused_until {
+                fusion::pattern_at(self, graph, n, &last_use)
+            } else {
+                None
+            };
+            let span = pattern.map_or(1, |p| p.len());
+            for later in &graph.nodes[n..n + span] {
+                for id in &later.outputs {
+                    let v = &graph.values[id.0 as usize];
+                    if ptrs[id.0 as usize].is_none() {
+                        let p = self.take_temp(v.desc.byte_size(), &v.name)?;
+                        ptrs[id.0 as usize] = Some(p);
+                    }
                 }
             }
             if let Some(p) = self.profile.as_mut() {
@@ -426,7 +437,14 @@ impl<F: Flavor> Cuda<F> {
                 }
                 self.gpu.record(p.events[2 * n])?;
             }
-            let ran = ops::run_node(self, graph, node, ptrs);
+            let ran = if n < fused_until {
+                Ok(())
+            } else if let Some(p) = pattern {
+                fused_until = n + span;
+                fusion::run(self, graph, n, p, ptrs)
+            } else {
+                ops::run_node(self, graph, node, ptrs)
+            };
             if let Some(p) = self.profile.as_ref() {
                 self.gpu.record(p.events[2 * n + 1])?;
             }

@@ -24,7 +24,7 @@ fn unsupported(what: String) -> Error {
 }
 
 /// The kernel dtype code of a float weight (see common.cuh).
-fn float_code(v: &Value) -> Result<i32> {
+pub(crate) fn float_code(v: &Value) -> Result<i32> {
     match v.desc.dtype {
         DType::F32 => Ok(0),
         DType::BF16 => Ok(1),
@@ -65,6 +65,191 @@ fn grid_y(n: usize) -> Result<u32> {
         )));
     }
     Ok(n as u32)
+}
+
+/// One weight matrix of a GEMV launch: `y [T, n] = x W^T + bias` (bias 0 when absent).
+#[derive(Clone, Copy)]
+pub(crate) struct GemvSegment {
+    pub w: CUdeviceptr,
+    pub bias: CUdeviceptr,
+    pub y: CUdeviceptr,
+    pub n: usize,
+}
+
+/// Whether a linear of `t` tokens over `w` ([n, k]) takes the GEMV: few tokens (decode, small
+/// batches), bf16 weights. It runs in chunks of tokens whose activations fit its 48 KiB of
+/// shared memory (each chunk reads the weights once more): below the tensor-core threshold
+/// always, up to 63 tokens too while the re-reads stay under ~150 MB, because a tensor-core
+/// CTA walks all of K in a chain of dependent loads (~90 us at K = 2880), which small matrices
+/// cannot hide.
+pub(crate) fn gemv_fits<F: Flavor>(be: &Cuda<F>, w: &Value, t: usize, k: usize, n: usize) -> bool {
+    let chunk = gemv_chunk(k);
+    let rereads = t.div_ceil(chunk.max(1)) * n * k * 2;
+    be.fast
+        && w.desc.dtype == DType::BF16
+        && k % 8 == 0
+        && chunk > 0
+        && (t < be.mma_min_t.min(16) || (t < 64 && rereads <= 150 << 20))
+}
+
+/// Tokens per GEMV launch (at most the kernel's 8).
+fn gemv_chunk(k: usize) -> usize {
+    ((48usize << 10) / (k * 4).max(1)).min(8)
+}
+
+/// `gemv_bf16` over up to three weight matrices that read the same x [t, k] (q/k/v of a layer
+/// in one launch), in chunks of tokens.
+pub(crate) fn gemv<F: Flavor>(
+    be: &mut Cuda<F>,
+    x: CUdeviceptr,
+    t: usize,
+    k: usize,
+    bdt: i32,
+    segs: &[GemvSegment],
+) -> Result<()> {
+    let none = GemvSegment {
+        w: 0,
+        bias: 0,
+        y: 0,
+        n: 0,
+    };
+    let seg = |i: usize| segs.get(i).copied().unwrap_or(none);
+    let rows: usize = segs.iter().map(|s| s.n).sum();
+    let grid = blocks(rows, WARPS as usize)?.min(be.gpu.info.sms * 4);
+    let chunk = gemv_chunk(k);
+    for t0 in (0..t).step_by(chunk) {
+        let tc = chunk.min(t - t0);
+        let name = if tc == 1 { "gemv_bf16_t1" } else { "gemv_bf16" };
+        let f = be.kernels.get(name)?;
+        let mut args = vec![
+            Arg::Ptr(x + (t0 * k * 4) as u64),
+            Arg::I32(i32_of(tc, "tokens")?),
+            Arg::I32(i32_of(k, "in features")?),
+            Arg::I32(bdt),
+        ];
+        for i in 0..3 {
+            let s = seg(i);
+            let y = if s.n == 0 {
+                0
+            } else {
+                s.y + (t0 * s.n * 4) as u64
+            };
+            args.extend([
+                Arg::Ptr(s.w),
+                Arg::Ptr(s.bias),
+                Arg::Ptr(y),
+                Arg::I32(i32_of(s.n, "out features")?),
+            ]);
+        }
+        be.gpu.launch(
+            name,
+            f,
+            (grid, 1, 1),
+            (32 * WARPS, 1, 1),
+            (tc * k * 4) as u32,
+            &args,
+        )?;
+    }
+    Ok(())
+}
+
+/// `add_rms_norm` (decode family): `sum = a + b` (b = 0: a alone; sum_out = 0: not stored),
+/// `out = rms_norm(sum) * w`, rows of `h` floats, one block per row.
+pub(crate) fn add_rms_norm<F: Flavor>(
+    be: &mut Cuda<F>,
+    (t, h): (usize, usize),
+    [a, b]: [CUdeviceptr; 2],
+    sum_out: CUdeviceptr,
+    (w, wv): (CUdeviceptr, &Value),
+    out: CUdeviceptr,
+    eps: f32,
+) -> Result<()> {
+    let f = be.kernels.get("add_rms_norm")?;
+    be.gpu.launch(
+        "add_rms_norm",
+        f,
+        (blocks(t, 1)?, 1, 1),
+        (256, 1, 1),
+        0,
+        &[
+            Arg::Ptr(a),
+            Arg::Ptr(b),
+            Arg::Ptr(w),
+            Arg::I32(float_code(wv)?),
+            Arg::Ptr(sum_out),
+            Arg::Ptr(out),
+            Arg::I32(i32_of(h, "hidden")?),
+            Arg::F32(eps),
+        ],
+    )
+}
+
+/// `rope_pairs` (decode family): RoPE of one tensor `(x, out, heads)` and optionally a second
+/// at the same positions, one thread per rotated pair.
+pub(crate) fn rope_pairs<F: Flavor>(
+    be: &mut Cuda<F>,
+    params: &gptoss_core::rope::RopeParams,
+    t: usize,
+    [(x0, o0, h0)]: [(CUdeviceptr, CUdeviceptr, u32); 1],
+    second: Option<(CUdeviceptr, CUdeviceptr, u32)>,
+    pos: CUdeviceptr,
+) -> Result<()> {
+    let (x1, o1, h1) = second.unwrap_or((0, 0, 0));
+    let table = be.rope_table(params)?;
+    let pairs = (h0 + h1) as usize * params.head_dim as usize / 2;
+    let f = be.kernels.get("rope_pairs")?;
+    let err = be.err;
+    be.gpu.launch(
+        "rope_pairs",
+        f,
+        (blocks(t, 1)?, grid_y(pairs.div_ceil(256))?, 1),
+        (256, 1, 1),
+        0,
+        &[
+            Arg::Ptr(x0),
+            Arg::Ptr(o0),
+            Arg::I32(h0 as i32),
+            Arg::Ptr(x1),
+            Arg::Ptr(o1),
+            Arg::I32(h1 as i32),
+            Arg::Ptr(pos),
+            Arg::Ptr(table),
+            Arg::I32(params.head_dim as i32),
+            Arg::F32(params.attention_scaling()),
+            Arg::Ptr(err),
+        ],
+    )
+}
+
+/// `router_topk`: the router linear (bf16 `w` [e, h], optional bias) and the top-`k` softmax
+/// of its logits in one block per token.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn router_topk<F: Flavor>(
+    be: &mut Cuda<F>,
+    x: CUdeviceptr,
+    (w, bias, bdt): (CUdeviceptr, CUdeviceptr, i32),
+    (ids, wts): (CUdeviceptr, CUdeviceptr),
+    (t, h, e, k): (usize, usize, usize, usize),
+) -> Result<()> {
+    let f = be.kernels.get("router_topk")?;
+    be.gpu.launch(
+        "router_topk",
+        f,
+        (blocks(t, 1)?, 1, 1),
+        (1024, 1, 1),
+        ((h + e) * 4) as u32,
+        &[
+            Arg::Ptr(x),
+            Arg::Ptr(w),
+            Arg::Ptr(bias),
+            Arg::I32(bdt),
+            Arg::Ptr(ids),
+            Arg::Ptr(wts),
+            Arg::I32(i32_of(h, "hidden")?),
+            Arg::I32(i32_of(e, "experts")?),
+            Arg::I32(i32_of(k, "experts per token")?),
+        ],
+    )
 }
 
 /// Write `t` rows of k and v (each `w` floats) into the caches at the rows an I32 index
@@ -165,6 +350,10 @@ pub fn run_node<F: Flavor>(
             want_f32(ins[0])?;
             want_f32(outs[0])?;
             let (t, h) = (dims(ins[0])[0], dims(ins[0])[1]);
+            if be.fast && h % 4 == 0 && h <= 4096 && be.kernels.has("add_rms_norm") {
+                let w = (ip(1)?, ins[1]);
+                return add_rms_norm(be, (t, h), [ip(0)?, 0], 0, w, op_(0)?, *eps);
+            }
             let f = be.kernels.get("rms_norm")?;
             be.gpu.launch(
                 "rms_norm",
@@ -197,43 +386,14 @@ pub fn run_node<F: Flavor>(
                 Some(b) => (ip(2)?, float_code(b)?),
                 None => (0, 0),
             };
-            // Few tokens (decode, small batches): the GEMV, in chunks of tokens whose
-            // activations fit its 48 KiB of shared memory (each chunk reads the weights once
-            // more). Below the tensor-core threshold always; up to 63 tokens too while the
-            // re-reads stay under ~150 MB, because a tensor-core CTA walks all of K in a chain
-            // of dependent loads (~90 us at K = 2880), which small matrices cannot hide.
-            let chunk = ((48usize << 10) / (k * 4).max(1)).min(8);
-            let rereads = t.div_ceil(chunk.max(1)) * n * k * 2;
-            if be.fast
-                && ins[1].desc.dtype == DType::BF16
-                && k % 8 == 0
-                && chunk > 0
-                && (t < be.mma_min_t.min(16) || (t < 64 && rereads <= 150 << 20))
-            {
-                let f = be.kernels.get("gemv_bf16")?;
-                let grid = blocks(n, WARPS as usize)?.min(be.gpu.info.sms * 4);
-                let (x, y) = (ip(0)?, op_(0)?);
-                for t0 in (0..t).step_by(chunk) {
-                    let tc = chunk.min(t - t0);
-                    be.gpu.launch(
-                        "gemv_bf16",
-                        f,
-                        (grid, 1, 1),
-                        (32 * WARPS, 1, 1),
-                        (tc * k * 4) as u32,
-                        &[
-                            Arg::Ptr(x + (t0 * k * 4) as u64),
-                            Arg::Ptr(ip(1)?),
-                            Arg::Ptr(bias),
-                            Arg::I32(bdt),
-                            Arg::Ptr(y + (t0 * n * 4) as u64),
-                            Arg::I32(i32_of(tc, "tokens")?),
-                            Arg::I32(i32_of(n, "out features")?),
-                            Arg::I32(i32_of(k, "in features")?),
-                        ],
-                    )?;
-                }
-                return Ok(());
+            if gemv_fits(be, ins[1], t, k, n) {
+                let seg = GemvSegment {
+                    w: ip(1)?,
+                    bias,
+                    y: op_(0)?,
+                    n,
+                };
+                return gemv(be, ip(0)?, t, k, bdt, &[seg]);
             }
             if be.fast
                 && ins[1].desc.dtype == DType::BF16
@@ -283,6 +443,10 @@ pub fn run_node<F: Flavor>(
             want_f32(ins[0])?;
             want_f32(outs[0])?;
             let t = dims(ins[0])[0];
+            if be.fast && be.kernels.has("rope_pairs") {
+                let one = [(ip(0)?, op_(0)?, *heads)];
+                return rope_pairs(be, params, t, one, None, ip(1)?);
+            }
             let table = be.rope_table(params)?;
             let f = be.kernels.get("rope")?;
             be.gpu.launch(
@@ -557,240 +721,14 @@ pub fn run_node<F: Flavor>(
         Op::MoeMxfp4 {
             swiglu_limit,
             alpha,
-        } => {
-            want_f32(ins[0])?;
-            want_f32(ins[2])?;
-            want_f32(outs[0])?;
-            let (t, h) = (dims(ins[0])[0], dims(ins[0])[1]);
-            let k = dims(ins[1])[1];
-            let (e, two_i) = (dims(ins[3])[0], dims(ins[3])[1]);
-            let i = two_i / 2;
-            if i % 32 != 0 {
-                return Err(Error::tensor(
-                    &ins[3].name,
-                    format!("intermediate size {i} is not a multiple of 32"),
-                ));
-            }
-            if k > 32 {
-                return Err(unsupported(format!("{k} experts per token (at most 32)")));
-            }
-            let pairs = t * k;
-            let act = be.take_temp(pairs * i * 4, "moe activations")?;
-            let y = match be.take_temp(pairs * h * 4, "moe expert outputs") {
-                Ok(y) => y,
-                Err(e) => {
-                    be.give_temp(pairs * i * 4, act);
-                    return Err(e);
-                }
-            };
-            let fast = be.fast && h % 32 == 0 && h.max(i) * 4 <= 48 << 10;
-            let grouped =
-                be.fast && h % 32 == 0 && t >= be.mma_min_t && be.kernels.has("moe_route");
-            let sms = be.gpu.info.sms as usize;
-            let run = (|| -> Result<()> {
-                if grouped {
-                    // Tokens grouped by expert: route, then one grouped tensor-core GEMM per
-                    // projection (SwiGLU in the gate_up epilogue); y rows per pair, combined
-                    // below in ascending expert id (deterministic).
-                    let big = pairs >= 128 * e;
-                    let bm = if big { 2 * MOE_BM } else { MOE_BM };
-                    let (gu_name, dn_name) = if big {
-                        ("moe_gate_up_mma128", "moe_down_mma128")
-                    } else {
-                        ("moe_gate_up_mma", "moe_down_mma")
-                    };
-                    let max_tiles = pairs.div_ceil(bm) + e;
-                    let list = be.take_temp(pairs * 4, "moe pair list")?;
-                    let tiles = be.take_temp(max_tiles * 12 + 16, "moe tiles")?;
-                    let r = (|| -> Result<()> {
-                        let ntiles = tiles + (max_tiles * 12) as u64;
-                        let f = be.kernels.get("moe_route")?;
-                        be.gpu.launch(
-                            "moe_route",
-                            f,
-                            (1, 1, 1),
-                            (1024, 1, 1),
-                            (3 * e * 4) as u32,
-                            &[
-                                Arg::Ptr(ip(1)?),
-                                Arg::I32(i32_of(pairs, "pairs")?),
-                                Arg::I32(i32_of(e, "experts")?),
-                                Arg::I32(bm as i32),
-                                Arg::Ptr(list),
-                                Arg::Ptr(tiles),
-                                Arg::Ptr(ntiles),
-                                Arg::I32(i32_of(max_tiles, "moe tiles")?),
-                                Arg::Ptr(err),
-                            ],
-                        )?;
-                        let f = be.kernels.get(gu_name)?;
-                        be.gpu.launch(
-                            gu_name,
-                            f,
-                            (blocks(2 * i, 128)?, grid_y(max_tiles)?, 1),
-                            (256, 1, 1),
-                            0,
-                            &[
-                                Arg::Ptr(ip(0)?),
-                                Arg::I32(k as i32),
-                                Arg::Ptr(list),
-                                Arg::Ptr(tiles),
-                                Arg::Ptr(ntiles),
-                                Arg::Ptr(ip(3)?),
-                                Arg::Ptr(ip(4)?),
-                                Arg::Ptr(ip(5)?),
-                                Arg::I32(float_code(ins[5])?),
-                                Arg::Ptr(act),
-                                Arg::I32(i32_of(h, "hidden")?),
-                                Arg::I32(i32_of(i, "intermediate")?),
-                                Arg::F32(*swiglu_limit),
-                                Arg::F32(*alpha),
-                            ],
-                        )?;
-                        let f = be.kernels.get(dn_name)?;
-                        be.gpu.launch(
-                            dn_name,
-                            f,
-                            (blocks(h, 128)?, grid_y(max_tiles)?, 1),
-                            (256, 1, 1),
-                            0,
-                            &[
-                                Arg::Ptr(act),
-                                Arg::Ptr(list),
-                                Arg::Ptr(tiles),
-                                Arg::Ptr(ntiles),
-                                Arg::Ptr(ip(6)?),
-                                Arg::Ptr(ip(7)?),
-                                Arg::Ptr(ip(8)?),
-                                Arg::I32(float_code(ins[8])?),
-                                Arg::Ptr(y),
-                                Arg::I32(h as i32),
-                                Arg::I32(i as i32),
-                            ],
-                        )
-                    })();
-                    be.give_temp(pairs * 4, list);
-                    be.give_temp(max_tiles * 12 + 16, tiles);
-                    r?;
-                } else if fast {
-                    let per_pair = (sms * 4 / pairs).max(1);
-                    let by = i.div_ceil(WARPS as usize * 2).min(per_pair);
-                    let f = be.kernels.get("moe_gate_up_fast")?;
-                    be.gpu.launch(
-                        "moe_gate_up_fast",
-                        f,
-                        (blocks(pairs, 1)?, grid_y(by)?, 1),
-                        (32 * WARPS, 1, 1),
-                        (h * 4) as u32,
-                        &[
-                            Arg::Ptr(ip(0)?),
-                            Arg::Ptr(ip(1)?),
-                            Arg::Ptr(ip(3)?),
-                            Arg::Ptr(ip(4)?),
-                            Arg::Ptr(ip(5)?),
-                            Arg::I32(float_code(ins[5])?),
-                            Arg::Ptr(act),
-                            Arg::I32(k as i32),
-                            Arg::I32(i32_of(e, "experts")?),
-                            Arg::I32(i32_of(h, "hidden")?),
-                            Arg::I32(i32_of(i, "intermediate")?),
-                            Arg::F32(*swiglu_limit),
-                            Arg::F32(*alpha),
-                            Arg::Ptr(err),
-                        ],
-                    )?;
-                    let by = h.div_ceil(WARPS as usize * 4).min(per_pair);
-                    let f = be.kernels.get("moe_down_fast")?;
-                    be.gpu.launch(
-                        "moe_down_fast",
-                        f,
-                        (blocks(pairs, 1)?, grid_y(by)?, 1),
-                        (32 * WARPS, 1, 1),
-                        (i * 4) as u32,
-                        &[
-                            Arg::Ptr(act),
-                            Arg::Ptr(ip(1)?),
-                            Arg::Ptr(ip(6)?),
-                            Arg::Ptr(ip(7)?),
-                            Arg::Ptr(ip(8)?),
-                            Arg::I32(float_code(ins[8])?),
-                            Arg::Ptr(y),
-                            Arg::I32(k as i32),
-                            Arg::I32(e as i32),
-                            Arg::I32(h as i32),
-                            Arg::I32(i as i32),
-                        ],
-                    )?;
-                } else {
-                    let f = be.kernels.get("moe_gate_up")?;
-                    be.gpu.launch(
-                        "moe_gate_up",
-                        f,
-                        (blocks(pairs, 1)?, grid_y(i.div_ceil(WARPS as usize))?, 1),
-                        (32 * WARPS, 1, 1),
-                        0,
-                        &[
-                            Arg::Ptr(ip(0)?),
-                            Arg::Ptr(ip(1)?),
-                            Arg::Ptr(ip(3)?),
-                            Arg::Ptr(ip(4)?),
-                            Arg::Ptr(ip(5)?),
-                            Arg::I32(float_code(ins[5])?),
-                            Arg::Ptr(act),
-                            Arg::I32(k as i32),
-                            Arg::I32(i32_of(e, "experts")?),
-                            Arg::I32(i32_of(h, "hidden")?),
-                            Arg::I32(i32_of(i, "intermediate")?),
-                            Arg::F32(*swiglu_limit),
-                            Arg::F32(*alpha),
-                            Arg::Ptr(err),
-                        ],
-                    )?;
-                    let f = be.kernels.get("moe_down")?;
-                    be.gpu.launch(
-                        "moe_down",
-                        f,
-                        (blocks(pairs, 1)?, grid_y(h.div_ceil(WARPS as usize))?, 1),
-                        (32 * WARPS, 1, 1),
-                        0,
-                        &[
-                            Arg::Ptr(act),
-                            Arg::Ptr(ip(1)?),
-                            Arg::Ptr(ip(6)?),
-                            Arg::Ptr(ip(7)?),
-                            Arg::Ptr(ip(8)?),
-                            Arg::I32(float_code(ins[8])?),
-                            Arg::Ptr(y),
-                            Arg::I32(k as i32),
-                            Arg::I32(e as i32),
-                            Arg::I32(h as i32),
-                            Arg::I32(i as i32),
-                        ],
-                    )?;
-                }
-                let f = be.kernels.get("moe_combine")?;
-                be.gpu.launch(
-                    "moe_combine",
-                    f,
-                    (blocks(t, 1)?, 1, 1),
-                    (256, 1, 1),
-                    0,
-                    &[
-                        Arg::Ptr(y),
-                        Arg::Ptr(ip(1)?),
-                        Arg::Ptr(ip(2)?),
-                        Arg::Ptr(op_(0)?),
-                        Arg::I32(k as i32),
-                        Arg::I32(e as i32),
-                        Arg::I32(h as i32),
-                    ],
-                )
-            })();
-            // Stream order makes the scratch safe to reuse by later launches.
-            be.give_temp(pairs * i * 4, act);
-            be.give_temp(pairs * h * 4, y);
-            run
-        }
+        } => run_moe(
+            be,
+            graph,
+            node,
+            ptrs,
+            (*swiglu_limit, *alpha),
+            MoeTail::Combine,
+        ),
         Op::Add => {
             let n = ins[0].desc.numel();
             let name = match (ins[0].desc.dtype, ins[1].desc.dtype, outs[0].desc.dtype) {
@@ -922,4 +860,316 @@ pub fn run_node<F: Flavor>(
             )
         }
     }
+}
+
+/// What follows the experts of a MoE node: its plain combine, or (fused, see fusion.rs) the
+/// combine with the residual add and the next RMSNorm.
+#[derive(Clone, Copy)]
+pub(crate) enum MoeTail {
+    Combine,
+    AddNorm {
+        resid: CUdeviceptr,
+        sum: CUdeviceptr,
+        /// (weight, its dtype code, output, eps); None: the add alone.
+        norm: Option<(CUdeviceptr, i32, CUdeviceptr, f32)>,
+    },
+}
+
+/// `Op::MoeMxfp4`: the experts (grouped tensor-core GEMMs, the fast GEMV-style kernels or the
+/// simple ones), then `tail`.
+pub(crate) fn run_moe<F: Flavor>(
+    be: &mut Cuda<F>,
+    graph: &Graph,
+    node: &Node,
+    ptrs: &[Option<CUdeviceptr>],
+    (swiglu_limit, alpha): (f32, f32),
+    tail: MoeTail,
+) -> Result<()> {
+    let swiglu_limit = &swiglu_limit;
+    let alpha = &alpha;
+    let val = |id: gptoss_core::ValueId| graph.value(id);
+    let ptr = |id: gptoss_core::ValueId| -> Result<CUdeviceptr> {
+        ptrs[id.0 as usize].ok_or_else(|| {
+            Error::Graph(format!(
+                "'{}' has no storage (read after free?)",
+                val(id).name
+            ))
+        })
+    };
+    let ins: Vec<&Value> = node.inputs.iter().map(|i| val(*i)).collect();
+    let outs: Vec<&Value> = node.outputs.iter().map(|i| val(*i)).collect();
+    let ip = |k: usize| ptr(node.inputs[k]);
+    let op_ = |k: usize| ptr(node.outputs[k]);
+    let err = be.err;
+
+    want_f32(ins[0])?;
+    want_f32(ins[2])?;
+    want_f32(outs[0])?;
+    let (t, h) = (dims(ins[0])[0], dims(ins[0])[1]);
+    let k = dims(ins[1])[1];
+    let (e, two_i) = (dims(ins[3])[0], dims(ins[3])[1]);
+    let i = two_i / 2;
+    if i % 32 != 0 {
+        return Err(Error::tensor(
+            &ins[3].name,
+            format!("intermediate size {i} is not a multiple of 32"),
+        ));
+    }
+    if k > 32 {
+        return Err(unsupported(format!("{k} experts per token (at most 32)")));
+    }
+    let pairs = t * k;
+    let act = be.take_temp(pairs * i * 4, "moe activations")?;
+    let y = match be.take_temp(pairs * h * 4, "moe expert outputs") {
+        Ok(y) => y,
+        Err(e) => {
+            be.give_temp(pairs * i * 4, act);
+            return Err(e);
+        }
+    };
+    let fast = be.fast && h % 32 == 0 && h.max(i) * 4 <= 48 << 10;
+    let grouped = be.fast && h % 32 == 0 && t >= be.mma_min_t && be.kernels.has("moe_route");
+    let run = (|| -> Result<()> {
+        if grouped {
+            // Tokens grouped by expert: route, then one grouped tensor-core GEMM per
+            // projection (SwiGLU in the gate_up epilogue); y rows per pair, combined
+            // below in ascending expert id (deterministic).
+            let big = pairs >= 128 * e;
+            let bm = if big { 2 * MOE_BM } else { MOE_BM };
+            let (gu_name, dn_name) = if big {
+                ("moe_gate_up_mma128", "moe_down_mma128")
+            } else {
+                ("moe_gate_up_mma", "moe_down_mma")
+            };
+            let max_tiles = pairs.div_ceil(bm) + e;
+            let list = be.take_temp(pairs * 4, "moe pair list")?;
+            let tiles = be.take_temp(max_tiles * 12 + 16, "moe tiles")?;
+            let r = (|| -> Result<()> {
+                let ntiles = tiles + (max_tiles * 12) as u64;
+                let f = be.kernels.get("moe_route")?;
+                be.gpu.launch(
+                    "moe_route",
+                    f,
+                    (1, 1, 1),
+                    (1024, 1, 1),
+                    (3 * e * 4) as u32,
+                    &[
+                        Arg::Ptr(ip(1)?),
+                        Arg::I32(i32_of(pairs, "pairs")?),
+                        Arg::I32(i32_of(e, "experts")?),
+                        Arg::I32(bm as i32),
+                        Arg::Ptr(list),
+                        Arg::Ptr(tiles),
+                        Arg::Ptr(ntiles),
+                        Arg::I32(i32_of(max_tiles, "moe tiles")?),
+                        Arg::Ptr(err),
+                    ],
+                )?;
+                let f = be.kernels.get(gu_name)?;
+                be.gpu.launch(
+                    gu_name,
+                    f,
+                    (blocks(2 * i, 128)?, grid_y(max_tiles)?, 1),
+                    (256, 1, 1),
+                    0,
+                    &[
+                        Arg::Ptr(ip(0)?),
+                        Arg::I32(k as i32),
+                        Arg::Ptr(list),
+                        Arg::Ptr(tiles),
+                        Arg::Ptr(ntiles),
+                        Arg::Ptr(ip(3)?),
+                        Arg::Ptr(ip(4)?),
+                        Arg::Ptr(ip(5)?),
+                        Arg::I32(float_code(ins[5])?),
+                        Arg::Ptr(act),
+                        Arg::I32(i32_of(h, "hidden")?),
+                        Arg::I32(i32_of(i, "intermediate")?),
+                        Arg::F32(*swiglu_limit),
+                        Arg::F32(*alpha),
+                    ],
+                )?;
+                let f = be.kernels.get(dn_name)?;
+                be.gpu.launch(
+                    dn_name,
+                    f,
+                    (blocks(h, 128)?, grid_y(max_tiles)?, 1),
+                    (256, 1, 1),
+                    0,
+                    &[
+                        Arg::Ptr(act),
+                        Arg::Ptr(list),
+                        Arg::Ptr(tiles),
+                        Arg::Ptr(ntiles),
+                        Arg::Ptr(ip(6)?),
+                        Arg::Ptr(ip(7)?),
+                        Arg::Ptr(ip(8)?),
+                        Arg::I32(float_code(ins[8])?),
+                        Arg::Ptr(y),
+                        Arg::I32(h as i32),
+                        Arg::I32(i as i32),
+                    ],
+                )
+            })();
+            be.give_temp(pairs * 4, list);
+            be.give_temp(max_tiles * 12 + 16, tiles);
+            r?;
+        } else if fast {
+            // One set of 2 SwiGLU outputs (4 rows) per warp, one of 4 rows for down: every
+            // warp makes one memory trip, issued before its block stages x.
+            let by = i.div_ceil(WARPS as usize * 2);
+            let f = be.kernels.get("moe_gate_up_fast")?;
+            be.gpu.launch(
+                "moe_gate_up_fast",
+                f,
+                (blocks(pairs, 1)?, grid_y(by)?, 1),
+                (32 * WARPS, 1, 1),
+                (h * 4) as u32,
+                &[
+                    Arg::Ptr(ip(0)?),
+                    Arg::Ptr(ip(1)?),
+                    Arg::Ptr(ip(3)?),
+                    Arg::Ptr(ip(4)?),
+                    Arg::Ptr(ip(5)?),
+                    Arg::I32(float_code(ins[5])?),
+                    Arg::Ptr(act),
+                    Arg::I32(k as i32),
+                    Arg::I32(i32_of(e, "experts")?),
+                    Arg::I32(i32_of(h, "hidden")?),
+                    Arg::I32(i32_of(i, "intermediate")?),
+                    Arg::F32(*swiglu_limit),
+                    Arg::F32(*alpha),
+                    Arg::Ptr(err),
+                ],
+            )?;
+            let by = h.div_ceil(WARPS as usize * 4);
+            let f = be.kernels.get("moe_down_fast")?;
+            be.gpu.launch(
+                "moe_down_fast",
+                f,
+                (blocks(pairs, 1)?, grid_y(by)?, 1),
+                (32 * WARPS, 1, 1),
+                (i * 4) as u32,
+                &[
+                    Arg::Ptr(act),
+                    Arg::Ptr(ip(1)?),
+                    Arg::Ptr(ip(6)?),
+                    Arg::Ptr(ip(7)?),
+                    Arg::Ptr(ip(8)?),
+                    Arg::I32(float_code(ins[8])?),
+                    Arg::Ptr(y),
+                    Arg::I32(k as i32),
+                    Arg::I32(e as i32),
+                    Arg::I32(h as i32),
+                    Arg::I32(i as i32),
+                ],
+            )?;
+        } else {
+            let f = be.kernels.get("moe_gate_up")?;
+            be.gpu.launch(
+                "moe_gate_up",
+                f,
+                (blocks(pairs, 1)?, grid_y(i.div_ceil(WARPS as usize))?, 1),
+                (32 * WARPS, 1, 1),
+                0,
+                &[
+                    Arg::Ptr(ip(0)?),
+                    Arg::Ptr(ip(1)?),
+                    Arg::Ptr(ip(3)?),
+                    Arg::Ptr(ip(4)?),
+                    Arg::Ptr(ip(5)?),
+                    Arg::I32(float_code(ins[5])?),
+                    Arg::Ptr(act),
+                    Arg::I32(k as i32),
+                    Arg::I32(i32_of(e, "experts")?),
+                    Arg::I32(i32_of(h, "hidden")?),
+                    Arg::I32(i32_of(i, "intermediate")?),
+                    Arg::F32(*swiglu_limit),
+                    Arg::F32(*alpha),
+                    Arg::Ptr(err),
+                ],
+            )?;
+            let f = be.kernels.get("moe_down")?;
+            be.gpu.launch(
+                "moe_down",
+                f,
+                (blocks(pairs, 1)?, grid_y(h.div_ceil(WARPS as usize))?, 1),
+                (32 * WARPS, 1, 1),
+                0,
+                &[
+                    Arg::Ptr(act),
+                    Arg::Ptr(ip(1)?),
+                    Arg::Ptr(ip(6)?),
+                    Arg::Ptr(ip(7)?),
+                    Arg::Ptr(ip(8)?),
+                    Arg::I32(float_code(ins[8])?),
+                    Arg::Ptr(y),
+                    Arg::I32(k as i32),
+                    Arg::I32(e as i32),
+                    Arg::I32(h as i32),
+                    Arg::I32(i as i32),
+                ],
+            )?;
+        }
+        combine(be, y, ip(1)?, ip(2)?, op_(0)?, (t, k, e, h), tail)
+    })();
+    // Stream order makes the scratch safe to reuse by later launches.
+    be.give_temp(pairs * i * 4, act);
+    be.give_temp(pairs * h * 4, y);
+    run
+}
+
+/// Each token's expert outputs y [t*k, h] summed in ascending expert id (weights `w`) into
+/// `out`, or as `tail` says.
+fn combine<F: Flavor>(
+    be: &mut Cuda<F>,
+    y: CUdeviceptr,
+    ids: CUdeviceptr,
+    w: CUdeviceptr,
+    out: CUdeviceptr,
+    (t, k, e, h): (usize, usize, usize, usize),
+    tail: MoeTail,
+) -> Result<()> {
+    if let MoeTail::AddNorm { resid, sum, norm } = tail {
+        let (nw, nwdt, nout, eps) = norm.unwrap_or((0, 0, 0, 0.0));
+        let f = be.kernels.get("moe_combine_add_norm")?;
+        return be.gpu.launch(
+            "moe_combine_add_norm",
+            f,
+            (blocks(t, 1)?, 1, 1),
+            (256, 1, 1),
+            0,
+            &[
+                Arg::Ptr(y),
+                Arg::Ptr(ids),
+                Arg::Ptr(w),
+                Arg::Ptr(resid),
+                Arg::Ptr(sum),
+                Arg::Ptr(nw),
+                Arg::I32(nwdt),
+                Arg::Ptr(nout),
+                Arg::I32(k as i32),
+                Arg::I32(i32_of(e, "experts")?),
+                Arg::I32(i32_of(h, "hidden")?),
+                Arg::F32(eps),
+            ],
+        );
+    }
+    let f = be.kernels.get("moe_combine")?;
+    be.gpu.launch(
+        "moe_combine",
+        f,
+        (blocks(t, 1)?, 1, 1),
+        (256, 1, 1),
+        0,
+        &[
+            Arg::Ptr(y),
+            Arg::Ptr(ids),
+            Arg::Ptr(w),
+            Arg::Ptr(out),
+            Arg::I32(k as i32),
+            Arg::I32(e as i32),
+            Arg::I32(h as i32),
+        ],
+    )
 }

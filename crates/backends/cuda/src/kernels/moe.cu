@@ -167,135 +167,164 @@ __device__ __forceinline__ void stage_mx_x(F4* xs, const float* x, int G) {
     }
 }
 
-// R rows (row0 + r * rstride, r < R, each with G groups) dotted with the staged x; the sums
-// over the warp are in acc[] of every lane.
-template <int R>
-__device__ __forceinline__ void mx_rows_dot(const u8* blocks, const u8* scales, i64 row0,
-                                            i64 rstride, int nrows, const F4* xs, int G,
-                                            int lane, float* acc) {
+#define MX_SET 4  // rows per warp: 2 SwiGLU outputs of gate_up, 4 rows of down
+#define MX_GS 3   // groups per lane per trip: rows of up to 96 groups (H <= 3072) in one trip
+
+// A warp's set is MX_SET consecutive rows (row0.., nrows of them valid, G groups each). A
+// trip covers groups g0 + 32 h (h < MX_GS) of every row: all its 16-byte loads are issued
+// before any is used, and the first trip's before the block stages x (they do not need it).
+__device__ __forceinline__ void mx_rows_load(const u8* blocks, const u8* scales, i64 row0,
+                                             int nrows, int G, int g0, W4 (*q)[MX_SET],
+                                             float (*sc)[MX_SET]) {
 #pragma unroll
-    for (int r = 0; r < R; r++) acc[r] = 0.0f;
-    // Two groups per lane per step: 2R 16-byte loads in flight.
-    for (int g0 = lane; g0 < G; g0 += 64) {
-        W4 q[2][R];
-        float sc[2][R];
+    for (int h = 0; h < MX_GS; h++) {
+        const int g = g0 + 32 * h;
 #pragma unroll
-        for (int h = 0; h < 2; h++) {
-            int g = g0 + 32 * h;
+        for (int r = 0; r < MX_SET; r++) {
+            const i64 at = (row0 + r) * G + g;
+            if (r < nrows && g < G) {
+                q[h][r] = ldg16_stream(blocks + at * 16);
+                sc[h][r] = e8m0(scales[at]);
+            } else {
+                q[h][r] = W4{0, 0, 0, 0};
+                sc[h][r] = 0.0f;
+            }
+        }
+    }
+}
+
+// One trip's groups dotted with the staged x (each x chunk read once for all the rows).
+__device__ __forceinline__ void mx_rows_fma(W4 (*q)[MX_SET], float (*sc)[MX_SET], int G, int g0,
+                                            const F4* xs, float* acc) {
 #pragma unroll
-            for (int r = 0; r < R; r++) {
-                i64 row = row0 + r * rstride;
-                if (r < nrows && g < G) {
-                    q[h][r] = ldg16_stream(blocks + (row * G + g) * 16);
-                    sc[h][r] = e8m0(scales[row * G + g]);
-                } else {
-                    q[h][r] = W4{0, 0, 0, 0};
-                    sc[h][r] = 0.0f;
-                }
+    for (int h = 0; h < MX_GS; h++) {
+        const int g = g0 + 32 * h;
+        if (g >= G) break;
+        float part[MX_SET];
+#pragma unroll
+        for (int r = 0; r < MX_SET; r++) part[r] = 0.0f;
+#pragma unroll
+        for (int wi = 0; wi < 4; wi++) {
+            const F4 a = xs[(2 * wi) * G + g], b = xs[(2 * wi + 1) * G + g];
+#pragma unroll
+            for (int r = 0; r < MX_SET; r++) {
+                const u32 w = wi == 0 ? q[h][r].x : wi == 1 ? q[h][r].y : wi == 2 ? q[h][r].z : q[h][r].w;
+                part[r] = mx_fma8(w, a, b, part[r]);
             }
         }
 #pragma unroll
-        for (int h = 0; h < 2; h++) {
-            int g = g0 + 32 * h;
-            if (g >= G) break;
-            float part[R];
-#pragma unroll
-            for (int r = 0; r < R; r++) part[r] = 0.0f;
-            F4 a = xs[0 * G + g], b = xs[1 * G + g];
-#pragma unroll
-            for (int r = 0; r < R; r++) part[r] = mx_fma8(q[h][r].x, a, b, part[r]);
-            a = xs[2 * G + g];
-            b = xs[3 * G + g];
-#pragma unroll
-            for (int r = 0; r < R; r++) part[r] = mx_fma8(q[h][r].y, a, b, part[r]);
-            a = xs[4 * G + g];
-            b = xs[5 * G + g];
-#pragma unroll
-            for (int r = 0; r < R; r++) part[r] = mx_fma8(q[h][r].z, a, b, part[r]);
-            a = xs[6 * G + g];
-            b = xs[7 * G + g];
-#pragma unroll
-            for (int r = 0; r < R; r++) part[r] = mx_fma8(q[h][r].w, a, b, part[r]);
-#pragma unroll
-            for (int r = 0; r < R; r++)
-                if (r < nrows) acc[r] += (part[r] * 0x1p62f) * sc[h][r];
-        }
+        for (int r = 0; r < MX_SET; r++) acc[r] += (part[r] * 0x1p62f) * sc[h][r];
     }
-#pragma unroll
-    for (int r = 0; r < R; r++) acc[r] = warp_sum(acc[r]);
 }
 
-#define GU_C 2  // SwiGLU outputs (gate/up row pairs) per warp
+// The set's row dot products with the staged x, summed over the warp into acc[] of every
+// lane. `have`: the first trip's loads are already in q/sc.
+__device__ __forceinline__ void mx_set_dot(const u8* blocks, const u8* scales, i64 row0,
+                                           int nrows, const F4* xs, int G, int lane, bool have,
+                                           W4 (*q)[MX_SET], float (*sc)[MX_SET], float* acc) {
+#pragma unroll
+    for (int r = 0; r < MX_SET; r++) acc[r] = 0.0f;
+    for (int g0 = lane; g0 < G; g0 += 32 * MX_GS) {
+        if (!have) mx_rows_load(blocks, scales, row0, nrows, G, g0, q, sc);
+        have = false;
+        mx_rows_fma(q, sc, G, g0, xs, acc);
+    }
+#pragma unroll
+    for (int r = 0; r < MX_SET; r++) acc[r] = warp_sum(acc[r]);
+}
 
-// grid (T*k, by); dynamic shared memory H floats. Warps stride over the I outputs.
-extern "C" __global__ void moe_gate_up_fast(const float* x, const int* ids, const u8* gub,
-                                            const u8* gus, const void* gbias, int bdt, float* act,
-                                            int K, int E, int H, int I, float limit, float alpha,
-                                            int* err) {
+// grid (T*k, by), 256 threads; dynamic shared memory H floats. Each warp computes sets of
+// MX_SET / 2 SwiGLU outputs (their gate/up rows are adjacent), grid-stride over the sets.
+extern "C" __global__ void __launch_bounds__(256)
+    moe_gate_up_fast(const float* x, const int* ids, const u8* gub, const u8* gus,
+                     const void* gbias, int bdt, float* act, int K, int E, int H, int I,
+                     float limit, float alpha, int* err) {
     extern __shared__ F4 xs[];
-    i64 pair = blockIdx.x;
-    i64 t = pair / K;
-    int G = H / 32;
-    int lane = threadIdx.x & 31, nw = blockDim.x >> 5;
-    int e = ids[pair];
+    const int OUTS = MX_SET / 2;
+    const i64 pair = blockIdx.x;
+    const i64 t = pair / K;
+    const int G = H / 32;
+    const int lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+    const int e = ids[pair];
     float* a = act + pair * I;
-    i64 stride = (i64)gridDim.y * nw * GU_C;
-    i64 c_first = ((i64)blockIdx.y * nw + (threadIdx.x >> 5)) * GU_C;
+    const i64 nsets = (I + OUTS - 1) / OUTS;
+    const i64 stride = (i64)gridDim.y * nw;
+    i64 s = (i64)blockIdx.y * nw + (threadIdx.x >> 5);
     if (e < 0 || e >= E) {
         if (threadIdx.x == 0 && blockIdx.y == 0 && e != -1)
             report_error(err, ERR_EXPERT_ID, e, E, (int)t);
-        for (i64 c0 = c_first; c0 < I; c0 += stride)
-            if (lane < GU_C && c0 + lane < I) a[c0 + lane] = 0.0f;
+        for (; s < nsets; s += stride)
+            if (lane < OUTS && s * OUTS + lane < I) a[s * OUTS + lane] = 0.0f;
         return;
+    }
+    W4 q[MX_GS][MX_SET];
+    float sc[MX_GS][MX_SET];
+    bool have = false;
+    if (s < nsets) {
+        const int nc = I - s * OUTS < OUTS ? (int)(I - s * OUTS) : OUTS;
+        mx_rows_load(gub, gus, (i64)e * 2 * I + 2 * s * OUTS, 2 * nc, G, lane, q, sc);
+        have = true;
     }
     stage_mx_x(xs, x + t * H, G);
     __syncthreads();
-    for (i64 c0 = c_first; c0 < I; c0 += stride) {
-        int nc = I - c0 < GU_C ? (int)(I - c0) : GU_C;
-        i64 row0 = (i64)e * 2 * I + 2 * c0;
-        float acc[2 * GU_C];
-        mx_rows_dot<2 * GU_C>(gub, gus, row0, 1, 2 * nc, xs, G, lane, acc);
+    for (; s < nsets; s += stride) {
+        const i64 c0 = s * OUTS;
+        const int nc = I - c0 < OUTS ? (int)(I - c0) : OUTS;
+        const i64 row0 = (i64)e * 2 * I + 2 * c0;
+        float acc[MX_SET];
+        mx_set_dot(gub, gus, row0, 2 * nc, xs, G, lane, have, q, sc, acc);
+        have = false;
         if (lane == 0) {
 #pragma unroll
-            for (int q = 0; q < GU_C; q++) {
-                if (q < nc) {
-                    float g = acc[2 * q] + ldf(gbias, bdt, row0 + 2 * q);
-                    float u = acc[2 * q + 1] + ldf(gbias, bdt, row0 + 2 * q + 1);
-                    a[c0 + q] = swiglu(g, u, limit, alpha);
+            for (int o = 0; o < OUTS; o++) {
+                if (o < nc) {
+                    float g = acc[2 * o] + ldf(gbias, bdt, row0 + 2 * o);
+                    float u = acc[2 * o + 1] + ldf(gbias, bdt, row0 + 2 * o + 1);
+                    a[c0 + o] = swiglu(g, u, limit, alpha);
                 }
             }
         }
     }
 }
 
-#define DN_R 4  // down-projection rows per warp
-
-// grid (T*k, by); dynamic shared memory I floats. y [T*k, H] = expert outputs (bias added).
-extern "C" __global__ void moe_down_fast(const float* act, const int* ids, const u8* dnb,
-                                         const u8* dns, const void* dbias, int bdt, float* y,
-                                         int K, int E, int H, int I) {
+// grid (T*k, by), 256 threads; dynamic shared memory I floats. y [T*k, H] = expert outputs
+// (bias added); each warp computes sets of MX_SET rows, grid-stride over the sets.
+extern "C" __global__ void __launch_bounds__(256)
+    moe_down_fast(const float* act, const int* ids, const u8* dnb, const u8* dns,
+                  const void* dbias, int bdt, float* y, int K, int E, int H, int I) {
     extern __shared__ F4 xs[];
-    i64 pair = blockIdx.x;
-    int G = I / 32;
-    int lane = threadIdx.x & 31, nw = blockDim.x >> 5;
-    int e = ids[pair];
-    i64 stride = (i64)gridDim.y * nw * DN_R;
-    i64 r_first = ((i64)blockIdx.y * nw + (threadIdx.x >> 5)) * DN_R;
+    const i64 pair = blockIdx.x;
+    const int G = I / 32;
+    const int lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+    const int e = ids[pair];
+    const i64 nsets = (H + MX_SET - 1) / MX_SET;
+    const i64 stride = (i64)gridDim.y * nw;
+    i64 s = (i64)blockIdx.y * nw + (threadIdx.x >> 5);
     if (e < 0 || e >= E) {
-        for (i64 r0 = r_first; r0 < H; r0 += stride)
-            if (lane < DN_R && r0 + lane < H) y[pair * H + r0 + lane] = 0.0f;
+        for (; s < nsets; s += stride)
+            if (lane < MX_SET && s * MX_SET + lane < H) y[pair * H + s * MX_SET + lane] = 0.0f;
         return;
+    }
+    W4 q[MX_GS][MX_SET];
+    float sc[MX_GS][MX_SET];
+    bool have = false;
+    if (s < nsets) {
+        const int nr = H - s * MX_SET < MX_SET ? (int)(H - s * MX_SET) : MX_SET;
+        mx_rows_load(dnb, dns, (i64)e * H + s * MX_SET, nr, G, lane, q, sc);
+        have = true;
     }
     stage_mx_x(xs, act + pair * I, G);
     __syncthreads();
-    for (i64 r0 = r_first; r0 < H; r0 += stride) {
-        int nr = H - r0 < DN_R ? (int)(H - r0) : DN_R;
-        i64 row0 = (i64)e * H + r0;
-        float acc[DN_R];
-        mx_rows_dot<DN_R>(dnb, dns, row0, 1, nr, xs, G, lane, acc);
+    for (; s < nsets; s += stride) {
+        const i64 r0 = s * MX_SET;
+        const int nr = H - r0 < MX_SET ? (int)(H - r0) : MX_SET;
+        const i64 row0 = (i64)e * H + r0;
+        float acc[MX_SET];
+        mx_set_dot(dnb, dns, row0, nr, xs, G, lane, have, q, sc, acc);
+        have = false;
         if (lane == 0) {
 #pragma unroll
-            for (int r = 0; r < DN_R; r++)
+            for (int r = 0; r < MX_SET; r++)
                 if (r < nr) y[pair * H + r0 + r] = acc[r] + ldf(dbias, bdt, row0 + r);
         }
     }

@@ -46,20 +46,11 @@ __device__ __forceinline__ bool cand_better(float v, int i, float bv, int bi) {
     return i < bi;
 }
 
-extern "C" __global__ void topk_softmax_warp(const float* x, int* ids, float* w, int T, int E,
-                                             int K) {
-    extern __shared__ float rows[];
-    int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    int t = blockIdx.x * nw + wid;
-    if (t >= T) return;
-    float* r = rows + wid * E;
-    const float* row = x + (i64)t * E;
-    for (int i = lane; i < E; i += 32) r[i] = row[i];
-    __syncwarp();
+// The warp's top-k and softmax of the row r (shared memory, E entries) into id[K], wt[K].
+__device__ __forceinline__ void topk_row_warp(const float* r, int E, int K, int* id, float* wt,
+                                              int lane) {
     u32 taken = 0;  // bit j: entry lane + 32 j taken (E <= 1024)
     float sel = 0.0f;
-    int* id = ids + (i64)t * K;
-    float* wt = w + (i64)t * K;
     for (int s = 0; s < K; s++) {
         float bv = 0.0f;
         int bi = -1;
@@ -92,4 +83,56 @@ extern "C" __global__ void topk_softmax_warp(const float* x, int* ids, float* w,
     for (int s = 0; s < K; s++) sum += expf(__shfl_sync(0xffffffffu, sel, s) - m);
     float inv = 1.0f / sum;
     if (lane < K) wt[lane] = expf(sel - m) * inv;
+}
+
+extern "C" __global__ void topk_softmax_warp(const float* x, int* ids, float* w, int T, int E,
+                                             int K) {
+    extern __shared__ float rows[];
+    int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    int t = blockIdx.x * nw + wid;
+    if (t >= T) return;
+    float* r = rows + wid * E;
+    const float* row = x + (i64)t * E;
+    for (int i = lane; i < E; i += 32) r[i] = row[i];
+    __syncwarp();
+    topk_row_warp(r, E, K, ids + (i64)t * K, w + (i64)t * K, lane);
+}
+
+// The router linear and the top-k softmax in one block per token (few tokens): logits [E] =
+// x W^T + b with W [E, H] bf16 (H % 8 == 0; one warp per expert row, lanes over 8-weight
+// chunks, f32), kept in shared memory, then topk_row_warp. 1024 threads; dynamic shared memory
+// (H + E) floats; E <= 1024, k <= 32.
+extern "C" __global__ void __launch_bounds__(1024)
+    router_topk(const float* x, const u16* w, const void* bias, int bdt, int* ids, float* wts,
+                int H, int E, int K) {
+    extern __shared__ float sm[];
+    float* xs = sm;
+    float* logits = sm + H;
+    const i64 t = blockIdx.x;
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    for (int i = threadIdx.x; i < H; i += blockDim.x) xs[i] = x[t * H + i];
+    __syncthreads();
+    const int H8 = H >> 3;
+    for (int e = wid; e < E; e += nw) {
+        const u32* wr = (const u32*)(w + (i64)e * H);
+        float acc = 0.0f;
+#pragma unroll 4
+        for (int j = lane; j < H8; j += 32) {
+            const W4 q = *(const W4*)(wr + 4 * j);
+            const F4 a = *(const F4*)(xs + 8 * j);
+            const F4 b = *(const F4*)(xs + 8 * j + 4);
+            acc = fmaf(__uint_as_float(q.x << 16), a.x, acc);
+            acc = fmaf(__uint_as_float(q.x & 0xffff0000u), a.y, acc);
+            acc = fmaf(__uint_as_float(q.y << 16), a.z, acc);
+            acc = fmaf(__uint_as_float(q.y & 0xffff0000u), a.w, acc);
+            acc = fmaf(__uint_as_float(q.z << 16), b.x, acc);
+            acc = fmaf(__uint_as_float(q.z & 0xffff0000u), b.y, acc);
+            acc = fmaf(__uint_as_float(q.w << 16), b.z, acc);
+            acc = fmaf(__uint_as_float(q.w & 0xffff0000u), b.w, acc);
+        }
+        acc = warp_sum(acc);
+        if (lane == 0) logits[e] = acc + (bias ? ldf(bias, bdt, e) : 0.0f);
+    }
+    __syncthreads();
+    if (wid == 0) topk_row_warp(logits, E, K, ids + t * K, wts + t * K, lane);
 }

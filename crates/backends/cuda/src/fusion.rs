@@ -1,0 +1,317 @@
+//! Peephole fusion: runs of a step's nodes issued as fewer launches. A decode step is ~17
+//! small launches a layer, each costing a few microseconds whatever its size, so:
+//! - q/k/v (up to three linears reading the same x) as one GEMV launch;
+//! - RoPE of q and k as one launch;
+//! - a residual add with the RMSNorm after it (`add_rms_norm`);
+//! - the MoE's combine with the residual add and the next RMSNorm (`moe_combine_add_norm`);
+//! - the router linear with the top-k softmax of its logits (`router_topk`, few tokens).
+//!
+//! Each runs the same arithmetic as the separate kernels. A run is fused only when every
+//! value it leaves unwritten is a temporary read by nothing else; `GPTOSS_CUDA_NO_FUSION=1`
+//! turns it off with the other fast paths.
+
+use gptoss_core::graph::{Node, Op, ValueKind};
+use gptoss_core::{DType, Graph, Result, Value, ValueId};
+
+use crate::driver::CUdeviceptr;
+use crate::ops::{self, GemvSegment, MoeTail};
+use crate::{Cuda, Flavor};
+
+/// The largest row the fused norm kernels hold in registers (4 float4 chunks x 256 threads).
+const NORM_MAX_H: usize = 4096;
+
+/// A run of nodes starting at the current one that launches as one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pattern {
+    /// `count` (2 or 3) Linear nodes over the same input.
+    Linears { count: usize },
+    /// Two Rope nodes at the same positions with the same parameters.
+    RopePair,
+    /// Add, then RmsNorm of its sum.
+    AddNorm,
+    /// MoeMxfp4, Add of its output to the residual, then (`norm`) RmsNorm of the sum.
+    MoeAddNorm { norm: bool },
+    /// The router Linear, then TopKSoftmax of its logits.
+    RouterTopK,
+}
+
+impl Pattern {
+    /// How many nodes the run covers.
+    pub fn len(self) -> usize {
+        match self {
+            Pattern::Linears { count } => count,
+            Pattern::RopePair | Pattern::AddNorm | Pattern::RouterTopK => 2,
+            Pattern::MoeAddNorm { norm } => 2 + norm as usize,
+        }
+    }
+}
+
+fn dims(v: &Value) -> &[usize] {
+    v.desc.shape.dims()
+}
+
+fn is_f32(v: &Value) -> bool {
+    v.desc.dtype == DType::F32
+}
+
+/// Whether `id` is a temporary read by no node after `reader`.
+fn private_temp(graph: &Graph, last_use: &[usize], id: ValueId, reader: usize) -> bool {
+    matches!(graph.value(id).kind, ValueKind::Temp) && last_use[id.0 as usize] == reader
+}
+
+/// A row the fused norms can hold: f32 rows of a multiple of 4 floats, at most NORM_MAX_H.
+fn norm_row_fits(v: &Value) -> bool {
+    let d = dims(v);
+    is_f32(v) && d.len() == 2 && d[1] % 4 == 0 && d[1] <= NORM_MAX_H
+}
+
+/// Whether node `b` is an RmsNorm of `x` (its input 0) with an f32 output.
+fn norm_of(graph: &Graph, b: &Node, x: ValueId) -> bool {
+    matches!(b.op, Op::RmsNorm { .. })
+        && b.inputs[0] == x
+        && is_f32(graph.value(b.outputs[0]))
+        && norm_row_fits(graph.value(x))
+}
+
+/// The fusable run that starts at node `n`, if any.
+pub(crate) fn pattern_at<F: Flavor>(
+    be: &Cuda<F>,
+    graph: &Graph,
+    n: usize,
+    last_use: &[usize],
+) -> Option<Pattern> {
+    if !be.fast {
+        return None;
+    }
+    let nodes = &graph.nodes;
+    let node = &nodes[n];
+    let next = nodes.get(n + 1);
+    let fused = be.kernels.has("add_rms_norm");
+    match &node.op {
+        Op::Linear => {
+            let count = linear_run(be, graph, n);
+            if count >= 2 {
+                return Some(Pattern::Linears { count });
+            }
+            router_topk_at(graph, n, last_use).then_some(Pattern::RouterTopK)
+        }
+        Op::Rope { params, .. } if fused => {
+            let b = next?;
+            let same = matches!(&b.op, Op::Rope { params: p, .. } if p == params)
+                && b.inputs[1] == node.inputs[1]
+                && [node.inputs[0], node.outputs[0], b.inputs[0], b.outputs[0]]
+                    .iter()
+                    .all(|v| is_f32(graph.value(*v)));
+            same.then_some(Pattern::RopePair)
+        }
+        Op::Add if fused => {
+            let b = next?;
+            let sum = node.outputs[0];
+            let f32s = node.inputs.iter().all(|v| is_f32(graph.value(*v)));
+            (f32s && norm_of(graph, b, sum)).then_some(Pattern::AddNorm)
+        }
+        Op::MoeMxfp4 { .. } if fused => {
+            let add = next?;
+            let m = node.outputs[0];
+            let adds_m = add.op == Op::Add
+                && add.inputs[1] == m
+                && add.inputs[0] != m
+                && is_f32(graph.value(add.inputs[0]))
+                && norm_row_fits(graph.value(add.outputs[0]))
+                && private_temp(graph, last_use, m, n + 1);
+            if !adds_m {
+                return None;
+            }
+            let norm = nodes
+                .get(n + 2)
+                .is_some_and(|b| norm_of(graph, b, add.outputs[0]));
+            Some(Pattern::MoeAddNorm { norm })
+        }
+        _ => None,
+    }
+}
+
+/// Whether node `n` is a router Linear (few tokens, bf16 weights) whose logits only feed the
+/// TopKSoftmax right after it, within `router_topk`'s limits.
+fn router_topk_at(graph: &Graph, n: usize, last_use: &[usize]) -> bool {
+    let (lin, Some(top)) = (&graph.nodes[n], graph.nodes.get(n + 1)) else {
+        return false;
+    };
+    let Op::TopKSoftmax { k } = top.op else {
+        return false;
+    };
+    let logits = lin.outputs[0];
+    let (x, w) = (graph.value(lin.inputs[0]), graph.value(lin.inputs[1]));
+    if top.inputs[0] != logits || dims(x).len() != 2 || dims(w).len() != 2 {
+        return false;
+    }
+    let (t, h, e) = (dims(x)[0], dims(x)[1], dims(w)[0]);
+    is_f32(x)
+        && is_f32(graph.value(top.outputs[1]))
+        && w.desc.dtype == DType::BF16
+        && h % 8 == 0
+        && t < 64
+        && e <= 1024
+        && k <= 32
+        && (h + e) * 4 <= 48 << 10
+        && private_temp(graph, last_use, logits, n + 1)
+}
+
+/// How many Linear nodes from `n` on (at most 3) read the same input with bf16 weights of the
+/// same K, biases of one dtype, and each on the GEMV path.
+fn linear_run<F: Flavor>(be: &Cuda<F>, graph: &Graph, n: usize) -> usize {
+    let first = &graph.nodes[n];
+    let x = graph.value(first.inputs[0]);
+    if !is_f32(x) || dims(x).len() != 2 {
+        return 0;
+    }
+    let (t, k) = (dims(x)[0], dims(x)[1]);
+    let bias_dtype = |node: &Node| node.inputs.get(2).map(|b| graph.value(*b).desc.dtype);
+    let mut count = 0;
+    let mut bdt = None;
+    for node in graph.nodes[n..].iter().take(3) {
+        let ok = node.op == Op::Linear
+            && node.inputs[0] == first.inputs[0]
+            && is_f32(graph.value(node.outputs[0]))
+            && {
+                let w = graph.value(node.inputs[1]);
+                dims(w).len() == 2 && dims(w)[1] == k && ops::gemv_fits(be, w, t, k, dims(w)[0])
+            }
+            && match (bias_dtype(node), bdt) {
+                (Some(d), Some(e)) => d == e,
+                _ => true,
+            };
+        if !ok {
+            break;
+        }
+        bdt = bdt.or(bias_dtype(node));
+        count += 1;
+    }
+    count
+}
+
+/// Launch the run `p` that starts at node `n` (outputs of all its nodes already have storage).
+pub(crate) fn run<F: Flavor>(
+    be: &mut Cuda<F>,
+    graph: &Graph,
+    n: usize,
+    p: Pattern,
+    ptrs: &[Option<CUdeviceptr>],
+) -> Result<()> {
+    let nodes = &graph.nodes[n..n + p.len()];
+    let ptr = |id: ValueId| -> Result<CUdeviceptr> {
+        ptrs[id.0 as usize].ok_or_else(|| {
+            gptoss_core::Error::Graph(format!(
+                "'{}' has no storage (read after free?)",
+                graph.value(id).name
+            ))
+        })
+    };
+    match p {
+        Pattern::Linears { .. } => {
+            let x = graph.value(nodes[0].inputs[0]);
+            let (t, k) = (dims(x)[0], dims(x)[1]);
+            let mut bdt = 0;
+            let mut segs = Vec::with_capacity(nodes.len());
+            for node in nodes {
+                let bias = match node.inputs.get(2) {
+                    Some(b) => {
+                        bdt = ops::float_code(graph.value(*b))?;
+                        ptr(*b)?
+                    }
+                    None => 0,
+                };
+                segs.push(GemvSegment {
+                    w: ptr(node.inputs[1])?,
+                    bias,
+                    y: ptr(node.outputs[0])?,
+                    n: dims(graph.value(node.inputs[1]))[0],
+                });
+            }
+            ops::gemv(be, ptr(nodes[0].inputs[0])?, t, k, bdt, &segs)
+        }
+        Pattern::RouterTopK => {
+            let (lin, top) = (&nodes[0], &nodes[1]);
+            let Op::TopKSoftmax { k } = top.op else {
+                unreachable!("pattern_at matched a TopKSoftmax");
+            };
+            let x = graph.value(lin.inputs[0]);
+            let e = dims(graph.value(lin.inputs[1]))[0];
+            let (bias, bdt) = match lin.inputs.get(2) {
+                Some(b) => (ptr(*b)?, ops::float_code(graph.value(*b))?),
+                None => (0, 0),
+            };
+            ops::router_topk(
+                be,
+                ptr(lin.inputs[0])?,
+                (ptr(lin.inputs[1])?, bias, bdt),
+                (ptr(top.outputs[0])?, ptr(top.outputs[1])?),
+                (dims(x)[0], dims(x)[1], e, k as usize),
+            )
+        }
+        Pattern::RopePair => {
+            let (a, b) = (&nodes[0], &nodes[1]);
+            let (Op::Rope { params, heads: h0 }, Op::Rope { heads: h1, .. }) = (&a.op, &b.op)
+            else {
+                unreachable!("pattern_at matched two Rope nodes");
+            };
+            let t = dims(graph.value(a.inputs[0]))[0];
+            ops::rope_pairs(
+                be,
+                params,
+                t,
+                [(ptr(a.inputs[0])?, ptr(a.outputs[0])?, *h0)],
+                Some((ptr(b.inputs[0])?, ptr(b.outputs[0])?, *h1)),
+                ptr(a.inputs[1])?,
+            )
+        }
+        Pattern::AddNorm => {
+            let (add, norm) = (&nodes[0], &nodes[1]);
+            let Op::RmsNorm { eps } = norm.op else {
+                unreachable!("pattern_at matched an RmsNorm");
+            };
+            let x = graph.value(add.inputs[0]);
+            ops::add_rms_norm(
+                be,
+                (dims(x)[0], dims(x)[1]),
+                [ptr(add.inputs[0])?, ptr(add.inputs[1])?],
+                ptr(add.outputs[0])?,
+                (ptr(norm.inputs[1])?, graph.value(norm.inputs[1])),
+                ptr(norm.outputs[0])?,
+                eps,
+            )
+        }
+        Pattern::MoeAddNorm { norm } => {
+            let (moe, add) = (&nodes[0], &nodes[1]);
+            let Op::MoeMxfp4 {
+                swiglu_limit,
+                alpha,
+            } = moe.op
+            else {
+                unreachable!("pattern_at matched a MoeMxfp4");
+            };
+            let norm = match norm {
+                true => {
+                    let nn = &nodes[2];
+                    let Op::RmsNorm { eps } = nn.op else {
+                        unreachable!("pattern_at matched an RmsNorm");
+                    };
+                    let w = graph.value(nn.inputs[1]);
+                    Some((
+                        ptr(nn.inputs[1])?,
+                        ops::float_code(w)?,
+                        ptr(nn.outputs[0])?,
+                        eps,
+                    ))
+                }
+                false => None,
+            };
+            let tail = MoeTail::AddNorm {
+                resid: ptr(add.inputs[0])?,
+                sum: ptr(add.outputs[0])?,
+                norm,
+            };
+            ops::run_moe(be, graph, moe, ptrs, (swiglu_limit, alpha), tail)
+        }
+    }
+}

@@ -1,0 +1,164 @@
+// Fused small kernels of a step (decode first of all), each replacing two or three launches:
+// the residual add with the RMSNorm after it, the MoE's expert combine with the residual add
+// and the next RMSNorm, and RoPE of q and k in one launch. Same arithmetic, in the same order,
+// as the separate kernels (add_f32, rms_norm, moe_combine, rope), so results do not change.
+
+#define RN_V 4  // float4 chunks of a row per thread: rows of up to 4 * 4 * blockDim floats
+
+// The row's sum of squares over the block, from the chunks this thread holds; then
+// out = w * (v * (1 / sqrt(mean + eps))), written as float4 chunks.
+__device__ __forceinline__ void norm_store(const F4* v, int H, float eps, const void* w, int wdt,
+                                           float* out) {
+    const int H4 = H >> 2;
+    float s = 0.0f;
+#pragma unroll
+    for (int j = 0; j < RN_V; j++) {
+        const int c = threadIdx.x + j * blockDim.x;
+        if (c < H4) s += v[j].x * v[j].x + v[j].y * v[j].y + v[j].z * v[j].z + v[j].w * v[j].w;
+    }
+    s = block_sum(s);
+    const float inv = 1.0f / sqrtf(s / (float)H + eps);
+    F4* o = (F4*)out;
+#pragma unroll
+    for (int j = 0; j < RN_V; j++) {
+        const int c = threadIdx.x + j * blockDim.x;
+        if (c < H4) {
+            F4 r;
+            r.x = ldf(w, wdt, 4 * c) * (v[j].x * inv);
+            r.y = ldf(w, wdt, 4 * c + 1) * (v[j].y * inv);
+            r.z = ldf(w, wdt, 4 * c + 2) * (v[j].z * inv);
+            r.w = ldf(w, wdt, 4 * c + 3) * (v[j].w * inv);
+            o[c] = r;
+        }
+    }
+}
+
+// grid T, 256 threads; H % 4 == 0, H <= 4 * RN_V * 256. sum = a + b (a alone when b is null;
+// not stored when sum_out is null); out = rms_norm(sum) * w.
+extern "C" __global__ void __launch_bounds__(256)
+    add_rms_norm(const float* a, const float* b, const void* w, int wdt, float* sum_out,
+                 float* out, int H, float eps) {
+    const i64 t = blockIdx.x;
+    const int H4 = H >> 2;
+    const F4* ar = (const F4*)(a + t * H);
+    const F4* br = b ? (const F4*)(b + t * H) : nullptr;
+    F4 v[RN_V], u[RN_V];
+#pragma unroll
+    for (int j = 0; j < RN_V; j++) {
+        const int c = threadIdx.x + j * blockDim.x;
+        if (c < H4) {
+            v[j] = ar[c];
+            u[j] = br ? br[c] : F4{0.0f, 0.0f, 0.0f, 0.0f};
+        }
+    }
+    if (br) {
+#pragma unroll
+        for (int j = 0; j < RN_V; j++) {
+            v[j].x += u[j].x;
+            v[j].y += u[j].y;
+            v[j].z += u[j].z;
+            v[j].w += u[j].w;
+        }
+    }
+    if (sum_out) {
+        F4* so = (F4*)(sum_out + t * H);
+#pragma unroll
+        for (int j = 0; j < RN_V; j++) {
+            const int c = threadIdx.x + j * blockDim.x;
+            if (c < H4) so[c] = v[j];
+        }
+    }
+    norm_store(v, H, eps, w, wdt, out + t * H);
+}
+
+// grid T, 256 threads; H % 4 == 0, H <= 4 * RN_V * 256. For token t: m = the sum over its
+// experts in ascending expert id of y[pair] * wts[pair] (moe_combine's order), sum = resid + m
+// (resid may be null: sum = m), stored; then, when nw is not null, out = rms_norm(sum) * nw.
+extern "C" __global__ void __launch_bounds__(256)
+    moe_combine_add_norm(const float* y, const int* ids, const float* wts, const float* resid,
+                         float* sum_out, const void* nw, int nwdt, float* out, int K, int E,
+                         int H, float eps) {
+    const i64 t = blockIdx.x;
+    const int H4 = H >> 2;
+    int order[32];
+    int n = 0;
+    for (int s = 0; s < K; s++) {
+        int e = ids[t * K + s];
+        if (e < 0 || e >= E) continue;
+        int at = n;
+        while (at > 0 && ids[t * K + order[at - 1]] > e) {
+            order[at] = order[at - 1];
+            at--;
+        }
+        order[at] = s;
+        n++;
+    }
+    F4 v[RN_V];
+#pragma unroll
+    for (int j = 0; j < RN_V; j++) v[j] = F4{0.0f, 0.0f, 0.0f, 0.0f};
+    for (int i = 0; i < n; i++) {
+        const i64 pair = t * K + order[i];
+        const float wt = wts[pair];
+        const F4* yr = (const F4*)(y + pair * H);
+#pragma unroll
+        for (int j = 0; j < RN_V; j++) {
+            const int c = threadIdx.x + j * blockDim.x;
+            if (c < H4) {
+                F4 q = yr[c];
+                v[j].x += q.x * wt;
+                v[j].y += q.y * wt;
+                v[j].z += q.z * wt;
+                v[j].w += q.w * wt;
+            }
+        }
+    }
+    F4* so = (F4*)(sum_out + t * H);
+#pragma unroll
+    for (int j = 0; j < RN_V; j++) {
+        const int c = threadIdx.x + j * blockDim.x;
+        if (c < H4) {
+            if (resid) {
+                F4 r = ((const F4*)(resid + t * H))[c];
+                v[j].x = r.x + v[j].x;
+                v[j].y = r.y + v[j].y;
+                v[j].z = r.z + v[j].z;
+                v[j].w = r.w + v[j].w;
+            }
+            so[c] = v[j];
+        }
+    }
+    if (nw) norm_store(v, H, eps, nw, nwdt, out + t * H);
+}
+
+// grid (T, ceil((h0 + h1) * D / 2 / 256)), 256 threads: one rotated pair (i, i + D/2) of one
+// head per thread, over the heads of x0 (h0 of them) then of x1 (h1; 0 for a single tensor).
+// cos and sin are scaled by mscale, as in rope.
+extern "C" __global__ void __launch_bounds__(256)
+    rope_pairs(const float* x0, float* out0, int h0, const float* x1, float* out1, int h1,
+               const int* pos, const float* inv_freq, int D, float mscale, int* err) {
+    const i64 t = blockIdx.x;
+    const int half = D / 2;
+    int idx = blockIdx.y * blockDim.x + threadIdx.x;
+    if (idx >= (h0 + h1) * half) return;
+    const float* x = x0;
+    float* out = out0;
+    int heads = h0;
+    if (idx >= h0 * half) {
+        idx -= h0 * half;
+        x = x1, out = out1, heads = h1;
+    }
+    const int h = idx / half, i = idx - h * half;
+    const i64 base = t * heads * D + (i64)h * D;
+    const float xa = x[base + i], xb = x[base + i + half];
+    const int p = pos[t];
+    if (p < 0) {
+        if (idx == 0) report_error(err, ERR_ROPE_POSITION, p, 0, (int)t);
+        out[base + i] = xa;
+        out[base + i + half] = xb;
+        return;
+    }
+    const float a = (float)p * inv_freq[i];
+    const float c = cosf(a) * mscale, s = sinf(a) * mscale;
+    out[base + i] = xa * c - xb * s;
+    out[base + i + half] = xb * c + xa * s;
+}
