@@ -73,6 +73,8 @@ pub const FAMILIES: &[Family] = &[
             "moe_combine",
             "moe_gate_up_fast",
             "moe_down_fast",
+            "moe_gate_up_fast2",
+            "moe_down_fast2",
         ],
         optional: false,
     },

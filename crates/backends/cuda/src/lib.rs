@@ -125,6 +125,9 @@ pub struct Cuda<F: Flavor> {
     /// (GPTOSS_CUDA_MMA_MIN_T, default 16: batched decode reads each weight once per step
     /// from there; 0 turns them off); tiled attention likewise.
     mma_min_t: usize,
+    /// Rows a warp of the fast (few-token) MoE kernels takes at a time: 2 (held to 64
+    /// registers, 4 blocks an SM), or 4 with GPTOSS_CUDA_MOE_ROWS=4.
+    moe_rows: usize,
     /// GPTOSS_CUDA_GRAPH=0 turns off replaying repeated steps as CUDA graphs.
     graphs: bool,
     /// The last step's recorded launches, and a captured graph of a repeated one.
@@ -261,6 +264,10 @@ impl<F: Flavor> Cuda<F> {
                 .ok()
                 .and_then(|v| v.parse::<usize>().ok())
                 .map_or(16, |v| if v == 0 { usize::MAX } else { v }),
+            moe_rows: match std::env::var("GPTOSS_CUDA_MOE_ROWS").as_deref() {
+                Ok("4") => 4,
+                _ => 2,
+            },
             graphs: std::env::var("GPTOSS_CUDA_GRAPH").map_or(true, |v| v != "0")
                 && profile.is_none()
                 && std::env::var_os("GPTOSS_CUDA_SYNC").is_none(),

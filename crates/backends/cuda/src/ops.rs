@@ -1015,12 +1015,19 @@ pub(crate) fn run_moe<F: Flavor>(
             be.give_temp(max_tiles * 12 + 16, tiles);
             r?;
         } else if fast {
-            // One set of 2 SwiGLU outputs (4 rows) per warp, one of 4 rows for down: every
-            // warp makes one memory trip, issued before its block stages x.
-            let by = i.div_ceil(WARPS as usize * 2);
-            let f = be.kernels.get("moe_gate_up_fast")?;
+            // Each warp one set of `rows` rows (gate/up pairs for gate_up): one memory trip,
+            // issued before its block stages x.
+            let rows = be.moe_rows;
+            let (gu_name, dn_name) = if rows == 4 {
+                ("moe_gate_up_fast", "moe_down_fast")
+            } else {
+                ("moe_gate_up_fast2", "moe_down_fast2")
+            };
+            let grid_for = |sets: usize| sets.div_ceil(WARPS as usize);
+            let by = grid_for(i.div_ceil(rows / 2));
+            let f = be.kernels.get(gu_name)?;
             be.gpu.launch(
-                "moe_gate_up_fast",
+                gu_name,
                 f,
                 (blocks(pairs, 1)?, grid_y(by)?, 1),
                 (32 * WARPS, 1, 1),
@@ -1042,10 +1049,10 @@ pub(crate) fn run_moe<F: Flavor>(
                     Arg::Ptr(err),
                 ],
             )?;
-            let by = h.div_ceil(WARPS as usize * 4);
-            let f = be.kernels.get("moe_down_fast")?;
+            let by = grid_for(h.div_ceil(rows));
+            let f = be.kernels.get(dn_name)?;
             be.gpu.launch(
-                "moe_down_fast",
+                dn_name,
                 f,
                 (blocks(pairs, 1)?, grid_y(by)?, 1),
                 (32 * WARPS, 1, 1),

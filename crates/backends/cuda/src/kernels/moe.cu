@@ -134,22 +134,27 @@ extern "C" __global__ void moe_combine(const float* y, const int* ids, const flo
 // E2M1 decoded by bit placement: code em -> float bits em << 22 is the value times 2^-126
 // (exact, the denormal included), so v * x = (bits * (x * 2^64)) * 2^62 with one FMA.
 
+// Nibbles P/4 and P/4 + 4 of w decoded together as a pair of bf16 bit patterns: their codes
+// e1 e0 m at bits 6..8 and 22..24, their signs at bits 15 and 31 (two shifts and two logic ops
+// for two weights); each half widened to f32 bits is the em << 22 form above.
 template <int P>
-__device__ __forceinline__ float fp4_raw(u32 w) {
-    u32 em = P <= 22 ? (w << (22 - P)) : (w >> (P - 22));
-    u32 sg = w << (28 - P);
-    return __uint_as_float((em & 0x01c00000u) | (sg & 0x80000000u));
+__device__ __forceinline__ u32 fp4_pair(u32 w) {
+    u32 em = P <= 6 ? (w << (6 - P)) : (w >> (P - 6));
+    u32 sg = w << (12 - P);
+    return (em & 0x01c001c0u) | (sg & 0x80008000u);
 }
 
 __device__ __forceinline__ float mx_fma8(u32 w, F4 a, F4 b, float acc) {
-    acc = fmaf(fp4_raw<0>(w), a.x, acc);
-    acc = fmaf(fp4_raw<4>(w), a.y, acc);
-    acc = fmaf(fp4_raw<8>(w), a.z, acc);
-    acc = fmaf(fp4_raw<12>(w), a.w, acc);
-    acc = fmaf(fp4_raw<16>(w), b.x, acc);
-    acc = fmaf(fp4_raw<20>(w), b.y, acc);
-    acc = fmaf(fp4_raw<24>(w), b.z, acc);
-    acc = fmaf(fp4_raw<28>(w), b.w, acc);
+    const u32 p0 = fp4_pair<0>(w), p1 = fp4_pair<4>(w), p2 = fp4_pair<8>(w),
+              p3 = fp4_pair<12>(w);
+    acc = fmaf(__uint_as_float(p0 << 16), a.x, acc);
+    acc = fmaf(__uint_as_float(p1 << 16), a.y, acc);
+    acc = fmaf(__uint_as_float(p2 << 16), a.z, acc);
+    acc = fmaf(__uint_as_float(p3 << 16), a.w, acc);
+    acc = fmaf(__uint_as_float(p0 & 0xffff0000u), b.x, acc);
+    acc = fmaf(__uint_as_float(p1 & 0xffff0000u), b.y, acc);
+    acc = fmaf(__uint_as_float(p2 & 0xffff0000u), b.z, acc);
+    acc = fmaf(__uint_as_float(p3 & 0xffff0000u), b.w, acc);
     return acc;
 }
 
@@ -167,20 +172,20 @@ __device__ __forceinline__ void stage_mx_x(F4* xs, const float* x, int G) {
     }
 }
 
-#define MX_SET 4  // rows per warp: 2 SwiGLU outputs of gate_up, 4 rows of down
 #define MX_GS 3   // groups per lane per trip: rows of up to 96 groups (H <= 3072) in one trip
 
-// A warp's set is MX_SET consecutive rows (row0.., nrows of them valid, G groups each). A
+// A warp's set is S consecutive rows (row0.., nrows of them valid, G groups each). A
 // trip covers groups g0 + 32 h (h < MX_GS) of every row: all its 16-byte loads are issued
 // before any is used, and the first trip's before the block stages x (they do not need it).
+template <int S>
 __device__ __forceinline__ void mx_rows_load(const u8* blocks, const u8* scales, i64 row0,
-                                             int nrows, int G, int g0, W4 (*q)[MX_SET],
-                                             float (*sc)[MX_SET]) {
+                                             int nrows, int G, int g0, W4 (*q)[S],
+                                             float (*sc)[S]) {
 #pragma unroll
     for (int h = 0; h < MX_GS; h++) {
         const int g = g0 + 32 * h;
 #pragma unroll
-        for (int r = 0; r < MX_SET; r++) {
+        for (int r = 0; r < S; r++) {
             const i64 at = (row0 + r) * G + g;
             if (r < nrows && g < G) {
                 q[h][r] = ldg16_stream(blocks + at * 16);
@@ -194,53 +199,84 @@ __device__ __forceinline__ void mx_rows_load(const u8* blocks, const u8* scales,
 }
 
 // One trip's groups dotted with the staged x (each x chunk read once for all the rows).
-__device__ __forceinline__ void mx_rows_fma(W4 (*q)[MX_SET], float (*sc)[MX_SET], int G, int g0,
+template <int S>
+__device__ __forceinline__ void mx_rows_fma(W4 (*q)[S], float (*sc)[S], int G, int g0,
                                             const F4* xs, float* acc) {
 #pragma unroll
     for (int h = 0; h < MX_GS; h++) {
         const int g = g0 + 32 * h;
         if (g >= G) break;
-        float part[MX_SET];
+        float part[S];
 #pragma unroll
-        for (int r = 0; r < MX_SET; r++) part[r] = 0.0f;
+        for (int r = 0; r < S; r++) part[r] = 0.0f;
 #pragma unroll
         for (int wi = 0; wi < 4; wi++) {
             const F4 a = xs[(2 * wi) * G + g], b = xs[(2 * wi + 1) * G + g];
 #pragma unroll
-            for (int r = 0; r < MX_SET; r++) {
+            for (int r = 0; r < S; r++) {
                 const u32 w = wi == 0 ? q[h][r].x : wi == 1 ? q[h][r].y : wi == 2 ? q[h][r].z : q[h][r].w;
                 part[r] = mx_fma8(w, a, b, part[r]);
             }
         }
 #pragma unroll
-        for (int r = 0; r < MX_SET; r++) acc[r] += (part[r] * 0x1p62f) * sc[h][r];
+        for (int r = 0; r < S; r++) acc[r] += (part[r] * 0x1p62f) * sc[h][r];
     }
 }
 
 // The set's row dot products with the staged x, summed over the warp into acc[] of every
 // lane. `have`: the first trip's loads are already in q/sc.
+template <int S>
 __device__ __forceinline__ void mx_set_dot(const u8* blocks, const u8* scales, i64 row0,
                                            int nrows, const F4* xs, int G, int lane, bool have,
-                                           W4 (*q)[MX_SET], float (*sc)[MX_SET], float* acc) {
+                                           W4 (*q)[S], float (*sc)[S], float* acc) {
 #pragma unroll
-    for (int r = 0; r < MX_SET; r++) acc[r] = 0.0f;
+    for (int r = 0; r < S; r++) acc[r] = 0.0f;
     for (int g0 = lane; g0 < G; g0 += 32 * MX_GS) {
-        if (!have) mx_rows_load(blocks, scales, row0, nrows, G, g0, q, sc);
+        if (!have) mx_rows_load<S>(blocks, scales, row0, nrows, G, g0, q, sc);
         have = false;
-        mx_rows_fma(q, sc, G, g0, xs, acc);
+        mx_rows_fma<S>(q, sc, G, g0, xs, acc);
     }
 #pragma unroll
-    for (int r = 0; r < MX_SET; r++) acc[r] = warp_sum(acc[r]);
+    for (int r = 0; r < S; r++) acc[r] = warp_sum(acc[r]);
+}
+
+// A warp's sets s, s + stride, ... (< nsets) of one expert matrix: row_of(s, nr) gives set
+// s's first row and its valid rows nr, done(s, row0, nr, acc) takes the set's sums (every
+// lane). The block stages x (G groups, all threads) after the warp's first loads are issued.
+template <int S, class RowOf, class Done>
+__device__ __forceinline__ void run_sets(const u8* blocks, const u8* scales, int G, i64 s,
+                                         i64 nsets, i64 stride, const float* x, F4* xs,
+                                         RowOf row_of, Done done) {
+    const int lane = threadIdx.x & 31;
+    W4 q[MX_GS][S];
+    float sc[MX_GS][S];
+    bool have = false;
+    if (s < nsets) {
+        int nr;
+        const i64 r0 = row_of(s, nr);
+        mx_rows_load<S>(blocks, scales, r0, nr, G, lane, q, sc);
+        have = true;
+    }
+    stage_mx_x(xs, x, G);
+    __syncthreads();
+    for (; s < nsets; s += stride) {
+        int nr;
+        const i64 r0 = row_of(s, nr);
+        float acc[S];
+        mx_set_dot<S>(blocks, scales, r0, nr, xs, G, lane, have, q, sc, acc);
+        have = false;
+        done(s, r0, nr, acc);
+    }
 }
 
 // grid (T*k, by), 256 threads; dynamic shared memory H floats. Each warp computes sets of
-// MX_SET / 2 SwiGLU outputs (their gate/up rows are adjacent), grid-stride over the sets.
-extern "C" __global__ void __launch_bounds__(256)
-    moe_gate_up_fast(const float* x, const int* ids, const u8* gub, const u8* gus,
-                     const void* gbias, int bdt, float* act, int K, int E, int H, int I,
-                     float limit, float alpha, int* err) {
-    extern __shared__ F4 xs[];
-    const int OUTS = MX_SET / 2;
+// S / 2 SwiGLU outputs (their gate/up rows are adjacent), grid-stride over the sets.
+template <int S>
+__device__ __forceinline__ void gate_up_sets(const float* x, const int* ids, const u8* gub,
+                                             const u8* gus, const void* gbias, int bdt,
+                                             float* act, int K, int E, int H, int I, float limit,
+                                             float alpha, int* err, F4* xs) {
+    const int OUTS = S / 2;
     const i64 pair = blockIdx.x;
     const i64 t = pair / K;
     const int G = H / 32;
@@ -257,75 +293,88 @@ extern "C" __global__ void __launch_bounds__(256)
             if (lane < OUTS && s * OUTS + lane < I) a[s * OUTS + lane] = 0.0f;
         return;
     }
-    W4 q[MX_GS][MX_SET];
-    float sc[MX_GS][MX_SET];
-    bool have = false;
-    if (s < nsets) {
-        const int nc = I - s * OUTS < OUTS ? (int)(I - s * OUTS) : OUTS;
-        mx_rows_load(gub, gus, (i64)e * 2 * I + 2 * s * OUTS, 2 * nc, G, lane, q, sc);
-        have = true;
-    }
-    stage_mx_x(xs, x + t * H, G);
-    __syncthreads();
-    for (; s < nsets; s += stride) {
-        const i64 c0 = s * OUTS;
-        const int nc = I - c0 < OUTS ? (int)(I - c0) : OUTS;
-        const i64 row0 = (i64)e * 2 * I + 2 * c0;
-        float acc[MX_SET];
-        mx_set_dot(gub, gus, row0, 2 * nc, xs, G, lane, have, q, sc, acc);
-        have = false;
+    const i64 base = (i64)e * 2 * I;
+    auto row_of = [&](i64 set, int& nr) -> i64 {
+        const i64 c0 = set * OUTS;
+        nr = 2 * (I - c0 < OUTS ? (int)(I - c0) : OUTS);
+        return base + 2 * c0;
+    };
+    auto done = [&](i64 set, i64 row0, int nr, const float* acc) {
         if (lane == 0) {
 #pragma unroll
             for (int o = 0; o < OUTS; o++) {
-                if (o < nc) {
+                if (2 * o < nr) {
                     float g = acc[2 * o] + ldf(gbias, bdt, row0 + 2 * o);
                     float u = acc[2 * o + 1] + ldf(gbias, bdt, row0 + 2 * o + 1);
-                    a[c0 + o] = swiglu(g, u, limit, alpha);
+                    a[set * OUTS + o] = swiglu(g, u, limit, alpha);
                 }
             }
         }
-    }
+    };
+    run_sets<S>(gub, gus, G, s, nsets, stride, x + t * H, xs, row_of, done);
 }
 
 // grid (T*k, by), 256 threads; dynamic shared memory I floats. y [T*k, H] = expert outputs
-// (bias added); each warp computes sets of MX_SET rows, grid-stride over the sets.
-extern "C" __global__ void __launch_bounds__(256)
-    moe_down_fast(const float* act, const int* ids, const u8* dnb, const u8* dns,
-                  const void* dbias, int bdt, float* y, int K, int E, int H, int I) {
-    extern __shared__ F4 xs[];
+// (bias added); each warp computes sets of S rows, grid-stride over the sets.
+template <int S>
+__device__ __forceinline__ void down_sets(const float* act, const int* ids, const u8* dnb,
+                                          const u8* dns, const void* dbias, int bdt, float* y,
+                                          int K, int E, int H, int I, F4* xs) {
     const i64 pair = blockIdx.x;
     const int G = I / 32;
     const int lane = threadIdx.x & 31, nw = blockDim.x >> 5;
     const int e = ids[pair];
-    const i64 nsets = (H + MX_SET - 1) / MX_SET;
+    const i64 nsets = (H + S - 1) / S;
     const i64 stride = (i64)gridDim.y * nw;
     i64 s = (i64)blockIdx.y * nw + (threadIdx.x >> 5);
     if (e < 0 || e >= E) {
         for (; s < nsets; s += stride)
-            if (lane < MX_SET && s * MX_SET + lane < H) y[pair * H + s * MX_SET + lane] = 0.0f;
+            if (lane < S && s * S + lane < H) y[pair * H + s * S + lane] = 0.0f;
         return;
     }
-    W4 q[MX_GS][MX_SET];
-    float sc[MX_GS][MX_SET];
-    bool have = false;
-    if (s < nsets) {
-        const int nr = H - s * MX_SET < MX_SET ? (int)(H - s * MX_SET) : MX_SET;
-        mx_rows_load(dnb, dns, (i64)e * H + s * MX_SET, nr, G, lane, q, sc);
-        have = true;
-    }
-    stage_mx_x(xs, act + pair * I, G);
-    __syncthreads();
-    for (; s < nsets; s += stride) {
-        const i64 r0 = s * MX_SET;
-        const int nr = H - r0 < MX_SET ? (int)(H - r0) : MX_SET;
-        const i64 row0 = (i64)e * H + r0;
-        float acc[MX_SET];
-        mx_set_dot(dnb, dns, row0, nr, xs, G, lane, have, q, sc, acc);
-        have = false;
+    const i64 base = (i64)e * H;
+    auto row_of = [&](i64 set, int& nr) -> i64 {
+        const i64 r0 = set * S;
+        nr = H - r0 < S ? (int)(H - r0) : S;
+        return base + r0;
+    };
+    auto done = [&](i64 set, i64 row0, int nr, const float* acc) {
         if (lane == 0) {
 #pragma unroll
-            for (int r = 0; r < MX_SET; r++)
-                if (r < nr) y[pair * H + r0 + r] = acc[r] + ldf(dbias, bdt, row0 + r);
+            for (int r = 0; r < S; r++)
+                if (r < nr) y[pair * H + set * S + r] = acc[r] + ldf(dbias, bdt, row0 + r);
         }
-    }
+    };
+    run_sets<S>(dnb, dns, G, s, nsets, stride, act + pair * I, xs, row_of, done);
+}
+
+// The kernels: S = 2 rows a warp held to 64 registers a thread, so that 4 blocks fit an SM
+// (the default: 20b decode on an H100 327 tok/s against 316 with S = 4, and a pipelined S = 2
+// variant, each warp loading its next set while computing one, 311); S = 4 (2 SwiGLU outputs a
+// warp, 126 registers) with GPTOSS_CUDA_MOE_ROWS=4.
+#define GATE_UP_ARGS                                                                         \
+    const float *x, const int *ids, const u8 *gub, const u8 *gus, const void *gbias, int bdt, \
+        float *act, int K, int E, int H, int I, float limit, float alpha, int *err
+#define GATE_UP_PASS x, ids, gub, gus, gbias, bdt, act, K, E, H, I, limit, alpha, err, xs
+#define DOWN_ARGS                                                                             \
+    const float *act, const int *ids, const u8 *dnb, const u8 *dns, const void *dbias, int bdt, \
+        float *y, int K, int E, int H, int I
+#define DOWN_PASS act, ids, dnb, dns, dbias, bdt, y, K, E, H, I, xs
+
+// grid (T*k, by), 256 threads; dynamic shared memory H floats (gate_up), I floats (down).
+extern "C" __global__ void __launch_bounds__(256) moe_gate_up_fast(GATE_UP_ARGS) {
+    extern __shared__ F4 xs[];
+    gate_up_sets<4>(GATE_UP_PASS);
+}
+extern "C" __global__ void __launch_bounds__(256) moe_down_fast(DOWN_ARGS) {
+    extern __shared__ F4 xs[];
+    down_sets<4>(DOWN_PASS);
+}
+extern "C" __global__ void __launch_bounds__(256, 4) moe_gate_up_fast2(GATE_UP_ARGS) {
+    extern __shared__ F4 xs[];
+    gate_up_sets<2>(GATE_UP_PASS);
+}
+extern "C" __global__ void __launch_bounds__(256, 4) moe_down_fast2(DOWN_ARGS) {
+    extern __shared__ F4 xs[];
+    down_sets<2>(DOWN_PASS);
 }
