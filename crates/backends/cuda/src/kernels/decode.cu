@@ -4,6 +4,7 @@
 // as the separate kernels (add_f32, rms_norm, moe_combine, rope), so results do not change.
 
 #define RN_V 4  // float4 chunks of a row per thread: rows of up to 4 * 4 * blockDim floats
+#define CB 4    // experts whose rows moe_combine_add_norm loads at once
 
 // The row's sum of squares over the block, from the chunks this thread holds; then
 // out = w * (v * (1 / sqrt(mean + eps))), written as float4 chunks.
@@ -96,19 +97,37 @@ extern "C" __global__ void __launch_bounds__(256)
     F4 v[RN_V];
 #pragma unroll
     for (int j = 0; j < RN_V; j++) v[j] = F4{0.0f, 0.0f, 0.0f, 0.0f};
-    for (int i = 0; i < n; i++) {
-        const i64 pair = t * K + order[i];
-        const float wt = wts[pair];
-        const F4* yr = (const F4*)(y + pair * H);
+    // Experts in groups of CB: all of a group's loads are issued before any is used.
+    for (int i0 = 0; i0 < n; i0 += CB) {
+        F4 yv[CB][RN_V];
+        float wv[CB];
 #pragma unroll
-        for (int j = 0; j < RN_V; j++) {
-            const int c = threadIdx.x + j * blockDim.x;
-            if (c < H4) {
-                F4 q = yr[c];
-                v[j].x += q.x * wt;
-                v[j].y += q.y * wt;
-                v[j].z += q.z * wt;
-                v[j].w += q.w * wt;
+        for (int i = 0; i < CB; i++) {
+            wv[i] = 0.0f;
+            if (i0 + i < n) {
+                const i64 pair = t * K + order[i0 + i];
+                wv[i] = wts[pair];
+                const F4* yr = (const F4*)(y + pair * H);
+#pragma unroll
+                for (int j = 0; j < RN_V; j++) {
+                    const int c = threadIdx.x + j * blockDim.x;
+                    if (c < H4) yv[i][j] = yr[c];
+                }
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < CB; i++) {
+            if (i0 + i < n) {
+#pragma unroll
+                for (int j = 0; j < RN_V; j++) {
+                    const int c = threadIdx.x + j * blockDim.x;
+                    if (c < H4) {
+                        v[j].x += yv[i][j].x * wv[i];
+                        v[j].y += yv[i][j].y * wv[i];
+                        v[j].z += yv[i][j].z * wv[i];
+                        v[j].w += yv[i][j].w * wv[i];
+                    }
+                }
             }
         }
     }

@@ -97,7 +97,7 @@ extern "C" __global__ void __launch_bounds__(256) gemv_bf16(GEMV_ARGS) {
     gemv_rows<GEMV_T>(GEMV_PASS);
 }
 
-// One token (decode): a quarter of the accumulators, so more blocks fit on an SM.
-extern "C" __global__ void __launch_bounds__(256) gemv_bf16_t1(GEMV_ARGS) {
+// One token (decode): one accumulator, and at most 80 registers so that 3 blocks fit an SM.
+extern "C" __global__ void __launch_bounds__(256, 3) gemv_bf16_t1(GEMV_ARGS) {
     gemv_rows<1>(GEMV_PASS);
 }
