@@ -28,7 +28,7 @@ use gptoss_core::{Backend, BufferId, DType, Graph, ProbeReport, Result, TensorDe
 use gptoss_models::graph_builder::{build_step, build_step_into, KvBinding, LogitsWanted, StepIo};
 use gptoss_models::kv_cache::KvCache;
 use gptoss_models::synthetic::Preset;
-use gptoss_models::weights::{LayerWeights, ModelWeights};
+use gptoss_models::weights::ModelWeights;
 use gptoss_models::{GptOssConfig, Model, ShardPlan};
 
 /// A backend that owns no memory: ids count up, `execute` only crosses the plugin codec and
@@ -85,40 +85,11 @@ impl Backend for NullBackend {
 }
 
 fn fake_weights(cfg: &GptOssConfig, next: &mut u64) -> ModelWeights {
-    let mut id = || {
+    let id = || {
         *next += 1;
         BufferId(*next)
     };
-    let layers = (0..cfg.num_hidden_layers)
-        .map(|_| LayerWeights {
-            input_norm: id(),
-            q_w: id(),
-            q_b: id(),
-            k_w: id(),
-            k_b: id(),
-            v_w: id(),
-            v_b: id(),
-            o_w: id(),
-            o_b: id(),
-            sinks: id(),
-            post_norm: id(),
-            router_w: id(),
-            router_b: id(),
-            gate_up_blocks: id(),
-            gate_up_scales: id(),
-            gate_up_bias: id(),
-            down_blocks: id(),
-            down_scales: id(),
-            down_bias: id(),
-        })
-        .collect();
-    ModelWeights {
-        embed: id(),
-        layers,
-        norm: id(),
-        lm_head: id(),
-        float_dtype: DType::BF16,
-    }
+    ModelWeights::from_ids(cfg.num_hidden_layers, id, DType::BF16)
 }
 
 /// Mean microseconds per call of `f` over `iters` calls (after a few warm-up calls).

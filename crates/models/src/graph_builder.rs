@@ -119,6 +119,18 @@ impl Builder<'_> {
     fn weight(&mut self, name: Arguments, dtype: DType, shape: &[usize], buf: BufferId) -> ValueId {
         self.value(name, dtype, shape, ValueKind::Weight(buf))
     }
+    /// A linear layer's `{prefix}.weight` [rows, cols] and `{prefix}.bias` [rows].
+    fn linear_weights(
+        &mut self,
+        prefix: Arguments,
+        dtype: DType,
+        [rows, cols]: [usize; 2],
+        (w, b): (BufferId, BufferId),
+    ) -> (ValueId, ValueId) {
+        let w = self.weight(format_args!("{prefix}.weight"), dtype, &[rows, cols], w);
+        let b = self.weight(format_args!("{prefix}.bias"), dtype, &[rows], b);
+        (w, b)
+    }
     fn temp(&mut self, name: Arguments, shape: &[usize]) -> ValueId {
         self.value(name, DType::F32, shape, ValueKind::Temp)
     }
@@ -261,41 +273,23 @@ pub fn build_step_into(
             lw.input_norm,
         );
         let hn = b.rms_norm(x, norm_w, format_args!("attn_norm.{l}"));
-        let q_w = b.weight(
-            format_args!("model.layers.{l}.self_attn.q_proj.weight"),
+        let (q_w, q_b) = b.linear_weights(
+            format_args!("model.layers.{l}.self_attn.q_proj"),
             f,
-            &[nq * d, h],
-            lw.q_w,
+            [nq * d, h],
+            (lw.q_w, lw.q_b),
         );
-        let q_b = b.weight(
-            format_args!("model.layers.{l}.self_attn.q_proj.bias"),
+        let (k_w, k_b) = b.linear_weights(
+            format_args!("model.layers.{l}.self_attn.k_proj"),
             f,
-            &[nq * d],
-            lw.q_b,
+            [nkv * d, h],
+            (lw.k_w, lw.k_b),
         );
-        let k_w = b.weight(
-            format_args!("model.layers.{l}.self_attn.k_proj.weight"),
+        let (v_w, v_b) = b.linear_weights(
+            format_args!("model.layers.{l}.self_attn.v_proj"),
             f,
-            &[nkv * d, h],
-            lw.k_w,
-        );
-        let k_b = b.weight(
-            format_args!("model.layers.{l}.self_attn.k_proj.bias"),
-            f,
-            &[nkv * d],
-            lw.k_b,
-        );
-        let v_w = b.weight(
-            format_args!("model.layers.{l}.self_attn.v_proj.weight"),
-            f,
-            &[nkv * d, h],
-            lw.v_w,
-        );
-        let v_b = b.weight(
-            format_args!("model.layers.{l}.self_attn.v_proj.bias"),
-            f,
-            &[nkv * d],
-            lw.v_b,
+            [nkv * d, h],
+            (lw.v_w, lw.v_b),
         );
         let q = b.linear(hn, q_w, q_b, format_args!("q.{l}"), nq * d);
         let k = b.linear(hn, k_w, k_b, format_args!("k.{l}"), nkv * d);
@@ -367,17 +361,11 @@ pub fn build_step_into(
                 b.push(op, &[q, k, vv, sinks, pos, slots, pages], &[attn, kc, vc]);
             }
         }
-        let o_w = b.weight(
-            format_args!("model.layers.{l}.self_attn.o_proj.weight"),
+        let (o_w, o_b) = b.linear_weights(
+            format_args!("model.layers.{l}.self_attn.o_proj"),
             f,
-            &[h, nq * d],
-            lw.o_w,
-        );
-        let o_b = b.weight(
-            format_args!("model.layers.{l}.self_attn.o_proj.bias"),
-            f,
-            &[h],
-            lw.o_b,
+            [h, nq * d],
+            (lw.o_w, lw.o_b),
         );
         let o = b.linear(attn, o_w, o_b, format_args!("attn_out.{l}"), h);
         let o = b.all_reduce(o, format_args!("attn_out_sum.{l}"), shard);
@@ -392,17 +380,11 @@ pub fn build_step_into(
         let hn = b.rms_norm(x, post_w, format_args!("ffn_norm.{l}"));
         // The router always sees every expert; the shard then keeps its own.
         let all_e = cfg.num_local_experts;
-        let r_w = b.weight(
-            format_args!("model.layers.{l}.mlp.router.weight"),
+        let (r_w, r_b) = b.linear_weights(
+            format_args!("model.layers.{l}.mlp.router"),
             f,
-            &[all_e, h],
-            lw.router_w,
-        );
-        let r_b = b.weight(
-            format_args!("model.layers.{l}.mlp.router.bias"),
-            f,
-            &[all_e],
-            lw.router_b,
+            [all_e, h],
+            (lw.router_w, lw.router_b),
         );
         let router = b.linear(hn, r_w, r_b, format_args!("router_logits.{l}"), all_e);
         let k_top = cfg.num_experts_per_tok;
@@ -526,45 +508,16 @@ mod tests {
     use super::*;
     use crate::sharding::Sharding;
     use crate::synthetic::Preset;
-    use crate::weights::LayerWeights;
 
     #[test]
     fn building_over_another_graph_equals_a_fresh_build() {
         let cfg = Preset::Tiny.config(None);
         let mut n = 0u64;
-        let mut id = || {
+        let id = || {
             n += 1;
             BufferId(n)
         };
-        let mut layer = || LayerWeights {
-            input_norm: id(),
-            q_w: id(),
-            q_b: id(),
-            k_w: id(),
-            k_b: id(),
-            v_w: id(),
-            v_b: id(),
-            o_w: id(),
-            o_b: id(),
-            sinks: id(),
-            post_norm: id(),
-            router_w: id(),
-            router_b: id(),
-            gate_up_blocks: id(),
-            gate_up_scales: id(),
-            gate_up_bias: id(),
-            down_blocks: id(),
-            down_scales: id(),
-            down_bias: id(),
-        };
-        let layers = (0..cfg.num_hidden_layers).map(|_| layer()).collect();
-        let w = ModelWeights {
-            embed: BufferId(1001),
-            layers,
-            norm: BufferId(1002),
-            lm_head: BufferId(1003),
-            float_dtype: DType::BF16,
-        };
+        let w = ModelWeights::from_ids(cfg.num_hidden_layers, id, DType::BF16);
         let pools: Vec<_> = (0..cfg.num_hidden_layers as u64)
             .map(|l| (BufferId(2000 + 2 * l), BufferId(2001 + 2 * l)))
             .collect();

@@ -302,9 +302,23 @@ impl ModelWeights {
             progress(done, total);
         }
         let mut it = ids.into_iter();
-        let mut next = || it.next().expect("one id per needed tensor");
+        Ok(ModelWeights::from_ids(
+            cfg.num_hidden_layers,
+            || it.next().expect("one id per needed tensor"),
+            float,
+        ))
+    }
+
+    /// The model's buffers taken from `next` in checkpoint order (embedding, each layer's
+    /// tensors as `LayerWeights` lists them, final norm, lm_head): how `load` assembles what it
+    /// uploaded, and how graph tests and tools make placeholder weights.
+    pub fn from_ids(
+        layers: usize,
+        mut next: impl FnMut() -> BufferId,
+        float_dtype: DType,
+    ) -> ModelWeights {
         let embed = next();
-        let layers = (0..cfg.num_hidden_layers)
+        let layers = (0..layers)
             .map(|_| LayerWeights {
                 input_norm: next(),
                 q_w: next(),
@@ -329,12 +343,12 @@ impl ModelWeights {
             .collect();
         let norm = next();
         let lm_head = next();
-        Ok(ModelWeights {
+        ModelWeights {
             embed,
             layers,
             norm,
             lm_head,
-            float_dtype: float,
-        })
+            float_dtype,
+        }
     }
 }
