@@ -1014,71 +1014,25 @@ pub(crate) fn run_moe<F: Flavor>(
             be.give_temp(pairs * 4, list);
             be.give_temp(max_tiles * 12 + 16, tiles);
             r?;
-        } else if fast {
-            // Each warp one set of `rows` rows (gate/up pairs for gate_up): one memory trip,
-            // issued before its block stages x.
-            let rows = be.moe_rows;
-            let (gu_name, dn_name) = if rows == 4 {
-                ("moe_gate_up_fast", "moe_down_fast")
-            } else {
-                ("moe_gate_up_fast2", "moe_down_fast2")
-            };
-            let grid_for = |sets: usize| sets.div_ceil(WARPS as usize);
-            let by = grid_for(i.div_ceil(rows / 2));
-            let f = be.kernels.get(gu_name)?;
-            be.gpu.launch(
-                gu_name,
-                f,
-                (blocks(pairs, 1)?, grid_y(by)?, 1),
-                (32 * WARPS, 1, 1),
-                (h * 4) as u32,
-                &[
-                    Arg::Ptr(ip(0)?),
-                    Arg::Ptr(ip(1)?),
-                    Arg::Ptr(ip(3)?),
-                    Arg::Ptr(ip(4)?),
-                    Arg::Ptr(ip(5)?),
-                    Arg::I32(float_code(ins[5])?),
-                    Arg::Ptr(act),
-                    Arg::I32(k as i32),
-                    Arg::I32(i32_of(e, "experts")?),
-                    Arg::I32(i32_of(h, "hidden")?),
-                    Arg::I32(i32_of(i, "intermediate")?),
-                    Arg::F32(*swiglu_limit),
-                    Arg::F32(*alpha),
-                    Arg::Ptr(err),
-                ],
-            )?;
-            let by = grid_for(h.div_ceil(rows));
-            let f = be.kernels.get(dn_name)?;
-            be.gpu.launch(
-                dn_name,
-                f,
-                (blocks(pairs, 1)?, grid_y(by)?, 1),
-                (32 * WARPS, 1, 1),
-                (i * 4) as u32,
-                &[
-                    Arg::Ptr(act),
-                    Arg::Ptr(ip(1)?),
-                    Arg::Ptr(ip(6)?),
-                    Arg::Ptr(ip(7)?),
-                    Arg::Ptr(ip(8)?),
-                    Arg::I32(float_code(ins[8])?),
-                    Arg::Ptr(y),
-                    Arg::I32(k as i32),
-                    Arg::I32(e as i32),
-                    Arg::I32(h as i32),
-                    Arg::I32(i as i32),
-                ],
-            )?;
         } else {
-            let f = be.kernels.get("moe_gate_up")?;
+            // The per-pair kernels, fast or simple, take the same arguments. Fast: each warp
+            // one set of `rows` rows (gate/up pairs for gate_up), one memory trip issued before
+            // its block stages x. Simple: a warp a row, x read from global memory.
+            let rows = be.moe_rows;
+            let (gu, dn) = match (fast, rows) {
+                (true, 4) => (("moe_gate_up_fast", i / 2), ("moe_down_fast", h / 4)),
+                (true, _) => (("moe_gate_up_fast2", i), ("moe_down_fast2", h / 2)),
+                (false, _) => (("moe_gate_up", i), ("moe_down", h)),
+            };
+            let smem = |floats: usize| if fast { (floats * 4) as u32 } else { 0 };
+            let sets = |n: usize| -> Result<u32> { grid_y(n.div_ceil(WARPS as usize).max(1)) };
+            let f = be.kernels.get(gu.0)?;
             be.gpu.launch(
-                "moe_gate_up",
+                gu.0,
                 f,
-                (blocks(pairs, 1)?, grid_y(i.div_ceil(WARPS as usize))?, 1),
+                (blocks(pairs, 1)?, sets(gu.1)?, 1),
                 (32 * WARPS, 1, 1),
-                0,
+                smem(h),
                 &[
                     Arg::Ptr(ip(0)?),
                     Arg::Ptr(ip(1)?),
@@ -1096,13 +1050,13 @@ pub(crate) fn run_moe<F: Flavor>(
                     Arg::Ptr(err),
                 ],
             )?;
-            let f = be.kernels.get("moe_down")?;
+            let f = be.kernels.get(dn.0)?;
             be.gpu.launch(
-                "moe_down",
+                dn.0,
                 f,
-                (blocks(pairs, 1)?, grid_y(h.div_ceil(WARPS as usize))?, 1),
+                (blocks(pairs, 1)?, sets(dn.1)?, 1),
                 (32 * WARPS, 1, 1),
-                0,
+                smem(i),
                 &[
                     Arg::Ptr(act),
                     Arg::Ptr(ip(1)?),

@@ -95,3 +95,36 @@ __device__ __forceinline__ W4 ldg16_stream(const void* p) {
         : "l"(p));
     return r;
 }
+
+// The slots of one token's k expert ids (ids[0..k), k <= 32) in ascending (expert id, slot)
+// order, into order[]; ids outside 0..E (-1: another shard's expert) are left out. Returns how
+// many. The order the MoE combine kernels sum a token's experts in (deterministic).
+__device__ __forceinline__ int experts_in_order(const int* ids, int K, int E, int* order) {
+    int n = 0;
+    for (int s = 0; s < K; s++) {
+        int e = ids[s];
+        if (e < 0 || e >= E) continue;
+        int at = n;
+        while (at > 0 && ids[order[at - 1]] > e) {
+            order[at] = order[at - 1];
+            at--;
+        }
+        order[at] = s;
+        n++;
+    }
+    return n;
+}
+
+// acc + the dot product of 8 bf16 weights (w, low half first) with a (x[0..4)) and b (x[4..8)).
+__device__ __forceinline__ float dot8_bf16(W4 w, F4 a, F4 b, float acc) {
+    acc = fmaf(__uint_as_float(w.x << 16), a.x, acc);
+    acc = fmaf(__uint_as_float(w.x & 0xffff0000u), a.y, acc);
+    acc = fmaf(__uint_as_float(w.y << 16), a.z, acc);
+    acc = fmaf(__uint_as_float(w.y & 0xffff0000u), a.w, acc);
+    acc = fmaf(__uint_as_float(w.z << 16), b.x, acc);
+    acc = fmaf(__uint_as_float(w.z & 0xffff0000u), b.y, acc);
+    acc = fmaf(__uint_as_float(w.w << 16), b.z, acc);
+    acc = fmaf(__uint_as_float(w.w & 0xffff0000u), b.w, acc);
+    return acc;
+}
+

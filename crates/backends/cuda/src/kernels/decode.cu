@@ -82,18 +82,7 @@ extern "C" __global__ void __launch_bounds__(256)
     const i64 t = blockIdx.x;
     const int H4 = H >> 2;
     int order[32];
-    int n = 0;
-    for (int s = 0; s < K; s++) {
-        int e = ids[t * K + s];
-        if (e < 0 || e >= E) continue;
-        int at = n;
-        while (at > 0 && ids[t * K + order[at - 1]] > e) {
-            order[at] = order[at - 1];
-            at--;
-        }
-        order[at] = s;
-        n++;
-    }
+    const int n = experts_in_order(ids + t * K, K, E, order);
     F4 v[RN_V];
 #pragma unroll
     for (int j = 0; j < RN_V; j++) v[j] = F4{0.0f, 0.0f, 0.0f, 0.0f};

@@ -9,18 +9,6 @@
 #define GEMV_T 8   // tokens at most (the host launches chunks of up to 8)
 #define GEMV_U 12  // 16-byte loads in flight per lane
 
-__device__ __forceinline__ float dot8_bf16(W4 w, F4 a, F4 b, float acc) {
-    acc = fmaf(__uint_as_float(w.x << 16), a.x, acc);
-    acc = fmaf(__uint_as_float(w.x & 0xffff0000u), a.y, acc);
-    acc = fmaf(__uint_as_float(w.y << 16), a.z, acc);
-    acc = fmaf(__uint_as_float(w.y & 0xffff0000u), a.w, acc);
-    acc = fmaf(__uint_as_float(w.z << 16), b.x, acc);
-    acc = fmaf(__uint_as_float(w.z & 0xffff0000u), b.y, acc);
-    acc = fmaf(__uint_as_float(w.w << 16), b.z, acc);
-    acc = fmaf(__uint_as_float(w.w & 0xffff0000u), b.w, acc);
-    return acc;
-}
-
 // Up to TT tokens (T <= TT); dynamic shared memory: T * K floats.
 template <int TT>
 __device__ __forceinline__ void gemv_rows(const float* x, int T, int K, int bdt, const u16* w0,

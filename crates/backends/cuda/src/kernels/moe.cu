@@ -107,18 +107,7 @@ extern "C" __global__ void moe_combine(const float* y, const int* ids, const flo
                                        int K, int E, int H) {
     i64 t = blockIdx.x;
     int order[32];
-    int n = 0;
-    for (int s = 0; s < K; s++) {
-        int e = ids[t * K + s];
-        if (e < 0 || e >= E) continue;
-        int at = n;
-        while (at > 0 && ids[t * K + order[at - 1]] > e) {
-            order[at] = order[at - 1];
-            at--;
-        }
-        order[at] = s;
-        n++;
-    }
+    const int n = experts_in_order(ids + t * K, K, E, order);
     for (int c = threadIdx.x; c < H; c += blockDim.x) {
         float acc = 0.0f;
         for (int i = 0; i < n; i++) {

@@ -118,17 +118,8 @@ extern "C" __global__ void __launch_bounds__(1024)
         float acc = 0.0f;
 #pragma unroll 4
         for (int j = lane; j < H8; j += 32) {
-            const W4 q = *(const W4*)(wr + 4 * j);
-            const F4 a = *(const F4*)(xs + 8 * j);
-            const F4 b = *(const F4*)(xs + 8 * j + 4);
-            acc = fmaf(__uint_as_float(q.x << 16), a.x, acc);
-            acc = fmaf(__uint_as_float(q.x & 0xffff0000u), a.y, acc);
-            acc = fmaf(__uint_as_float(q.y << 16), a.z, acc);
-            acc = fmaf(__uint_as_float(q.y & 0xffff0000u), a.w, acc);
-            acc = fmaf(__uint_as_float(q.z << 16), b.x, acc);
-            acc = fmaf(__uint_as_float(q.z & 0xffff0000u), b.y, acc);
-            acc = fmaf(__uint_as_float(q.w << 16), b.z, acc);
-            acc = fmaf(__uint_as_float(q.w & 0xffff0000u), b.w, acc);
+            acc = dot8_bf16(*(const W4*)(wr + 4 * j), *(const F4*)(xs + 8 * j),
+                            *(const F4*)(xs + 8 * j + 4), acc);
         }
         acc = warp_sum(acc);
         if (lane == 0) logits[e] = acc + (bias ? ldf(bias, bdt, e) : 0.0f);
