@@ -172,6 +172,13 @@ pub fn open_shards(cfg: &EngineConfig, model: Option<&GptOssConfig>) -> Result<O
         );
     }
     let c = &survey.candidates[chosen?];
+    if cfg.dequantize && !c.name().starts_with("cuda-") {
+        return Err(Error::Input(format!(
+            "--dequantize (config: dequantize) applies to the CUDA backends (cuda-mxfp4, \
+             cuda-bf16); {} runs the MXFP4 experts as they are: drop it",
+            c.name()
+        )));
+    }
     let world = cfg.tensor_parallel.max(1);
     let devices = shard_devices(c, world)?;
     let mut kv_room = None;
@@ -181,8 +188,12 @@ pub fn open_shards(cfg: &EngineConfig, model: Option<&GptOssConfig>) -> Result<O
             .iter()
             .filter_map(|d| probe.devices.get(*d).map(|r| (*d, r)))
             .collect();
-        crate::fit::check(c.name(), m, sharding(cfg), context, &reports)?;
-        kv_room = crate::fit::kv_room(m, sharding(cfg), &reports)?;
+        let layout = crate::fit::Layout {
+            sharding: sharding(cfg),
+            dequantize: cfg.dequantize,
+        };
+        crate::fit::check(c.name(), m, layout, context, &reports)?;
+        kv_room = crate::fit::kv_room(m, layout, &reports)?;
     }
     let group = new_group_name();
     // Simulated shards of the cpu backend share the cores.
@@ -202,6 +213,7 @@ pub fn open_shards(cfg: &EngineConfig, model: Option<&GptOssConfig>) -> Result<O
             threads,
             device,
             shard,
+            dequantize: cfg.dequantize,
         };
         out.push(match &c.source {
             Source::Plugin(p) => {

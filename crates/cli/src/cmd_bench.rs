@@ -131,6 +131,7 @@ fn load(a: &Args) -> Result<(Model, String)> {
                     threads: a.engine.threads,
                     tensor_parallel: a.engine.tensor_parallel,
                     expert_parallel: a.engine.expert_parallel,
+                    dequantize: a.engine.dequantize,
                 },
             };
             Ok((args.load()?.0, m.clone()))

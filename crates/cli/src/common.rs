@@ -37,6 +37,10 @@ pub struct EngineArgs {
     /// their columns.
     #[arg(long)]
     pub expert_parallel: bool,
+    /// CUDA backends: expand the MXFP4 experts to bf16 at load (exact; about 4x their memory)
+    /// and run them as bf16 matrix products. Needs an sm_80+ GPU.
+    #[arg(long)]
+    pub dequantize: bool,
 }
 
 impl EngineArgs {
@@ -53,6 +57,9 @@ impl EngineArgs {
         }
         if self.expert_parallel {
             cfg.expert_parallel = true;
+        }
+        if self.dequantize {
+            cfg.dequantize = true;
         }
         if cfg.tensor_parallel == 0 {
             return Err(Error::Input(

@@ -14,18 +14,41 @@ fn gib(b: u64) -> String {
     format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)
 }
 
-/// Bytes shard `rank` needs on its device: its weights as stored (BF16 floats, MXFP4
-/// experts), an f32 KV cache of `context` positions for its kv heads, and the margin.
+/// How the weights sit on the devices: the split, and whether the experts are expanded to
+/// bf16 at load (`--dequantize`: each MXFP4 byte, two codes, becomes 4 bytes).
+#[derive(Debug, Clone, Copy)]
+pub struct Layout {
+    pub sharding: Sharding,
+    pub dequantize: bool,
+}
+
+impl From<Sharding> for Layout {
+    fn from(sharding: Sharding) -> Layout {
+        Layout {
+            sharding,
+            dequantize: false,
+        }
+    }
+}
+
+/// Bytes shard `rank` needs on its device: its weights as held (BF16 floats, MXFP4 experts or
+/// bf16 ones with --dequantize), an f32 KV cache of `context` positions for its kv heads, and
+/// the margin.
 pub fn shard_need(
     cfg: &GptOssConfig,
-    sharding: Sharding,
+    layout: impl Into<Layout>,
     rank: usize,
     context: usize,
 ) -> Result<(u64, u64, u64)> {
-    let plan = gptoss_models::ShardPlan::new(cfg, sharding, rank)?;
+    let layout = layout.into();
+    let plan = gptoss_models::ShardPlan::new(cfg, layout.sharding, rank)?;
+    let held = |dtype: DType| match dtype {
+        DType::Mxfp4Blocks if layout.dequantize => 4,
+        _ => 1,
+    };
     let weights: u64 = shard_needs(cfg, &plan, DType::BF16)
         .iter()
-        .map(|n| n.bytes())
+        .map(|n| n.bytes() * held(n.dtype))
         .sum();
     let kv = KvCache::bytes_for(cfg, plan.kv_heads.len(), context, DType::F32);
     Ok((weights, kv, WORKSPACE_MARGIN))
@@ -36,15 +59,17 @@ pub fn shard_need(
 pub fn check(
     backend: &str,
     cfg: &GptOssConfig,
-    sharding: Sharding,
+    layout: impl Into<Layout>,
     context: usize,
     devices: &[(usize, &DeviceReport)],
 ) -> Result<()> {
+    let layout = layout.into();
+    let sharding = layout.sharding;
     for (rank, (index, dev)) in devices.iter().enumerate() {
         let Some(have) = dev.memory_bytes else {
             continue;
         };
-        let (w, kv, margin) = shard_need(cfg, sharding, rank, context)?;
+        let (w, kv, margin) = shard_need(cfg, layout, rank, context)?;
         let need = w + kv + margin;
         if need > have {
             let split = if sharding.world > 1 {
@@ -52,10 +77,18 @@ pub fn check(
             } else {
                 "the model".to_string()
             };
+            let (held, fix) = if layout.dequantize {
+                (
+                    "with the experts as bf16 (--dequantize)",
+                    "drop --dequantize, ",
+                )
+            } else {
+                ("as stored", "")
+            };
             return Err(Error::Input(format!(
                 "not enough memory on {backend} device {index} ({}, {}): {split} needs {} \
-                 (weights {} as stored + KV cache for {context} positions {} + {} workspace); \
-                 lower max_context (config or --max-context), split the model with \
+                 (weights {} {held} + KV cache for {context} positions {} + {} workspace); \
+                 {fix}lower max_context (config or --max-context), split the model with \
                  --tensor-parallel N, or use a device with more memory",
                 dev.name,
                 gib(have),
@@ -73,15 +106,16 @@ pub fn check(
 /// device: the most a server's shared cache may take. None when a device reports no memory.
 pub fn kv_room(
     cfg: &GptOssConfig,
-    sharding: Sharding,
+    layout: impl Into<Layout>,
     devices: &[(usize, &DeviceReport)],
 ) -> Result<Option<usize>> {
+    let layout = layout.into();
     let mut room = usize::MAX;
     for (rank, (_, dev)) in devices.iter().enumerate() {
         let Some(have) = dev.memory_bytes else {
             return Ok(None);
         };
-        let (w, per_position, margin) = shard_need(cfg, sharding, rank, 1)?;
+        let (w, per_position, margin) = shard_need(cfg, layout, rank, 1)?;
         let left = have.saturating_sub(w + margin);
         room = room.min((left / per_position.max(1)) as usize);
     }
@@ -172,6 +206,34 @@ mod tests {
         assert!(split > 2 * room, "{split} vs {room}");
         let cpu = DeviceReport::default();
         assert_eq!(kv_room(&cfg, ONE, &[(0, &cpu)]).unwrap(), None);
+    }
+
+    #[test]
+    fn dequantized_experts_take_four_times_their_bytes() {
+        let cfg = Preset::Gpt20b.config(None);
+        let bf16 = Layout {
+            sharding: ONE,
+            dequantize: true,
+        };
+        let (packed, _, _) = shard_need(&cfg, ONE, 0, 0).unwrap();
+        let (expanded, _, _) = shard_need(&cfg, bf16, 0, 0).unwrap();
+        // Blocks hold two codes a byte: gate_up [E, 2I, H/2 bytes], down [E, H, I/2 bytes];
+        // as bf16 each byte becomes 4 (the scales stay as they are). 20b: 9.6 GB -> 38.2 GB.
+        let (l, e, h, i) = (24u64, 32u64, 2880u64, 2880u64);
+        let blocks = l * e * (2 * i * h + h * i) / 2;
+        assert_eq!(expanded - packed, 3 * blocks);
+        let h100 = gpu("H100", 79);
+        assert!(check("cuda-bf16", &cfg, bf16, 4096, &[(0, &h100)]).is_ok());
+        let a100 = gpu("A100-SXM4-40GB", 39);
+        let e = check("cuda-bf16", &cfg, bf16, 4096, &[(0, &a100)])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("with the experts as bf16 (--dequantize)")
+                && e.contains("drop --dequantize"),
+            "{e}"
+        );
+        assert!(check("cuda-bf16", &cfg, ONE, 4096, &[(0, &a100)]).is_ok());
     }
 
     #[test]

@@ -278,6 +278,31 @@ fn unknown_backend_error_lists_the_available_ones() {
 }
 
 #[test]
+fn dequantize_on_a_backend_without_it_is_refused() {
+    let o = gptoss_cmd(
+        &exe(),
+        &[
+            "generate",
+            "-m",
+            fixture("tiny-a").to_str().unwrap(),
+            "--tokens",
+            "1",
+            "--backend",
+            "cpu",
+            "--dequantize",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("--dequantize") && e.contains("CUDA backends") && e.contains("cpu"),
+        "{e}"
+    );
+}
+
+#[test]
 fn fake_cuda_device_shows_in_the_gpus_section() {
     let fake = r#"[{"name": "NVIDIA GeForce RTX 3090", "compute_capability": [8, 6],
                     "memory_bytes": 25769803776, "driver_version": "12.8"}]"#;

@@ -25,6 +25,8 @@ pub struct EngineConfig {
     pub tensor_parallel: usize,
     /// With tensor_parallel > 1: split the experts by expert instead of by their columns.
     pub expert_parallel: bool,
+    /// CUDA backends: hold the MXFP4 experts as bf16 (expanded at load).
+    pub dequantize: bool,
 }
 
 impl Default for EngineConfig {
@@ -42,6 +44,7 @@ impl Default for EngineConfig {
             max_context: 4096,
             tensor_parallel: 1,
             expert_parallel: false,
+            dequantize: false,
         }
     }
 }

@@ -31,14 +31,14 @@ pub mod nvrtc;
 mod ops;
 pub mod probe;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::marker::PhantomData;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use gptoss_core::graph::{Op, ValueKind};
 use gptoss_core::plugin::{PluginBackend, PluginOptions};
 use gptoss_core::rope::RopeParams;
-use gptoss_core::{Backend, BufferId, Error, Graph, ProbeReport, Result, TensorDesc};
+use gptoss_core::{Backend, BufferId, DType, Error, Graph, ProbeReport, Result, TensorDesc};
 
 use driver::{CUdeviceptr, Gpu};
 pub use kernels::{arch_for, portable_arch_for, portable_skip, ModuleOrigin};
@@ -116,6 +116,13 @@ pub struct Cuda<F: Flavor> {
     pool_used: std::collections::HashSet<usize>,
     /// YaRN/RoPE inverse frequencies uploaded once per distinct parameters.
     rope_tables: Vec<(RopeParams, CUdeviceptr)>,
+    /// --dequantize: expert blocks are expanded to bf16 once their scales have loaded.
+    dequantize: bool,
+    /// Expert block buffers waiting for their scales, by tensor name less "_blocks".
+    pending_blocks: HashMap<String, BufferId>,
+    /// Device pointers of expert matrices held as bf16 (their buffers keep the MXFP4 desc the
+    /// graph binds; the MoE op reads them as bf16 rows [E, rows, K]).
+    bf16_experts: HashSet<CUdeviceptr>,
     /// 4 ints the kernels write when they meet bad input (code, a, b, c).
     err: CUdeviceptr,
     kernels: kernels::Kernels,
@@ -190,6 +197,11 @@ impl<F: Flavor> Cuda<F> {
         &self.kernels.arch
     }
 
+    /// How many expert matrices are held dequantized to bf16 (--dequantize).
+    pub fn dequantized_experts(&self) -> usize {
+        self.bf16_experts.len()
+    }
+
     /// Where each kernel family came from (cache or a fresh NVRTC compile).
     pub fn module_origins(&self) -> &[ModuleOrigin] {
         &self.kernels.origins
@@ -257,6 +269,9 @@ impl<F: Flavor> Cuda<F> {
             pool: HashMap::new(),
             pool_used: Default::default(),
             rope_tables: Vec::new(),
+            dequantize: options.dequantize,
+            pending_blocks: HashMap::new(),
+            bf16_experts: HashSet::new(),
             err,
             kernels,
             fast: !env_on("GPTOSS_CUDA_NO_FUSION"),
@@ -283,6 +298,16 @@ impl<F: Flavor> Cuda<F> {
         let mut me = me;
         if target_cc < (8, 0) {
             me.mma_min_t = usize::MAX;
+        }
+        if me.dequantize && !me.kernels.has("moe_dequant_bf16") {
+            return Err(Error::backend(
+                F::NAME,
+                format!(
+                    "--dequantize needs bf16 tensor cores (sm_80 or newer); {} runs the MXFP4 \
+                     experts as they are: drop --dequantize",
+                    me.device_name()
+                ),
+            ));
         }
         me.gpu.memset_zero(me.err, 16)?;
         me.gpu.sync()?;
@@ -365,6 +390,49 @@ impl<F: Flavor> Cuda<F> {
             }
         }
         self.pool_used.clear();
+        Ok(())
+    }
+
+    /// --dequantize: with `scales` of the expert blocks in buffer `blocks` loaded, expand them
+    /// to bf16 on the device (exact) and free the packed copy. The buffer keeps its MXFP4
+    /// desc (what the graph binds); its pointer now holds [E, rows, K] bf16.
+    fn dequantize_experts(
+        &mut self,
+        blocks: BufferId,
+        scales: CUdeviceptr,
+        stem: &str,
+    ) -> Result<()> {
+        let b = &self.buffers[&blocks];
+        let (packed, groups) = (b.ptr, b.desc.byte_size() / 16);
+        let out = self
+            .device_alloc(groups * 64, &format!("{stem} dequantized to bf16"))
+            .map_err(|e| {
+                Error::backend(
+                    F::NAME,
+                    format!("{e}; --dequantize holds the experts at 4x their MXFP4 size: drop it"),
+                )
+            })?;
+        let f = self.kernels.get("moe_dequant_bf16")?;
+        let launched = self.gpu.launch(
+            "moe_dequant_bf16",
+            f,
+            (groups.div_ceil(256) as u32, 1, 1),
+            (256, 1, 1),
+            0,
+            &[
+                driver::Arg::Ptr(packed),
+                driver::Arg::Ptr(scales),
+                driver::Arg::Ptr(out),
+                driver::Arg::I64(groups as i64),
+            ],
+        );
+        if let Err(e) = launched.and_then(|_| self.gpu.sync()) {
+            let _ = self.gpu.free(out);
+            return Err(e);
+        }
+        self.gpu.free(packed)?;
+        self.buffers.get_mut(&blocks).expect("looked up above").ptr = out;
+        self.bf16_experts.insert(out);
         Ok(())
     }
 
@@ -510,6 +578,11 @@ impl<F: Flavor> Backend for Cuda<F> {
             .buffers
             .remove(&id)
             .ok_or_else(|| Error::backend(F::NAME, format!("free of unknown buffer {}", id.0)))?;
+        if self.bf16_experts.remove(&b.ptr) {
+            // Not the desc's size: its own allocation.
+            self.gpu.sync()?;
+            return self.gpu.free(b.ptr);
+        }
         // Back to the pool (stream order keeps later reuse safe); trimmed after a step that
         // did not use its size.
         self.give_temp(b.desc.byte_size(), b.ptr);
@@ -563,6 +636,22 @@ impl<F: Flavor> Backend for Cuda<F> {
                 desc: desc.clone(),
             },
         );
+        if self.dequantize {
+            match desc.dtype {
+                DType::Mxfp4Blocks => {
+                    if let Some(stem) = name.strip_suffix("_blocks") {
+                        self.pending_blocks.insert(stem.to_string(), id);
+                    }
+                }
+                DType::E8m0Scales => {
+                    let stem = name.strip_suffix("_scales").unwrap_or(name);
+                    if let Some(blocks) = self.pending_blocks.remove(stem) {
+                        self.dequantize_experts(blocks, ptr, stem)?;
+                    }
+                }
+                _ => {}
+            }
+        }
         Ok(id)
     }
 

@@ -929,6 +929,13 @@ pub(crate) fn run_moe<F: Flavor>(
     };
     let fast = be.fast && h % 32 == 0 && h.max(i) * 4 <= 48 << 10;
     let grouped = be.fast && h % 32 == 0 && t >= be.mma_min_t && be.kernels.has("moe_route");
+    // --dequantize: both projections held as bf16 rows (the `_bf16` kernels read them).
+    let bf16 = be.bf16_experts.contains(&ip(3)?) && be.bf16_experts.contains(&ip(6)?);
+    if bf16 && h.max(i) * 4 > 48 << 10 {
+        return Err(unsupported(format!(
+            "dequantized experts with hidden {h} / intermediate {i} (at most 12288)"
+        )));
+    }
     let run = (|| -> Result<()> {
         if grouped {
             // Tokens grouped by expert: route, then one grouped tensor-core GEMM per
@@ -936,10 +943,11 @@ pub(crate) fn run_moe<F: Flavor>(
             // below in ascending expert id (deterministic).
             let big = pairs >= 128 * e;
             let bm = if big { 2 * MOE_BM } else { MOE_BM };
-            let (gu_name, dn_name) = if big {
-                ("moe_gate_up_mma128", "moe_down_mma128")
-            } else {
-                ("moe_gate_up_mma", "moe_down_mma")
+            let (gu_name, dn_name) = match (big, bf16) {
+                (true, false) => ("moe_gate_up_mma128", "moe_down_mma128"),
+                (false, false) => ("moe_gate_up_mma", "moe_down_mma"),
+                (true, true) => ("moe_gate_up_mma128_bf16", "moe_down_mma128_bf16"),
+                (false, true) => ("moe_gate_up_mma_bf16", "moe_down_mma_bf16"),
             };
             let max_tiles = pairs.div_ceil(bm) + e;
             let list = be.take_temp(pairs * 4, "moe pair list")?;
@@ -1015,16 +1023,19 @@ pub(crate) fn run_moe<F: Flavor>(
             be.give_temp(max_tiles * 12 + 16, tiles);
             r?;
         } else {
-            // The per-pair kernels, fast or simple, take the same arguments. Fast: each warp
+            // The per-pair kernels, bf16, fast or simple, take the same arguments. Fast: each warp
             // one set of `rows` rows (gate/up pairs for gate_up), one memory trip issued before
             // its block stages x. Simple: a warp a row, x read from global memory.
+            // The bf16 kernels (dequantized experts) take the scales argument unused.
             let rows = be.moe_rows;
-            let (gu, dn) = match (fast, rows) {
-                (true, 4) => (("moe_gate_up_fast", i / 2), ("moe_down_fast", h / 4)),
-                (true, _) => (("moe_gate_up_fast2", i), ("moe_down_fast2", h / 2)),
-                (false, _) => (("moe_gate_up", i), ("moe_down", h)),
+            let (gu, dn) = match (bf16, fast, rows) {
+                (true, _, _) => (("moe_gate_up_bf16", i), ("moe_down_bf16", h)),
+                (false, true, 4) => (("moe_gate_up_fast", i / 2), ("moe_down_fast", h / 4)),
+                (false, true, _) => (("moe_gate_up_fast2", i), ("moe_down_fast2", h / 2)),
+                (false, false, _) => (("moe_gate_up", i), ("moe_down", h)),
             };
-            let smem = |floats: usize| if fast { (floats * 4) as u32 } else { 0 };
+            let staged = fast || bf16;
+            let smem = |floats: usize| if staged { (floats * 4) as u32 } else { 0 };
             let sets = |n: usize| -> Result<u32> { grid_y(n.div_ceil(WARPS as usize).max(1)) };
             let f = be.kernels.get(gu.0)?;
             be.gpu.launch(

@@ -31,7 +31,7 @@
 //! `BF16_LOGIT_TOLERANCE`, and reports how many greedy tokens agree. The exact f32 path stays available through
 //! `GPTOSS_CUDA_MMA_MIN_T=0` or `GPTOSS_CUDA_NO_FUSION=1`.
 
-use gptoss_core::graph::{Graph, Op};
+use gptoss_core::graph::{Graph, Op, ValueKind};
 use gptoss_core::plugin::{PluginBackend, PluginOptions};
 use gptoss_core::{Backend, BufferId, DType, ProbeReport, Result, TensorDesc};
 use gptoss_cuda::{arch_for, nvrtc::fnv64, CudaBf16, CudaMxfp4, ModuleOrigin};
@@ -86,6 +86,9 @@ impl AnyCuda {
     }
     fn module_origins(&self) -> &[ModuleOrigin] {
         each!(self, b => b.module_origins())
+    }
+    fn dequantized_experts(&self) -> usize {
+        each!(self, b => b.dequantized_experts())
     }
 }
 
@@ -438,6 +441,137 @@ fn op_attention_large_t_tiled_matches_cpu() {
         assert_close(&what, &to_f32(&g[0]), &to_f32(&c[0]), 1e-5);
         assert_eq!(g[1], c[1], "{what}: k cache");
         assert_eq!(g[2], c[2], "{what}: v cache");
+    }
+}
+
+// ---------------------------------------------------------------- --dequantize
+
+/// The backend with `PluginOptions::dequantize` (experts expanded to bf16 as they load).
+fn gpu_dequantized() -> AnyCuda {
+    exact_paths_for_fixtures();
+    AnyCuda::create(&PluginOptions {
+        dequantize: true,
+        ..Default::default()
+    })
+    .expect("the CUDA backend with --dequantize")
+}
+
+/// `MOE_OP` on `be` with the experts (inputs 3, 4 and 6, 7 of `ins`) loaded as weights under
+/// checkpoint names, so that a --dequantize backend expands them; returns the output.
+fn moe_with_loaded_experts(
+    be: &mut AnyCuda,
+    ins: &[(TensorDesc, Vec<u8>)],
+    t: usize,
+    h: usize,
+) -> Vec<f32> {
+    let names = [
+        "model.layers.0.mlp.experts.gate_up_proj_blocks",
+        "model.layers.0.mlp.experts.gate_up_proj_scales",
+        "model.layers.0.mlp.experts.down_proj_blocks",
+        "model.layers.0.mlp.experts.down_proj_scales",
+    ];
+    let mut g = Graph::new();
+    let mut bufs = Vec::new();
+    let mut ids = Vec::new();
+    for (n, (d, data)) in ins.iter().enumerate() {
+        let (b, kind) = match [3, 4, 6, 7].iter().position(|w| *w == n) {
+            Some(j) => {
+                let b = be
+                    .load_weight(names[j], d, data)
+                    .expect("expert weights load");
+                (b, ValueKind::Weight(b))
+            }
+            None => {
+                let b = be.alloc(d).unwrap();
+                be.upload(b, data).unwrap();
+                (b, ValueKind::Input(b))
+            }
+        };
+        bufs.push(b);
+        ids.push(g.add_value(format!("in{n}"), d.clone(), kind));
+    }
+    let out_desc = TensorDesc::new(DType::F32, [t, h]);
+    let out = be.alloc(&out_desc).unwrap();
+    let o = g.add_value("out", out_desc, ValueKind::Output(out));
+    g.push(MOE_OP, ids, vec![o]);
+    be.execute(&g).expect("moe with loaded experts");
+    assert!(
+        be.dequantized_experts() >= 2,
+        "both projections expanded to bf16"
+    );
+    let got = to_f32(&be.download(out).unwrap());
+    for b in bufs.into_iter().chain([out]) {
+        be.free(b).unwrap();
+    }
+    got
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU (sm_90+; sm_80+ with GPTOSS_CUDA_FLAVOR=portable): run on the GPU machine with --ignored"]
+fn op_moe_dequantized_matches_cpu() {
+    let mut be = gpu_dequantized();
+    let mut r = Rng(23);
+    // (tokens, hidden, intermediate, experts, k): the per-pair bf16 GEMV below 64 tokens (f32
+    // products of exact bf16 weights), the grouped tensor-core GEMM on bf16 rows from 64.
+    for (t, h, i, e, k) in [
+        (6, 128, 64, 8, 3),
+        (1, 2880, 2880, 4, 4),
+        (33, 64, 96, 4, 2),
+        (200, 128, 96, 16, 4),
+    ] {
+        let ins = moe_inputs(&mut r, (t, h, i, e, k), false);
+        let before = be.dequantized_experts();
+        let got = moe_with_loaded_experts(&mut be, &ins, t, h);
+        assert_eq!(be.dequantized_experts(), before, "freed with their buffers");
+        let mut cpu = gptoss_backend_cpu::cpu_backend(2);
+        let out = [(TensorDesc::new(DType::F32, [t, h]), None)];
+        let want = to_f32(&run_op(&mut cpu, &MOE_OP, &ins, &out).unwrap()[0]);
+        let what = format!("dequantized moe t{t} h{h} i{i} e{e} k{k}");
+        if t >= 64 {
+            assert_close_bf16(&what, &got, &want);
+        } else {
+            assert_close(&what, &got, &want, 1e-5);
+        }
+    }
+    // The expansion happened: a blocks tensor followed by its scales leaves one bf16 copy.
+    let ins = moe_inputs(&mut r, (2, 64, 64, 2, 1), false);
+    let b = be
+        .load_weight("x.gate_up_proj_blocks", &ins[3].0, &ins[3].1)
+        .unwrap();
+    assert_eq!(be.dequantized_experts(), 0, "blocks wait for their scales");
+    let s = be
+        .load_weight("x.gate_up_proj_scales", &ins[4].0, &ins[4].1)
+        .unwrap();
+    assert_eq!(be.dequantized_experts(), 1);
+    be.free(b).unwrap();
+    be.free(s).unwrap();
+    assert_eq!(be.dequantized_experts(), 0);
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU (sm_90+; sm_80+ with GPTOSS_CUDA_FLAVOR=portable): run on the GPU machine with --ignored"]
+fn fixtures_dequantized_match_transformers() {
+    for name in FIXTURES {
+        let load = || {
+            Model::load(
+                &fixture_dir(name),
+                Box::new(gpu_dequantized()),
+                &mut |_, _| {},
+            )
+            .expect("fixture loads with --dequantize")
+        };
+        let mut model = load();
+        check_fixture_prompts(&mut model, name, usize::MAX, "dequantized prefill");
+        check_fixture_prompts(&mut load(), name, 1, "dequantized incremental");
+        let r = Reference::load(name);
+        let want = r.tokens("greedy_tokens");
+        let got = model
+            .generate_greedy(&r.tokens("greedy_prompt"), want.len(), &[], 0, &mut |_| {})
+            .unwrap();
+        assert_eq!(
+            got, want,
+            "{name}: dequantized greedy continuation vs transformers"
+        );
     }
 }
 

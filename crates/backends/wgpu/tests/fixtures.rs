@@ -65,9 +65,8 @@ fn an_adapter_exists_and_the_probe_explains_its_score() {
 fn a_missing_device_index_is_a_clear_error() {
     let n = adapters().expect("wgpu enumerates adapters").len();
     let e = Wgpu::create(&PluginOptions {
-        shard: None,
-        threads: 0,
         device: n + 3,
+        ..Default::default()
     })
     .err()
     .expect("no such device")

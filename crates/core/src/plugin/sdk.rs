@@ -35,6 +35,9 @@ pub struct PluginOptions {
     pub device: usize,
     /// Set when this instance runs one shard of a model split over several backends.
     pub shard: Option<crate::collective::ShardOptions>,
+    /// Expand the MXFP4 experts to bf16 at load (the CUDA backends' --dequantize): about 4x
+    /// their memory, bf16 matrix products instead of in-kernel decoding.
+    pub dequantize: bool,
 }
 
 /// What a plugin adds to [`Backend`]: its identity, its probe and its constructor.

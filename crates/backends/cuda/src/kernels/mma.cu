@@ -255,12 +255,13 @@ __device__ __forceinline__ void mx_to_bf16(u32 lo, u32 hi, u32 s, u32* out) {
 #define M_BN (32 * M_NT)
 
 // Grouped GEMM over one expert's pairs: rows of A are the pairs list[start..end) (A row of pair
-// p: a + (p / a_div) * Kd, f32), B = the expert's MXFP4 rows [N, Kd/32 groups], f32 accumulation.
+// p: a + (p / a_div) * Kd, f32), B = the expert's MXFP4 rows [N, Kd/32 groups] (BF: bf16 rows
+// [N, Kd], the experts dequantized at load), f32 accumulation.
 // MODE 0 (gate_up): N = 2I rows interleaved gate/up; out[p, n/2] = swiglu(gate + bg, up + bu).
 // MODE 1 (down): out[p, n] = acc + bias.
 // M_MT = 2: 64 pairs a tile, 4: 128 (moe_route's BM = 32 M_MT).
 // grid (ceil(N / 128), max_tiles); blocks past *ntiles exit.
-template <int MODE, int M_MT>
+template <int MODE, int M_MT, bool BF>
 __device__ __forceinline__ void moe_mma(const float* a, int a_div, const int* list,
                                         const int* tiles, const int* ntiles, const u8* wb,
                                         const u8* ws, const void* bias, int bdt, float* out,
@@ -292,7 +293,8 @@ __device__ __forceinline__ void moe_mma(const float* a, int a_div, const int* li
     // decode) a CTA's work is a chain of small loads, so their latency must overlap.
     constexpr int PF = M_MT == 2 ? 4 : 2;
     F4 ra[PF][AU];
-    u32 rlo[PF], rhi[PF], rs[PF];
+    u32 rlo[PF], rhi[PF], rs[PF];  // MXFP4: 8 bytes of codes and the scale
+    W4 rb[PF][2];                  // BF: 16 bf16
     const int br = tid >> 1, bh = tid & 1;
     const i64 wrow = (i64)e * N + n0 + br;
     const bool brow_ok = n0 + br < N;
@@ -303,39 +305,50 @@ __device__ __forceinline__ void moe_mma(const float* a, int a_div, const int* li
         int p = rows[idx >> 3];
         arow[u] = p >= 0 ? a + (i64)(p / a_div) * Kd + (idx & 7) * 4 : nullptr;
     }
-    auto load = [&](int kt, F4* rra, u32& lo, u32& hi, u32& sc) {
+    // k-tile kt into slot q.
+    auto load = [&](int kt, int q) {
 #pragma unroll
         for (int u = 0; u < AU; u++)
-            rra[u] = arow[u] ? *(const F4*)(arow[u] + kt * BK) : F4{0.0f, 0.0f, 0.0f, 0.0f};
-        if (brow_ok) {
-            uint2 q = *(const uint2*)(wb + (wrow * G + kt) * 16 + bh * 8);
-            lo = q.x;
-            hi = q.y;
-            sc = ws[wrow * G + kt];
+            ra[q][u] = arow[u] ? *(const F4*)(arow[u] + kt * BK) : F4{0.0f, 0.0f, 0.0f, 0.0f};
+        if (BF) {
+            const W4* src = (const W4*)((const u16*)wb + wrow * Kd + kt * 32 + bh * 16);
+            rb[q][0] = brow_ok ? src[0] : W4{0, 0, 0, 0};
+            rb[q][1] = brow_ok ? src[1] : W4{0, 0, 0, 0};
+        } else if (brow_ok) {
+            uint2 v = *(const uint2*)(wb + (wrow * G + kt) * 16 + bh * 8);
+            rlo[q] = v.x;
+            rhi[q] = v.y;
+            rs[q] = ws[wrow * G + kt];
         } else {
-            lo = hi = 0;
-            sc = 127;
+            rlo[q] = rhi[q] = 0;
+            rs[q] = 127;
         }
     };
-    auto store = [&](int buf, const F4* rra, u32 lo, u32 hi, u32 sc) {
+    // Slot q into shared-memory buffer buf (A rounded to bf16, B decoded to bf16).
+    auto store = [&](int buf, int q) {
 #pragma unroll
         for (int u = 0; u < AU; u++) {
             int idx = tid + 256 * u;
             int r = idx >> 3, c = (idx & 7) * 4;
             u32* d = (u32*)(As[buf] + r * LDS + c);
-            d[0] = pack_bf16(rra[u].x, rra[u].y);
-            d[1] = pack_bf16(rra[u].z, rra[u].w);
+            d[0] = pack_bf16(ra[q][u].x, ra[q][u].y);
+            d[1] = pack_bf16(ra[q][u].z, ra[q][u].w);
         }
-        u32 o[8];
-        mx_to_bf16(lo, hi, sc, o);
         W4* d = (W4*)(Bs[buf] + br * LDS + bh * 16);
-        d[0] = W4{o[0], o[1], o[2], o[3]};
-        d[1] = W4{o[4], o[5], o[6], o[7]};
+        if (BF) {
+            d[0] = rb[q][0];
+            d[1] = rb[q][1];
+        } else {
+            u32 o[8];
+            mx_to_bf16(rlo[q], rhi[q], rs[q], o);
+            d[0] = W4{o[0], o[1], o[2], o[3]};
+            d[1] = W4{o[4], o[5], o[6], o[7]};
+        }
     };
 #pragma unroll
     for (int q = 0; q < PF; q++)
-        if (q < G) load(q, ra[q], rlo[q], rhi[q], rs[q]);
-    store(0, ra[0], rlo[0], rhi[0], rs[0]);
+        if (q < G) load(q, q);
+    store(0, 0);
     __syncthreads();
     for (int k0 = 0; k0 < G; k0 += PF) {
 #pragma unroll
@@ -343,10 +356,9 @@ __device__ __forceinline__ void moe_mma(const float* a, int a_div, const int* li
             const int kt = k0 + q;
             if (kt < G) {
                 // Slot q was stored last iteration: refill it PF tiles ahead.
-                if (kt + PF < G) load(kt + PF, ra[q], rlo[q], rhi[q], rs[q]);
+                if (kt + PF < G) load(kt + PF, q);
                 warp_mma_tile<M_MT, M_NT>(As[kt & 1], Bs[kt & 1], acc, wm, wn, lane);
-                const int nx = (q + 1) % PF;
-                if (kt + 1 < G) store((kt + 1) & 1, ra[nx], rlo[nx], rhi[nx], rs[nx]);
+                if (kt + 1 < G) store((kt + 1) & 1, (q + 1) % PF);
                 __syncthreads();
             }
         }
@@ -376,23 +388,43 @@ __device__ __forceinline__ void moe_mma(const float* a, int a_div, const int* li
 
 // x [T, H] -> act [T*k, I]; gate_up blocks [E, 2I, H/32, 16]. _mma: 64-pair tiles, _mma128:
 // 128-pair tiles (many pairs per expert: the MXFP4 decode is shared by more rows).
-#define MOE_GU(NAME, MT)                                                                       \
+#define MOE_GU(NAME, MT, BF)                                                                       \
     extern "C" __global__ void __launch_bounds__(256)                                          \
         NAME(const float* x, int K, const int* list, const int* tiles, const int* ntiles,      \
              const u8* gub, const u8* gus, const void* gbias, int bdt, float* act, int H, int I, \
              float limit, float alpha) {                                                       \
-        moe_mma<0, MT>(x, K, list, tiles, ntiles, gub, gus, gbias, bdt, act, 2 * I, H, limit,  \
+        moe_mma<0, MT, BF>(x, K, list, tiles, ntiles, gub, gus, gbias, bdt, act, 2 * I, H, limit,  \
                        alpha);                                                                 \
     }
-MOE_GU(moe_gate_up_mma, 2)
-MOE_GU(moe_gate_up_mma128, 4)
+MOE_GU(moe_gate_up_mma, 2, false)
+MOE_GU(moe_gate_up_mma128, 4, false)
+MOE_GU(moe_gate_up_mma_bf16, 2, true)
+MOE_GU(moe_gate_up_mma128_bf16, 4, true)
 
 // act [T*k, I] -> y [T*k, H]; down blocks [E, H, I/32, 16].
-#define MOE_DN(NAME, MT)                                                                       \
+#define MOE_DN(NAME, MT, BF)                                                                       \
     extern "C" __global__ void __launch_bounds__(256)                                          \
         NAME(const float* act, const int* list, const int* tiles, const int* ntiles,           \
              const u8* dnb, const u8* dns, const void* dbias, int bdt, float* y, int H, int I) { \
-        moe_mma<1, MT>(act, 1, list, tiles, ntiles, dnb, dns, dbias, bdt, y, H, I, 0.0f, 0.0f); \
+        moe_mma<1, MT, BF>(act, 1, list, tiles, ntiles, dnb, dns, dbias, bdt, y, H, I, 0.0f, 0.0f); \
     }
-MOE_DN(moe_down_mma, 2)
-MOE_DN(moe_down_mma128, 4)
+MOE_DN(moe_down_mma, 2, false)
+MOE_DN(moe_down_mma128, 4, false)
+MOE_DN(moe_down_mma_bf16, 2, true)
+MOE_DN(moe_down_mma128_bf16, 4, true)
+
+// --dequantize: MXFP4 experts expanded to bf16 at load, blocks [.., G, 16] + scales [.., G] ->
+// [.., G * 32] bf16, exactly (mx_to_bf16); one thread a group of 32.
+extern "C" __global__ void moe_dequant_bf16(const u8* blocks, const u8* scales, u16* out,
+                                            i64 groups) {
+    const i64 g = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (g >= groups) return;
+    const W4 q = *(const W4*)(blocks + g * 16);
+    u32 o[16];
+    mx_to_bf16(q.x, q.y, scales[g], o);
+    mx_to_bf16(q.z, q.w, scales[g], o + 8);
+    W4* d = (W4*)(out + g * 32);
+#pragma unroll
+    for (int i = 0; i < 4; i++) d[i] = W4{o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]};
+}
+

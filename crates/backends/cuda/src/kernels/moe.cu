@@ -367,3 +367,87 @@ extern "C" __global__ void __launch_bounds__(256, 4) moe_down_fast2(DOWN_ARGS) {
     extern __shared__ F4 xs[];
     down_sets<2>(DOWN_PASS);
 }
+
+// ---- --dequantize, few tokens: experts expanded to bf16 at load ([E, rows, K] bf16). One warp
+// an output row (gate_up: its gate and up rows, then SwiGLU), all of a row's 16-byte loads
+// issued at once (rows of K <= 3072 in one trip); the pair's x staged in shared memory as two
+// float4 planes (x[8j..8j+3] at j, x[8j+4..8j+7] at K/8 + j). f32 accumulation.
+#define BF_U 12
+
+__device__ __forceinline__ void stage_planes(F4* xs, const float* x, int K8) {
+    for (int j = threadIdx.x; j < K8; j += blockDim.x) {
+        xs[j] = *(const F4*)(x + 8 * j);
+        xs[K8 + j] = *(const F4*)(x + 8 * j + 4);
+    }
+}
+
+// The dot product of one bf16 row (K8 chunks of 8) with the staged x, summed over the warp.
+__device__ __forceinline__ float row_dot_bf16(const W4* wr, const F4* xs, int K8, int lane) {
+    float acc = 0.0f;
+    for (int j0 = lane; j0 < K8; j0 += 32 * BF_U) {
+        W4 q[BF_U];
+#pragma unroll
+        for (int u = 0; u < BF_U; u++)
+            q[u] = j0 + 32 * u < K8 ? ldg16_stream(wr + j0 + 32 * u) : W4{0, 0, 0, 0};
+#pragma unroll
+        for (int u = 0; u < BF_U; u++) {
+            const int j = j0 + 32 * u;
+            if (j < K8) acc = dot8_bf16(q[u], xs[j], xs[K8 + j], acc);
+        }
+    }
+    return warp_sum(acc);
+}
+
+// grid (T*k, ceil(I / warps)); dynamic shared memory H floats. w [E, 2I, H] bf16; the
+// scales argument is unused (same arguments as moe_gate_up_fast).
+extern "C" __global__ void __launch_bounds__(256)
+    moe_gate_up_bf16(const float* x, const int* ids, const u16* w, const u8* no_scales,
+                     const void* gbias, int bdt, float* act, int K, int E, int H, int I,
+                     float limit, float alpha, int* err) {
+    extern __shared__ F4 xs[];
+    const i64 pair = blockIdx.x;
+    const i64 t = pair / K;
+    const int lane = threadIdx.x & 31;
+    const int c = blockIdx.y * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    const int e = ids[pair];
+    float* a = act + pair * I;
+    if (e < 0 || e >= E) {
+        if (threadIdx.x == 0 && blockIdx.y == 0 && e != -1)
+            report_error(err, ERR_EXPERT_ID, e, E, (int)t);
+        if (lane == 0 && c < I) a[c] = 0.0f;
+        return;
+    }
+    const int K8 = H / 8;
+    stage_planes(xs, x + t * H, K8);
+    __syncthreads();
+    if (c >= I) return;
+    const i64 row = (i64)e * 2 * I + 2 * c;
+    const float g = row_dot_bf16((const W4*)(w + row * H), xs, K8, lane);
+    const float u = row_dot_bf16((const W4*)(w + (row + 1) * H), xs, K8, lane);
+    if (lane == 0)
+        a[c] = swiglu(g + ldf(gbias, bdt, row), u + ldf(gbias, bdt, row + 1), limit, alpha);
+}
+
+// grid (T*k, ceil(H / warps)); dynamic shared memory I floats. w [E, H, I] bf16; the scales
+// argument is unused (same arguments as moe_down_fast).
+extern "C" __global__ void __launch_bounds__(256)
+    moe_down_bf16(const float* act, const int* ids, const u16* w, const u8* no_scales,
+                  const void* dbias, int bdt, float* y, int K, int E, int H, int I) {
+    extern __shared__ F4 xs[];
+    const i64 pair = blockIdx.x;
+    const int lane = threadIdx.x & 31;
+    const int r = blockIdx.y * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    const int e = ids[pair];
+    if (e < 0 || e >= E) {
+        if (lane == 0 && r < H) y[pair * H + r] = 0.0f;
+        return;
+    }
+    const int K8 = I / 8;
+    stage_planes(xs, act + pair * I, K8);
+    __syncthreads();
+    if (r >= H) return;
+    const i64 row = (i64)e * H + r;
+    const float s = row_dot_bf16((const W4*)(w + row * I), xs, K8, lane);
+    if (lane == 0) y[pair * H + r] = s + ldf(dbias, bdt, row);
+}
+
