@@ -111,7 +111,7 @@ fn load(a: &Args) -> Result<(Model, String)> {
                 "building synthetic {preset} on {}",
                 backend_select::describe(&backends)
             ));
-            let model = load_synthetic_sharded(
+            let mut model = load_synthetic_sharded(
                 preset_v,
                 a.layers,
                 backends,
@@ -120,6 +120,7 @@ fn load(a: &Args) -> Result<(Model, String)> {
                 &mut |d, t| bar.update(d, t),
             )?;
             bar.finish();
+            model.dequantized_experts = cfg.dequantize;
             Ok((model, format!("synthetic {preset}")))
         }
         (None, Some(m)) => {

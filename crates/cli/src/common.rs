@@ -89,13 +89,14 @@ impl ModelArgs {
             dir.display(),
             backend_select::describe(&backends)
         ));
-        let model = Model::load_sharded(
+        let mut model = Model::load_sharded(
             &dir,
             backends,
             backend_select::sharding(&cfg),
             &mut |done, total| bar.update(done, total),
         )?;
         bar.finish();
+        model.dequantized_experts = cfg.dequantize;
         Ok((model, cfg, room))
     }
 }

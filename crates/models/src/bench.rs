@@ -198,7 +198,11 @@ impl BenchResult {
         bandwidth: Option<f64>,
     ) -> BenchResult {
         let mean_ctx = prompt + gen / 2;
-        let bytes = weight_bytes_per_token(&model.config, model.float_dtype())
+        let bytes = weight_bytes_per_token(
+            &model.config,
+            model.float_dtype(),
+            model.dequantized_experts,
+        )
             + batch as u64 * kv_bytes_per_token(&model.config, mean_ctx, DType::F32);
         let steps_per_s = gen as f64 / decode_s;
         BenchResult {

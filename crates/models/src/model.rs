@@ -24,6 +24,9 @@ pub struct Model {
     pub config: GptOssConfig,
     /// One per backend; a model that is not split has one.
     pub(crate) shards: Vec<Shard>,
+    /// The backends hold the experts as bf16 (the CUDA backends' --dequantize), so a decode
+    /// step reads 4 bytes where MXFP4 holds one: only the benchmark's figures use it.
+    pub dequantized_experts: bool,
 }
 
 /// One backend's part of the model.
@@ -118,7 +121,11 @@ impl Model {
                 batch_graph: Graph::new(),
             });
         }
-        Ok(Model { config, shards })
+        Ok(Model {
+            config,
+            shards,
+            dequantized_experts: false,
+        })
     }
 
     /// A model from weights already on `backend` (e.g. a synthetic model).
@@ -136,6 +143,7 @@ impl Model {
                 batch_graph: Graph::new(),
             }],
             config,
+            dequantized_experts: false,
         }
     }
 

@@ -6,15 +6,20 @@ use crate::config::GptOssConfig;
 use crate::weights::needs;
 
 /// Weight bytes read to decode one token at batch 1: every non-expert tensor of every layer,
-/// `num_experts_per_tok` experts per layer (MXFP4 blocks + scales + biases), one embedding
-/// row, the final norm and the whole lm_head. KV cache reads are counted separately.
-pub fn weight_bytes_per_token(cfg: &GptOssConfig, float: DType) -> u64 {
+/// `num_experts_per_tok` experts per layer (MXFP4 blocks + scales + biases; with
+/// `dequantized`, the blocks as bf16: 4 bytes for each byte of two codes), one embedding row,
+/// the final norm and the whole lm_head. KV cache reads are counted separately.
+pub fn weight_bytes_per_token(cfg: &GptOssConfig, float: DType, dequantized: bool) -> u64 {
     let e = cfg.num_local_experts as u64;
     let k = cfg.num_experts_per_tok as u64;
     needs(cfg, float)
         .iter()
         .map(|n| {
-            let bytes = (n.shape.iter().product::<usize>() * n.dtype.size()) as u64;
+            let held = match n.dtype {
+                DType::Mxfp4Blocks if dequantized => 4,
+                _ => 1,
+            };
+            let bytes = (n.shape.iter().product::<usize>() * n.dtype.size()) as u64 * held;
             if n.name == "model.embed_tokens.weight" {
                 bytes / cfg.vocab_size as u64
             } else if n.name.contains(".mlp.experts.") {
@@ -48,11 +53,17 @@ mod tests {
     fn matches_the_spec_reference_numbers() {
         // GPTOSS-SPEC.md section 8: bytes read per decoded token, batch 1, MXFP4 experts, BF16 rest.
         assert_eq!(
-            weight_bytes_per_token(&Preset::Gpt20b.config(None), DType::BF16),
+            weight_bytes_per_token(&Preset::Gpt20b.config(None), DType::BF16, false),
             3_708_089_088
         );
+        // --dequantize: the 4 experts' blocks of each of 24 layers, 4 bytes each instead of 1.
+        let blocks = 24 * 4 * (2 * 2880 * 2880 + 2880 * 2880) / 2;
         assert_eq!(
-            weight_bytes_per_token(&Preset::Gpt120b.config(None), DType::BF16),
+            weight_bytes_per_token(&Preset::Gpt20b.config(None), DType::BF16, true),
+            3_708_089_088 + 3 * blocks
+        );
+        assert_eq!(
+            weight_bytes_per_token(&Preset::Gpt120b.config(None), DType::BF16, false),
             5_002_907_904
         );
     }
