@@ -202,8 +202,7 @@ impl BenchResult {
             &model.config,
             model.float_dtype(),
             model.dequantized_experts,
-        )
-            + batch as u64 * kv_bytes_per_token(&model.config, mean_ctx, DType::F32);
+        ) + batch as u64 * kv_bytes_per_token(&model.config, mean_ctx, DType::F32);
         let steps_per_s = gen as f64 / decode_s;
         BenchResult {
             prompt_tokens: prompt,
