@@ -11,9 +11,12 @@
 //!   stored split by rows into several buffers; the embedding and linear kernels (the only ops
 //!   whose operands reach that size in gpt-oss: embedding and lm_head) run one dispatch per
 //!   part. Any other op given a split buffer reports a clear error naming the limit.
-//! - `execute` records every node into one command buffer, submits it, waits, and checks the
-//!   shaders' error word (bad token ids, positions, expert ids), so bad input comes back as a
-//!   [`gptoss_core::Error`]; wgpu validation errors are captured, never panicked.
+//! - `execute` records every node into one compute pass of one command buffer (parameters in
+//!   persistent uniform slots, bind groups cached across steps), submits it, waits, and checks
+//!   the shaders' error word (bad token ids, positions, expert ids), so bad input comes back as
+//!   a [`gptoss_core::Error`]; wgpu validation errors are captured, never panicked.
+//! - Decode (few tokens) runs the row kernels: gemv.wgsl and moe_rows.wgsl, 16-byte weight
+//!   loads, x staged in workgroup memory, subgroup sums where the adapter has them (NOTES.md).
 
 mod probe;
 
@@ -26,7 +29,6 @@ use gptoss_core::plugin::{PluginBackend, PluginOptions};
 use gptoss_core::rope::RopeParams;
 use gptoss_core::{Backend, BufferId, DType, Error, Graph, Node, Op, ProbeReport, Result};
 use gptoss_core::{TensorDesc, ValueId};
-use wgpu::util::DeviceExt;
 
 pub use probe::{adapters, software_allowed, AdapterSummary};
 
@@ -37,6 +39,25 @@ const ERRORS: &str = include_str!("shaders/errors.wgsl");
 const ATTENTION_BODY: &str = include_str!("shaders/attention_body.wgsl");
 const MOE: &str = include_str!("shaders/moe.wgsl");
 const MOE_ROWS: &str = include_str!("shaders/moe_rows.wgsl");
+const LINEAR_PARAMS: &str = include_str!("shaders/linear_params.wgsl");
+const XSTAGE: &str = include_str!("shaders/xstage.wgsl");
+const LANES_SUBGROUP: &str = include_str!("shaders/lanes_subgroup.wgsl");
+const LANES_WORKGROUP: &str = include_str!("shaders/lanes_workgroup.wgsl");
+
+/// Workgroups of a gemv dispatch at most: rows beyond are walked in a grid-stride loop, so
+/// each workgroup stages x once for several passes (lm_head: ~3), while ~10 waves of them
+/// keep the last wave's imbalance small on a ~132-SM GPU.
+const GEMV_WORKGROUPS: usize = 8192;
+/// Workgroups of a MoE projection at most, shared among its (token, slot) pairs: decode's 4
+/// pairs get 256 each (gate_up: ~3 passes of 8 units; down: ~1.5).
+const MOE_WORKGROUPS: usize = 1024;
+/// Bytes of one dispatch's parameters (the largest P struct is 48); each sits at an offset
+/// aligned to the adapter's min_uniform_buffer_offset_alignment in a persistent buffer.
+const PARAM_BYTES: u64 = 64;
+/// Dispatch parameter slots per uniform buffer (more buffers are added as graphs need).
+const SLOTS_PER_UNIFORM: u64 = 512;
+/// Cached bind groups at most (cleared beyond, and whenever a buffer is freed).
+const MAX_BIND_GROUPS: usize = 16384;
 
 /// Limits the kernels rely on (all within WebGPU's defaults).
 const NEED_STORAGE_BUFFERS: u32 = 7;
@@ -50,7 +71,9 @@ fn err(reason: impl Into<String>) -> Error {
 struct Kernels {
     embed: wgpu::ComputePipeline,
     rms_norm: wgpu::ComputePipeline,
-    gemv: wgpu::ComputePipeline,
+    /// bf16 GEMV for one token and for up to 8 (TOKENS = 1 or 8: accumulators in registers).
+    gemv1: wgpu::ComputePipeline,
+    gemv8: wgpu::ComputePipeline,
     gemm: wgpu::ComputePipeline,
     rope: wgpu::ComputePipeline,
     kv_write: wgpu::ComputePipeline,
@@ -64,6 +87,88 @@ struct Kernels {
     add: wgpu::ComputePipeline,
     argmax: wgpu::ComputePipeline,
 }
+
+/// How the row kernels (gemv, moe) split a row over a lane group and sum it.
+#[derive(Clone, Copy, Debug)]
+struct RowConfig {
+    /// Subgroup shuffles (lanes_subgroup.wgsl), else a tree in workgroup memory.
+    subgroups: bool,
+    /// Invocations a row (32, or the smallest subgroup size when below: a lane group must lie
+    /// inside one subgroup).
+    lanes: u32,
+    /// vec4s of x a workgroup can stage (xstage.wgsl): 1024 (4096 values), less where the
+    /// adapter's workgroup storage is small.
+    xs_quads: u32,
+}
+
+impl RowConfig {
+    fn new(adapter: &wgpu::Adapter, allow_subgroups: bool) -> RowConfig {
+        let info = adapter.get_info();
+        let min_sg = info.subgroup_min_size;
+        let subgroups = allow_subgroups
+            && adapter.features().contains(wgpu::Features::SUBGROUP)
+            && min_sg.is_power_of_two()
+            && min_sg >= 4;
+        let storage = adapter.limits().max_compute_workgroup_storage_size;
+        RowConfig {
+            subgroups,
+            lanes: if subgroups { min_sg.min(32) } else { 32 },
+            // Room for the fallback's 1 KiB tree and a few words besides.
+            xs_quads: (storage.saturating_sub(2048) / 16).min(1024),
+        }
+    }
+
+    /// Rows one workgroup (256 invocations) handles a pass.
+    fn rows(&self) -> usize {
+        (256 / self.lanes) as usize
+    }
+
+    /// The constants a row kernel starts with. (Naga takes the subgroup builtins without
+    /// WGSL's `enable subgroups;`, which it refuses as not yet implemented.)
+    fn prelude(&self, tokens: u32) -> String {
+        format!(
+            "const LANES: u32 = {}u;\nconst XS_QUADS: u32 = {}u;\n\
+             const TOKENS: u32 = {tokens}u;\n",
+            self.lanes, self.xs_quads
+        )
+    }
+
+    fn lane_sum(&self) -> &'static str {
+        if self.subgroups {
+            LANES_SUBGROUP
+        } else {
+            LANES_WORKGROUP
+        }
+    }
+}
+
+/// The commands of one execute: every dispatch in one compute pass (ended only for a copy),
+/// every dispatch's parameters gathered for one upload at the end.
+struct Recorder {
+    enc: wgpu::CommandEncoder,
+    pass: Option<wgpu::ComputePass<'static>>,
+    /// Parameter slots, `slot_bytes` each, in dispatch order.
+    params: Vec<u8>,
+}
+
+impl Recorder {
+    fn pass(&mut self) -> &mut wgpu::ComputePass<'static> {
+        let enc = &mut self.enc;
+        self.pass.get_or_insert_with(|| {
+            enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default())
+                .forget_lifetime()
+        })
+    }
+
+    /// The encoder, for a copy: ends the pass.
+    fn encoder(&mut self) -> &mut wgpu::CommandEncoder {
+        self.pass = None;
+        &mut self.enc
+    }
+}
+
+/// A cached bind group: the pipeline, the parameter slot and the storage buffers.
+type BindKey = (wgpu::ComputePipeline, u64, Vec<wgpu::Buffer>);
 
 /// A buffer: one or more parts (split by rows when above the binding limit).
 struct DevBuf {
@@ -104,7 +209,16 @@ pub struct Wgpu {
     pool: RefCell<HashMap<u64, Vec<wgpu::Buffer>>>,
     rope_tables: RefCell<Vec<(RopeParams, wgpu::Buffer)>>,
     err_buf: wgpu::Buffer,
+    /// The error word's copy, read back after each execute.
+    err_read: wgpu::Buffer,
     dummy: wgpu::Buffer,
+    rows: RowConfig,
+    /// Persistent uniform buffers of SLOTS_PER_UNIFORM parameter slots each.
+    uniforms: RefCell<Vec<wgpu::Buffer>>,
+    /// Bytes a parameter slot takes (PARAM_BYTES rounded up to the offset alignment).
+    slot_bytes: u64,
+    /// Bind groups by pipeline, slot and buffers: a decode step repeats the last step's.
+    bind_groups: RefCell<HashMap<BindKey, wgpu::BindGroup>>,
     /// Largest single buffer a shader may bind (and that may be created).
     max_part: u64,
     max_groups: u32,
@@ -153,7 +267,14 @@ impl Wgpu {
     }
 
     pub fn with_adapter(adapter: wgpu::Adapter) -> Result<Wgpu> {
+        Self::with_adapter_options(adapter, true)
+    }
+
+    /// [`Wgpu::with_adapter`]; `subgroups` false keeps the row kernels off subgroup operations
+    /// even where the adapter has them (tests: the workgroup-memory fallback).
+    pub fn with_adapter_options(adapter: wgpu::Adapter, subgroups: bool) -> Result<Wgpu> {
         let info = AdapterSummary::of(&adapter);
+        let rows = RowConfig::new(&adapter, subgroups);
         let limits = adapter.limits();
         let need = [
             (
@@ -197,7 +318,11 @@ impl Wgpu {
         }
         let desc = wgpu::DeviceDescriptor {
             label: Some("gptoss"),
-            required_features: wgpu::Features::empty(),
+            required_features: if rows.subgroups {
+                wgpu::Features::SUBGROUP
+            } else {
+                wgpu::Features::empty()
+            },
             // Everything the adapter offers: the largest bindings and buffers.
             required_limits: limits.clone(),
             ..Default::default()
@@ -216,13 +341,19 @@ impl Wgpu {
             .min(limits.max_buffer_size)
             / 4
             * 4;
-        let kernels = Self::compile(&device)?;
+        let kernels = Self::compile(&device, &rows)?;
         let err_buf = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("error word"),
             size: 16,
             usage: wgpu::BufferUsages::STORAGE
                 | wgpu::BufferUsages::COPY_SRC
                 | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let err_read = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("error word readback"),
+            size: 16,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
         let dummy = device.create_buffer(&wgpu::BufferDescriptor {
@@ -241,7 +372,13 @@ impl Wgpu {
             pool: RefCell::default(),
             rope_tables: RefCell::default(),
             err_buf,
+            err_read,
             dummy,
+            rows,
+            uniforms: RefCell::default(),
+            slot_bytes: PARAM_BYTES
+                .next_multiple_of(limits.min_uniform_buffer_offset_alignment as u64),
+            bind_groups: RefCell::default(),
             max_part,
             max_groups: limits.max_compute_workgroups_per_dimension,
             errors,
@@ -250,13 +387,21 @@ impl Wgpu {
         Ok(me)
     }
 
-    fn compile(device: &wgpu::Device) -> Result<Kernels> {
+    fn compile(device: &wgpu::Device, rows: &RowConfig) -> Result<Kernels> {
+        // Bounds checks stay; the loop bounding wgpu injects by default (a counter in every
+        // loop, which also keeps the compiler from unrolling the small constant loops that
+        // hold accumulators in registers) is off.
+        let mut checks = wgpu::ShaderRuntimeChecks::checked();
+        checks.force_loop_bounding = false;
         let make = |name: &str, parts: &[&str], entry: &str| -> wgpu::ComputePipeline {
             let src: String = parts.concat();
-            let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            let desc = wgpu::ShaderModuleDescriptor {
                 label: Some(name),
                 source: wgpu::ShaderSource::Wgsl(src.into()),
-            });
+            };
+            // SAFETY: every loop in src/shaders ends (counters stepping towards fixed bounds);
+            // that is all disabling force_loop_bounding asks.
+            let module = unsafe { device.create_shader_module_trusted(desc, checks) };
             device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(name),
                 layout: None,
@@ -267,6 +412,14 @@ impl Wgpu {
             })
         };
         let linear = include_str!("shaders/linear.wgsl");
+        let gemv = include_str!("shaders/gemv.wgsl");
+        let (one, eight) = (rows.prelude(1), rows.prelude(8));
+        // The row kernels: constants, the lane-group sum of this adapter, staged x.
+        let make_rows = |name: &str, prelude: &str, parts: &[&str]| {
+            let mut all = vec![prelude, COMMON, rows.lane_sum(), XSTAGE];
+            all.extend_from_slice(parts);
+            make(name, &all, "main")
+        };
         Ok(Kernels {
             embed: make(
                 "embed",
@@ -278,8 +431,9 @@ impl Wgpu {
                 &[COMMON, include_str!("shaders/rms_norm.wgsl")],
                 "main",
             ),
-            gemv: make("linear gemv", &[COMMON, linear], "gemv"),
-            gemm: make("linear gemm", &[COMMON, linear], "gemm"),
+            gemv1: make_rows("linear gemv t1", &one, &[LINEAR_PARAMS, gemv]),
+            gemv8: make_rows("linear gemv t8", &eight, &[LINEAR_PARAMS, gemv]),
+            gemm: make("linear gemm", &[COMMON, LINEAR_PARAMS, linear], "gemm"),
             rope: make(
                 "rope",
                 &[COMMON, ERRORS, include_str!("shaders/rope.wgsl")],
@@ -318,21 +472,20 @@ impl Wgpu {
                 &[COMMON, include_str!("shaders/topk_softmax.wgsl")],
                 "main",
             ),
-            moe_gate_up: make(
+            moe_gate_up: make_rows(
                 "moe gate_up",
+                &one,
                 &[
-                    COMMON,
                     ERRORS,
                     MOE,
                     MOE_ROWS,
                     include_str!("shaders/moe_gate_up.wgsl"),
                 ],
-                "main",
             ),
-            moe_down: make(
+            moe_down: make_rows(
                 "moe down",
-                &[COMMON, MOE, MOE_ROWS, include_str!("shaders/moe_down.wgsl")],
-                "main",
+                &one,
+                &[MOE, MOE_ROWS, include_str!("shaders/moe_down.wgsl")],
             ),
             moe_combine: make(
                 "moe combine",
@@ -463,8 +616,14 @@ impl Wgpu {
             staging.push((s, *bytes));
         }
         self.queue.submit([enc.finish()]);
+        let refs: Vec<(&wgpu::Buffer, u64)> = staging.iter().map(|(s, n)| (s, *n)).collect();
+        self.map_read(&refs)
+    }
+
+    /// Wait for the GPU and read the first `bytes` bytes of each mappable buffer of `bufs`.
+    fn map_read(&self, bufs: &[(&wgpu::Buffer, u64)]) -> Result<Vec<Vec<u8>>> {
         let done: Arc<Mutex<Vec<std::result::Result<(), String>>>> = Arc::default();
-        for (s, _) in &staging {
+        for (s, _) in bufs {
             let d = done.clone();
             s.map_async(wgpu::MapMode::Read, .., move |r| {
                 if let Ok(mut v) = d.lock() {
@@ -480,14 +639,14 @@ impl Wgpu {
             .map_err(|e| err(format!("waiting for the GPU: {e}")))?;
         self.check_device_errors("reading back")?;
         let results = done.lock().map_err(|_| err("map state poisoned"))?.clone();
-        if results.len() != staging.len() {
+        if results.len() != bufs.len() {
             return Err(err("a readback did not complete"));
         }
         if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
             return Err(err(format!("mapping a readback buffer: {e}")));
         }
         let mut out = Vec::new();
-        for (s, bytes) in &staging {
+        for (s, bytes) in bufs {
             let view = s
                 .get_mapped_range(..)
                 .map_err(|e| err(format!("mapping a readback buffer: {e}")))?;
@@ -529,7 +688,7 @@ impl Wgpu {
 
     fn dispatch(
         &self,
-        enc: &mut wgpu::CommandEncoder,
+        rec: &mut Recorder,
         pipe: &wgpu::ComputePipeline,
         params: &[u32],
         bufs: &[&wgpu::Buffer],
@@ -545,19 +704,58 @@ impl Wgpu {
                 self.max_groups
             )));
         }
-        let mut words = params.to_vec();
-        words.resize(params.len().div_ceil(4).max(1) * 4, 0);
-        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
-        let uniform = self
-            .device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("params"),
-                contents: &bytes,
-                usage: wgpu::BufferUsages::UNIFORM,
-            });
+        let slot = rec.params.len() as u64 / self.slot_bytes;
+        rec.params
+            .extend(params.iter().flat_map(|w| w.to_le_bytes()));
+        rec.params
+            .resize(((slot + 1) * self.slot_bytes) as usize, 0);
+        let bg = self.bind_group(pipe, slot, bufs)?;
+        let pass = rec.pass();
+        pass.set_pipeline(pipe);
+        pass.set_bind_group(0, &bg, &[]);
+        pass.dispatch_workgroups(groups.0, groups.1, 1);
+        Ok(())
+    }
+
+    /// The uniform buffer holding parameter slot `slot`, and the slot's offset in it.
+    fn uniform_slot(&self, slot: u64) -> (wgpu::Buffer, u64) {
+        let i = (slot / SLOTS_PER_UNIFORM) as usize;
+        let mut u = self.uniforms.borrow_mut();
+        while u.len() <= i {
+            u.push(self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("dispatch params"),
+                size: SLOTS_PER_UNIFORM * self.slot_bytes,
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }));
+        }
+        (u[i].clone(), (slot % SLOTS_PER_UNIFORM) * self.slot_bytes)
+    }
+
+    /// The bind group of `pipe` with parameter slot `slot` and `bufs`, from the cache when
+    /// an earlier step made it.
+    fn bind_group(
+        &self,
+        pipe: &wgpu::ComputePipeline,
+        slot: u64,
+        bufs: &[&wgpu::Buffer],
+    ) -> Result<wgpu::BindGroup> {
+        let key: BindKey = (
+            pipe.clone(),
+            slot,
+            bufs.iter().map(|b| (*b).clone()).collect(),
+        );
+        if let Some(bg) = self.bind_groups.borrow().get(&key) {
+            return Ok(bg.clone());
+        }
+        let (uniform, offset) = self.uniform_slot(slot);
         let mut entries = vec![wgpu::BindGroupEntry {
             binding: 0,
-            resource: uniform.as_entire_binding(),
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: &uniform,
+                offset,
+                size: wgpu::BufferSize::new(PARAM_BYTES),
+            }),
         }];
         for (i, b) in bufs.iter().enumerate() {
             entries.push(wgpu::BindGroupEntry {
@@ -570,11 +768,24 @@ impl Wgpu {
             layout: &pipe.get_bind_group_layout(0),
             entries: &entries,
         });
-        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
-        pass.set_pipeline(pipe);
-        pass.set_bind_group(0, &bg, &[]);
-        pass.dispatch_workgroups(groups.0, groups.1, 1);
-        Ok(())
+        let mut cache = self.bind_groups.borrow_mut();
+        if cache.len() >= MAX_BIND_GROUPS {
+            cache.clear();
+        }
+        cache.insert(key, bg.clone());
+        Ok(bg)
+    }
+
+    /// Upload the recorded parameters (before the commands that read them: write_buffer
+    /// lands ahead of the next submit) and close the pass.
+    fn finish(&self, mut rec: Recorder) -> wgpu::CommandEncoder {
+        rec.pass = None;
+        let chunk = (SLOTS_PER_UNIFORM * self.slot_bytes) as usize;
+        for (i, data) in rec.params.chunks(chunk).enumerate() {
+            let (buf, _) = self.uniform_slot(i as u64 * SLOTS_PER_UNIFORM);
+            self.queue.write_buffer(&buf, 0, data);
+        }
+        rec.enc
     }
 
     /// `n` workgroups as (x, y) within the per-dimension limit (kernels fold y back in).
@@ -589,7 +800,7 @@ impl Wgpu {
 
     fn run_node(
         &self,
-        enc: &mut wgpu::CommandEncoder,
+        enc: &mut Recorder,
         graph: &Graph,
         node: &Node,
         bound: &[Option<Bound>],
@@ -706,9 +917,11 @@ impl Wgpu {
                         u(n0),
                         u(rows),
                     ];
-                    if t <= 8 {
-                        let g = self.fold(u(rows.div_ceil(8)));
-                        self.dispatch(enc, &k.gemv, &p, &[x, part, bias, y], g)?;
+                    // gemv: bf16 rows of whole 16-byte loads.
+                    if t <= 8 && w.bf16 && kk % 8 == 0 {
+                        let pipe = if t == 1 { &k.gemv1 } else { &k.gemv8 };
+                        let g = rows.div_ceil(self.rows.rows()).min(GEMV_WORKGROUPS);
+                        self.dispatch(enc, pipe, &p, &[x, part, bias, y], (u(g), 1))?;
                     } else {
                         let g = (u(rows.div_ceil(64)), u(t.div_ceil(64)));
                         self.dispatch(enc, &k.gemm, &p, &[x, part, bias, y], g)?;
@@ -903,13 +1116,18 @@ impl Wgpu {
                 }
                 let act = self.take_temp(pad4(pairs * inter * 4), "moe activations")?;
                 let ys = self.take_temp(pad4(pairs * h * 4), "moe expert outputs")?;
+                // Workgroups along a pair's units (two rows each), the pairs sharing the cap.
+                let spread = |units: usize| {
+                    let passes = units.div_ceil(self.rows.rows());
+                    (u(passes.min((MOE_WORKGROUPS / pairs).max(1))), u(pairs))
+                };
                 let r = self
                     .dispatch(
                         enc,
                         &k.moe_gate_up,
                         &p,
                         &[x, ids, gub, gus, gubias, &act, &self.err_buf],
-                        (u(two_i.div_ceil(8)), u(pairs)),
+                        spread(inter),
                     )
                     .and_then(|_| {
                         self.dispatch(
@@ -917,7 +1135,7 @@ impl Wgpu {
                             &k.moe_down,
                             &p,
                             &[&act, ids, dnb, dns, dnbias, &ys],
-                            (u(h.div_ceil(8)), u(pairs)),
+                            spread(h / 2),
                         )
                     })
                     .and_then(|_| {
@@ -925,7 +1143,7 @@ impl Wgpu {
                             enc,
                             &k.moe_combine,
                             &p,
-                            &[&ys, w, out],
+                            &[&ys, w, out, ids],
                             (u(h.div_ceil(64)), u(t)),
                         )
                     });
@@ -955,7 +1173,9 @@ impl Wgpu {
                     ));
                 }
                 if n > 0 {
-                    enc.copy_buffer_to_buffer(x, ((t - 1) * n * 4) as u64, out, 0, (n * 4) as u64);
+                    let at = ((t - 1) * n * 4) as u64;
+                    enc.encoder()
+                        .copy_buffer_to_buffer(x, at, out, 0, (n * 4) as u64);
                 }
             }
             Op::Argmax => {
@@ -973,9 +1193,10 @@ impl Wgpu {
         Ok(())
     }
 
-    /// Read and clear the shaders' error word; a reported problem becomes an error.
+    /// Wait for the step and read the shaders' error word (copied to `err_read` and cleared
+    /// by the step itself); a reported problem becomes an error.
     fn check_kernel_errors(&self) -> Result<()> {
-        let raw = self.read_back(&[(&self.err_buf, 16)])?.remove(0);
+        let raw = self.map_read(&[(&self.err_read, 16)])?.remove(0);
         let w: Vec<i32> = raw
             .chunks_exact(4)
             .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -983,7 +1204,6 @@ impl Wgpu {
         if w[0] == 0 {
             return Ok(());
         }
-        self.queue.write_buffer(&self.err_buf, 0, &[0u8; 16]);
         let (a, b, c) = (w[1], w[2], w[3]);
         Err(Error::Input(match w[0] {
             1 => format!(
@@ -1025,6 +1245,8 @@ impl Backend for Wgpu {
     }
 
     fn free(&mut self, id: BufferId) -> Result<()> {
+        // Cached bind groups would keep the memory alive.
+        self.bind_groups.borrow_mut().clear();
         self.buffers
             .remove(&id)
             .map(|_| ())
@@ -1129,7 +1351,11 @@ impl Backend for Wgpu {
                 last_use[id.0 as usize] = n;
             }
         }
-        let mut enc = self.device.create_command_encoder(&Default::default());
+        let mut enc = Recorder {
+            enc: self.device.create_command_encoder(&Default::default()),
+            pass: None,
+            params: Vec::new(),
+        };
         let mut result = Ok(());
         for (n, node) in graph.nodes.iter().enumerate() {
             for id in &node.outputs {
@@ -1192,6 +1418,9 @@ impl Backend for Wgpu {
             }
         }
         result?;
+        let mut enc = self.finish(enc);
+        enc.copy_buffer_to_buffer(&self.err_buf, 0, &self.err_read, 0, 16);
+        enc.clear_buffer(&self.err_buf, 0, None);
         self.queue.submit([enc.finish()]);
         self.check_device_errors("executing the graph")?;
         // Waits for the step (the error word is read after it) and reports bad input.

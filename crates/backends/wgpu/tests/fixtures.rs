@@ -22,14 +22,18 @@ use gptoss_e2e::backend_check::*;
 use gptoss_e2e::{check_fixture_prompts, fixture_dir, Reference, FIXTURES};
 use gptoss_models::{LogitsWanted, Model};
 
+/// GPTOSS_WGPU_ADAPTER, or 0: the first (best) adapter.
+fn adapter_index() -> usize {
+    std::env::var("GPTOSS_WGPU_ADAPTER")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// The adapter under test: GPTOSS_WGPU_ADAPTER or the first (best) one. Fails the test, with
 /// the reason, when there is none.
 fn gpu() -> Wgpu {
-    let index = std::env::var("GPTOSS_WGPU_ADAPTER")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    Wgpu::open(index).unwrap_or_else(|e| {
+    Wgpu::open(adapter_index()).unwrap_or_else(|e| {
         panic!(
             "no usable wgpu adapter: {e}\n(install a Vulkan driver: apt-get install \
              mesa-vulkan-drivers libvulkan1; .ci/run does)"
@@ -114,6 +118,20 @@ fn op_topk_softmax_matches_cpu() {
 #[test]
 fn op_moe_mxfp4_matches_cpu() {
     check_op_moe_mxfp4_matches_cpu(&mut gpu());
+}
+
+/// The row kernels (gemv, moe) with their workgroup-memory sum instead of subgroup shuffles,
+/// as on adapters without subgroups (the other tests use them where the adapter has them).
+#[test]
+fn row_kernels_without_subgroups_match_cpu() {
+    let adapter = adapters()
+        .unwrap()
+        .into_iter()
+        .nth(adapter_index())
+        .expect("an adapter");
+    let mut be = Wgpu::with_adapter_options(adapter, false).unwrap();
+    check_op_linear_matches_cpu(&mut be);
+    check_op_moe_mxfp4_matches_cpu(&mut be);
 }
 
 #[test]

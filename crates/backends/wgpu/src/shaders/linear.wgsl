@@ -1,52 +1,10 @@
-// y[t, n] = sum_k x[t, k] w[n, k] + b[n]. The weight (f32 or bf16 pairs) may be one part of a
-// row-split matrix: rows [n0, n0 + rows) of the full output.
-struct P { t: u32, n: u32, k: u32, bf16: u32, has_bias: u32, bias_bf16: u32, n0: u32, rows: u32 }
-@group(0) @binding(0) var<uniform> p: P;
+// The tiled linear (any T, f32 or bf16 weights); prelude: linear_params.wgsl.
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> w: array<u32>;
-@group(0) @binding(3) var<storage, read> b: array<u32>;
-@group(0) @binding(4) var<storage, read_write> y: array<f32>;
 
 fn wv(i: u32) -> f32 {
     if (p.bf16 == 1u) { return bf16_at(w[i >> 1u], i); }
     return bitcast<f32>(w[i]);
-}
-
-fn bias(n: u32) -> f32 {
-    if (p.has_bias == 0u) { return 0.0; }
-    if (p.bias_bf16 == 1u) { return bf16_at(b[n >> 1u], n); }
-    return bitcast<f32>(b[n]);
-}
-
-// Small T (decode): 8 rows per workgroup, 32 lanes over k per row, up to 8 tokens at once.
-var<workgroup> red: array<f32, 256>;
-
-@compute @workgroup_size(256)
-fn gemv(@builtin(local_invocation_index) l: u32, @builtin(workgroup_id) wg: vec3<u32>,
-        @builtin(num_workgroups) nwg: vec3<u32>) {
-    let r = l / 32u;
-    let lane = l % 32u;
-    let row = (wg.x + wg.y * nwg.x) * 8u + r;
-    let ok = row < p.rows;
-    var acc: array<f32, 8>;
-    for (var i = 0u; i < 8u; i++) { acc[i] = 0.0; }
-    if (ok) {
-        let wb = row * p.k;
-        for (var kk = lane; kk < p.k; kk += 32u) {
-            let wk = wv(wb + kk);
-            for (var ti = 0u; ti < p.t; ti++) { acc[ti] += x[ti * p.k + kk] * wk; }
-        }
-    }
-    for (var ti = 0u; ti < p.t; ti++) {
-        red[l] = acc[ti];
-        workgroupBarrier();
-        for (var s = 16u; s > 0u; s >>= 1u) {
-            if (lane < s) { red[l] += red[l + s]; }
-            workgroupBarrier();
-        }
-        if (ok && lane == 0u) { y[ti * p.n + p.n0 + row] = red[l] + bias(p.n0 + row); }
-        workgroupBarrier();
-    }
 }
 
 // General T: 64x64 output tiles, 16-wide k slices staged in workgroup memory, 4x4 per thread.

@@ -1,32 +1,70 @@
-// The row dot products both expert projections share. The including shader binds `inp` (the
-// activations), `blocks` and `scales` (the expert's MXFP4 rows).
-var<workgroup> red: array<f32, 256>;
+// The kernel both expert projections share: workgroup (x, pair) walks the units (two rows
+// each) of (token, slot) pair `pair` in a grid-stride loop, a lane group (LANES invocations)
+// a unit at a time, 16 bytes (one 32-code group) per load. The pair's activations are staged
+// once (xstage.wgsl), and the two rows of a unit share every x load. The including shader
+// binds bias (5) and its output (6), and defines units() (units per pair), groups() (MXFP4
+// groups per row), x_chunk(pair) (the pair's first 8-value chunk of xin), bad_expert(id,
+// pair, first) and emit(pair, ex, unit, sums of its two rows).
+@group(0) @binding(1) var<storage, read> xin: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> ids: array<i32>;
+@group(0) @binding(3) var<storage, read> blocks: array<vec4<u32>>;
+@group(0) @binding(4) var<storage, read> scales: array<u32>;
 
-// Invocation `l` (32 lanes a row) dots MXFP4 row `rb` (g groups of 32 codes) with
-// inp[xb .. xb + 32 g]; afterwards red[l] of the row's lane 0 holds the sum over its lanes.
-// Call from uniform control flow (barriers); `row_exists` false: the row does not exist and
-// contributes 0.
-fn mx_row_dot(row_exists: bool, rb: u32, g: u32, xb: u32, l: u32) {
-    let lane = l % 32u;
-    var acc = 0.0;
-    if (row_exists) {
-        for (var gi = lane; gi < g; gi += 32u) {
-            let si = rb + gi;
-            let sc = e8m0(byte_at(scales[si >> 2u], si));
-            var part = 0.0;
-            for (var j = 0u; j < 4u; j++) {
-                let w = blocks[si * 4u + j];
-                for (var n = 0u; n < 8u; n++) {
-                    part += fp4((w >> (4u * n)) & 15u) * inp[xb + gi * 32u + j * 8u + n];
-                }
-            }
-            acc += part * sc;
+const ROWS: u32 = 256u / LANES;
+var<workgroup> ex_shared: i32;
+
+fn scale(si: u32) -> f32 {
+    return e8m0(byte_at(scales[si >> 2u], si));
+}
+
+// Eight codes (a u32 word, low nibble first) dotted with the matching x values.
+fn dot_fp4x8(q: u32, xv: X8) -> f32 {
+    let v = vec4<u32>(q);
+    let even = fp4x4((v >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(15u));
+    let odd = fp4x4((v >> vec4<u32>(4u, 12u, 20u, 28u)) & vec4<u32>(15u));
+    return dot(even, xv.even) + dot(odd, xv.odd);
+}
+
+// This lane's share of the dots of the rows whose first groups are rb0 and rb1 with x.
+fn mx_dot2(rb0: u32, rb1: u32, g: u32, lane: u32, staged: bool, c0: u32) -> vec2<f32> {
+    var acc = vec2<f32>(0.0);
+    for (var gi = lane; gi < g; gi += LANES) {
+        let q0 = blocks[rb0 + gi];
+        let q1 = blocks[rb1 + gi];
+        var s = vec2<f32>(0.0);
+        for (var j = 0u; j < 4u; j++) {
+            let xv = x8(staged, c0, gi * 4u + j);
+            s += vec2<f32>(dot_fp4x8(q0[j], xv), dot_fp4x8(q1[j], xv));
         }
+        acc += s * vec2<f32>(scale(rb0 + gi), scale(rb1 + gi));
     }
-    red[l] = acc;
-    workgroupBarrier();
-    for (var s = 16u; s > 0u; s >>= 1u) {
-        if (lane < s) { red[l] += red[l + s]; }
-        workgroupBarrier();
+    return acc;
+}
+
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_index) l: u32, @builtin(workgroup_id) wg: vec3<u32>,
+        @builtin(num_workgroups) nwg: vec3<u32>) {
+    let pair = wg.y;
+    if (l == 0u) { ex_shared = ids[pair]; }
+    let id = workgroupUniformLoad(&ex_shared);
+    if (id < 0 || u32(id) >= p.e) {
+        bad_expert(id, pair, l == 0u && wg.x == 0u);
+        return;
+    }
+    let ex = u32(id);
+    let g = groups();
+    let c0 = x_chunk(pair);
+    let staged = stage_x(c0, g * 4u, l);
+    let lane = l % LANES;
+    let rows = 2u * units();
+    for (var u0 = wg.x * ROWS; u0 < units(); u0 += nwg.x * ROWS) {
+        let u = u0 + l / LANES;
+        var s = vec2<f32>(0.0);
+        if (u < units()) {
+            let rb = (ex * rows + 2u * u) * g;
+            s = mx_dot2(rb, rb + g, g, lane, staged, c0);
+        }
+        let sums = vec2<f32>(lane_sum(s.x, l), lane_sum(s.y, l));
+        if (lane == 0u && u < units()) { emit(pair, ex, u, sums); }
     }
 }
