@@ -19,10 +19,12 @@
 //!   loads, x staged in workgroup memory, subgroup sums where the adapter has them (NOTES.md).
 
 mod probe;
+mod profile;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use gptoss_core::graph::ValueKind;
 use gptoss_core::plugin::{PluginBackend, PluginOptions};
@@ -86,6 +88,8 @@ struct Kernels {
     moe_combine: wgpu::ComputePipeline,
     add: wgpu::ComputePipeline,
     argmax: wgpu::ComputePipeline,
+    /// Each pipeline's name (the profile's rows).
+    names: HashMap<wgpu::ComputePipeline, &'static str>,
 }
 
 /// How the row kernels (gemv, moe) split a row over a lane group and sum it.
@@ -149,6 +153,8 @@ struct Recorder {
     pass: Option<wgpu::ComputePass<'static>>,
     /// Parameter slots, `slot_bytes` each, in dispatch order.
     params: Vec<u8>,
+    /// The node being recorded, as the profile names it: "op -> output shape".
+    node: String,
 }
 
 impl Recorder {
@@ -223,6 +229,8 @@ pub struct Wgpu {
     max_part: u64,
     max_groups: u32,
     errors: Arc<Mutex<Vec<String>>>,
+    /// GPTOSS_WGPU_PROFILE=1 on an adapter with timestamp queries: one pass per dispatch.
+    profile: Option<RefCell<profile::Profiler>>,
 }
 
 impl Wgpu {
@@ -273,6 +281,28 @@ impl Wgpu {
     /// [`Wgpu::with_adapter`]; `subgroups` false keeps the row kernels off subgroup operations
     /// even where the adapter has them (tests: the workgroup-memory fallback).
     pub fn with_adapter_options(adapter: wgpu::Adapter, subgroups: bool) -> Result<Wgpu> {
+        Self::build(adapter, subgroups, profile::wanted())
+    }
+
+    /// [`Wgpu::with_adapter`] with the dispatch profile on (as GPTOSS_WGPU_PROFILE=1 does)
+    /// where the adapter has timestamp queries; see [`Wgpu::profiling`].
+    pub fn with_adapter_profiled(adapter: wgpu::Adapter) -> Result<Wgpu> {
+        Self::build(adapter, true, true)
+    }
+
+    /// Whether dispatches are being timed (the profile was asked for and the adapter has
+    /// timestamp queries).
+    pub fn profiling(&self) -> bool {
+        self.profile.is_some()
+    }
+
+    /// The profile so far (what is printed when the backend is dropped), if profiling.
+    pub fn profile_report(&self) -> Option<String> {
+        let p = self.profile.as_ref()?;
+        Some(p.borrow().report(&self.device_name()))
+    }
+
+    fn build(adapter: wgpu::Adapter, subgroups: bool, profile: bool) -> Result<Wgpu> {
         let info = AdapterSummary::of(&adapter);
         let rows = RowConfig::new(&adapter, subgroups);
         let limits = adapter.limits();
@@ -316,13 +346,23 @@ impl Wgpu {
                 info.name
             )));
         }
+        let mut features = wgpu::Features::empty();
+        if rows.subgroups {
+            features |= wgpu::Features::SUBGROUP;
+        }
+        let timestamps = adapter.features().contains(wgpu::Features::TIMESTAMP_QUERY);
+        if profile && timestamps {
+            features |= wgpu::Features::TIMESTAMP_QUERY;
+        } else if profile {
+            eprintln!(
+                "{}: adapter {} has no timestamp queries; profiling unavailable",
+                profile::ENV,
+                info.name
+            );
+        }
         let desc = wgpu::DeviceDescriptor {
             label: Some("gptoss"),
-            required_features: if rows.subgroups {
-                wgpu::Features::SUBGROUP
-            } else {
-                wgpu::Features::empty()
-            },
+            required_features: features,
             // Everything the adapter offers: the largest bindings and buffers.
             required_limits: limits.clone(),
             ..Default::default()
@@ -362,7 +402,10 @@ impl Wgpu {
             usage: wgpu::BufferUsages::STORAGE,
             mapped_at_creation: false,
         });
+        let profile = (profile && timestamps)
+            .then(|| RefCell::new(profile::Profiler::new(queue.get_timestamp_period())));
         let me = Wgpu {
+            profile,
             device,
             queue,
             info,
@@ -393,7 +436,8 @@ impl Wgpu {
         // hold accumulators in registers) is off.
         let mut checks = wgpu::ShaderRuntimeChecks::checked();
         checks.force_loop_bounding = false;
-        let make = |name: &str, parts: &[&str], entry: &str| -> wgpu::ComputePipeline {
+        let names = RefCell::new(HashMap::new());
+        let make = |name: &'static str, parts: &[&str], entry: &str| -> wgpu::ComputePipeline {
             let src: String = parts.concat();
             let desc = wgpu::ShaderModuleDescriptor {
                 label: Some(name),
@@ -402,25 +446,28 @@ impl Wgpu {
             // SAFETY: every loop in src/shaders ends (counters stepping towards fixed bounds);
             // that is all disabling force_loop_bounding asks.
             let module = unsafe { device.create_shader_module_trusted(desc, checks) };
-            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            let pipe = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(name),
                 layout: None,
                 module: &module,
                 entry_point: Some(entry),
                 compilation_options: Default::default(),
                 cache: None,
-            })
+            });
+            names.borrow_mut().insert(pipe.clone(), name);
+            pipe
         };
         let linear = include_str!("shaders/linear.wgsl");
         let gemv = include_str!("shaders/gemv.wgsl");
         let (one, eight) = (rows.prelude(1), rows.prelude(8));
         // The row kernels: constants, the lane-group sum of this adapter, staged x.
-        let make_rows = |name: &str, prelude: &str, parts: &[&str]| {
+        let make_rows = |name: &'static str, prelude: &str, parts: &[&str]| {
             let mut all = vec![prelude, COMMON, rows.lane_sum(), XSTAGE];
             all.extend_from_slice(parts);
             make(name, &all, "main")
         };
-        Ok(Kernels {
+        let mut kernels = Kernels {
+            names: HashMap::new(),
             embed: make(
                 "embed",
                 &[COMMON, ERRORS, include_str!("shaders/embed.wgsl")],
@@ -498,7 +545,9 @@ impl Wgpu {
                 &[COMMON, include_str!("shaders/argmax.wgsl")],
                 "main",
             ),
-        })
+        };
+        kernels.names = names.into_inner();
+        Ok(kernels)
     }
 
     fn check_device_errors(&self, what: &str) -> Result<()> {
@@ -710,6 +759,26 @@ impl Wgpu {
         rec.params
             .resize(((slot + 1) * self.slot_bytes) as usize, 0);
         let bg = self.bind_group(pipe, slot, bufs)?;
+        if let Some(prof) = &self.profile {
+            // A pass of its own, timed at its start and end.
+            let name = self.kernels.names.get(pipe).copied().unwrap_or("?");
+            let key = format!("{name}: {}, {}x{}", rec.node, groups.0, groups.1);
+            let mut prof = prof.borrow_mut();
+            let (set, i) = prof.timestamps(&self.device, key);
+            rec.pass = None;
+            rec.pass = Some(
+                rec.enc
+                    .begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: None,
+                        timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                            query_set: set,
+                            beginning_of_pass_write_index: Some(i),
+                            end_of_pass_write_index: Some(i + 1),
+                        }),
+                    })
+                    .forget_lifetime(),
+            );
+        }
         let pass = rec.pass();
         pass.set_pipeline(pipe);
         pass.set_bind_group(0, &bg, &[]);
@@ -1351,10 +1420,12 @@ impl Backend for Wgpu {
                 last_use[id.0 as usize] = n;
             }
         }
+        let start = std::time::Instant::now();
         let mut enc = Recorder {
             enc: self.device.create_command_encoder(&Default::default()),
             pass: None,
             params: Vec::new(),
+            node: String::new(),
         };
         let mut result = Ok(());
         for (n, node) in graph.nodes.iter().enumerate() {
@@ -1379,6 +1450,10 @@ impl Backend for Wgpu {
             }
             if result.is_err() {
                 break;
+            }
+            if self.profile.is_some() {
+                let out = &graph.values[node.outputs[0].0 as usize].desc;
+                enc.node = format!("{} -> {:?}", node.op.name(), out.shape.dims());
             }
             if let Err(e) = self.run_node(&mut enc, graph, node, &bound) {
                 result = Err(match e {
@@ -1417,15 +1492,55 @@ impl Backend for Wgpu {
                 }
             }
         }
-        result?;
+        if let Err(e) = result {
+            self.profile_step(graph, start, start.elapsed(), false);
+            return Err(e);
+        }
         let mut enc = self.finish(enc);
         enc.copy_buffer_to_buffer(&self.err_buf, 0, &self.err_read, 0, 16);
         enc.clear_buffer(&self.err_buf, 0, None);
+        if let Some(p) = &self.profile {
+            p.borrow().resolve(&mut enc);
+        }
+        let record = start.elapsed();
         self.queue.submit([enc.finish()]);
         self.check_device_errors("executing the graph")?;
         // Waits for the step (the error word is read after it) and reports bad input.
-        self.check_kernel_errors()?;
+        let r = self.check_kernel_errors();
+        self.profile_step(graph, start, record, r.is_ok());
+        r?;
         self.check_device_errors("executing the graph")
+    }
+}
+
+impl Wgpu {
+    /// Account a finished execute in the profile (its timestamps when `done`).
+    fn profile_step(&self, graph: &Graph, start: std::time::Instant, record: Duration, done: bool) {
+        let Some(p) = &self.profile else { return };
+        let raw = if done {
+            let p = p.borrow();
+            self.map_read(&p.readbacks()).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let first = graph
+            .nodes
+            .first()
+            .map(|n| {
+                let d = &graph.values[n.outputs[0].0 as usize].desc;
+                format!("{} -> {:?}", n.op.name(), d.shape.dims())
+            })
+            .unwrap_or_default();
+        let class = format!("{} nodes, first {first}", graph.nodes.len());
+        p.borrow_mut().finish(class, start, record, &raw);
+    }
+}
+
+impl Drop for Wgpu {
+    fn drop(&mut self) {
+        if let Some(r) = self.profile_report() {
+            eprint!("{r}");
+        }
     }
 }
 

@@ -290,3 +290,34 @@ fn batched_paged_steps_match_transformers() {
         gptoss_e2e::batch_check::check_batched_greedy(&mut model, name, 3);
     }
 }
+
+/// GPTOSS_WGPU_PROFILE's table: every dispatch timed where the adapter has timestamp queries
+/// (skipped, saying so, where it has none).
+#[test]
+fn the_dispatch_profile_times_every_kernel() {
+    let adapter = adapters()
+        .unwrap()
+        .into_iter()
+        .nth(adapter_index())
+        .expect("an adapter");
+    let mut be = Wgpu::with_adapter_profiled(adapter).unwrap();
+    if !be.profiling() {
+        eprintln!(
+            "skipped: {} has no timestamp queries (wgpu::Features::TIMESTAMP_QUERY)",
+            be.device_name()
+        );
+        return;
+    }
+    // Results unchanged with one pass a dispatch.
+    check_op_rms_norm_matches_cpu(&mut be);
+    check_op_attention_matches_cpu(&mut be);
+    let report = be.profile_report().unwrap();
+    eprintln!("{report}");
+    for want in [
+        "rms_norm: rms_norm",
+        "attention: attention",
+        "kv_write: attention",
+    ] {
+        assert!(report.contains(want), "no '{want}' row in\n{report}");
+    }
+}
