@@ -81,6 +81,7 @@ struct Kernels {
     kv_write: wgpu::ComputePipeline,
     attention: wgpu::ComputePipeline,
     attention_paged: wgpu::ComputePipeline,
+    attention_merge: wgpu::ComputePipeline,
     gather_rows: wgpu::ComputePipeline,
     topk: wgpu::ComputePipeline,
     moe_gate_up: wgpu::ComputePipeline,
@@ -175,6 +176,60 @@ impl Recorder {
 
 /// A cached bind group: the pipeline, the parameter slot and the storage buffers.
 type BindKey = (wgpu::ComputePipeline, u64, Vec<wgpu::Buffer>);
+
+/// Query rows (tokens x heads) from which attention runs one workgroup per row: enough to
+/// fill a GPU (prefill); below, the keys are split over workgroups too (decode).
+const ATTENTION_ROWS_ALONE: usize = 1024;
+/// Splits of a row's keys at most, and keys per split at least (the kernel's chunk).
+const ATTENTION_SPLITS: usize = 32;
+const ATTENTION_CHUNK: usize = 64;
+
+/// How attention spreads over workgroups: (split, head) x token.
+#[derive(Clone, Copy, Debug)]
+struct AttentionSplit {
+    t: u32,
+    heads: u32,
+    d: u32,
+    /// Workgroups per row, each taking `ks` consecutive keys of the row's range.
+    splits: u32,
+    ks: u32,
+    /// log2 of the row's vec4s rounded up to a power of 2 (the value lanes of a key group).
+    qlog: u32,
+}
+
+impl AttentionSplit {
+    /// `keys`: the most keys a row can attend to (cache capacity, or less by the window).
+    fn new(t: usize, heads: u32, d: u32, window: u32, keys: usize) -> AttentionSplit {
+        let keys = if window > 0 {
+            keys.min(window as usize)
+        } else {
+            keys
+        }
+        .max(1);
+        let (splits, ks) = if t * heads as usize >= ATTENTION_ROWS_ALONE || keys <= ATTENTION_CHUNK
+        {
+            (1, keys as u32)
+        } else {
+            let ks = keys
+                .div_ceil(ATTENTION_SPLITS)
+                .next_multiple_of(ATTENTION_CHUNK);
+            (keys.div_ceil(ks), ks as u32)
+        };
+        AttentionSplit {
+            t: t as u32,
+            heads,
+            d,
+            splits: splits as u32,
+            ks,
+            qlog: (d / 4).max(1).next_power_of_two().trailing_zeros(),
+        }
+    }
+
+    /// Floats of the splits' partial results: (max, sum, acc[d]) per split of every row.
+    fn partial_floats(&self) -> usize {
+        (self.t * self.heads * self.splits) as usize * (self.d as usize + 2)
+    }
+}
 
 /// A buffer: one or more parts (split by rows when above the binding limit).
 struct DevBuf {
@@ -507,6 +562,11 @@ impl Wgpu {
                     include_str!("shaders/attention_paged.wgsl"),
                     ATTENTION_BODY,
                 ],
+                "main",
+            ),
+            attention_merge: make(
+                "attention_merge",
+                &[COMMON, include_str!("shaders/attention_merge.wgsl")],
                 "main",
             ),
             gather_rows: make(
@@ -1020,10 +1080,12 @@ impl Wgpu {
             } => {
                 let t = dims(ins[0])[0];
                 let cap = dims(outs[1])[0];
-                if *head_dim > 256 {
+                if *head_dim > 256 || head_dim % 4 != 0 {
                     return Err(Error::Unsupported {
                         backend: BACKEND.into(),
-                        what: format!("attention with head_dim {head_dim} (at most 256)"),
+                        what: format!(
+                            "attention with head_dim {head_dim} (a multiple of 4, at most 256)"
+                        ),
                     });
                 }
                 let kvw = kv_heads * head_dim;
@@ -1037,6 +1099,7 @@ impl Wgpu {
                     &[kx, vx, pos, kc, vc, &self.err_buf],
                     (kvw.div_ceil(64), u(t)),
                 )?;
+                let split = AttentionSplit::new(t, *heads, *head_dim, *window, cap);
                 let p = [
                     u(t),
                     *heads,
@@ -1046,13 +1109,28 @@ impl Wgpu {
                     u(cap),
                     flag(ins[3])?,
                     fbits(*scale),
+                    split.splits,
+                    split.ks,
+                    split.qlog,
+                    0,
                 ];
-                self.dispatch(
+                let merge = [
+                    u(t),
+                    *heads,
+                    *head_dim,
+                    split.splits,
+                    flag(ins[3])?,
+                    0,
+                    0,
+                    0,
+                ];
+                self.attention(
                     enc,
-                    &k.attention,
-                    &p,
-                    &[q, kc, vc, sinks, pos, o],
-                    (*heads, u(t)),
+                    (&k.attention, &p, &merge),
+                    &[q, kc, vc, sinks, pos],
+                    None,
+                    o,
+                    split,
                 )?;
             }
             Op::PagedAttention {
@@ -1065,12 +1143,12 @@ impl Wgpu {
             } => {
                 let t = dims(ins[0])[0];
                 let (rows, np) = (dims(outs[1])[0], dims(ins[6])[1]);
-                if *head_dim > 256 || !page_size.is_power_of_two() {
+                if *head_dim > 256 || head_dim % 4 != 0 || !page_size.is_power_of_two() {
                     return Err(Error::Unsupported {
                         backend: BACKEND.into(),
                         what: format!(
-                            "paged attention with head_dim {head_dim} (at most 256) or page size \
-                             {page_size} (a power of 2)"
+                            "paged attention with head_dim {head_dim} (a multiple of 4, at most \
+                             256) or page size {page_size} (a power of 2)"
                         ),
                     });
                 }
@@ -1087,6 +1165,9 @@ impl Wgpu {
                     &[kx, vx, slots, kc, vc, &self.err_buf],
                     (kvw.div_ceil(64), u(t)),
                 )?;
+                // A row attends to at most its page table's keys.
+                let keys = np * *page_size as usize;
+                let split = AttentionSplit::new(t, *heads, *head_dim, *window, keys);
                 let p = [
                     u(t),
                     *heads,
@@ -1096,17 +1177,30 @@ impl Wgpu {
                     u(rows),
                     flag(ins[3])?,
                     fbits(*scale),
+                    split.splits,
+                    split.ks,
+                    split.qlog,
                     u(np),
                     page_size.trailing_zeros(),
                     0,
+                ];
+                let merge = [
+                    u(t),
+                    *heads,
+                    *head_dim,
+                    split.splits,
+                    flag(ins[3])?,
+                    0,
+                    0,
                     0,
                 ];
-                self.dispatch(
+                self.attention(
                     enc,
-                    &k.attention_paged,
-                    &p,
-                    &[q, kc, vc, sinks, pos, o, pages],
-                    (*heads, u(t)),
+                    (&k.attention_paged, &p, &merge),
+                    &[q, kc, vc, sinks, pos],
+                    Some(pages),
+                    o,
+                    split,
                 )?;
             }
             Op::GatherRows => {
@@ -1260,6 +1354,41 @@ impl Wgpu {
             }
         }
         Ok(())
+    }
+
+    /// Attention's step 2 (`kernel` with its parameters, and attention_merge's): straight
+    /// into `o` with one split, else into a temporary of the splits' partial results that
+    /// attention_merge combines into `o`.
+    fn attention(
+        &self,
+        enc: &mut Recorder,
+        (kernel, p, merge): (&wgpu::ComputePipeline, &[u32], &[u32]),
+        ins: &[&wgpu::Buffer; 5],
+        pages: Option<&wgpu::Buffer>,
+        o: &wgpu::Buffer,
+        split: AttentionSplit,
+    ) -> Result<()> {
+        let groups = (split.splits * split.heads, split.t);
+        let mut bufs = ins.to_vec();
+        if split.splits == 1 {
+            bufs.push(o);
+            bufs.extend(pages);
+            return self.dispatch(enc, kernel, p, &bufs, groups);
+        }
+        let part = self.take_temp(pad4(split.partial_floats() * 4), "attention partials")?;
+        bufs.push(&part);
+        bufs.extend(pages);
+        let r = self.dispatch(enc, kernel, p, &bufs, groups).and_then(|_| {
+            self.dispatch(
+                enc,
+                &self.kernels.attention_merge,
+                merge,
+                &[&part, ins[3], o],
+                (split.heads, split.t),
+            )
+        });
+        self.give_temp(part);
+        r
     }
 
     /// Wait for the step and read the shaders' error word (copied to `err_read` and cleared

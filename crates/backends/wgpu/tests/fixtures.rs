@@ -321,3 +321,110 @@ fn the_dispatch_profile_times_every_kernel() {
         assert!(report.contains(want), "no '{want}' row in\n{report}");
     }
 }
+
+/// Decode-like attention over long caches: the keys split over workgroups and merged
+/// (several splits, empty ones for early positions, windows across split edges), next to the
+/// one-split path; q heads sharing kv heads in groups of 8, 4 and 1.
+#[test]
+fn long_context_attention_splits_match_cpu() {
+    let mut be = gpu();
+    let mut r = Rng(31);
+    // (heads, kv_heads, head_dim, window, positions, capacity)
+    let cases: Vec<(u32, u32, u32, u32, Vec<i32>, usize)> = vec![
+        (64, 8, 64, 0, vec![2999], 3000),
+        (64, 8, 64, 128, vec![2999], 3000),
+        (8, 2, 64, 0, vec![0, 5, 700, 1500], 1600),
+        (8, 2, 32, 100, vec![0, 99, 100, 1000], 1024),
+        (16, 16, 16, 0, vec![1200], 1300),
+        (4, 1, 128, 0, vec![63, 64, 65, 500], 520),
+    ];
+    for (nq, nkv, d, window, pos, cap) in cases {
+        let t = pos.len();
+        let (qw, kvw) = ((nq * d) as usize, (nkv * d) as usize);
+        let op = Op::Attention {
+            heads: nq,
+            kv_heads: nkv,
+            head_dim: d,
+            window,
+            scale: 1.0 / (d as f32).sqrt(),
+        };
+        let ins = [
+            f32_t(&[t, qw], &r.vec(t * qw, 2.0)),
+            f32_t(&[t, kvw], &r.vec(t * kvw, 2.0)),
+            f32_t(&[t, kvw], &r.vec(t * kvw, 1.0)),
+            float_tensor(DType::F32, &[nq as usize], &r.vec(nq as usize, 1.0)),
+            i32_t(&[t], &pos),
+        ];
+        let cache = TensorDesc::new(DType::F32, [cap, kvw]);
+        let (g, c) = both(
+            &mut be,
+            &op,
+            &ins,
+            &[
+                (TensorDesc::new(DType::F32, [t, qw]), None),
+                (cache.clone(), Some(f32_bytes(&r.vec(cap * kvw, 1.0)))),
+                (cache, Some(f32_bytes(&r.vec(cap * kvw, 1.0)))),
+            ],
+        );
+        let what = format!("attention nq{nq} nkv{nkv} d{d} window {window} pos {pos:?}");
+        assert_close(&what, &to_f32(&g[0]), &to_f32(&c[0]), 1e-5);
+    }
+}
+
+/// Paged attention over long page tables (split keys), rows of different sequences with
+/// shuffled pages.
+#[test]
+fn long_context_paged_attention_matches_cpu() {
+    let mut be = gpu();
+    let mut r = Rng(32);
+    let (nq, nkv, d, ps) = (64u32, 8u32, 64u32, 16usize);
+    let (qw, kvw) = ((nq * d) as usize, (nkv * d) as usize);
+    let np = 80; // pages per row: up to 1280 keys
+    let pool_pages = 2 * np;
+    for window in [0u32, 128] {
+        // Row 0: sequence A at position 1100; row 1: sequence B at 37; row 2: A at 1279.
+        let pos = vec![1100i32, 37, 1279];
+        let t = pos.len();
+        let a: Vec<i32> = (0..np as i32)
+            .map(|i| (i * 7 + 3) % pool_pages as i32)
+            .collect();
+        let b: Vec<i32> = (0..np as i32)
+            .map(|i| (i * 7 + 4) % pool_pages as i32)
+            .collect();
+        let pages: Vec<i32> = [a.clone(), b.clone(), a.clone()].concat();
+        let slot = |tab: &[i32], p: i32| tab[p as usize / ps] * ps as i32 + p % ps as i32;
+        let slots = vec![slot(&a, 1100), slot(&b, 37), slot(&a, 1279)];
+        let op = Op::PagedAttention {
+            heads: nq,
+            kv_heads: nkv,
+            head_dim: d,
+            window,
+            scale: 0.125,
+            page_size: ps as u32,
+        };
+        let ins = [
+            f32_t(&[t, qw], &r.vec(t * qw, 2.0)),
+            f32_t(&[t, kvw], &r.vec(t * kvw, 2.0)),
+            f32_t(&[t, kvw], &r.vec(t * kvw, 1.0)),
+            float_tensor(DType::BF16, &[nq as usize], &r.vec(nq as usize, 1.0)),
+            i32_t(&[t], &pos),
+            i32_t(&[t], &slots),
+            i32_t(&[t, np], &pages),
+        ];
+        let rows = pool_pages * ps;
+        let pool = TensorDesc::new(DType::F32, [rows, kvw]);
+        let (g, c) = both(
+            &mut be,
+            &op,
+            &ins,
+            &[
+                (TensorDesc::new(DType::F32, [t, qw]), None),
+                (pool.clone(), Some(f32_bytes(&r.vec(rows * kvw, 1.0)))),
+                (pool, Some(f32_bytes(&r.vec(rows * kvw, 1.0)))),
+            ],
+        );
+        let what = format!("paged attention window {window}");
+        assert_close(&what, &to_f32(&g[0]), &to_f32(&c[0]), 1e-5);
+        assert_eq!(g[1], c[1], "{what}: k pool");
+    }
+}

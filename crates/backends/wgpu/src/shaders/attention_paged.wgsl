@@ -1,7 +1,7 @@
 // Paged attention, step 2: rows of several sequences over one pool of pages; row ti's page
 // table is pages[ti * np ..]; key j lives at pool row pages[j >> shift] << shift | j & mask.
 struct P { t: u32, nq: u32, nkv: u32, d: u32, window: u32, rows: u32, sinks_bf16: u32,
-           scale: f32, np: u32, shift: u32, _a: u32, _b: u32 }
+           scale: f32, splits: u32, ks: u32, qlog: u32, np: u32, shift: u32, _a: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(7) var<storage, read> pages: array<i32>;
 
