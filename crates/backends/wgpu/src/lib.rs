@@ -17,6 +17,9 @@
 //!   a [`gptoss_core::Error`]; wgpu validation errors are captured, never panicked.
 //! - Decode (few tokens) runs the row kernels: gemv.wgsl and moe_rows.wgsl, 16-byte weight
 //!   loads, x staged in workgroup memory, subgroup sums where the adapter has them (NOTES.md).
+//! - Attention reads keys coalesced (4 lanes a key row) and, for few query rows (decode),
+//!   splits the keys over workgroups and merges them (flash-decoding; attention_merge.wgsl).
+//! - GPTOSS_WGPU_PROFILE=1: GPU time per dispatch by timestamp queries (src/profile.rs).
 
 mod probe;
 mod profile;
