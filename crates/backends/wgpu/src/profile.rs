@@ -187,7 +187,7 @@ impl Profiler {
         }
         let mut rows: Vec<_> = self.table.iter().collect();
         rows.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1));
-        let total: f64 = rows.iter().map(|r| r.1 .1).sum();
+        let total = rows.iter().fold(0.0, |t, r| t + r.1 .1);
         out += &format!(
             "dispatches by total GPU time ({:.3} ms in all):\n{:>10} {:>8} {:>10} {:>6}  \
              kernel: op -> output shape, workgroups\n",
