@@ -20,6 +20,12 @@ for b in cuda-mxfp4 wgpu; do
   echo "$b"
   timeout 150 $G bench --backend $b --synthetic 20b --prompt 512 --gen ${GEN:-32} 2>&1 | tail -2
 done
+if [ -n "${PROFILE:-}" ]; then
+  # Per-dispatch GPU times (timestamp queries; a pass per dispatch, so a little slower).
+  GPTOSS_WGPU_PROFILE=1 timeout 150 $G bench --backend wgpu --synthetic 20b --prompt 128 \
+    --gen 16 > "$OUT/wgpu-profile-bench.txt" 2> "$OUT/wgpu-profile.txt"
+  echo "profile rc=$?"; head -40 "$OUT/wgpu-profile.txt"
+fi
 if [ -z "${SKIP_DEQ:-}" ]; then
   echo "cuda-bf16 --dequantize"
   timeout 120 $G bench --backend cuda-bf16 --synthetic 20b --prompt 512 --gen 64 --dequantize 2>&1 | tail -1
