@@ -1220,19 +1220,20 @@ impl Wgpu {
             }
             Op::TopKSoftmax { k: topk } => {
                 let (t, e) = (dims(ins[0])[0], dims(ins[0])[1]);
-                if *topk > 64 {
+                if *topk > 64 || e > 1024 {
                     return Err(Error::Unsupported {
                         backend: BACKEND.into(),
-                        what: format!("top-{topk} routing (at most 64)"),
+                        what: format!("top-{topk} routing over {e} experts (at most 64 of 1024)"),
                     });
                 }
                 let (x, ids, w) = (f32_in(ins[0])?, one(outs[0])?, one(outs[1])?);
+                // One workgroup per token.
                 self.dispatch(
                     enc,
                     &k.topk,
                     &[u(t), u(e), *topk, 0],
                     &[x, ids, w],
-                    (u(t.div_ceil(64)), 1),
+                    (u(t), 1),
                 )?;
             }
             Op::MoeMxfp4 {
