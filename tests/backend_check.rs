@@ -281,18 +281,29 @@ pub fn check_op_rope_matches_cpu(be: &mut dyn Backend) {
     }
 }
 
+/// One attention case: (heads, kv_heads, head_dim, window, positions, cache capacity).
+pub type AttentionCase = (u32, u32, u32, u32, Vec<i32>, usize);
+
 pub fn check_op_attention_matches_cpu(be: &mut dyn Backend) {
-    let mut r = Rng(15);
-    // (heads, kv_heads, head_dim, window, positions, capacity)
-    let cases: Vec<(u32, u32, u32, u32, Vec<i32>, usize)> = vec![
-        (8, 2, 64, 0, vec![20, 21, 22, 23], 40),
-        (8, 2, 64, 7, vec![20, 21, 22, 23], 40),
-        (4, 4, 16, 5, (0..13).collect(), 16),
-        (64, 8, 64, 0, vec![300], 301),
-        (64, 8, 64, 128, vec![300], 301),
-        (2, 1, 128, 0, vec![3, 4], 8),
-    ];
-    for (nq, nkv, d, window, pos, cap) in cases {
+    check_attention_cases(
+        be,
+        15,
+        &[
+            (8, 2, 64, 0, vec![20, 21, 22, 23], 40),
+            (8, 2, 64, 7, vec![20, 21, 22, 23], 40),
+            (4, 4, 16, 5, (0..13).collect(), 16),
+            (64, 8, 64, 0, vec![300], 301),
+            (64, 8, 64, 128, vec![300], 301),
+            (2, 1, 128, 0, vec![3, 4], 8),
+        ],
+    );
+}
+
+/// `Op::Attention` on `be` against the cpu for each case (random q/k/v, sinks and caches from
+/// `seed`): outputs within 1e-5, the written k/v cache rows equal.
+pub fn check_attention_cases(be: &mut dyn Backend, seed: u64, cases: &[AttentionCase]) {
+    let mut r = Rng(seed);
+    for (nq, nkv, d, window, pos, cap) in cases.iter().cloned() {
         let t = pos.len();
         let (qw, kvw) = ((nq * d) as usize, (nkv * d) as usize);
         let op = Op::Attention {
@@ -322,7 +333,7 @@ pub fn check_op_attention_matches_cpu(be: &mut dyn Backend) {
                 (cache, Some(f32_bytes(&vc))),
             ],
         );
-        let what = format!("attention nq{nq} nkv{nkv} d{d} window {window} T{t}");
+        let what = format!("attention nq{nq} nkv{nkv} d{d} window {window} positions {pos:?}");
         assert_close(&what, &to_f32(&g[0]), &to_f32(&c[0]), 1e-5);
         assert_eq!(g[1], c[1], "{what}: k cache");
         assert_eq!(g[2], c[2], "{what}: v cache");

@@ -249,24 +249,19 @@ fn built_in_cpu_is_used_when_no_plugin_is_found() {
     assert!(err.contains("using the built-in cpu backend"), "{err}");
 }
 
+/// `gptoss generate` of one token on tiny-a with `extra` flags, which must fail: its stderr.
+fn generate_fails(extra: &[&str]) -> String {
+    let model = fixture("tiny-a");
+    let mut args = vec!["generate", "-m", model.to_str().unwrap(), "--tokens", "1"];
+    args.extend_from_slice(extra);
+    let o = gptoss_cmd(&exe(), &args).output().unwrap();
+    assert!(!o.status.success(), "gptoss {args:?} should fail");
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
 #[test]
 fn unknown_backend_error_lists_the_available_ones() {
-    let o = gptoss_cmd(
-        &exe(),
-        &[
-            "generate",
-            "-m",
-            fixture("tiny-a").to_str().unwrap(),
-            "--tokens",
-            "1",
-            "--backend",
-            "nope",
-        ],
-    )
-    .output()
-    .unwrap();
-    assert!(!o.status.success());
-    let e = String::from_utf8_lossy(&o.stderr);
+    let e = generate_fails(&["--backend", "nope"]);
     assert!(
         e.contains("nope")
             && e.contains("not found")
@@ -279,23 +274,7 @@ fn unknown_backend_error_lists_the_available_ones() {
 
 #[test]
 fn dequantize_on_a_backend_without_it_is_refused() {
-    let o = gptoss_cmd(
-        &exe(),
-        &[
-            "generate",
-            "-m",
-            fixture("tiny-a").to_str().unwrap(),
-            "--tokens",
-            "1",
-            "--backend",
-            "cpu",
-            "--dequantize",
-        ],
-    )
-    .output()
-    .unwrap();
-    assert!(!o.status.success());
-    let e = String::from_utf8_lossy(&o.stderr);
+    let e = generate_fails(&["--backend", "cpu", "--dequantize"]);
     assert!(
         e.contains("--dequantize") && e.contains("CUDA backends") && e.contains("cpu"),
         "{e}"

@@ -199,14 +199,7 @@ pub(crate) fn run<F: Flavor>(
     ptrs: &[Option<CUdeviceptr>],
 ) -> Result<()> {
     let nodes = &graph.nodes[n..n + p.len()];
-    let ptr = |id: ValueId| -> Result<CUdeviceptr> {
-        ptrs[id.0 as usize].ok_or_else(|| {
-            gptoss_core::Error::Graph(format!(
-                "'{}' has no storage (read after free?)",
-                graph.value(id).name
-            ))
-        })
-    };
+    let ptr = |id: ValueId| ops::value_ptr(graph, ptrs, id);
     match p {
         Pattern::Linears { .. } => {
             let x = graph.value(nodes[0].inputs[0]);

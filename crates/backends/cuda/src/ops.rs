@@ -303,25 +303,35 @@ fn attention_shape_args(
     ])
 }
 
+/// The device pointer bound to value `id` (an error if it has none: a read after free).
+pub(crate) fn value_ptr(
+    graph: &Graph,
+    ptrs: &[Option<CUdeviceptr>],
+    id: gptoss_core::ValueId,
+) -> Result<CUdeviceptr> {
+    ptrs[id.0 as usize].ok_or_else(|| {
+        Error::Graph(format!(
+            "'{}' has no storage (read after free?)",
+            graph.value(id).name
+        ))
+    })
+}
+
+/// A node's input and output values.
+fn node_values<'g>(graph: &'g Graph, node: &Node) -> (Vec<&'g Value>, Vec<&'g Value>) {
+    let of = |ids: &[gptoss_core::ValueId]| ids.iter().map(|i| graph.value(*i)).collect();
+    (of(&node.inputs), of(&node.outputs))
+}
+
 pub fn run_node<F: Flavor>(
     be: &mut Cuda<F>,
     graph: &Graph,
     node: &Node,
     ptrs: &[Option<CUdeviceptr>],
 ) -> Result<()> {
-    let val = |id: gptoss_core::ValueId| graph.value(id);
-    let ptr = |id: gptoss_core::ValueId| -> Result<CUdeviceptr> {
-        ptrs[id.0 as usize].ok_or_else(|| {
-            Error::Graph(format!(
-                "'{}' has no storage (read after free?)",
-                val(id).name
-            ))
-        })
-    };
-    let ins: Vec<&Value> = node.inputs.iter().map(|i| val(*i)).collect();
-    let outs: Vec<&Value> = node.outputs.iter().map(|i| val(*i)).collect();
-    let ip = |k: usize| ptr(node.inputs[k]);
-    let op_ = |k: usize| ptr(node.outputs[k]);
+    let (ins, outs) = node_values(graph, node);
+    let ip = |k: usize| value_ptr(graph, ptrs, node.inputs[k]);
+    let op_ = |k: usize| value_ptr(graph, ptrs, node.outputs[k]);
     let err = be.err;
     match &node.op {
         Op::Embed => {
@@ -887,19 +897,9 @@ pub(crate) fn run_moe<F: Flavor>(
 ) -> Result<()> {
     let swiglu_limit = &swiglu_limit;
     let alpha = &alpha;
-    let val = |id: gptoss_core::ValueId| graph.value(id);
-    let ptr = |id: gptoss_core::ValueId| -> Result<CUdeviceptr> {
-        ptrs[id.0 as usize].ok_or_else(|| {
-            Error::Graph(format!(
-                "'{}' has no storage (read after free?)",
-                val(id).name
-            ))
-        })
-    };
-    let ins: Vec<&Value> = node.inputs.iter().map(|i| val(*i)).collect();
-    let outs: Vec<&Value> = node.outputs.iter().map(|i| val(*i)).collect();
-    let ip = |k: usize| ptr(node.inputs[k]);
-    let op_ = |k: usize| ptr(node.outputs[k]);
+    let (ins, outs) = node_values(graph, node);
+    let ip = |k: usize| value_ptr(graph, ptrs, node.inputs[k]);
+    let op_ = |k: usize| value_ptr(graph, ptrs, node.outputs[k]);
     let err = be.err;
 
     want_f32(ins[0])?;

@@ -327,48 +327,18 @@ fn the_dispatch_profile_times_every_kernel() {
 /// one-split path; q heads sharing kv heads in groups of 8, 4 and 1.
 #[test]
 fn long_context_attention_splits_match_cpu() {
-    let mut be = gpu();
-    let mut r = Rng(31);
-    // (heads, kv_heads, head_dim, window, positions, capacity)
-    let cases: Vec<(u32, u32, u32, u32, Vec<i32>, usize)> = vec![
-        (64, 8, 64, 0, vec![2999], 3000),
-        (64, 8, 64, 128, vec![2999], 3000),
-        (8, 2, 64, 0, vec![0, 5, 700, 1500], 1600),
-        (8, 2, 32, 100, vec![0, 99, 100, 1000], 1024),
-        (16, 16, 16, 0, vec![1200], 1300),
-        (4, 1, 128, 0, vec![63, 64, 65, 500], 520),
-    ];
-    for (nq, nkv, d, window, pos, cap) in cases {
-        let t = pos.len();
-        let (qw, kvw) = ((nq * d) as usize, (nkv * d) as usize);
-        let op = Op::Attention {
-            heads: nq,
-            kv_heads: nkv,
-            head_dim: d,
-            window,
-            scale: 1.0 / (d as f32).sqrt(),
-        };
-        let ins = [
-            f32_t(&[t, qw], &r.vec(t * qw, 2.0)),
-            f32_t(&[t, kvw], &r.vec(t * kvw, 2.0)),
-            f32_t(&[t, kvw], &r.vec(t * kvw, 1.0)),
-            float_tensor(DType::F32, &[nq as usize], &r.vec(nq as usize, 1.0)),
-            i32_t(&[t], &pos),
-        ];
-        let cache = TensorDesc::new(DType::F32, [cap, kvw]);
-        let (g, c) = both(
-            &mut be,
-            &op,
-            &ins,
-            &[
-                (TensorDesc::new(DType::F32, [t, qw]), None),
-                (cache.clone(), Some(f32_bytes(&r.vec(cap * kvw, 1.0)))),
-                (cache, Some(f32_bytes(&r.vec(cap * kvw, 1.0)))),
-            ],
-        );
-        let what = format!("attention nq{nq} nkv{nkv} d{d} window {window} pos {pos:?}");
-        assert_close(&what, &to_f32(&g[0]), &to_f32(&c[0]), 1e-5);
-    }
+    check_attention_cases(
+        &mut gpu(),
+        31,
+        &[
+            (64, 8, 64, 0, vec![2999], 3000),
+            (64, 8, 64, 128, vec![2999], 3000),
+            (8, 2, 64, 0, vec![0, 5, 700, 1500], 1600),
+            (8, 2, 32, 100, vec![0, 99, 100, 1000], 1024),
+            (16, 16, 16, 0, vec![1200], 1300),
+            (4, 1, 128, 0, vec![63, 64, 65, 500], 520),
+        ],
+    );
 }
 
 /// Paged attention over long page tables (split keys), rows of different sequences with
