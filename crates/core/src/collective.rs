@@ -53,6 +53,22 @@ struct RoundState {
     /// The sum, once every rank has contributed.
     sum: Option<Vec<f32>>,
     taken: usize,
+    /// Steps each rank has begun (`begin_step`); the ranks of a model run steps in lockstep.
+    steps: Vec<u64>,
+    /// (step, rank, why): that rank failed in that step, so nobody waits for it there.
+    aborted: Option<(u64, usize, String)>,
+}
+
+impl RoundState {
+    /// Why `rank` must stop waiting: another rank failed in the step it is in.
+    fn stopped(&self, rank: usize) -> Option<String> {
+        match &self.aborted {
+            Some((step, failed, why)) if *step == self.steps[rank] => Some(format!(
+                "all-reduce: rank {rank} stopped because rank {failed} failed: {why}"
+            )),
+            _ => None,
+        }
+    }
 }
 
 /// Sums f32 vectors across the ranks of one group, in rank order (deterministic).
@@ -68,6 +84,7 @@ impl HostGroup {
             world,
             state: Mutex::new(RoundState {
                 slots: vec![None; world],
+                steps: vec![0; world],
                 ..Default::default()
             }),
             cv: Condvar::new(),
@@ -76,6 +93,28 @@ impl HostGroup {
 
     pub fn world(&self) -> usize {
         self.world
+    }
+
+    /// `rank` starts a step (an execute of its part of the model).
+    pub fn begin_step(&self, rank: usize) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.steps[rank] += 1;
+    }
+
+    /// `rank` failed in its current step: the ranks waiting in (or later reaching) an
+    /// all-reduce of that step return an error naming it instead of waiting for it; the
+    /// step's partial round is dropped. The next step starts clean.
+    pub fn abort(&self, rank: usize, why: &str) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let step = s.steps[rank];
+        if s.aborted.as_ref().is_some_and(|(a, _, _)| *a == step) {
+            return; // the first failure of the step is the one to report
+        }
+        s.aborted = Some((step, rank, why.to_string()));
+        s.slots.iter_mut().for_each(|x| *x = None);
+        s.sum = None;
+        s.taken = 0;
+        self.cv.notify_all();
     }
 
     /// Replace `data` with the element-wise sum of every rank's `data`. Each rank calls this
@@ -93,9 +132,12 @@ impl HostGroup {
         let (mut s, w) = self
             .cv
             .wait_timeout_while(lock, RENDEZVOUS_TIMEOUT, |s| {
-                s.sum.is_some() || s.slots[rank].is_some()
+                (s.sum.is_some() || s.slots[rank].is_some()) && s.stopped(rank).is_none()
             })
             .unwrap_or_else(|p| p.into_inner());
+        if let Some(why) = s.stopped(rank) {
+            return Err(Error::Input(why));
+        }
         if w.timed_out() {
             return Err(timeout("to finish the previous round"));
         }
@@ -121,8 +163,13 @@ impl HostGroup {
         }
         let (mut s, w) = self
             .cv
-            .wait_timeout_while(s, RENDEZVOUS_TIMEOUT, |s| s.sum.is_none())
+            .wait_timeout_while(s, RENDEZVOUS_TIMEOUT, |s| {
+                s.sum.is_none() && s.stopped(rank).is_none()
+            })
             .unwrap_or_else(|p| p.into_inner());
+        if let Some(why) = s.stopped(rank) {
+            return Err(Error::Input(why));
+        }
         if w.timed_out() {
             s.slots[rank] = None;
             return Err(timeout("to contribute"));
@@ -223,6 +270,54 @@ mod tests {
                 });
             }
         });
+    }
+
+    #[test]
+    fn a_failed_rank_stops_the_others_and_the_next_step_works() {
+        let name = new_group_name();
+        let start = std::time::Instant::now();
+        let errors: Vec<Option<String>> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..3)
+                .map(|r| {
+                    let name = name.clone();
+                    s.spawn(move || {
+                        let g = host_group(&shard(r, 3, &name)).unwrap();
+                        // Step 1: a round, then rank 1 fails before the second round. The
+                        // others stop with an error in whichever round they are in (the
+                        // first if rank 1 fails before they have read its sum).
+                        g.begin_step(r);
+                        let mut v = vec![1.0];
+                        let first = g.all_reduce_sum(r, &mut v);
+                        let failed = if r == 1 {
+                            first.unwrap();
+                            g.abort(1, "out of memory on device 1");
+                            None
+                        } else {
+                            first
+                                .and_then(|_| g.all_reduce_sum(r, &mut v))
+                                .err()
+                                .map(|e| e.to_string())
+                        };
+                        // Step 2: everyone again, normally.
+                        g.begin_step(r);
+                        let mut w = vec![r as f32];
+                        g.all_reduce_sum(r, &mut w).unwrap();
+                        assert_eq!(w, vec![3.0]);
+                        failed
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(start.elapsed() < Duration::from_secs(30), "{:?}", start.elapsed());
+        for r in [0, 2] {
+            let e = errors[r].as_deref().expect("rank stopped with an error");
+            assert!(
+                e.contains(&format!("rank {r} stopped because rank 1 failed"))
+                    && e.contains("out of memory on device 1"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

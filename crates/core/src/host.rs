@@ -275,6 +275,23 @@ impl<K: HostKernels> Backend for HostExecutor<K> {
     }
 
     fn execute(&mut self, graph: &Graph) -> Result<()> {
+        // A split model's shards meet in all-reduces: a shard that fails tells the others,
+        // which would otherwise wait for it.
+        let Some((rank, group)) = self.all_reduce.group.clone() else {
+            return self.run_graph(graph);
+        };
+        group.begin_step(rank);
+        let result = self.run_graph(graph);
+        if let Err(e) = &result {
+            group.abort(rank, &e.to_string());
+        }
+        result
+    }
+}
+
+impl<K: HostKernels> HostExecutor<K> {
+    /// Run every node of `graph` on the host buffers.
+    fn run_graph(&mut self, graph: &Graph) -> Result<()> {
         graph.validate()?;
         let slot = |v: usize| match graph.values[v].kind {
             ValueKind::Weight(b)
