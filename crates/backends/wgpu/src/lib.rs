@@ -1227,13 +1227,14 @@ impl Wgpu {
                     });
                 }
                 let (x, ids, w) = (f32_in(ins[0])?, one(outs[0])?, one(outs[1])?);
-                // One workgroup per token.
+                // One workgroup per token, rows of the grid past its x limit.
+                let wide = t.min(self.max_groups as usize).max(1);
                 self.dispatch(
                     enc,
                     &k.topk,
                     &[u(t), u(e), *topk, 0],
                     &[x, ids, w],
-                    (u(t), 1),
+                    (u(wide), u(t.div_ceil(wide))),
                 )?;
             }
             Op::MoeMxfp4 {

@@ -27,8 +27,11 @@ fn better(v: f32, i: i32, bv: f32, bi: i32) -> bool {
 }
 
 @compute @workgroup_size(64)
-fn main(@builtin(local_invocation_index) l: u32, @builtin(workgroup_id) wg: vec3<u32>) {
-    let t = wg.x;
+fn main(@builtin(local_invocation_index) l: u32, @builtin(workgroup_id) wg: vec3<u32>,
+        @builtin(num_workgroups) nwg: vec3<u32>) {
+    // Tokens past the grid's x limit continue in y (long prompts).
+    let t = wg.y * nwg.x + wg.x;
+    if (t >= p.t) { return; }
     let base = t * p.e;
     for (var i = l; i < p.e; i += 64u) { row[i] = x[base + i]; }
     workgroupBarrier();
