@@ -1117,19 +1117,9 @@ impl Wgpu {
                     split.qlog,
                     0,
                 ];
-                let merge = [
-                    u(t),
-                    *heads,
-                    *head_dim,
-                    split.splits,
-                    flag(ins[3])?,
-                    0,
-                    0,
-                    0,
-                ];
                 self.attention(
                     enc,
-                    (&k.attention, &p, &merge),
+                    (&k.attention, &p),
                     &[q, kc, vc, sinks, pos],
                     None,
                     o,
@@ -1187,19 +1177,9 @@ impl Wgpu {
                     page_size.trailing_zeros(),
                     0,
                 ];
-                let merge = [
-                    u(t),
-                    *heads,
-                    *head_dim,
-                    split.splits,
-                    flag(ins[3])?,
-                    0,
-                    0,
-                    0,
-                ];
                 self.attention(
                     enc,
-                    (&k.attention_paged, &p, &merge),
+                    (&k.attention_paged, &p),
                     &[q, kc, vc, sinks, pos],
                     Some(pages),
                     o,
@@ -1361,13 +1341,13 @@ impl Wgpu {
         Ok(())
     }
 
-    /// Attention's step 2 (`kernel` with its parameters, and attention_merge's): straight
+    /// Attention's step 2 (`kernel` with its parameters `p`): straight
     /// into `o` with one split, else into a temporary of the splits' partial results that
     /// attention_merge combines into `o`.
     fn attention(
         &self,
         enc: &mut Recorder,
-        (kernel, p, merge): (&wgpu::ComputePipeline, &[u32], &[u32]),
+        (kernel, p): (&wgpu::ComputePipeline, &[u32]),
         ins: &[&wgpu::Buffer; 5],
         pages: Option<&wgpu::Buffer>,
         o: &wgpu::Buffer,
@@ -1380,6 +1360,9 @@ impl Wgpu {
             bufs.extend(pages);
             return self.dispatch(enc, kernel, p, &bufs, groups);
         }
+        // Both attention preludes start their parameters with t, heads, kv_heads, head_dim,
+        // window, cache rows, the sinks' dtype flag: the merge takes its own from those.
+        let merge = [p[0], p[1], p[3], split.splits, p[6], 0, 0, 0];
         let part = self.take_temp(pad4(split.partial_floats() * 4), "attention partials")?;
         bufs.push(&part);
         bufs.extend(pages);
@@ -1387,7 +1370,7 @@ impl Wgpu {
             self.dispatch(
                 enc,
                 &self.kernels.attention_merge,
-                merge,
+                &merge,
                 &[&part, ins[3], o],
                 (split.heads, split.t),
             )
