@@ -35,7 +35,7 @@ pub fn first_visible(p: usize, window: usize) -> usize {
 /// values. Key position j lives in cache row `row(j)` (stride `stride`); this head's kv head
 /// starts `offset` floats into the row.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn attend_one(
+fn attend_one(
     q: &[f32],
     k_cache: &[f32],
     v_cache: &[f32],
@@ -62,6 +62,72 @@ pub(crate) fn attend_one(
     out.fill(0.0);
     for (j, e) in (lo..=p).zip(scores.iter()) {
         axpy(out, e * inv, &v_cache[row(j) * stride + offset..][..d]);
+    }
+}
+
+/// Copies each token's k and v rows (`kvw` floats) into the caches at row `dest[ti]`.
+pub(crate) fn write_rows(
+    (k, v): (&[f32], &[f32]),
+    (k_cache, v_cache): (&mut [f32], &mut [f32]),
+    kvw: usize,
+    dest: impl Iterator<Item = usize>,
+) {
+    for (ti, r) in dest.enumerate() {
+        let (src, dst) = (ti * kvw..(ti + 1) * kvw, r * kvw..(r + 1) * kvw);
+        k_cache[dst.clone()].copy_from_slice(&k[src.clone()]);
+        v_cache[dst].copy_from_slice(&v[src]);
+    }
+}
+
+/// The query heads of an attention step over their caches (contiguous or paged).
+pub(crate) struct Heads<'a> {
+    pub q: &'a [f32],
+    pub k_cache: &'a [f32],
+    pub v_cache: &'a [f32],
+    /// (query heads, kv heads, head_dim)
+    pub shape: (usize, usize, usize),
+    pub pos: &'a [i32],
+    pub window: usize,
+    pub scale: f32,
+    pub sinks: &'a [f32],
+}
+
+impl Heads<'_> {
+    /// Every (token, query head) of `o` [T, nq * d], in parallel on `pool`; key position j of
+    /// token ti lives in cache row `row(ti, j)`.
+    pub(crate) fn attend(
+        &self,
+        pool: &Pool,
+        o: &mut [f32],
+        row: impl Fn(usize, usize) -> usize + Sync,
+    ) {
+        let (nq, nkv, d) = self.shape;
+        if o.is_empty() {
+            return;
+        }
+        let group = nq / nkv;
+        pool.install(|| {
+            o.par_chunks_mut(d)
+                .enumerate()
+                .for_each_init(Vec::new, |scores, (idx, out)| {
+                    let (ti, h) = (idx / nq, idx % nq);
+                    let p = self.pos[ti] as usize;
+                    attend_one(
+                        &self.q[ti * nq * d + h * d..][..d],
+                        self.k_cache,
+                        self.v_cache,
+                        nkv * d,
+                        (h / group) * d,
+                        first_visible(p, self.window),
+                        p,
+                        |j| row(ti, j),
+                        self.scale,
+                        self.sinks[h],
+                        scores,
+                        out,
+                    );
+                })
+        });
     }
 }
 
@@ -113,7 +179,7 @@ impl HostKernel for Attention {
             window as usize,
         );
         let (_, cap) = check_io(inputs, outputs, nq, nkv, d)?;
-        let (group, kvw) = (nq / nkv, nkv * d);
+        let kvw = nkv * d;
         let (q, k, v) = (f32s(inputs[0])?, f32s(inputs[1])?, f32s(inputs[2])?);
         let (sinks, pos) = (f32s(inputs[3])?, i32s(inputs[4])?);
         // Check every position before touching the caches.
@@ -129,44 +195,23 @@ impl HostKernel for Attention {
             return Err(wrong_op("attention", op));
         };
         let (k_cache, v_cache) = (f32s_mut(k_cache)?, f32s_mut(v_cache)?);
-        for (ti, &p) in pos.iter().enumerate() {
-            let (src, dst) = (
-                ti * kvw..(ti + 1) * kvw,
-                p as usize * kvw..(p as usize + 1) * kvw,
-            );
-            k_cache[dst.clone()].copy_from_slice(&k[src.clone()]);
-            v_cache[dst].copy_from_slice(&v[src]);
-        }
-        let (k_cache, v_cache) = (&*k_cache, &*v_cache);
-        let o = f32s_mut(o)?;
-        if o.is_empty() {
-            return Ok(());
-        }
-        self.pool.install(|| {
-            o.par_chunks_mut(d)
-                .enumerate()
-                .for_each_init(Vec::new, |scores, (idx, out)| {
-                    let (ti, h) = (idx / nq, idx % nq);
-                    let p = pos[ti] as usize;
-                    let qh = &q[ti * nq * d + h * d..][..d];
-                    let offset = (h / group) * d;
-                    let lo = first_visible(p, window);
-                    attend_one(
-                        qh,
-                        k_cache,
-                        v_cache,
-                        kvw,
-                        offset,
-                        lo,
-                        p,
-                        |j| j,
-                        scale,
-                        sinks[h],
-                        scores,
-                        out,
-                    );
-                })
-        });
+        write_rows(
+            (k, v),
+            (k_cache, v_cache),
+            kvw,
+            pos.iter().map(|&p| p as usize),
+        );
+        let heads = Heads {
+            q,
+            k_cache,
+            v_cache,
+            shape: (nq, nkv, d),
+            pos,
+            window,
+            scale,
+            sinks,
+        };
+        heads.attend(&self.pool, f32s_mut(o)?, |_, j| j);
         Ok(())
     }
 }

@@ -2,9 +2,8 @@
 
 use gptoss_core::host::{HostKernel, HostTensor};
 use gptoss_core::{Error, Op, Result};
-use rayon::prelude::*;
 
-use super::attention::{attend_one, check_io, first_visible};
+use super::attention::{check_io, write_rows, Heads};
 use super::{arity, dims2, f32s, f32s_mut, i32s, want_shape, wrong_op};
 use crate::Pool;
 
@@ -81,39 +80,24 @@ impl HostKernel for PagedAttention {
             return Err(wrong_op("paged_attention", op));
         };
         let (k_pool, v_pool) = (f32s_mut(k_pool)?, f32s_mut(v_pool)?);
-        for (ti, &s) in slots.iter().enumerate() {
-            let (src, dst) = (
-                ti * kvw..(ti + 1) * kvw,
-                s as usize * kvw..(s as usize + 1) * kvw,
-            );
-            k_pool[dst.clone()].copy_from_slice(&k[src.clone()]);
-            v_pool[dst].copy_from_slice(&v[src]);
-        }
-        let (k_pool, v_pool) = (&*k_pool, &*v_pool);
-        let o = f32s_mut(o)?;
-        let group = nq / nkv;
-        self.pool.install(|| {
-            o.par_chunks_mut(d)
-                .enumerate()
-                .for_each_init(Vec::new, |scores, (idx, out)| {
-                    let (ti, h) = (idx / nq, idx % nq);
-                    let p = pos[ti] as usize;
-                    let row = |j: usize| pages[ti * np + j / ps] as usize * ps + j % ps;
-                    attend_one(
-                        &q[ti * nq * d + h * d..][..d],
-                        k_pool,
-                        v_pool,
-                        kvw,
-                        (h / group) * d,
-                        first_visible(p, window),
-                        p,
-                        row,
-                        scale,
-                        sinks[h],
-                        scores,
-                        out,
-                    );
-                })
+        write_rows(
+            (k, v),
+            (k_pool, v_pool),
+            kvw,
+            slots.iter().map(|&s| s as usize),
+        );
+        let heads = Heads {
+            q,
+            k_cache: k_pool,
+            v_cache: v_pool,
+            shape: (nq, nkv, d),
+            pos,
+            window,
+            scale,
+            sinks,
+        };
+        heads.attend(&self.pool, f32s_mut(o)?, |ti, j| {
+            pages[ti * np + j / ps] as usize * ps + j % ps
         });
         Ok(())
     }
