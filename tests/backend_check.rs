@@ -281,6 +281,24 @@ pub fn check_op_rope_matches_cpu(be: &mut dyn Backend) {
     }
 }
 
+/// Random q [T, nq*d], k and v [T, nkv*d], bf16 sinks [nq] and the positions: the inputs
+/// attention ops start with (paged ones add slots and page tables).
+pub fn attention_inputs(
+    r: &mut Rng,
+    (nq, nkv, d): (u32, u32, u32),
+    pos: &[i32],
+) -> Vec<(TensorDesc, Vec<u8>)> {
+    let t = pos.len();
+    let (qw, kvw) = ((nq * d) as usize, (nkv * d) as usize);
+    vec![
+        f32_t(&[t, qw], &r.vec(t * qw, 2.0)),
+        f32_t(&[t, kvw], &r.vec(t * kvw, 2.0)),
+        f32_t(&[t, kvw], &r.vec(t * kvw, 1.0)),
+        float_tensor(DType::BF16, &[nq as usize], &r.vec(nq as usize, 1.0)),
+        i32_t(&[t], pos),
+    ]
+}
+
 /// One attention case: (heads, kv_heads, head_dim, window, positions, cache capacity).
 pub type AttentionCase = (u32, u32, u32, u32, Vec<i32>, usize);
 
@@ -315,13 +333,7 @@ pub fn check_attention_cases(be: &mut dyn Backend, seed: u64, cases: &[Attention
         };
         let kc = r.vec(cap * kvw, 1.0);
         let vc = r.vec(cap * kvw, 1.0);
-        let ins = [
-            f32_t(&[t, qw], &r.vec(t * qw, 2.0)),
-            f32_t(&[t, kvw], &r.vec(t * kvw, 2.0)),
-            f32_t(&[t, kvw], &r.vec(t * kvw, 1.0)),
-            float_tensor(DType::BF16, &[nq as usize], &r.vec(nq as usize, 1.0)),
-            i32_t(&[t], &pos),
-        ];
+        let ins = attention_inputs(&mut r, (nq, nkv, d), &pos);
         let cache = TensorDesc::new(DType::F32, [cap, kvw]);
         let (g, c) = both(
             be,

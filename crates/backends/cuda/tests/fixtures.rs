@@ -419,13 +419,7 @@ fn op_attention_large_t_tiled_matches_cpu() {
         let pos: Vec<i32> = (start..start + t).map(|p| p as i32).collect();
         let kc = r.vec(cap * kvw, 1.0);
         let vc = r.vec(cap * kvw, 1.0);
-        let ins = [
-            f32_t(&[t, qw], &r.vec(t * qw, 2.0)),
-            f32_t(&[t, kvw], &r.vec(t * kvw, 2.0)),
-            f32_t(&[t, kvw], &r.vec(t * kvw, 1.0)),
-            float_tensor(DType::BF16, &[nq as usize], &r.vec(nq as usize, 1.0)),
-            i32_t(&[t], &pos),
-        ];
+        let ins = attention_inputs(&mut r, (nq, nkv, d), &pos);
         let cache = TensorDesc::new(DType::F32, [cap, kvw]);
         let (g, c) = both(
             &mut be,

@@ -372,15 +372,9 @@ fn long_context_paged_attention_matches_cpu() {
             scale: 0.125,
             page_size: ps as u32,
         };
-        let ins = [
-            f32_t(&[t, qw], &r.vec(t * qw, 2.0)),
-            f32_t(&[t, kvw], &r.vec(t * kvw, 2.0)),
-            f32_t(&[t, kvw], &r.vec(t * kvw, 1.0)),
-            float_tensor(DType::BF16, &[nq as usize], &r.vec(nq as usize, 1.0)),
-            i32_t(&[t], &pos),
-            i32_t(&[t], &slots),
-            i32_t(&[t, np], &pages),
-        ];
+        let mut ins = attention_inputs(&mut r, (nq, nkv, d), &pos);
+        ins.push(i32_t(&[t], &slots));
+        ins.push(i32_t(&[t, np], &pages));
         let rows = pool_pages * ps;
         let pool = TensorDesc::new(DType::F32, [rows, kvw]);
         let (g, c) = both(
