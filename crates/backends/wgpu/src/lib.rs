@@ -21,6 +21,7 @@
 //!   splits the keys over workgroups and merges them (flash-decoding; attention_merge.wgsl).
 //! - GPTOSS_WGPU_PROFILE=1: GPU time per dispatch by timestamp queries (src/profile.rs).
 
+mod f16_probe;
 mod probe;
 mod profile;
 
@@ -46,6 +47,7 @@ const MOE: &str = include_str!("shaders/moe.wgsl");
 const MOE_ROWS: &str = include_str!("shaders/moe_rows.wgsl");
 const LINEAR_PARAMS: &str = include_str!("shaders/linear_params.wgsl");
 const XSTAGE: &str = include_str!("shaders/xstage.wgsl");
+const ARGMAX_COMMON: &str = include_str!("shaders/argmax_common.wgsl");
 const LANES_SUBGROUP: &str = include_str!("shaders/lanes_subgroup.wgsl");
 const LANES_WORKGROUP: &str = include_str!("shaders/lanes_workgroup.wgsl");
 
@@ -59,6 +61,8 @@ const MOE_WORKGROUPS: usize = 1024;
 /// Bytes of one dispatch's parameters (the largest P struct is 48); each sits at an offset
 /// aligned to the adapter's min_uniform_buffer_offset_alignment in a persistent buffer.
 const PARAM_BYTES: u64 = 64;
+/// Entries of a row one argmax workgroup reads (pass 1): 16 an invocation.
+const ARGMAX_CHUNK: usize = 4096;
 /// Dispatch parameter slots per uniform buffer (more buffers are added as graphs need).
 const SLOTS_PER_UNIFORM: u64 = 512;
 /// Cached bind groups at most (cleared beyond, and whenever a buffer is freed).
@@ -91,6 +95,7 @@ struct Kernels {
     moe_down: wgpu::ComputePipeline,
     moe_combine: wgpu::ComputePipeline,
     add: wgpu::ComputePipeline,
+    argmax_part: wgpu::ComputePipeline,
     argmax: wgpu::ComputePipeline,
     /// Each pipeline's name (the profile's rows).
     names: HashMap<wgpu::ComputePipeline, &'static str>,
@@ -107,6 +112,26 @@ struct RowConfig {
     /// vec4s of x a workgroup can stage (xstage.wgsl): 1024 (4096 values), less where the
     /// adapter's workgroup storage is small.
     xs_quads: u32,
+    /// MXFP4 codes decoded as f16 pairs (f16_probe.rs), else bit by bit.
+    fp4_f16: bool,
+}
+
+/// Kernel variants a caller may turn off where the adapter has them (tests: the fallbacks).
+#[derive(Clone, Copy, Debug)]
+pub struct KernelOptions {
+    /// Subgroup shuffles for the row kernels' sums (else a tree in workgroup memory).
+    pub subgroups: bool,
+    /// The MXFP4 decode through f16 subnormals, where the device keeps them (f16_probe.rs).
+    pub fp4_f16: bool,
+}
+
+impl Default for KernelOptions {
+    fn default() -> Self {
+        KernelOptions {
+            subgroups: true,
+            fp4_f16: true,
+        }
+    }
 }
 
 impl RowConfig {
@@ -123,6 +148,7 @@ impl RowConfig {
             lanes: if subgroups { min_sg.min(32) } else { 32 },
             // Room for the fallback's 1 KiB tree and a few words besides.
             xs_quads: (storage.saturating_sub(2048) / 16).min(1024),
+            fp4_f16: false,
         }
     }
 
@@ -136,8 +162,8 @@ impl RowConfig {
     fn prelude(&self, tokens: u32) -> String {
         format!(
             "const LANES: u32 = {}u;\nconst XS_QUADS: u32 = {}u;\n\
-             const TOKENS: u32 = {tokens}u;\n",
-            self.lanes, self.xs_quads
+             const TOKENS: u32 = {tokens}u;\nconst FP4_F16: bool = {};\n",
+            self.lanes, self.xs_quads, self.fp4_f16
         )
     }
 
@@ -297,6 +323,14 @@ impl Wgpu {
         format!("{} ({})", self.info.name, self.info.backend)
     }
 
+    /// The kernel variants in use (after the adapter's features and the f16 probe).
+    pub fn kernel_options(&self) -> KernelOptions {
+        KernelOptions {
+            subgroups: self.rows.subgroups,
+            fp4_f16: self.rows.fp4_f16,
+        }
+    }
+
     /// Lower the largest single buffer this instance creates (tests: exercise the row split of
     /// large weights on any adapter). Applies to buffers allocated afterwards.
     pub fn with_binding_limit(mut self, bytes: u64) -> Self {
@@ -333,19 +367,19 @@ impl Wgpu {
     }
 
     pub fn with_adapter(adapter: wgpu::Adapter) -> Result<Wgpu> {
-        Self::with_adapter_options(adapter, true)
+        Self::with_adapter_options(adapter, KernelOptions::default())
     }
 
-    /// [`Wgpu::with_adapter`]; `subgroups` false keeps the row kernels off subgroup operations
-    /// even where the adapter has them (tests: the workgroup-memory fallback).
-    pub fn with_adapter_options(adapter: wgpu::Adapter, subgroups: bool) -> Result<Wgpu> {
-        Self::build(adapter, subgroups, profile::wanted())
+    /// [`Wgpu::with_adapter`] with kernel variants turned off even where the adapter has them
+    /// (tests: the fallbacks).
+    pub fn with_adapter_options(adapter: wgpu::Adapter, options: KernelOptions) -> Result<Wgpu> {
+        Self::build(adapter, options, profile::wanted())
     }
 
     /// [`Wgpu::with_adapter`] with the dispatch profile on (as GPTOSS_WGPU_PROFILE=1 does)
     /// where the adapter has timestamp queries; see [`Wgpu::profiling`].
     pub fn with_adapter_profiled(adapter: wgpu::Adapter) -> Result<Wgpu> {
-        Self::build(adapter, true, true)
+        Self::build(adapter, KernelOptions::default(), true)
     }
 
     /// Whether dispatches are being timed (the profile was asked for and the adapter has
@@ -360,9 +394,9 @@ impl Wgpu {
         Some(p.borrow().report(&self.device_name()))
     }
 
-    fn build(adapter: wgpu::Adapter, subgroups: bool, profile: bool) -> Result<Wgpu> {
+    fn build(adapter: wgpu::Adapter, options: KernelOptions, profile: bool) -> Result<Wgpu> {
         let info = AdapterSummary::of(&adapter);
-        let rows = RowConfig::new(&adapter, subgroups);
+        let mut rows = RowConfig::new(&adapter, options.subgroups);
         let limits = adapter.limits();
         let need = [
             (
@@ -439,6 +473,7 @@ impl Wgpu {
             .min(limits.max_buffer_size)
             / 4
             * 4;
+        rows.fp4_f16 = options.fp4_f16 && f16_probe::keeps_f16_subnormals(&device, &queue);
         let kernels = Self::compile(&device, &rows)?;
         let err_buf = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("error word"),
@@ -603,9 +638,18 @@ impl Wgpu {
                 "main",
             ),
             add: make("add", &[COMMON, include_str!("shaders/add.wgsl")], "main"),
+            argmax_part: make(
+                "argmax part",
+                &[
+                    COMMON,
+                    ARGMAX_COMMON,
+                    include_str!("shaders/argmax_part.wgsl"),
+                ],
+                "main",
+            ),
             argmax: make(
                 "argmax",
-                &[COMMON, include_str!("shaders/argmax.wgsl")],
+                &[COMMON, ARGMAX_COMMON, include_str!("shaders/argmax.wgsl")],
                 "main",
             ),
         };
@@ -1335,7 +1379,16 @@ impl Wgpu {
                     ));
                 }
                 let (x, out) = (f32_in(ins[0])?, one(outs[0])?);
-                self.dispatch(enc, &k.argmax, &[u(t), u(n), 0, 0], &[x, out], (u(t), 1))?;
+                // Pass 1 spreads each row over workgroups of ARGMAX_CHUNK entries; pass 2
+                // picks among their picks.
+                let parts = n.div_ceil(ARGMAX_CHUNK).max(1);
+                let p = [u(t), u(n), u(parts), u(ARGMAX_CHUNK)];
+                let best = self.take_temp(pad4(t * parts * 8), "argmax chunk picks")?;
+                let r = self
+                    .dispatch(enc, &k.argmax_part, &p, &[x, &best], (u(parts), u(t)))
+                    .and_then(|_| self.dispatch(enc, &k.argmax, &p, &[&best, out], (u(t), 1)));
+                self.give_temp(best);
+                r?;
             }
         }
         Ok(())

@@ -14,7 +14,7 @@
 //! bound of 1e-5 (of the largest reference magnitude) and require integer outputs (ids, argmax,
 //! copied cache rows) and copies (embedding rows, last row) to be equal.
 
-use gptoss_backend_wgpu::{adapters, Wgpu};
+use gptoss_backend_wgpu::{adapters, KernelOptions, Wgpu};
 use gptoss_core::graph::Op;
 use gptoss_core::plugin::{PluginBackend, PluginOptions};
 use gptoss_core::{Backend, DType, TensorDesc};
@@ -117,11 +117,14 @@ fn op_topk_softmax_matches_cpu() {
 
 #[test]
 fn op_moe_mxfp4_matches_cpu() {
-    check_op_moe_mxfp4_matches_cpu(&mut gpu());
+    let mut be = gpu();
+    eprintln!("{}: {:?}", be.device_name(), be.kernel_options());
+    check_op_moe_mxfp4_matches_cpu(&mut be);
 }
 
-/// The row kernels (gemv, moe) with their workgroup-memory sum instead of subgroup shuffles,
-/// as on adapters without subgroups (the other tests use them where the adapter has them).
+/// The row kernels (gemv, moe) with their workgroup-memory sum instead of subgroup shuffles
+/// and the bit-by-bit MXFP4 decode instead of the f16 one, as on adapters without subgroups or
+/// f16 subnormals (the other tests use the fast variants where the adapter has them).
 #[test]
 fn row_kernels_without_subgroups_match_cpu() {
     let adapter = adapters()
@@ -129,7 +132,13 @@ fn row_kernels_without_subgroups_match_cpu() {
         .into_iter()
         .nth(adapter_index())
         .expect("an adapter");
-    let mut be = Wgpu::with_adapter_options(adapter, false).unwrap();
+    let off = KernelOptions {
+        subgroups: false,
+        fp4_f16: false,
+    };
+    let mut be = Wgpu::with_adapter_options(adapter, off).unwrap();
+    let used = be.kernel_options();
+    assert!(!used.subgroups && !used.fp4_f16, "{used:?}");
     check_op_linear_matches_cpu(&mut be);
     check_op_moe_mxfp4_matches_cpu(&mut be);
 }

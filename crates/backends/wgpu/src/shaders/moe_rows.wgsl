@@ -17,8 +17,24 @@ fn scale(si: u32) -> f32 {
     return e8m0(byte_at(scales[si >> 2u], si));
 }
 
-// Eight codes (a u32 word, low nibble first) dotted with the matching x values.
+// Codes k and k + 4 of a word as an f16 pair: e1 e0 m moved to bits 9..11 / 25..27 (`em`
+// shifted), the signs to 15 / 31 (`sg` shifted). Read as f16 that is each code's value times
+// 2^-14, the e = 0 codes subnormal (so only where the device keeps them: f16_probe.rs).
+fn fp4_pair(em: u32, sg: u32) -> vec2<f32> {
+    return unpack2x16float((em & 0x0e000e00u) | (sg & 0x80008000u));
+}
+
+// Eight codes (a u32 word, low nibble first) dotted with the matching x values; times 2^-14
+// with FP4_F16 (mx_dot2 scales its sums back).
 fn dot_fp4x8(q: u32, xv: X8) -> f32 {
+    if (FP4_F16) {
+        let c04 = fp4_pair(q << 9u, q << 12u);
+        let c15 = fp4_pair(q << 5u, q << 8u);
+        let c26 = fp4_pair(q << 1u, q << 4u);
+        let c37 = fp4_pair(q >> 3u, q);
+        return dot(vec4<f32>(c04.x, c26.x, c04.y, c26.y), xv.even)
+            + dot(vec4<f32>(c15.x, c37.x, c15.y, c37.y), xv.odd);
+    }
     let v = vec4<u32>(q);
     let even = fp4x4((v >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(15u));
     let odd = fp4x4((v >> vec4<u32>(4u, 12u, 20u, 28u)) & vec4<u32>(15u));
@@ -38,7 +54,8 @@ fn mx_dot2(rb0: u32, rb1: u32, g: u32, lane: u32, staged: bool, c0: u32) -> vec2
         }
         acc += s * vec2<f32>(scale(rb0 + gi), scale(rb1 + gi));
     }
-    return acc;
+    // Power-of-two scaling, exact (the sums are far from f32's range ends).
+    return select(acc, acc * 16384.0, FP4_F16);
 }
 
 @compute @workgroup_size(256)
