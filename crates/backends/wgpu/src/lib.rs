@@ -56,8 +56,9 @@ const LANES_WORKGROUP: &str = include_str!("shaders/lanes_workgroup.wgsl");
 /// keep the last wave's imbalance small on a ~132-SM GPU.
 const GEMV_WORKGROUPS: usize = 8192;
 /// Workgroups of a MoE projection at most, shared among its (token, slot) pairs: decode's 4
-/// pairs get 256 each (gate_up: ~3 passes of 8 units; down: ~1.5).
-const MOE_WORKGROUPS: usize = 1024;
+/// pairs get what one pass over their units needs (gate_up 360 of 8 units, down 180); a cap of
+/// 256 a pair left gate_up's second pass 40% full.
+const MOE_WORKGROUPS: usize = 4096;
 /// Bytes of one dispatch's parameters (the largest P struct is 48); each sits at an offset
 /// aligned to the adapter's min_uniform_buffer_offset_alignment in a persistent buffer.
 const PARAM_BYTES: u64 = 64;
@@ -568,7 +569,12 @@ impl Wgpu {
             ),
             rms_norm: make(
                 "rms_norm",
-                &[COMMON, include_str!("shaders/rms_norm.wgsl")],
+                &[
+                    &one,
+                    COMMON,
+                    rows.lane_sum(),
+                    include_str!("shaders/rms_norm.wgsl"),
+                ],
                 "main",
             ),
             gemv1: make_rows("linear gemv t1", &one, &[LINEAR_PARAMS, gemv]),

@@ -122,7 +122,7 @@ fn op_moe_mxfp4_matches_cpu() {
     check_op_moe_mxfp4_matches_cpu(&mut be);
 }
 
-/// The row kernels (gemv, moe) with their workgroup-memory sum instead of subgroup shuffles
+/// The row kernels (gemv, moe, rms_norm) with their workgroup-memory sum instead of subgroup shuffles
 /// and the bit-by-bit MXFP4 decode instead of the f16 one, as on adapters without subgroups or
 /// f16 subnormals (the other tests use the fast variants where the adapter has them).
 #[test]
@@ -141,6 +141,7 @@ fn row_kernels_without_subgroups_match_cpu() {
     assert!(!used.subgroups && !used.fp4_f16, "{used:?}");
     check_op_linear_matches_cpu(&mut be);
     check_op_moe_mxfp4_matches_cpu(&mut be);
+    check_op_rms_norm_matches_cpu(&mut be);
 }
 
 #[test]
