@@ -238,7 +238,11 @@ pub(crate) fn run<F: Flavor>(
                 be,
                 ptr(lin.inputs[0])?,
                 (ptr(lin.inputs[1])?, bias, bdt),
-                (ptr(top.outputs[0])?, ptr(top.outputs[1])?),
+                (
+                    ptr(lin.outputs[0])?,
+                    ptr(top.outputs[0])?,
+                    ptr(top.outputs[1])?,
+                ),
                 (dims(x)[0], dims(x)[1], e, k as usize),
             )
         }

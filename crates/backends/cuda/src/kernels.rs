@@ -61,7 +61,12 @@ pub const FAMILIES: &[Family] = &[
     Family {
         name: "topk_softmax",
         source: include_str!("kernels/topk_softmax.cu"),
-        functions: &["topk_softmax", "topk_softmax_warp", "router_topk"],
+        functions: &[
+            "topk_softmax",
+            "topk_softmax_warp",
+            "router_topk",
+            "router_topk_spread",
+        ],
         optional: false,
     },
     Family {

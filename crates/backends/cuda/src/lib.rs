@@ -125,6 +125,11 @@ pub struct Cuda<F: Flavor> {
     bf16_experts: HashSet<CUdeviceptr>,
     /// 4 ints the kernels write when they meet bad input (code, a, b, c).
     err: CUdeviceptr,
+    /// ROUTER_TOKENS zeroed counters of blocks done per token (router_topk_spread: its last
+    /// block sets its counter back to 0).
+    done_counters: CUdeviceptr,
+    /// Launches of router_topk_spread recorded so far (tests: the path ran).
+    router_spread_runs: u64,
     kernels: kernels::Kernels,
     /// Fast kernels (gemv, fused MoE); GPTOSS_CUDA_NO_FUSION=1 selects the simple ones.
     fast: bool,
@@ -202,6 +207,11 @@ impl<F: Flavor> Cuda<F> {
         self.bf16_experts.len()
     }
 
+    /// How many router + top-k runs took the spread kernel (one block per expert).
+    pub fn router_spread_runs(&self) -> u64 {
+        self.router_spread_runs
+    }
+
     /// Where each kernel family came from (cache or a fresh NVRTC compile).
     pub fn module_origins(&self) -> &[ModuleOrigin] {
         &self.kernels.origins
@@ -251,6 +261,9 @@ impl<F: Flavor> Cuda<F> {
         let err = gpu
             .malloc(16)
             .map_err(|e| driver::cuda_err("allocating the error word", e))?;
+        let done_counters = gpu
+            .malloc(4 * ops::ROUTER_TOKENS)
+            .map_err(|e| driver::cuda_err("allocating the router's counters", e))?;
         let env_on = |k: &str| {
             std::env::var(k)
                 .map(|v| !v.is_empty() && v != "0")
@@ -273,6 +286,8 @@ impl<F: Flavor> Cuda<F> {
             pending_blocks: HashMap::new(),
             bf16_experts: HashSet::new(),
             err,
+            done_counters,
+            router_spread_runs: 0,
             kernels,
             fast: !env_on("GPTOSS_CUDA_NO_FUSION"),
             mma_min_t: std::env::var("GPTOSS_CUDA_MMA_MIN_T")
@@ -310,6 +325,8 @@ impl<F: Flavor> Cuda<F> {
             ));
         }
         me.gpu.memset_zero(me.err, 16)?;
+        me.gpu
+            .memset_zero(me.done_counters, 4 * ops::ROUTER_TOKENS)?;
         me.gpu.sync()?;
         Ok(me)
     }
@@ -786,6 +803,7 @@ impl<F: Flavor> Drop for Cuda<F> {
             let _ = self.gpu.free(p);
         }
         let _ = self.gpu.free(self.err);
+        let _ = self.gpu.free(self.done_counters);
         self.kernels.unload(&self.gpu);
     }
 }

@@ -224,31 +224,64 @@ pub(crate) fn rope_pairs<F: Flavor>(
 /// `router_topk`: the router linear (bf16 `w` [e, h], optional bias) and the top-`k` softmax
 /// of its logits in one block per token.
 #[allow(clippy::too_many_arguments)]
+/// Tokens the router's spread kernel takes (its grid's y; its counters).
+pub(crate) const ROUTER_TOKENS: usize = 64;
+
+/// The router linear and top-k softmax of `t` tokens: one block per (expert, token) and the
+/// last of a token's blocks picks (`router_topk_spread`, logits through `logits`), or one
+/// block per token.
 pub(crate) fn router_topk<F: Flavor>(
     be: &mut Cuda<F>,
     x: CUdeviceptr,
     (w, bias, bdt): (CUdeviceptr, CUdeviceptr, i32),
-    (ids, wts): (CUdeviceptr, CUdeviceptr),
+    (logits, ids, wts): (CUdeviceptr, CUdeviceptr, CUdeviceptr),
     (t, h, e, k): (usize, usize, usize, usize),
 ) -> Result<()> {
+    let shape = [
+        Arg::I32(i32_of(h, "hidden")?),
+        Arg::I32(i32_of(e, "experts")?),
+        Arg::I32(i32_of(k, "experts per token")?),
+    ];
+    if t <= ROUTER_TOKENS && e <= 1024 && be.kernels.has("router_topk_spread") {
+        let f = be.kernels.get("router_topk_spread")?;
+        let mut args = vec![
+            Arg::Ptr(x),
+            Arg::Ptr(w),
+            Arg::Ptr(bias),
+            Arg::I32(bdt),
+            Arg::Ptr(logits),
+            Arg::Ptr(be.done_counters),
+            Arg::Ptr(ids),
+            Arg::Ptr(wts),
+        ];
+        args.extend(shape);
+        be.router_spread_runs += 1;
+        return be.gpu.launch(
+            "router_topk_spread",
+            f,
+            (blocks(e, 1)?, grid_y(t)?, 1),
+            (128, 1, 1),
+            0,
+            &args,
+        );
+    }
     let f = be.kernels.get("router_topk")?;
+    let mut args = vec![
+        Arg::Ptr(x),
+        Arg::Ptr(w),
+        Arg::Ptr(bias),
+        Arg::I32(bdt),
+        Arg::Ptr(ids),
+        Arg::Ptr(wts),
+    ];
+    args.extend(shape);
     be.gpu.launch(
         "router_topk",
         f,
         (blocks(t, 1)?, 1, 1),
         (1024, 1, 1),
         ((h + e) * 4) as u32,
-        &[
-            Arg::Ptr(x),
-            Arg::Ptr(w),
-            Arg::Ptr(bias),
-            Arg::I32(bdt),
-            Arg::Ptr(ids),
-            Arg::Ptr(wts),
-            Arg::I32(i32_of(h, "hidden")?),
-            Arg::I32(i32_of(e, "experts")?),
-            Arg::I32(i32_of(k, "experts per token")?),
-        ],
+        &args,
     )
 }
 

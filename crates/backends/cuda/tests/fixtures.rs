@@ -90,6 +90,9 @@ impl AnyCuda {
     fn dequantized_experts(&self) -> usize {
         each!(self, b => b.dequantized_experts())
     }
+    fn router_spread_runs(&self) -> u64 {
+        each!(self, b => b.router_spread_runs())
+    }
 }
 
 impl Backend for AnyCuda {
@@ -274,6 +277,95 @@ fn op_attention_matches_cpu() {
 #[ignore = "needs an NVIDIA GPU (sm_90+; sm_70+ with GPTOSS_CUDA_FLAVOR=portable): run on the GPU machine with --ignored"]
 fn op_topk_softmax_matches_cpu() {
     check_op_topk_softmax_matches_cpu(&mut gpu());
+}
+
+/// Router Linear (bf16 weights, bias) then TopKSoftmax as one graph, the logits a temporary:
+/// returns (ids, weights) after `runs` executes of the same graph.
+fn router_graph(
+    be: &mut dyn Backend,
+    x: &(TensorDesc, Vec<u8>),
+    w: &(TensorDesc, Vec<u8>),
+    b: &(TensorDesc, Vec<u8>),
+    k: usize,
+    runs: usize,
+) -> (Vec<i32>, Vec<f32>) {
+    let (t, e) = (x.0.shape.dims()[0], w.0.shape.dims()[0]);
+    let mut g = Graph::new();
+    let mut bufs = Vec::new();
+    let mut ins = Vec::new();
+    for (i, (d, data)) in [x, w, b].into_iter().enumerate() {
+        let id = be.alloc(d).unwrap();
+        be.upload(id, data).unwrap();
+        bufs.push(id);
+        ins.push(g.add_value(format!("in{i}"), d.clone(), ValueKind::Input(id)));
+    }
+    let logits = g.add_value(
+        "logits",
+        TensorDesc::new(DType::F32, [t, e]),
+        ValueKind::Temp,
+    );
+    let outs: Vec<_> = [DType::I32, DType::F32]
+        .into_iter()
+        .map(|dt| {
+            let d = TensorDesc::new(dt, [t, k]);
+            let id = be.alloc(&d).unwrap();
+            bufs.push(id);
+            g.add_value(format!("out{dt:?}"), d, ValueKind::Output(id))
+        })
+        .collect();
+    g.push(Op::Linear, ins, vec![logits]);
+    g.push(Op::TopKSoftmax { k: k as u32 }, vec![logits], outs);
+    let mut got = (Vec::new(), Vec::new());
+    for run in 0..runs {
+        let out_ids = &bufs[3..];
+        for id in out_ids {
+            be.upload(*id, &vec![0xFF; t * k * 4]).unwrap();
+        }
+        be.execute(&g)
+            .unwrap_or_else(|e| panic!("router run {run}: {e}"));
+        let ids = to_i32(&be.download(out_ids[0]).unwrap());
+        let wts = to_f32(&be.download(out_ids[1]).unwrap());
+        if run > 0 {
+            assert_eq!(
+                (&ids, &wts),
+                (&got.0, &got.1),
+                "run {run} differs from run 0"
+            );
+        }
+        got = (ids, wts);
+    }
+    for id in bufs {
+        be.free(id).unwrap();
+    }
+    got
+}
+
+/// The fused router (a block per expert, the last block of a token picking its top-k) against
+/// the CPU, run several times over (its per-token counters must reset), gpt-oss's shapes.
+#[test]
+#[ignore = "needs an NVIDIA GPU (sm_90+; sm_70+ with GPTOSS_CUDA_FLAVOR=portable): run on the GPU machine with --ignored"]
+fn fused_router_topk_matches_cpu() {
+    let mut be = gpu();
+    let mut cpu = gptoss_backend_cpu::cpu_backend(2);
+    let mut r = Rng(23);
+    let before = be.router_spread_runs();
+    for (t, h, e, k, bdt) in [
+        (1, 2880, 32, 4, DType::BF16),
+        (5, 2880, 128, 4, DType::F32),
+        (63, 256, 8, 2, DType::BF16),
+    ] {
+        let x = f32_t(&[t, h], &r.vec(t * h, 1.0));
+        let w = float_tensor(DType::BF16, &[e, h], &r.vec(e * h, 0.05));
+        let b = float_tensor(bdt, &[e], &r.vec(e, 0.1));
+        let (gi, gw) = router_graph(&mut be, &x, &w, &b, k, 3);
+        let (ci, cw) = router_graph(&mut cpu, &x, &w, &b, k, 1);
+        assert_eq!(gi, ci, "t {t}, top-{k} of {e}: ids");
+        assert_close(&format!("t {t}, top-{k} of {e}: weights"), &gw, &cw, 1e-5);
+    }
+    assert!(
+        be.router_spread_runs() > before,
+        "the router ran without router_topk_spread"
+    );
 }
 
 #[test]

@@ -127,3 +127,49 @@ extern "C" __global__ void __launch_bounds__(1024)
     __syncthreads();
     if (wid == 0) topk_row_warp(logits, E, K, ids + t * K, wts + t * K, lane);
 }
+
+// The router across the GPU (few tokens): block (e, t) computes logit e of token t with 4
+// warps over quarters of the row (x W^T + b, W [E, H] bf16, H % 8 == 0, f32) into `logits`
+// [T, E]; the last block of token t to finish (counted in done[t], which it sets back to 0)
+// runs topk_row_warp over the row. One block a row reads the router weights at the GPU's
+// bandwidth instead of one SM's. 128 threads; E <= 1024, k <= 32.
+extern "C" __global__ void __launch_bounds__(128)
+    router_topk_spread(const float* x, const u16* w, const void* bias, int bdt, float* logits,
+                       u32* done, int* ids, float* wts, int H, int E, int K) {
+    __shared__ float part[4];
+    __shared__ float row[1024];
+    __shared__ bool last;
+    const int e = blockIdx.x;
+    const i64 t = blockIdx.y;
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+    const int H8 = H >> 3, quarter = (H8 + 3) >> 2;
+    const u32* wr = (const u32*)(w + (i64)e * H);
+    const float* xr = x + t * H;
+    float acc = 0.0f;
+    const int end = min(H8, (wid + 1) * quarter);
+#pragma unroll 4
+    for (int j = wid * quarter + lane; j < end; j += 32) {
+        acc = dot8_bf16(*(const W4*)(wr + 4 * j), *(const F4*)(xr + 8 * j),
+                        *(const F4*)(xr + 8 * j + 4), acc);
+    }
+    acc = warp_sum(acc);
+    if (lane == 0) part[wid] = acc;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float v = ((part[0] + part[1]) + part[2]) + part[3];
+        logits[t * E + e] = v + (bias ? ldf(bias, bdt, e) : 0.0f);
+        __threadfence();
+        last = atomicAdd(done + t, 1u) == (u32)(E - 1);
+    }
+    __syncthreads();
+    if (!last) return;
+    // Every other block's logit is visible: each fenced its write before counting.
+    for (int i = threadIdx.x; i < E; i += blockDim.x) {
+        float v;  // from L2 (ld.cg): the other blocks' writes, not a stale L1 line
+        asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(logits + t * E + i));
+        row[i] = v;
+    }
+    if (threadIdx.x == 0) done[t] = 0;
+    __syncthreads();
+    if (wid == 0) topk_row_warp(row, E, K, ids + t * K, wts + t * K, lane);
+}

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Device: A/B decode bench on one machine. Plugins in dist/base (an older build) against the
+# ones beside dist/gptoss (this build), alternating, for each backend in $BACKENDS; then
+# optional GPU tests ($TESTS=1: both CUDA flavours of dist/cuda-mxfp4-fixtures). Carry dist.
+set -uo pipefail
+OUT=${OUT:-/tmp/gptoss-out}
+mkdir -p "$OUT"
+export XDG_CACHE_HOME=${XDG_CACHE_HOME:-/tmp/gptoss-cache}
+G=./dist/gptoss
+if [ -n "${TESTS:-}" ]; then
+  for flavor in mxfp4 portable; do
+    GPTOSS_CUDA_FLAVOR=$flavor GPTOSS_FIXTURES=tests/fixtures timeout 300 ./dist/cuda-mxfp4-fixtures \
+      --include-ignored --skip split_ --test-threads=1 --nocapture > "$OUT/tests-$flavor.txt" 2>&1
+    echo "tests $flavor rc=$?: $(grep -E 'test result' "$OUT/tests-$flavor.txt")"
+    grep -E "FAILED|panicked|did not compile" "$OUT/tests-$flavor.txt" | head -5
+  done
+fi
+for b in ${BACKENDS:-cuda-mxfp4}; do
+  for round in 1 2; do
+    for side in base new; do
+      if [ $side = base ]; then export GPTOSS_PLUGIN_PATH=$PWD/dist/base; else unset GPTOSS_PLUGIN_PATH; fi
+      r=$(timeout 200 $G bench --backend $b --synthetic ${MODEL:-20b} --prompt 512 --gen ${GEN:-64} 2>&1 | tail -1)
+      echo "$b $side round $round: $r"
+    done
+  done
+done
+unset GPTOSS_PLUGIN_PATH
