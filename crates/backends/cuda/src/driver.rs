@@ -108,6 +108,9 @@ pub struct Gpu {
     pub rec: std::cell::RefCell<Option<Vec<Launch>>>,
     /// This GPU's member of the shard group's communicator (split models only).
     pub comm: Option<crate::nccl::Communicator>,
+    /// cuBLAS on this stream and its workspace (--dequantize with cuBLAS found; see
+    /// `enable_cublas`).
+    blas: Option<(crate::cublas::Blas, CUdeviceptr)>,
     /// GPTOSS_CUDA_SYNC: synchronise after every launch (read once).
     sync_each: bool,
 }
@@ -116,8 +119,12 @@ pub struct Gpu {
 /// handle is never null.
 pub const ALL_REDUCE: usize = 0;
 
-/// One recorded kernel launch (or all-reduce, `f == ALL_REDUCE`): replayed directly, or
-/// captured into a CUDA graph.
+/// `Launch::f` of a recorded cuBLAS GEMM (args: `cublas::Gemm::to_slots`); a kernel's function
+/// handle is a pointer, never 1.
+pub const CUBLAS_GEMM: usize = 1;
+
+/// One recorded kernel launch (or all-reduce, `f == ALL_REDUCE`, or cuBLAS GEMM,
+/// `f == CUBLAS_GEMM`): replayed directly, or captured into a CUDA graph.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Launch {
     pub f: usize,
@@ -154,6 +161,7 @@ impl Gpu {
             driver,
             rec: std::cell::RefCell::new(None),
             comm: None,
+            blas: None,
             sync_each: std::env::var_os("GPTOSS_CUDA_SYNC").is_some(),
         })
     }
@@ -317,11 +325,85 @@ impl Gpu {
         comm.all_reduce_f32(args[0], args[1], args[2] as usize, self.stream)
     }
 
+    /// Make cuBLAS usable on this stream (`gemm`): a handle bound to the stream with a
+    /// workspace of its own, so a GEMM captured into a CUDA graph allocates nothing.
+    pub fn enable_cublas(&mut self) -> Result<()> {
+        if self.blas.is_some() {
+            return Ok(());
+        }
+        let ws = self
+            .malloc(crate::cublas::WORKSPACE_BYTES)
+            .map_err(|e| cuda_err("allocating the cuBLAS workspace", e))?;
+        match crate::cublas::Blas::new(self.stream, ws) {
+            Ok(b) => {
+                self.blas = Some((b, ws));
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.free(ws);
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether `enable_cublas` succeeded.
+    pub fn has_cublas(&self) -> bool {
+        self.blas.is_some()
+    }
+
+    /// Enqueue a cuBLAS GEMM on the stream (recorded like a kernel while recording).
+    pub fn gemm(&self, g: crate::cublas::Gemm) -> Result<()> {
+        let launch = Launch {
+            f: CUBLAS_GEMM,
+            grid: (1, 1, 1),
+            block: (1, 1, 1),
+            smem: 0,
+            args: g.to_slots(),
+        };
+        match self.record_launch(launch) {
+            Some(l) => self.gemm_raw(&l.args),
+            None => Ok(()),
+        }
+    }
+
+    fn gemm_raw(&self, args: &[u64]) -> Result<()> {
+        let (blas, _) = self
+            .blas
+            .as_ref()
+            .ok_or_else(|| Error::backend(backend(), "a cuBLAS GEMM without cuBLAS".to_string()))?;
+        let g = crate::cublas::Gemm::from_slots(args).ok_or_else(|| {
+            Error::backend(
+                backend(),
+                "a recorded cuBLAS GEMM with bad arguments".to_string(),
+            )
+        })?;
+        blas.gemm(&g)?;
+        if self.sync_each {
+            self.sync()
+                .map_err(|e| Error::backend(backend(), format!("cublasGemmEx: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Issue what was recorded so far and launch directly from here on (the rest of the step
+    /// needs results on the host). Returns whether anything was being recorded.
+    pub fn stop_recording(&self) -> Result<bool> {
+        let taken = self.rec.borrow_mut().take();
+        match taken {
+            Some(launches) => self.replay(&launches).map(|_| true),
+            None => Ok(false),
+        }
+    }
+
     /// Launch recorded kernels in order on the stream.
     pub fn replay(&self, launches: &[Launch]) -> Result<()> {
         for l in launches {
             if l.f == ALL_REDUCE {
                 self.all_reduce_raw(&l.args)?;
+                continue;
+            }
+            if l.f == CUBLAS_GEMM {
+                self.gemm_raw(&l.args)?;
                 continue;
             }
             self.launch_raw(
@@ -401,6 +483,12 @@ impl Gpu {
 impl Drop for Gpu {
     fn drop(&mut self) {
         let _ = self.bind();
+        // cuBLAS before the context it lives in.
+        if let Some((blas, ws)) = self.blas.take() {
+            let _ = self.sync();
+            drop(blas);
+            let _ = self.free(ws);
+        }
         // SAFETY: handles created in open() and released once.
         unsafe {
             let _ = result::stream::synchronize(self.stream);

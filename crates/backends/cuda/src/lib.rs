@@ -23,6 +23,8 @@
 //! The CUDA driver is loaded with dlopen (cudarc), so this crate builds and loads on machines
 //! without CUDA; there `probe` reports score 0 with the reason and `create` fails cleanly.
 
+pub mod cublas;
+mod cublas_ops;
 mod driver;
 mod fusion;
 mod kernels;
@@ -140,6 +142,9 @@ pub struct Cuda<F: Flavor> {
     /// Rows a warp of the fast (few-token) MoE kernels takes at a time: 2 (held to 64
     /// registers, 4 blocks an SM), or 4 with GPTOSS_CUDA_MOE_ROWS=4.
     moe_rows: usize,
+    /// cuBLAS for the large bf16 products of --dequantize: its description when in use, else
+    /// why not (see `open_cublas`).
+    cublas: std::result::Result<String, String>,
     /// GPTOSS_CUDA_GRAPH=0 turns off replaying repeated steps as CUDA graphs.
     graphs: bool,
     /// The last step's recorded launches, and a captured graph of a repeated one.
@@ -210,6 +215,15 @@ impl<F: Flavor> Cuda<F> {
     /// How many router + top-k runs took the spread kernel (one block per expert).
     pub fn router_spread_runs(&self) -> u64 {
         self.router_spread_runs
+    }
+
+    /// The cuBLAS this backend runs --dequantize's large products with ("cuBLAS 13.0.2
+    /// (path)"), or why it runs its own kernels instead (not --dequantize, disabled, not
+    /// found).
+    pub fn cublas(&self) -> Result<String> {
+        self.cublas
+            .clone()
+            .map_err(|e| Error::backend(F::NAME, format!("cuBLAS is not in use: {e}")))
     }
 
     /// Where each kernel family came from (cache or a fresh NVRTC compile).
@@ -298,6 +312,7 @@ impl<F: Flavor> Cuda<F> {
                 Ok("4") => 4,
                 _ => 2,
             },
+            cublas: Err("not set up yet".into()),
             graphs: std::env::var("GPTOSS_CUDA_GRAPH").map_or(true, |v| v != "0")
                 && profile.is_none()
                 && std::env::var_os("GPTOSS_CUDA_SYNC").is_none(),
@@ -324,11 +339,46 @@ impl<F: Flavor> Cuda<F> {
                 ),
             ));
         }
+        me.cublas = me.open_cublas(env_on("GPTOSS_CUDA_NO_CUBLAS"));
         me.gpu.memset_zero(me.err, 16)?;
         me.gpu
             .memset_zero(me.done_counters, 4 * ops::ROUTER_TOKENS)?;
         me.gpu.sync()?;
         Ok(me)
+    }
+
+    /// cuBLAS for --dequantize's large products (GPTOSS_CUDA_NO_CUBLAS=1: our tensor-core
+    /// kernels instead). When it cannot be used the reason is printed once a process and the
+    /// backend keeps its own kernels. (stderr, not tracing: a plugin library has its own copy
+    /// of tracing's dispatcher, which the host's subscriber never sees.)
+    fn open_cublas(&mut self, disabled: bool) -> std::result::Result<String, String> {
+        if !self.dequantize {
+            return Err("cuBLAS is used only with --dequantize".into());
+        }
+        if disabled {
+            return Err("GPTOSS_CUDA_NO_CUBLAS is set".into());
+        }
+        if !self.fast {
+            return Err("GPTOSS_CUDA_NO_FUSION=1 selects the exact f32 kernels".into());
+        }
+        if !self.kernels.has("f32_to_bf16") || self.mma_min_t == usize::MAX {
+            return Err(format!(
+                "the bf16 tensor-core paths are off on {} (GPTOSS_CUDA_MMA_MIN_T=0 or no mma \
+                 kernels)",
+                self.device_name()
+            ));
+        }
+        let opened = cublas::describe().and_then(|d| self.gpu.enable_cublas().map(|_| d));
+        opened.map_err(|e| {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                eprintln!(
+                    "{}: --dequantize runs its own tensor-core kernels instead of cuBLAS: {e}",
+                    F::NAME
+                )
+            });
+            e.to_string()
+        })
     }
 
     /// Allocate device memory, dropping pooled temporaries and retrying once when the GPU is
@@ -700,6 +750,11 @@ impl<F: Flavor> Backend for Cuda<F> {
         }
         let mut result = self.run_graph(graph, &mut ptrs);
         let recorded = self.gpu.rec.borrow_mut().take();
+        if self.graphs && recorded.is_none() {
+            // The step stopped recording part way (cublas_ops::moe reads counts on the host):
+            // it ran directly and is no step to compare the next one with.
+            self.last_launches.clear();
+        }
         // Return whatever temporaries are still out (all of them after an error).
         for (i, p) in ptrs.iter_mut().enumerate() {
             if matches!(graph.values[i].kind, ValueKind::Temp) {

@@ -438,6 +438,10 @@ pub fn run_node<F: Flavor>(
                 };
                 return gemv(be, ip(0)?, t, k, bdt, &[seg]);
             }
+            if crate::cublas_ops::linear_fits(be, ins[1].desc.dtype == DType::BF16, t) {
+                let io = (ip(0)?, ip(1)?, bias, bdt, op_(0)?);
+                return crate::cublas_ops::linear(be, io, (t, n, k));
+            }
             if be.fast
                 && ins[1].desc.dtype == DType::BF16
                 && k % 8 == 0
@@ -952,6 +956,28 @@ pub(crate) fn run_moe<F: Flavor>(
         return Err(unsupported(format!("{k} experts per token (at most 32)")));
     }
     let pairs = t * k;
+    let grouped = be.fast && h % 32 == 0 && t >= be.mma_min_t && be.kernels.has("moe_route");
+    // --dequantize: both projections held as bf16 rows (the `_bf16` kernels read them).
+    let bf16 = be.bf16_experts.contains(&ip(3)?) && be.bf16_experts.contains(&ip(6)?);
+    if grouped && bf16 && be.gpu.has_cublas() {
+        let y = be.take_temp(pairs * h * 4, "moe expert outputs")?;
+        let experts = |w: usize, b: usize| -> Result<crate::cublas_ops::Experts> {
+            Ok(crate::cublas_ops::Experts {
+                w: ip(w)?,
+                bias: ip(b)?,
+                bdt: float_code(ins[b])?,
+            })
+        };
+        let r = (|| -> Result<()> {
+            let dims = crate::cublas_ops::MoeDims { t, k, e, h, i };
+            let projections = (experts(3, 5)?, experts(6, 8)?);
+            let io = (ip(0)?, ip(1)?, y);
+            crate::cublas_ops::moe(be, io, projections, dims, (*swiglu_limit, *alpha))?;
+            combine(be, y, ip(1)?, ip(2)?, op_(0)?, (t, k, e, h), tail)
+        })();
+        be.give_temp(pairs * h * 4, y);
+        return r;
+    }
     let act = be.take_temp(pairs * i * 4, "moe activations")?;
     let y = match be.take_temp(pairs * h * 4, "moe expert outputs") {
         Ok(y) => y,
@@ -961,9 +987,6 @@ pub(crate) fn run_moe<F: Flavor>(
         }
     };
     let fast = be.fast && h % 32 == 0 && h.max(i) * 4 <= 48 << 10;
-    let grouped = be.fast && h % 32 == 0 && t >= be.mma_min_t && be.kernels.has("moe_route");
-    // --dequantize: both projections held as bf16 rows (the `_bf16` kernels read them).
-    let bf16 = be.bf16_experts.contains(&ip(3)?) && be.bf16_experts.contains(&ip(6)?);
     if bf16 && h.max(i) * 4 > 48 << 10 {
         return Err(unsupported(format!(
             "dequantized experts with hidden {h} / intermediate {i} (at most 12288)"

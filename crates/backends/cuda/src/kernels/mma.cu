@@ -428,3 +428,62 @@ extern "C" __global__ void moe_dequant_bf16(const u8* blocks, const u8* scales, 
     for (int i = 0; i < 4; i++) d[i] = W4{o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]};
 }
 
+
+// ---------------------------------------------------------------- cuBLAS helpers (--dequantize)
+// With the experts dequantized, the large products run through cuBLAS (bf16 A and B, f32 C and
+// accumulation); these kernels feed it bf16 operands rounded exactly as the kernels above stage
+// them (cvt.rn: round to nearest even) and apply the biases and SwiGLU it does not.
+
+// out [n] bf16 = x [n] f32, two elements a thread (out 4-byte aligned).
+extern "C" __global__ void f32_to_bf16(const float* x, u16* out, i64 n) {
+    const i64 i = 2 * ((i64)blockIdx.x * blockDim.x + threadIdx.x);
+    if (i + 1 < n)
+        *(u32*)(out + i) = pack_bf16(x[i], x[i + 1]);
+    else if (i < n)
+        out[i] = (u16)(pack_bf16(x[i], 0.0f) & 0xffffu);
+}
+
+// y [T, N] += bias [N] (dtype code bdt), one thread an element.
+extern "C" __global__ void add_bias_rows(float* y, const void* bias, int bdt, int T, int N) {
+    const i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < (i64)T * N) y[i] += ldf(bias, bdt, i % N);
+}
+
+// xs [rows, H] bf16 = the x rows of the routed pairs list[0..rows) (token = pair / K), in the
+// list's (expert) order. H even. grid (rows, ceil(H / 512)), 256 threads, two columns each.
+extern "C" __global__ void moe_gather_bf16(const float* x, int K, const int* list, int H,
+                                           u16* xs) {
+    const i64 r = blockIdx.x;
+    const int c = 2 * (blockIdx.y * blockDim.x + threadIdx.x);
+    if (c >= H) return;
+    const float* src = x + (i64)(list[r] / K) * H;
+    *(u32*)(xs + r * H + c) = pack_bf16(src[c], src[c + 1]);
+}
+
+// act [rows, I] bf16 = SwiGLU of gu [rows, 2I] (f32, gate/up interleaved as the checkpoint's
+// rows) plus the bias of row r's expert ids[list[r]] (bias [E, 2I]), as moe_mma's gate_up
+// epilogue. grid (rows, ceil(I / 256)).
+extern "C" __global__ void moe_swiglu_bf16(const float* gu, const int* list, const int* ids,
+                                           const void* bias, int bdt, int I, float limit,
+                                           float alpha, u16* act) {
+    const i64 r = blockIdx.x;
+    const int j = blockIdx.y * blockDim.x + threadIdx.x;
+    if (j >= I) return;
+    const i64 e = ids[list[r]];
+    const float* g = gu + r * 2 * I;
+    const float gate = g[2 * j] + ldf(bias, bdt, e * 2 * I + 2 * j);
+    const float up = g[2 * j + 1] + ldf(bias, bdt, e * 2 * I + 2 * j + 1);
+    act[r * I + j] = (u16)(pack_bf16(mma_swiglu(gate, up, limit, alpha), 0.0f) & 0xffffu);
+}
+
+// y [pairs, H] row list[r] = ys [rows, H] row r plus the bias of its expert (bias [E, H]), as
+// moe_mma's down epilogue. grid (rows, ceil(H / 256)).
+extern "C" __global__ void moe_scatter_bias(const float* ys, const int* list, const int* ids,
+                                            const void* bias, int bdt, int H, float* y) {
+    const i64 r = blockIdx.x;
+    const int c = blockIdx.y * blockDim.x + threadIdx.x;
+    if (c >= H) return;
+    const int p = list[r];
+    const i64 e = ids[p];
+    y[(i64)p * H + c] = ys[r * H + c] + ldf(bias, bdt, e * H + c);
+}

@@ -1,0 +1,332 @@
+//! `--dequantize` at large T through cuBLAS: the dense Linear and the MoE experts as bf16
+//! GEMMs with f32 accumulation (cublasGemmEx), fed by small kernels of mma.cu that round the
+//! f32 activations to bf16 exactly as the tensor-core kernels do, and that add the biases and
+//! the SwiGLU.
+//!
+//! Layout: our matrices are row-major, cuBLAS's column-major. `y [t, n] = x [t, k] W^T` with W
+//! row-major [n, k] is, column-major, `Y (n x t, ld n) = op(A) B` where A is W read as a k x n
+//! column-major matrix (ld k) transposed (OP_T) and B is x read as k x t (ld k, OP_N).
+//!
+//! CUDA graphs: a GEMM is recorded like a kernel launch (driver::CUBLAS_GEMM) and may be
+//! captured when a step repeats (a batched decode of >= GPTOSS_CUDA_MMA_MIN_T sequences takes
+//! the linear here); the handle has its own workspace, so a captured GEMM allocates nothing.
+//! The MoE needs each expert's pair count on the host, so it issues what the step recorded so
+//! far, synchronises once a layer and runs the rest of the step uncaptured (prefill-sized
+//! steps only; one-token decode steps never come here).
+
+use gptoss_core::{Error, Result};
+
+use crate::cublas::{Gemm, OP_N, OP_T};
+use crate::driver::{Arg, CUdeviceptr};
+use crate::{Cuda, Flavor};
+
+fn int(n: usize, what: &str) -> Result<i32> {
+    i32::try_from(n).map_err(|_| Error::Input(format!("{what} = {n} does not fit a 32-bit index")))
+}
+
+fn blocks(n: usize, per: usize) -> Result<u32> {
+    u32::try_from(n.div_ceil(per))
+        .map_err(|_| Error::Input(format!("{n} elements need too many thread blocks")))
+}
+
+/// `y [t, n] = x [t, k] W^T` (bf16 `w`, f32 `x` and `y`, f32 accumulation) through cuBLAS.
+fn gemm_rows<F: Flavor>(
+    be: &Cuda<F>,
+    (x_bf16, w, y): (CUdeviceptr, CUdeviceptr, CUdeviceptr),
+    (t, n, k): (usize, usize, usize),
+) -> Result<()> {
+    be.gpu.gemm(Gemm {
+        trans_a: OP_T,
+        trans_b: OP_N,
+        m: int(n, "out features")?,
+        n: int(t, "rows")?,
+        k: int(k, "in features")?,
+        a: w,
+        lda: int(k, "in features")?,
+        b: x_bf16,
+        ldb: int(k, "in features")?,
+        c: y,
+        ldc: int(n, "out features")?,
+    })
+}
+
+/// `out [n] = bf16(x [n])` (round to nearest even).
+fn to_bf16<F: Flavor>(be: &Cuda<F>, x: CUdeviceptr, out: CUdeviceptr, n: usize) -> Result<()> {
+    let f = be.kernels.get("f32_to_bf16")?;
+    be.gpu.launch(
+        "f32_to_bf16",
+        f,
+        (blocks(n.div_ceil(2), 256)?, 1, 1),
+        (256, 1, 1),
+        0,
+        &[Arg::Ptr(x), Arg::Ptr(out), Arg::I64(n as i64)],
+    )
+}
+
+/// Whether a Linear of `t` tokens over weights of dtype bf16 takes cuBLAS: cuBLAS is on (see
+/// `Cuda::cublas`) and `t` is in the tensor-core range.
+pub(crate) fn linear_fits<F: Flavor>(be: &Cuda<F>, bf16_weights: bool, t: usize) -> bool {
+    be.gpu.has_cublas() && bf16_weights && t >= be.mma_min_t
+}
+
+/// `y [t, n] = x [t, k] W^T + bias` (bias 0: none; `bdt` its dtype code).
+pub(crate) fn linear<F: Flavor>(
+    be: &mut Cuda<F>,
+    (x, w, bias, bdt, y): (CUdeviceptr, CUdeviceptr, CUdeviceptr, i32, CUdeviceptr),
+    (t, n, k): (usize, usize, usize),
+) -> Result<()> {
+    let bytes = t * k * 2;
+    let xb = be.take_temp(bytes, "linear input as bf16")?;
+    let run = (|| -> Result<()> {
+        to_bf16(be, x, xb, t * k)?;
+        gemm_rows(be, (xb, w, y), (t, n, k))?;
+        if bias == 0 {
+            return Ok(());
+        }
+        let f = be.kernels.get("add_bias_rows")?;
+        be.gpu.launch(
+            "add_bias_rows",
+            f,
+            (blocks(t * n, 256)?, 1, 1),
+            (256, 1, 1),
+            0,
+            &[
+                Arg::Ptr(y),
+                Arg::Ptr(bias),
+                Arg::I32(bdt),
+                Arg::I32(int(t, "tokens")?),
+                Arg::I32(int(n, "out features")?),
+            ],
+        )
+    })();
+    // Stream order makes the scratch safe to reuse by later launches.
+    be.give_temp(bytes, xb);
+    run
+}
+
+/// One projection of the experts: bf16 rows [E, n, k] and a bias [E, n] of dtype code `bdt`.
+#[derive(Clone, Copy)]
+pub(crate) struct Experts {
+    pub w: CUdeviceptr,
+    pub bias: CUdeviceptr,
+    pub bdt: i32,
+}
+
+/// The shapes of a MoE node: tokens, experts per token, experts, hidden, intermediate.
+#[derive(Clone, Copy)]
+pub(crate) struct MoeDims {
+    pub t: usize,
+    pub k: usize,
+    pub e: usize,
+    pub h: usize,
+    pub i: usize,
+}
+
+/// Each expert's run of the routed pairs, `(expert, start, end)` into the pair list, from
+/// `moe_route`'s tile table with one tile per expert.
+fn expert_runs(raw: &[u8], max_tiles: usize) -> Vec<(usize, usize, usize)> {
+    let word = |i: usize| i32::from_le_bytes(raw[4 * i..4 * i + 4].try_into().expect("4 bytes"));
+    let n = (word(3 * max_tiles).max(0) as usize).min(max_tiles);
+    (0..n)
+        .map(|j| (word(3 * j), word(3 * j + 1), word(3 * j + 2)))
+        .filter(|(e, s, end)| *e >= 0 && *s >= 0 && end > s)
+        .map(|(e, s, end)| (e as usize, s as usize, end as usize))
+        .collect()
+}
+
+/// The dequantized MoE experts of `d.t` tokens: `y [t*k, h]` per (token, slot) pair, for
+/// pairs routed to a local expert (the combine reads only those).
+pub(crate) fn moe<F: Flavor>(
+    be: &mut Cuda<F>,
+    (x, ids, y): (CUdeviceptr, CUdeviceptr, CUdeviceptr),
+    (gate_up, down): (Experts, Experts),
+    d: MoeDims,
+    (limit, alpha): (f32, f32),
+) -> Result<()> {
+    let pairs = d.t * d.k;
+    // One tile per expert: moe_route with tiles as large as all the pairs.
+    let max_tiles = d.e + 1;
+    let table = max_tiles * 12 + 16;
+    let list = be.take_temp(pairs * 4, "moe pair list")?;
+    let tiles = match be.take_temp(table, "moe expert runs") {
+        Ok(p) => p,
+        Err(e) => {
+            be.give_temp(pairs * 4, list);
+            return Err(e);
+        }
+    };
+    let runs = (|| -> Result<Vec<(usize, usize, usize)>> {
+        let f = be.kernels.get("moe_route")?;
+        be.gpu.launch(
+            "moe_route",
+            f,
+            (1, 1, 1),
+            (1024, 1, 1),
+            (3 * d.e * 4) as u32,
+            &[
+                Arg::Ptr(ids),
+                Arg::I32(int(pairs, "pairs")?),
+                Arg::I32(int(d.e, "experts")?),
+                Arg::I32(int(pairs.max(1), "pairs")?),
+                Arg::Ptr(list),
+                Arg::Ptr(tiles),
+                Arg::Ptr(tiles + (max_tiles * 12) as u64),
+                Arg::I32(int(max_tiles, "experts")?),
+                Arg::Ptr(be.err),
+            ],
+        )?;
+        // The counts are needed on the host to size each GEMM.
+        be.gpu.stop_recording()?;
+        let mut raw = vec![0u8; max_tiles * 12 + 4];
+        be.gpu.dtoh(&mut raw, tiles)?;
+        Ok(expert_runs(&raw, max_tiles))
+    })();
+    be.give_temp(table, tiles);
+    let r = runs.and_then(|runs| {
+        experts(
+            be,
+            (x, ids, list, y),
+            &runs,
+            (gate_up, down),
+            d,
+            (limit, alpha),
+        )
+    });
+    be.give_temp(pairs * 4, list);
+    r
+}
+
+/// The GEMMs and their feeding kernels over the routed rows (`runs`: each expert's rows of
+/// the pair list).
+fn experts<F: Flavor>(
+    be: &mut Cuda<F>,
+    (x, ids, list, y): (CUdeviceptr, CUdeviceptr, CUdeviceptr, CUdeviceptr),
+    runs: &[(usize, usize, usize)],
+    (gate_up, down): (Experts, Experts),
+    d: MoeDims,
+    (limit, alpha): (f32, f32),
+) -> Result<()> {
+    let rows = runs.iter().map(|r| r.2).max().unwrap_or(0);
+    if rows == 0 {
+        return Ok(()); // no pair routed to this shard's experts
+    }
+    let (h, i) = (d.h, d.i);
+    let pairs = d.t * d.k;
+    // Sized by `pairs` (not `rows`), so repeated steps reuse the same pool entries.
+    let sizes = [
+        pairs * h * 2,
+        pairs * 2 * i * 4,
+        pairs * i * 2,
+        pairs * h * 4,
+    ];
+    let names = [
+        "moe rows as bf16",
+        "moe gate_up products",
+        "moe activations as bf16",
+        "moe down products",
+    ];
+    let mut bufs: Vec<CUdeviceptr> = Vec::with_capacity(4);
+    for (s, n) in sizes.iter().zip(names) {
+        match be.take_temp(*s, n) {
+            Ok(p) => bufs.push(p),
+            Err(e) => {
+                for (s, p) in sizes.iter().zip(bufs) {
+                    be.give_temp(*s, p);
+                }
+                return Err(e);
+            }
+        }
+    }
+    let [xs, gu, act, ys] = [bufs[0], bufs[1], bufs[2], bufs[3]];
+    let run = (|| -> Result<()> {
+        let f = be.kernels.get("moe_gather_bf16")?;
+        be.gpu.launch(
+            "moe_gather_bf16",
+            f,
+            (blocks(rows, 1)?, blocks(h, 512)?, 1),
+            (256, 1, 1),
+            0,
+            &[
+                Arg::Ptr(x),
+                Arg::I32(int(d.k, "experts per token")?),
+                Arg::Ptr(list),
+                Arg::I32(int(h, "hidden")?),
+                Arg::Ptr(xs),
+            ],
+        )?;
+        for &(e, s, end) in runs {
+            let w = gate_up.w + (e * 2 * i * h * 2) as u64;
+            let (a, c) = (xs + (s * h * 2) as u64, gu + (s * 2 * i * 4) as u64);
+            gemm_rows(be, (a, w, c), (end - s, 2 * i, h))?;
+        }
+        let f = be.kernels.get("moe_swiglu_bf16")?;
+        be.gpu.launch(
+            "moe_swiglu_bf16",
+            f,
+            (blocks(rows, 1)?, blocks(i, 256)?, 1),
+            (256, 1, 1),
+            0,
+            &[
+                Arg::Ptr(gu),
+                Arg::Ptr(list),
+                Arg::Ptr(ids),
+                Arg::Ptr(gate_up.bias),
+                Arg::I32(gate_up.bdt),
+                Arg::I32(int(i, "intermediate")?),
+                Arg::F32(limit),
+                Arg::F32(alpha),
+                Arg::Ptr(act),
+            ],
+        )?;
+        for &(e, s, end) in runs {
+            let w = down.w + (e * h * i * 2) as u64;
+            let (a, c) = (act + (s * i * 2) as u64, ys + (s * h * 4) as u64);
+            gemm_rows(be, (a, w, c), (end - s, h, i))?;
+        }
+        let f = be.kernels.get("moe_scatter_bias")?;
+        be.gpu.launch(
+            "moe_scatter_bias",
+            f,
+            (blocks(rows, 1)?, blocks(h, 256)?, 1),
+            (256, 1, 1),
+            0,
+            &[
+                Arg::Ptr(ys),
+                Arg::Ptr(list),
+                Arg::Ptr(ids),
+                Arg::Ptr(down.bias),
+                Arg::I32(down.bdt),
+                Arg::I32(int(h, "hidden")?),
+                Arg::Ptr(y),
+            ],
+        )
+    })();
+    for (s, p) in sizes.iter().zip(bufs) {
+        be.give_temp(*s, p);
+    }
+    run
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expert_runs;
+
+    fn table(tiles: &[[i32; 3]], max_tiles: usize, n: i32) -> Vec<u8> {
+        let mut w = vec![0i32; 3 * max_tiles + 1];
+        for (j, t) in tiles.iter().enumerate() {
+            w[3 * j..3 * j + 3].copy_from_slice(t);
+        }
+        w[3 * max_tiles] = n;
+        w.iter().flat_map(|v| v.to_le_bytes()).collect()
+    }
+
+    #[test]
+    fn expert_runs_read_the_route_table() {
+        let raw = table(&[[0, 0, 5], [3, 5, 6], [7, 6, 12]], 9, 3);
+        assert_eq!(expert_runs(&raw, 9), vec![(0, 0, 5), (3, 5, 6), (7, 6, 12)]);
+        // A count past the table is clamped; empty and negative entries are skipped.
+        let raw = table(&[[1, 0, 0], [2, 0, 4]], 2, 99);
+        assert_eq!(expert_runs(&raw, 2), vec![(2, 0, 4)]);
+        assert!(expert_runs(&table(&[], 4, 0), 4).is_empty());
+    }
+}
