@@ -395,7 +395,7 @@ unsafe impl Send for Blas {}
 impl Blas {
     /// A handle on the current context whose work goes to `stream`, using `workspace`
     /// (`WORKSPACE_BYTES` of device memory the caller keeps alive longer than the handle).
-    pub fn new(stream: CUstream, workspace: u64) -> Result<Blas> {
+    pub(crate) fn new(stream: CUstream, workspace: u64) -> Result<Blas> {
         let api = api()?;
         let mut handle: Handle = std::ptr::null_mut();
         // SAFETY: handle receives a new cuBLAS handle, destroyed in Drop.
@@ -416,7 +416,7 @@ impl Blas {
     }
 
     /// Enqueue `g` on the handle's stream (alpha 1, beta 0: C is overwritten).
-    pub fn gemm(&self, g: &Gemm) -> Result<()> {
+    pub(crate) fn gemm(&self, g: &Gemm) -> Result<()> {
         let (alpha, beta) = (1.0f32, 0.0f32);
         // SAFETY: the pointers are device buffers of this context holding the matrices the
         // dimensions describe (checked by the op code that builds `g`); alpha and beta are

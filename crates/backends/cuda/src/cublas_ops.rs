@@ -123,14 +123,20 @@ pub(crate) struct MoeDims {
 }
 
 /// Each expert's run of the routed pairs, `(expert, start, end)` into the pair list, from
-/// `moe_route`'s tile table with one tile per expert.
-fn expert_runs(raw: &[u8], max_tiles: usize) -> Vec<(usize, usize, usize)> {
+/// `moe_route`'s tile table with one tile per expert; only runs inside `experts` and `pairs`.
+fn expert_runs(
+    raw: &[u8],
+    max_tiles: usize,
+    experts: usize,
+    pairs: usize,
+) -> Vec<(usize, usize, usize)> {
     let word = |i: usize| i32::from_le_bytes(raw[4 * i..4 * i + 4].try_into().expect("4 bytes"));
     let n = (word(3 * max_tiles).max(0) as usize).min(max_tiles);
     (0..n)
         .map(|j| (word(3 * j), word(3 * j + 1), word(3 * j + 2)))
         .filter(|(e, s, end)| *e >= 0 && *s >= 0 && end > s)
         .map(|(e, s, end)| (e as usize, s as usize, end as usize))
+        .filter(|(e, _, end)| *e < experts && *end <= pairs)
         .collect()
 }
 
@@ -179,7 +185,7 @@ pub(crate) fn moe<F: Flavor>(
         be.gpu.stop_recording()?;
         let mut raw = vec![0u8; max_tiles * 12 + 4];
         be.gpu.dtoh(&mut raw, tiles)?;
-        Ok(expert_runs(&raw, max_tiles))
+        Ok(expert_runs(&raw, max_tiles, d.e, pairs))
     })();
     be.give_temp(table, tiles);
     let r = runs.and_then(|runs| {
@@ -212,32 +218,20 @@ fn experts<F: Flavor>(
     }
     let (h, i) = (d.h, d.i);
     let pairs = d.t * d.k;
-    // Sized by `pairs` (not `rows`), so repeated steps reuse the same pool entries.
-    let sizes = [
-        pairs * h * 2,
-        pairs * 2 * i * 4,
-        pairs * i * 2,
-        pairs * h * 4,
-    ];
-    let names = [
-        "moe rows as bf16",
-        "moe gate_up products",
-        "moe activations as bf16",
-        "moe down products",
-    ];
-    let mut bufs: Vec<CUdeviceptr> = Vec::with_capacity(4);
-    for (s, n) in sizes.iter().zip(names) {
-        match be.take_temp(*s, n) {
-            Ok(p) => bufs.push(p),
-            Err(e) => {
-                for (s, p) in sizes.iter().zip(bufs) {
-                    be.give_temp(*s, p);
-                }
-                return Err(e);
-            }
+    // Two buffers, each reused once its first use is over (stream order): the bf16 operands
+    // (x rows, then the activations) and the f32 products (gate_up, then down). Sized by
+    // `pairs` (not `rows`), so repeated steps reuse the same pool entries.
+    let sizes = [pairs * h.max(i) * 2, pairs * (2 * i).max(h) * 4];
+    let operands = be.take_temp(sizes[0], "moe bf16 operands")?;
+    let products = match be.take_temp(sizes[1], "moe products") {
+        Ok(p) => p,
+        Err(e) => {
+            be.give_temp(sizes[0], operands);
+            return Err(e);
         }
-    }
-    let [xs, gu, act, ys] = [bufs[0], bufs[1], bufs[2], bufs[3]];
+    };
+    let (xs, act) = (operands, operands);
+    let (gu, ys) = (products, products);
     let run = (|| -> Result<()> {
         let f = be.kernels.get("moe_gather_bf16")?;
         be.gpu.launch(
@@ -301,9 +295,8 @@ fn experts<F: Flavor>(
             ],
         )
     })();
-    for (s, p) in sizes.iter().zip(bufs) {
-        be.give_temp(*s, p);
-    }
+    be.give_temp(sizes[0], operands);
+    be.give_temp(sizes[1], products);
     run
 }
 
@@ -323,10 +316,16 @@ mod tests {
     #[test]
     fn expert_runs_read_the_route_table() {
         let raw = table(&[[0, 0, 5], [3, 5, 6], [7, 6, 12]], 9, 3);
-        assert_eq!(expert_runs(&raw, 9), vec![(0, 0, 5), (3, 5, 6), (7, 6, 12)]);
-        // A count past the table is clamped; empty and negative entries are skipped.
-        let raw = table(&[[1, 0, 0], [2, 0, 4]], 2, 99);
-        assert_eq!(expert_runs(&raw, 2), vec![(2, 0, 4)]);
-        assert!(expert_runs(&table(&[], 4, 0), 4).is_empty());
+        let runs = vec![(0, 0, 5), (3, 5, 6), (7, 6, 12)];
+        assert_eq!(expert_runs(&raw, 9, 8, 12), runs);
+        // A count past the table is clamped; empty, negative and out-of-range entries are
+        // skipped.
+        let raw = table(
+            &[[1, 0, 0], [2, 0, 4], [-1, 4, 5], [9, 5, 6], [3, 6, 99]],
+            5,
+            99,
+        );
+        assert_eq!(expert_runs(&raw, 5, 8, 12), vec![(2, 0, 4)]);
+        assert!(expert_runs(&table(&[], 4, 0), 4, 8, 12).is_empty());
     }
 }

@@ -93,6 +93,9 @@ impl AnyCuda {
     fn router_spread_runs(&self) -> u64 {
         each!(self, b => b.router_spread_runs())
     }
+    fn cublas(&self) -> Result<String> {
+        each!(self, b => b.cublas())
+    }
 }
 
 impl Backend for AnyCuda {
@@ -598,7 +601,8 @@ fn op_moe_dequantized_matches_cpu() {
     let mut be = gpu_dequantized();
     let mut r = Rng(23);
     // (tokens, hidden, intermediate, experts, k): the per-pair bf16 GEMV below 64 tokens (f32
-    // products of exact bf16 weights), the grouped tensor-core GEMM on bf16 rows from 64.
+    // products of exact bf16 weights), bf16 GEMMs on bf16 rows from 64 (cuBLAS when it loads,
+    // else the grouped tensor-core kernels: op_moe_dequantized_cublas_matches_cpu runs both).
     for (t, h, i, e, k) in [
         (6, 128, 64, 8, 3),
         (1, 2880, 2880, 4, 4),
@@ -637,6 +641,7 @@ fn op_moe_dequantized_matches_cpu() {
 #[test]
 #[ignore = "needs an NVIDIA GPU (sm_90+; sm_80+ with GPTOSS_CUDA_FLAVOR=portable): run on the GPU machine with --ignored"]
 fn fixtures_dequantized_match_transformers() {
+    // The f32 paths (the fixtures' T <= 56 stay below the pinned 64): exact bounds.
     for name in FIXTURES {
         let load = || {
             Model::load(
@@ -658,6 +663,154 @@ fn fixtures_dequantized_match_transformers() {
             got, want,
             "{name}: dequantized greedy continuation vs transformers"
         );
+    }
+    // The bf16 paths at every T: through cuBLAS (which must be in use), and through our own
+    // tensor-core kernels (GPTOSS_CUDA_NO_CUBLAS=1). Both round the same operands to bf16 and
+    // accumulate in f32, so they differ by summation order only: the same greedy tokens.
+    for name in FIXTURES {
+        let before = gptoss_cuda::cublas::gemm_calls();
+        let mut blas = load_dequantized_bf16_paths(name, true);
+        let got = check_bf16_prefill(&mut blas, name, "dequantized, cuBLAS");
+        let calls = gptoss_cuda::cublas::gemm_calls() - before;
+        assert!(calls > 0, "{name}: no GEMM went through cuBLAS");
+        let mut own = load_dequantized_bf16_paths(name, false);
+        let ours = check_bf16_prefill(&mut own, name, "dequantized, own kernels");
+        let diff = got
+            .iter()
+            .flatten()
+            .zip(ours.iter().flatten())
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        let r = Reference::load(name);
+        let (prompt, n) = (r.tokens("greedy_prompt"), r.tokens("greedy_tokens").len());
+        let greedy = |m: &mut Model| m.generate_greedy(&prompt, n, &[], 0, &mut |_| {}).unwrap();
+        let (a, b) = (greedy(&mut blas), greedy(&mut own));
+        eprintln!(
+            "{name} dequantized bf16 paths: {calls} cuBLAS GEMMs, logits cuBLAS vs own kernels \
+             max abs diff {diff:.3e}, greedy {} tokens",
+            a.len()
+        );
+        assert_eq!(
+            a, b,
+            "{name}: greedy tokens through cuBLAS vs our own kernels"
+        );
+    }
+}
+
+/// A --dequantize model of fixture `name` with the bf16 paths at every T
+/// (`GPTOSS_CUDA_MMA_MIN_T=1`), through cuBLAS or (`cublas` false) our own kernels. Fails,
+/// with the reason, when cuBLAS is wanted but cannot be used.
+fn load_dequantized_bf16_paths(name: &str, cublas: bool) -> Model {
+    // Tests run one at a time on the GPU machine (--test-threads=1); the variables are read
+    // when the backend is created and removed again right after.
+    std::env::set_var("GPTOSS_CUDA_MMA_MIN_T", "1");
+    if !cublas {
+        std::env::set_var("GPTOSS_CUDA_NO_CUBLAS", "1");
+    }
+    let be = gpu_dequantized();
+    std::env::remove_var("GPTOSS_CUDA_MMA_MIN_T");
+    std::env::remove_var("GPTOSS_CUDA_NO_CUBLAS");
+    match (cublas, be.cublas()) {
+        (true, Ok(d)) => eprintln!("{d}"),
+        (true, Err(e)) => panic!("{e}"),
+        (false, r) => assert!(r.is_err(), "GPTOSS_CUDA_NO_CUBLAS=1 must turn cuBLAS off"),
+    }
+    Model::load(&fixture_dir(name), Box::new(be), &mut |_, _| {}).expect("fixture loads")
+}
+
+/// The backend with --dequantize and cuBLAS in use (fails with the reason otherwise).
+fn gpu_with_cublas() -> AnyCuda {
+    let be = gpu_dequantized();
+    match be.cublas() {
+        Ok(d) => eprintln!("{d}"),
+        Err(e) => panic!("{e}"),
+    }
+    be
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU (sm_90+; sm_80+ with GPTOSS_CUDA_FLAVOR=portable) and cuBLAS: run on the GPU machine with --ignored"]
+fn op_linear_cublas_matches_cpu() {
+    let mut be = gpu_with_cublas();
+    let mut r = Rng(24);
+    // (T, N, K, bias dtype): the o projection's shape class, bf16 and f32 biases, none, odd
+    // N, and an odd K (and odd T x K: the conversion's last element alone).
+    let cases = [
+        (512, 640, 2880, Some(DType::BF16)),
+        (100, 201, 200, Some(DType::F32)),
+        (64, 128, 64, None),
+        (300, 2880, 512, Some(DType::BF16)),
+        (67, 45, 37, Some(DType::F32)),
+    ];
+    for (t, n, k, bias) in cases {
+        let mut ins = vec![
+            f32_t(&[t, k], &r.vec(t * k, 1.0)),
+            float_tensor(DType::BF16, &[n, k], &r.vec(n * k, 0.05)),
+        ];
+        if let Some(d) = bias {
+            ins.push(float_tensor(d, &[n], &r.vec(n, 1.0)));
+        }
+        let before = gptoss_cuda::cublas::gemm_calls();
+        let (g, c) = both(
+            &mut be,
+            &Op::Linear,
+            &ins,
+            &[(TensorDesc::new(DType::F32, [t, n]), None)],
+        );
+        let what = format!("cuBLAS linear t{t} n{n} k{k} bias {bias:?}");
+        assert_eq!(
+            gptoss_cuda::cublas::gemm_calls() - before,
+            1,
+            "{what}: one cuBLAS GEMM"
+        );
+        assert_close_bf16(&what, &to_f32(&g[0]), &to_f32(&c[0]));
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU (sm_90+; sm_80+ with GPTOSS_CUDA_FLAVOR=portable) and cuBLAS: run on the GPU machine with --ignored"]
+fn op_moe_dequantized_cublas_matches_cpu() {
+    let mut r = Rng(25);
+    // (tokens, hidden, intermediate, experts, k, skew): many pairs per expert, an expert with
+    // few (skew: expert 0 takes most), experts with none (4 tokens x 1 of 16 experts at T 64
+    // leaves some empty), hidden != intermediate both ways.
+    let cases = [
+        (512, 256, 256, 8, 4, false),
+        (64, 576, 640, 4, 2, false),
+        (200, 128, 96, 16, 4, true),
+        (64, 64, 128, 32, 1, false),
+    ];
+    let inputs: Vec<_> = cases
+        .iter()
+        .map(|&(t, h, i, e, k, skew)| moe_inputs(&mut r, (t, h, i, e, k), skew))
+        .collect();
+    let mut cpu = gptoss_backend_cpu::cpu_backend(2);
+    // cuBLAS, then our own grouped kernels on the same dequantized experts.
+    for cublas in [true, false] {
+        if !cublas {
+            std::env::set_var("GPTOSS_CUDA_NO_CUBLAS", "1");
+        }
+        let mut be = if cublas {
+            gpu_with_cublas()
+        } else {
+            gpu_dequantized()
+        };
+        std::env::remove_var("GPTOSS_CUDA_NO_CUBLAS");
+        assert_eq!(be.cublas().is_ok(), cublas, "{:?}", be.cublas());
+        for (&(t, h, i, e, k, _), ins) in cases.iter().zip(&inputs) {
+            let before = gptoss_cuda::cublas::gemm_calls();
+            let got = moe_with_loaded_experts(&mut be, ins, t, h);
+            let calls = gptoss_cuda::cublas::gemm_calls() - before;
+            let what = format!("dequantized moe t{t} h{h} i{i} e{e} k{k}, cuBLAS {cublas}");
+            // One GEMM per projection and expert with pairs.
+            if cublas {
+                assert!(calls >= 2 && calls <= 2 * e as u64, "{what}: {calls} GEMMs");
+            } else {
+                assert_eq!(calls, 0, "{what}: cuBLAS is off");
+            }
+            let out = [(TensorDesc::new(DType::F32, [t, h]), None)];
+            let want = to_f32(&run_op(&mut cpu, &MOE_OP, ins, &out).unwrap()[0]);
+            assert_close_bf16(&what, &got, &want);
+        }
     }
 }
 
@@ -681,49 +834,8 @@ fn fixtures_with_bf16_paths_forced_match_transformers() {
     let models: Vec<(&str, Model)> = FIXTURES.iter().map(|n| (*n, load(n))).collect();
     std::env::remove_var("GPTOSS_CUDA_MMA_MIN_T");
     for (name, mut model) in models {
-        let v = model.config.vocab_size;
+        check_bf16_prefill(&mut model, name, "bf16 paths");
         let r = Reference::load(name);
-        for (i, (prompt, want)) in r.prompts().into_iter().enumerate() {
-            let mut s = model.new_session(prompt.len()).unwrap();
-            let got = model.forward(&mut s, &prompt, LogitsWanted::All).unwrap();
-            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let bound = BF16_LOGIT_TOLERANCE * scale;
-            // A position counts as a near-tie when the reference's top logit is within this
-            // of the logit of the token we picked (tiny-b: 1 of 56 and 2 of 44 positions).
-            let tie = 0.06 * scale;
-            let mut diff = 0f32;
-            let mut flips = 0;
-            for (row, (a, b)) in got.chunks(v).zip(want.chunks(v)).enumerate() {
-                for (x, y) in a.iter().zip(b) {
-                    assert!(
-                        x.is_finite(),
-                        "{name} prompt {i}: non-finite logit at {row}"
-                    );
-                    diff = diff.max((x - y).abs());
-                }
-                // The argmax must agree unless the reference itself is a near-tie: its top
-                // logit within the bf16 bound of the one we picked.
-                let (ga, wa) = (
-                    gptoss_models::model::argmax(a),
-                    gptoss_models::model::argmax(b),
-                );
-                if ga != wa {
-                    flips += 1;
-                    assert!(
-                        b[wa] - b[ga] <= tie,
-                        "{name} prompt {i}: argmax {ga} vs {wa} at position {row}, reference \
-                         margin {} > {tie}",
-                        b[wa] - b[ga]
-                    );
-                }
-            }
-            eprintln!(
-                "{name} prompt {i} prefill, bf16 paths: max abs diff {diff:.3e} (max |logit| \
-                 {scale:.2}), argmax differs at {flips} near-tie positions of {}",
-                prompt.len()
-            );
-            assert!(diff < bound, "{name} prompt {i}: {diff} vs {bound}");
-        }
         // Greedy tokens are reported, not required equal: one near-tie flip changes the rest.
         let want = r.tokens("greedy_tokens");
         let got = model
@@ -735,6 +847,60 @@ fn fixtures_with_bf16_paths_forced_match_transformers() {
             want.len()
         );
     }
+}
+
+/// Prefill logits of every prompt of fixture `name` on the bf16 paths: equal argmax except at
+/// the reference's near-ties, logits within `BF16_LOGIT_TOLERANCE`. Returns the logits.
+fn check_bf16_prefill(model: &mut Model, name: &str, what: &str) -> Vec<Vec<f32>> {
+    let v = model.config.vocab_size;
+    let r = Reference::load(name);
+    let mut all = Vec::new();
+    for (i, (prompt, want)) in r.prompts().into_iter().enumerate() {
+        let mut s = model.new_session(prompt.len()).unwrap();
+        let got = model.forward(&mut s, &prompt, LogitsWanted::All).unwrap();
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let bound = BF16_LOGIT_TOLERANCE * scale;
+        // A position counts as a near-tie when the reference's top logit is within this
+        // of the logit of the token we picked (tiny-b: 1 of 56 and 2 of 44 positions).
+        let tie = 0.06 * scale;
+        let mut diff = 0f32;
+        let mut flips = 0;
+        for (row, (a, b)) in got.chunks(v).zip(want.chunks(v)).enumerate() {
+            for (x, y) in a.iter().zip(b) {
+                assert!(
+                    x.is_finite(),
+                    "{name} prompt {i} ({what}): non-finite logit at {row}"
+                );
+                diff = diff.max((x - y).abs());
+            }
+            // The argmax must agree unless the reference itself is a near-tie: its top
+            // logit within the bf16 bound of the one we picked.
+            let (ga, wa) = (
+                gptoss_models::model::argmax(a),
+                gptoss_models::model::argmax(b),
+            );
+            if ga != wa {
+                flips += 1;
+                assert!(
+                    b[wa] - b[ga] <= tie,
+                    "{name} prompt {i} ({what}): argmax {ga} vs {wa} at position {row}, \
+                         reference margin {} > {tie}",
+                    b[wa] - b[ga]
+                );
+            }
+        }
+        eprintln!(
+            "{name} prompt {i} prefill, {what}: max abs diff {diff:.3e} (max |logit| \
+                 {scale:.2}), argmax differs at {flips} near-tie positions of {}",
+            prompt.len()
+        );
+        assert!(
+            diff < bound,
+            "{name} prompt {i} ({what}): {diff} vs {bound}"
+        );
+        all.push(got);
+    }
+    all
 }
 
 fn load(name: &str) -> Model {
