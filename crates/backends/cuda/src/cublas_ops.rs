@@ -7,12 +7,13 @@
 //! row-major [n, k] is, column-major, `Y (n x t, ld n) = op(A) B` where A is W read as a k x n
 //! column-major matrix (ld k) transposed (OP_T) and B is x read as k x t (ld k, OP_N).
 //!
-//! CUDA graphs: a GEMM is recorded like a kernel launch (driver::CUBLAS_GEMM) and may be
-//! captured when a step repeats (a batched decode of >= GPTOSS_CUDA_MMA_MIN_T sequences takes
-//! the linear here); the handle has its own workspace, so a captured GEMM allocates nothing.
-//! The MoE needs each expert's pair count on the host, so it issues what the step recorded so
-//! far, synchronises once a layer and runs the rest of the step uncaptured (prefill-sized
-//! steps only; one-token decode steps never come here).
+//! CUDA graphs: a GEMM is recorded like a kernel launch (driver::CUBLAS_GEMM), so a step that
+//! repeats could be captured with it; the handle has its own workspace, so a captured GEMM
+//! would allocate nothing. In practice such steps are not captured: the MoE needs each
+//! expert's pair count on the host, so it issues what the step recorded so far, synchronises
+//! once a layer and runs the rest of the step directly. Only steps of >= GPTOSS_CUDA_MMA_MIN_T
+//! tokens come here (prefill, batched decode of that many sequences); one-token decode steps,
+//! the ones replayed as graphs, run the GEMV kernels.
 
 use gptoss_core::{Error, Result};
 
