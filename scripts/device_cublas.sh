@@ -6,7 +6,7 @@
 #                        -p gptoss-backend-cuda-mxfp4 -p gptoss-backend-cuda-bf16
 # Runs the cuBLAS and dequantized GPU tests on both flavours, then the 20b prefill/decode bench
 # with --dequantize through cuBLAS and through the own kernels (GPTOSS_CUDA_NO_CUBLAS=1), on the
-# same machine one after the other. Results go to $OUT.
+# same machine one after the other, one-sequence and batched. Results go to $OUT.
 set -uo pipefail
 OUT=${OUT:-/tmp/gptoss-out}
 mkdir -p "$OUT"
@@ -28,5 +28,10 @@ for off in 0 1; do
   GPTOSS_CUDA_NO_CUBLAS=$off timeout 400 ./dist/gptoss bench --backend cuda-bf16 \
     --synthetic 20b --prompt ${PROMPTS:-512,2048} --gen ${GEN:-16} --dequantize \
     2>&1 | tee "$OUT/bench-20b-dequantize-no-cublas-$off.txt" || status=1
+  # Batched decode steps of >= 16 sequences take cuBLAS too (and, for the MoE's host read, run
+  # without CUDA graphs): is that a win there as well?
+  GPTOSS_CUDA_NO_CUBLAS=$off timeout 400 ./dist/gptoss bench --backend cuda-bf16 \
+    --synthetic 20b --prompt 128 --gen 16 --batch 16,64 --dequantize \
+    2>&1 | tee "$OUT/bench-20b-dequantize-batched-no-cublas-$off.txt" || status=1
 done
 exit $status
