@@ -50,7 +50,8 @@ struct Api {
     set_stream: unsafe extern "C" fn(Handle, CUstream) -> Status,
     /// cublasSetWorkspace_v2 (cuBLAS 11.2+; older ones allocate their own).
     set_workspace: Option<unsafe extern "C" fn(Handle, *mut c_void, usize) -> Status>,
-    get_property: unsafe extern "C" fn(c_int, *mut c_int) -> Status,
+    /// cublasGetProperty (for the version in `describe`; optional, nothing depends on it).
+    get_property: Option<unsafe extern "C" fn(c_int, *mut c_int) -> Status>,
     #[allow(clippy::type_complexity)]
     gemm_ex: unsafe extern "C" fn(
         Handle,
@@ -210,7 +211,7 @@ fn bind(
             destroy: sym!("cublasDestroy_v2"),
             set_stream: sym!("cublasSetStream_v2"),
             set_workspace: opt!("cublasSetWorkspace_v2"),
-            get_property: sym!("cublasGetProperty"),
+            get_property: opt!("cublasGetProperty"),
             gemm_ex: sym!("cublasGemmEx"),
             status_string: opt!("cublasGetStatusString"),
             path,
@@ -297,10 +298,13 @@ pub fn gemm_calls() -> u64 {
 /// context on the first call of the process.
 pub fn describe() -> Result<String> {
     let api = api()?;
+    let Some(get) = api.get_property else {
+        return Ok(format!("cuBLAS ({})", api.path));
+    };
     let prop = |p: c_int| {
         let mut v: c_int = 0;
         // SAFETY: writes one int.
-        let s = unsafe { (api.get_property)(p, &mut v) };
+        let s = unsafe { get(p, &mut v) };
         if s == 0 {
             v
         } else {
