@@ -148,6 +148,9 @@ pub fn run_batch(
     ))
 }
 
+/// Tokens of the untimed warm-up prefill (at least the backends' many-token thresholds).
+const WARM_PREFILL: usize = 128;
+
 /// Prefill `prompt` random tokens, then decode `gen` tokens greedily, at batch 1.
 pub fn run(
     model: &mut Model,
@@ -157,13 +160,12 @@ pub fn run(
     seed: u64,
 ) -> Result<BenchResult> {
     let tokens = random_tokens(prompt, model.config.vocab_size, seed);
-    // Warm-up: compiles kernels, fills caches, without timing.
-    let mut warm = model.new_session(8)?;
-    model.forward(
-        &mut warm,
-        &tokens[..tokens.len().min(4)],
-        LogitsWanted::Last,
-    )?;
+    // Warm-up, untimed: compiles kernels, fills caches, and with up to WARM_PREFILL tokens
+    // also runs the many-token paths (tensor-core kernels, cuBLAS, whose first calls load
+    // code) that the timed prefill takes.
+    let warm_len = tokens.len().min(WARM_PREFILL);
+    let mut warm = model.new_session(warm_len + 1)?;
+    model.forward(&mut warm, &tokens[..warm_len], LogitsWanted::Last)?;
     model.forward(&mut warm, &[1], LogitsWanted::Last)?;
     model.free_session(warm)?;
 

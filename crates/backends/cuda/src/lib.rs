@@ -45,6 +45,12 @@ use gptoss_core::{Backend, BufferId, DType, Error, Graph, ProbeReport, Result, T
 use driver::{CUdeviceptr, Gpu};
 pub use kernels::{arch_for, portable_arch_for, portable_skip, ModuleOrigin};
 
+/// Tokens up to which the dequantized MoE runs as cuBLAS GEMMs per expert (H100, 20b shape,
+/// --dequantize, batched decode of 16 / 64 / 256 sequences: 595 / 2149 / 6653 tok/s through
+/// cuBLAS against 584 / 1545 / 4997 through the grouped kernel; a 512-token prefill took 2x
+/// longer through cuBLAS, a 2048-token one 13% longer).
+const CUBLAS_MOE_MAX_T: usize = 256;
+
 /// Which plugin the shared code runs as: its name, score rule and kernel targets.
 pub trait Flavor: Send + 'static {
     /// The backend name ("cuda-mxfp4", "cuda-bf16").
@@ -139,6 +145,10 @@ pub struct Cuda<F: Flavor> {
     /// (GPTOSS_CUDA_MMA_MIN_T, default 16: batched decode reads each weight once per step
     /// from there; 0 turns them off); tiled attention likewise.
     mma_min_t: usize,
+    /// The MoE of dequantized experts goes through cuBLAS up to this many tokens
+    /// (GPTOSS_CUDA_CUBLAS_MOE_MAX_T, default CUBLAS_MOE_MAX_T); above it the grouped
+    /// tensor-core kernel runs.
+    cublas_moe_max_t: usize,
     /// Rows a warp of the fast (few-token) MoE kernels takes at a time: 2 (held to 64
     /// registers, 4 blocks an SM), or 4 with GPTOSS_CUDA_MOE_ROWS=4.
     moe_rows: usize,
@@ -308,6 +318,10 @@ impl<F: Flavor> Cuda<F> {
                 .ok()
                 .and_then(|v| v.parse::<usize>().ok())
                 .map_or(16, |v| if v == 0 { usize::MAX } else { v }),
+            cublas_moe_max_t: std::env::var("GPTOSS_CUDA_CUBLAS_MOE_MAX_T")
+                .ok()
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(CUBLAS_MOE_MAX_T),
             moe_rows: match std::env::var("GPTOSS_CUDA_MOE_ROWS").as_deref() {
                 Ok("4") => 4,
                 _ => 2,

@@ -99,6 +99,19 @@ fn gemv_chunk(k: usize) -> usize {
 
 /// `gemv_bf16` over up to three weight matrices that read the same x [t, k] (q/k/v of a layer
 /// in one launch), in chunks of tokens.
+/// GEMV blocks a launch has at most per SM (GPTOSS_CUDA_GEMV_BLOCKS_PER_SM, default 4; the
+/// one-token kernel keeps 3 resident, so 4 leaves a partial second wave on large N).
+fn gemv_blocks_per_sm() -> u32 {
+    static N: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *N.get_or_init(|| {
+        std::env::var("GPTOSS_CUDA_GEMV_BLOCKS_PER_SM")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|n| *n > 0)
+            .unwrap_or(4)
+    })
+}
+
 pub(crate) fn gemv<F: Flavor>(
     be: &mut Cuda<F>,
     x: CUdeviceptr,
@@ -115,7 +128,7 @@ pub(crate) fn gemv<F: Flavor>(
     };
     let seg = |i: usize| segs.get(i).copied().unwrap_or(none);
     let rows: usize = segs.iter().map(|s| s.n).sum();
-    let grid = blocks(rows, WARPS as usize)?.min(be.gpu.info.sms * 4);
+    let grid = blocks(rows, WARPS as usize)?.min(be.gpu.info.sms * gemv_blocks_per_sm());
     let chunk = gemv_chunk(k);
     for t0 in (0..t).step_by(chunk) {
         let tc = chunk.min(t - t0);
@@ -531,9 +544,19 @@ pub fn run_node<F: Flavor>(
                 return Err(unsupported(format!("attention with head_dim {d} (> 256)")));
             }
             let w = *kv_heads as usize * d;
-            // Cache row of each token: its position.
-            let kv = [ip(1)?, ip(2)?, ip(4)?, op_(1)?, op_(2)?];
-            write_kv(be, kv, t, w, cap)?;
+            let split = be.fast
+                && d == 64
+                && t < TILED_ATTENTION_MIN_T
+                && *kv_heads > 0
+                && *heads % *kv_heads == 0
+                && be.kernels.has("attention_split");
+            // One token on the split kernel: it writes the token's k / v row itself.
+            let fold_kv = split && t == 1;
+            if !fold_kv {
+                // Cache row of each token: its position.
+                let kv = [ip(1)?, ip(2)?, ip(4)?, op_(1)?, op_(2)?];
+                write_kv(be, kv, t, w, cap)?;
+            }
             // Many queries: tiles of 64 queries share K/V tiles in shared memory (f32).
             if be.fast
                 && d == 64
@@ -571,13 +594,7 @@ pub fn run_node<F: Flavor>(
                 .div_ceil(t * *heads as usize)
                 .next_power_of_two()
                 .clamp(1, 16);
-            if be.fast
-                && d == 64
-                && t < TILED_ATTENTION_MIN_T
-                && *kv_heads > 0
-                && *heads % *kv_heads == 0
-                && be.kernels.has("attention_split")
-            {
+            if split {
                 let parts = t * *heads as usize * splits;
                 let pm = be.take_temp(parts * 4, "attention partial max")?;
                 let pl = be.take_temp(parts * 4, "attention partial sum")?;
@@ -603,6 +620,9 @@ pub fn run_node<F: Flavor>(
                             Arg::I32(i32_of(*window as usize, "window")?),
                             Arg::F32(*scale),
                             Arg::I32(i32_of(cap, "cache capacity")?),
+                            Arg::Ptr(if fold_kv { ip(1)? } else { 0 }),
+                            Arg::Ptr(if fold_kv { ip(2)? } else { 0 }),
+                            Arg::Ptr(be.err),
                         ],
                     )?;
                     let f = be.kernels.get("attention_merge")?;
@@ -959,7 +979,7 @@ pub(crate) fn run_moe<F: Flavor>(
     let grouped = be.fast && h % 32 == 0 && t >= be.mma_min_t && be.kernels.has("moe_route");
     // --dequantize: both projections held as bf16 rows (the `_bf16` kernels read them).
     let bf16 = be.bf16_experts.contains(&ip(3)?) && be.bf16_experts.contains(&ip(6)?);
-    if grouped && bf16 && be.gpu.has_cublas() {
+    if grouped && bf16 && be.gpu.has_cublas() && t <= be.cublas_moe_max_t {
         let y = be.take_temp(pairs * h * 4, "moe expert outputs")?;
         let experts = |w: usize, b: usize| -> Result<crate::cublas_ops::Experts> {
             Ok(crate::cublas_ops::Experts {

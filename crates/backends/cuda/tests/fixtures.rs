@@ -282,6 +282,45 @@ fn op_topk_softmax_matches_cpu() {
     check_op_topk_softmax_matches_cpu(&mut gpu());
 }
 
+/// One decode token on the split attention kernel, which writes the k/v cache row itself: a
+/// position past the cache is still an error naming both, and the backend stays usable.
+#[test]
+#[ignore = "needs an NVIDIA GPU (sm_90+; sm_70+ with GPTOSS_CUDA_FLAVOR=portable): run on the GPU machine with --ignored"]
+fn one_token_attention_reports_a_position_beyond_the_cache() {
+    let mut be = gpu();
+    let op = Op::Attention {
+        heads: 8,
+        kv_heads: 2,
+        head_dim: 64,
+        window: 0,
+        scale: 0.125,
+    };
+    let cache = TensorDesc::new(DType::F32, [4, 128]);
+    let e = run_op(
+        &mut be,
+        &op,
+        &[
+            f32_t(&[1, 512], &[0.1; 512]),
+            f32_t(&[1, 128], &[0.1; 128]),
+            f32_t(&[1, 128], &[0.1; 128]),
+            f32_t(&[8], &[0.0; 8]),
+            i32_t(&[1], &[4]),
+        ],
+        &[
+            (TensorDesc::new(DType::F32, [1, 512]), None),
+            (cache.clone(), Some(vec![0; cache.byte_size()])),
+            (cache.clone(), Some(vec![0; cache.byte_size()])),
+        ],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("position 4") && e.contains("capacity of 4"),
+        "{e}"
+    );
+    check_still_usable(&mut be);
+}
+
 /// Router Linear (bf16 weights, bias) then TopKSoftmax as one graph, the logits a temporary:
 /// returns (ids, weights) after `runs` executes of the same graph.
 fn router_graph(

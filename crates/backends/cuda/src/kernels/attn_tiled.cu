@@ -164,9 +164,20 @@ extern "C" __global__ void __launch_bounds__(128)
 // warp an online softmax over every 4th key of the block's chunk (lanes hold 2 dims each, four
 // keys in flight), the warps merged in the block, one partial (m, l, acc[64]) per block;
 // attention_merge combines the S partials with the sink. All f32.
+// With `knew` (one token, T = 1): this step's k / v rows (`knew`, `vnew`) are not in the
+// cache yet. Key p is read from them, and the block whose chunk holds p for the first query
+// head of each KV group writes them to cache row p (kv_write folded in: no block of this
+// launch reads that row from the cache); a position outside the cache is reported as
+// kv_write does.
+__device__ __forceinline__ const float* key_row(const float* cache, const float* fresh, int j,
+                                               int p, int W, i64 off) {
+    return (fresh && j == p) ? fresh + off : cache + (i64)j * W + off;
+}
+
 extern "C" __global__ void __launch_bounds__(128)
-    attention_split(const float* q, const float* kc, const float* vc, const int* pos, float* pm,
-                    float* pl, float* pacc, int NQ, int NKV, int window, float scale, int cap) {
+    attention_split(const float* q, float* kc, float* vc, const int* pos, float* pm, float* pl,
+                    float* pacc, int NQ, int NKV, int window, float scale, int cap,
+                    const float* knew, const float* vnew, int* err) {
     __shared__ float sm[4], sl[4];
     __shared__ __align__(16) float sacc[4][AT_D];
     const i64 t = blockIdx.x;
@@ -185,6 +196,17 @@ extern "C" __global__ void __launch_bounds__(128)
     const int chunk = (n + S - 1) / S;
     const int a = lo + si * chunk;
     const int b = min(hi, a + chunk - 1);
+    if (knew) {
+        // knew holds one row (T = 1), so t = 0 here.
+        const int G = NQ / NKV;
+        if (hi < 0 && h == 0 && si == 0 && threadIdx.x == 0)
+            report_error(err, ERR_POSITION, p, cap, (int)t);
+        if (hi >= 0 && a <= p && p <= b && h % G == 0 && threadIdx.x < AT_D) {
+            const i64 c = (i64)(h / G) * AT_D + threadIdx.x;
+            kc[(i64)p * W + c] = knew[c];
+            vc[(i64)p * W + c] = vnew[c];
+        }
+    }
     float q0 = 0.0f, q1 = 0.0f;
     if (hi >= 0) {
         const float* qh = q + (t * NQ + h) * AT_D + 2 * lane;
@@ -197,8 +219,8 @@ extern "C" __global__ void __launch_bounds__(128)
         float s4[4], v0[4], v1[4];
 #pragma unroll
         for (int u = 0; u < 4; u++) {
-            const float* kr = kc + (i64)(j + 4 * u) * W + off;
-            const float* vr = vc + (i64)(j + 4 * u) * W + off;
+            const float* kr = key_row(kc, knew, j + 4 * u, p, W, off);
+            const float* vr = key_row(vc, vnew, j + 4 * u, p, W, off);
             s4[u] = q0 * kr[0] + q1 * kr[1];
             v0[u] = vr[0];
             v1[u] = vr[1];
@@ -221,8 +243,8 @@ extern "C" __global__ void __launch_bounds__(128)
         m = mn;
     }
     for (; j <= b; j += 4) {
-        const float* kr = kc + (i64)j * W + off;
-        const float* vr = vc + (i64)j * W + off;
+        const float* kr = key_row(kc, knew, j, p, W, off);
+        const float* vr = key_row(vc, vnew, j, p, W, off);
         float s = warp_sum(q0 * kr[0] + q1 * kr[1]);
         float mn = fmaxf(m, s);
         float corr = expf(m - mn);
