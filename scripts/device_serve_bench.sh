@@ -10,7 +10,7 @@ G=./dist/gptoss
 M=${MODEL_DIR:-/tmp/gptoss-synth-20b}
 [ -f "$M/model.safetensors.index.json" ] || $G synth --preset 20b --out "$M" 2>&1 | tail -1
 $G serve --model "$M" --backend cuda-mxfp4 --port 8011 --max-batch ${MAX_BATCH:-256} \
-  --queue 1024 --prefill-chunk ${PREFILL_CHUNK:-256} --max-context 2048 --kv-cache-tokens ${KV_TOKENS:-500000} \
+  --queue 1024 --prefill-chunk ${PREFILL_CHUNK:-256} --max-context 2048 --kv-cache-tokens ${KV_TOKENS:-500000} ${SERVE_FLAGS:-} \
   > "$OUT/serve.log" 2>&1 &
 pid=$!
 for _ in $(seq 1 120); do

@@ -136,7 +136,13 @@ pub const FAMILIES: &[Family] = &[
     Family {
         name: "attn_tiled",
         source: include_str!("kernels/attn_tiled.cu"),
-        functions: &["attention_tiled", "attention_split", "attention_merge"],
+        functions: &[
+            "attention_tiled",
+            "attention_split",
+            "attention_merge",
+            "paged_tiles_uniform",
+            "attention_tiled_paged",
+        ],
         optional: true,
     },
     Family {

@@ -49,7 +49,7 @@ pub use kernels::{arch_for, portable_arch_for, portable_skip, ModuleOrigin};
 /// --dequantize, batched decode of 16 / 64 / 256 sequences: 595 / 2149 / 6653 tok/s through
 /// cuBLAS against 584 / 1545 / 4997 through the grouped kernel; a 512-token prefill took 2x
 /// longer through cuBLAS, a 2048-token one 13% longer).
-const CUBLAS_MOE_MAX_T: usize = 256;
+pub const CUBLAS_MOE_MAX_T: usize = 256;
 
 /// Which plugin the shared code runs as: its name, score rule and kernel targets.
 pub trait Flavor: Send + 'static {

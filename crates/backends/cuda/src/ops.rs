@@ -15,6 +15,8 @@ const MOE_BM: usize = 64;
 
 /// Tiled (shared K/V) attention from this many queries on.
 const TILED_ATTENTION_MIN_T: usize = 16;
+/// Rows of a tile of the tiled paged attention (PAGED_TILE in kernels/common.cuh).
+const PAGED_TILE: usize = 64;
 
 fn unsupported(what: String) -> Error {
     Error::Unsupported {
@@ -99,8 +101,9 @@ fn gemv_chunk(k: usize) -> usize {
 
 /// `gemv_bf16` over up to three weight matrices that read the same x [t, k] (q/k/v of a layer
 /// in one launch), in chunks of tokens.
-/// GEMV blocks a launch has at most per SM (GPTOSS_CUDA_GEMV_BLOCKS_PER_SM, default 4; the
-/// one-token kernel keeps 3 resident, so 4 leaves a partial second wave on large N).
+/// GEMV blocks a launch has at most per SM (GPTOSS_CUDA_GEMV_BLOCKS_PER_SM, default 3: what
+/// the one-token kernel keeps resident; 4 left a partial second wave on q/k/v, H100 20b decode
+/// 359.5 vs 361.1 / 361.8 tok/s).
 fn gemv_blocks_per_sm() -> u32 {
     static N: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     *N.get_or_init(|| {
@@ -108,7 +111,7 @@ fn gemv_blocks_per_sm() -> u32 {
             .ok()
             .and_then(|v| v.parse().ok())
             .filter(|n| *n > 0)
-            .unwrap_or(4)
+            .unwrap_or(3)
     })
 }
 
@@ -693,31 +696,103 @@ pub fn run_node<F: Flavor>(
             // Pool row of each token: its slot.
             let kv = [ip(1)?, ip(2)?, ip(5)?, op_(1)?, op_(2)?];
             write_kv(be, kv, t, w, rows)?;
-            // Decode rows of many sequences: (row, head) blocks fill the chip already.
-            let warps = if t * (*heads as usize) <= 4096 {
-                8u32
+            // Chunked prefill: tiles of PAGED_TILE rows of one sequence share K/V tiles in
+            // shared memory (attention_tiled_paged); the rows of the other tiles (sequence
+            // boundaries, decode rows) run in attention_paged, which skips the uniform ones.
+            let tiled = be.fast
+                && d == 64
+                && t >= TILED_ATTENTION_MIN_T
+                && *kv_heads > 0
+                && *heads % *kv_heads == 0
+                && be.kernels.has("attention_tiled_paged");
+            let tiles = t.div_ceil(PAGED_TILE);
+            let flags = if tiled {
+                Some(be.take_temp(tiles * 4, "paged attention tile flags")?)
             } else {
-                4u32
+                None
             };
-            let mut args = attention_args(ins[3], [ip(0)?, op_(1)?, op_(2)?, ip(3)?, ip(4)?])?;
-            args.extend([
-                Arg::Ptr(ip(6)?),
-                Arg::I32(i32_of(np, "pages per row")?),
-                Arg::I32(ps.trailing_zeros() as i32),
-                Arg::I32(i32_of(rows, "pool rows")?),
-                Arg::Ptr(op_(0)?),
-            ]);
-            args.extend(attention_shape_args(*heads, *kv_heads, d, *window, *scale)?);
-            args.push(Arg::Ptr(err));
-            let f = be.kernels.get("attention_paged")?;
-            be.gpu.launch(
-                "attention_paged",
-                f,
-                (blocks(t, 1)?, grid_y(*heads as usize)?, 1),
-                (32 * warps, 1, 1),
-                warps * d as u32 * 4,
-                &args,
-            )
+            let r = (|| -> Result<()> {
+                let table = [ip(4)?, ip(6)?];
+                let shape = [
+                    Arg::I32(i32_of(np, "pages per row")?),
+                    Arg::I32(ps.trailing_zeros() as i32),
+                ];
+                if let Some(flags) = flags {
+                    let f = be.kernels.get("paged_tiles_uniform")?;
+                    be.gpu.launch(
+                        "paged_tiles_uniform",
+                        f,
+                        (blocks(tiles, 1)?, 1, 1),
+                        (64, 1, 1),
+                        0,
+                        &[
+                            Arg::Ptr(table[0]),
+                            Arg::Ptr(table[1]),
+                            shape[0],
+                            shape[1],
+                            Arg::I32(i32_of(rows, "pool rows")?),
+                            Arg::I32(i32_of(t, "tokens")?),
+                            Arg::Ptr(flags),
+                        ],
+                    )?;
+                    let f = be.kernels.get("attention_tiled_paged")?;
+                    be.gpu.launch(
+                        "attention_tiled_paged",
+                        f,
+                        (blocks(tiles, 1)?, grid_y(*heads as usize)?, 1),
+                        (128, 1, 1),
+                        0,
+                        &[
+                            Arg::Ptr(ip(0)?),
+                            Arg::Ptr(op_(1)?),
+                            Arg::Ptr(op_(2)?),
+                            Arg::Ptr(ip(3)?),
+                            Arg::I32(float_code(ins[3])?),
+                            Arg::Ptr(table[0]),
+                            Arg::Ptr(table[1]),
+                            shape[0],
+                            shape[1],
+                            Arg::Ptr(flags),
+                            Arg::Ptr(op_(0)?),
+                            Arg::I32(i32_of(t, "tokens")?),
+                            Arg::I32(*heads as i32),
+                            Arg::I32(*kv_heads as i32),
+                            Arg::I32(i32_of(*window as usize, "window")?),
+                            Arg::F32(*scale),
+                        ],
+                    )?;
+                }
+                // Decode rows of many sequences: (row, head) blocks fill the chip already.
+                let warps = if t * (*heads as usize) <= 4096 {
+                    8u32
+                } else {
+                    4u32
+                };
+                let mut args = attention_args(ins[3], [ip(0)?, op_(1)?, op_(2)?, ip(3)?, ip(4)?])?;
+                args.extend([
+                    Arg::Ptr(ip(6)?),
+                    shape[0],
+                    shape[1],
+                    Arg::I32(i32_of(rows, "pool rows")?),
+                    Arg::Ptr(op_(0)?),
+                ]);
+                args.extend(attention_shape_args(*heads, *kv_heads, d, *window, *scale)?);
+                args.push(Arg::Ptr(err));
+                args.push(Arg::Ptr(flags.unwrap_or(0)));
+                let f = be.kernels.get("attention_paged")?;
+                be.gpu.launch(
+                    "attention_paged",
+                    f,
+                    (blocks(t, 1)?, grid_y(*heads as usize)?, 1),
+                    (32 * warps, 1, 1),
+                    warps * d as u32 * 4,
+                    &args,
+                )
+            })();
+            if let Some(f) = flags {
+                be.give_temp(tiles * 4, f);
+            }
+            r
         }
         Op::GatherRows => {
             want_f32(ins[0])?;

@@ -351,6 +351,12 @@ fn long_context_attention_splits_match_cpu() {
     );
 }
 
+/// Chunked prefill of several sequences over paged pools.
+#[test]
+fn paged_prefill_chunk_matches_cpu() {
+    check_paged_prefill_chunk_matches_cpu(&mut gpu());
+}
+
 /// Paged attention over long page tables (split keys), rows of different sequences with
 /// shuffled pages.
 #[test]

@@ -16,20 +16,6 @@ extern "C" __global__ void kv_write(const float* k, const float* v, const int* p
     }
 }
 
-// Key position j of row t -> cache row: the position itself (one sequence's cache) ...
-struct ContiguousRows {
-    __device__ __forceinline__ i64 operator()(int j) const { return j; }
-};
-
-// ... or its page's row in a pool shared by several sequences (pages: row t's page table).
-struct PagedRows {
-    const int* pages;
-    int shift, mask;  // page_size = 1 << shift
-    __device__ __forceinline__ i64 operator()(int j) const {
-        return ((i64)pages[j >> shift] << shift) + (j & mask);
-    }
-};
-
 // One block per (token, query head); each warp runs an online softmax over a strided subset of
 // the visible keys (lanes split the head dimension), then the warps and the sink are combined.
 // Dynamic shared memory: (blockDim.x / 32) * D floats. `valid`: the row's position passed the
@@ -158,8 +144,10 @@ extern "C" __global__ void attention_paged(const float* q, const float* kc, cons
                                            const void* sinks, int sdt, const int* pos,
                                            const int* pages, int P, int shift, int rows,
                                            float* o, int NQ, int NKV, int D, int window,
-                                           float scale, int* err) {
+                                           float scale, int* err, const int* tile_flags) {
     i64 t = blockIdx.x;
+    // Rows of uniform tiles ran in attention_tiled_paged (tile_flags: paged_tiles_uniform).
+    if (tile_flags && tile_flags[t / PAGED_TILE]) return;
     int p = pos[t];
     const int* table = pages + t * P;
     bool valid = p >= 0 && (p >> shift) < P;

@@ -5,14 +5,17 @@
 // shared memory feeds both); online softmax over chunks of 8 keys, all f32 (same math as
 // `attention`, another summation order). The sink enters the denominator only.
 #define AT_QP 2
-#define AT_Q (32 * AT_QP)
+#define AT_Q (32 * AT_QP)  // = PAGED_TILE
 #define AT_K 64
 #define AT_D 64
 
-extern "C" __global__ void __launch_bounds__(128)
-    attention_tiled(const float* q, const float* kc, const float* vc, const void* sinks, int sdt,
-                    const int* pos, float* o, int T, int NQ, int NKV, int window, float scale,
-                    int cap) {
+// The tile's work; `rows_of` maps a key position to its cache row (the tile's queries all read
+// the same rows: one sequence); a query's position must be below `cap`.
+template <class Rows>
+__device__ __forceinline__ void attention_tile(const float* q, const float* kc, const float* vc,
+                                               const void* sinks, int sdt, const int* pos,
+                                               float* o, int T, int NQ, int NKV, int window,
+                                               float scale, int cap, Rows rows_of) {
     __shared__ __align__(16) float Ks[AT_K][AT_D];
     __shared__ __align__(16) float Vs[AT_K][AT_D];
     __shared__ int range[2];
@@ -68,8 +71,9 @@ extern "C" __global__ void __launch_bounds__(128)
             int j = k0 + rr;
             F4 kv = F4{0.0f, 0.0f, 0.0f, 0.0f}, vv = kv;
             if (j <= khi) {
-                kv = *(const F4*)(kc + (i64)j * W + off + c);
-                vv = *(const F4*)(vc + (i64)j * W + off + c);
+                const i64 row = rows_of(j);
+                kv = *(const F4*)(kc + row * W + off + c);
+                vv = *(const F4*)(vc + row * W + off + c);
             }
             *(F4*)&Ks[rr][c] = kv;
             *(F4*)&Vs[rr][c] = vv;
@@ -157,6 +161,63 @@ extern "C" __global__ void __launch_bounds__(128)
 #pragma unroll
         for (int d = 0; d < 16; d++) out[d] = acc[r][d] * f;
     }
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+    attention_tiled(const float* q, const float* kc, const float* vc, const void* sinks, int sdt,
+                    const int* pos, float* o, int T, int NQ, int NKV, int window, float scale,
+                    int cap) {
+    attention_tile(q, kc, vc, sinks, sdt, pos, o, T, NQ, NKV, window, scale, cap,
+                   ContiguousRows{});
+}
+
+// ---- Paged pools (chunked prefill of several sequences in one step): a tile of 64 rows is
+// "uniform" when every row's position is valid and its page table agrees with the tile's first
+// row's over the pages it reads (one sequence: the same key rows). attention_tiled_paged runs
+// the uniform tiles through the first row's table; attention_paged runs the rows of the
+// others (sequence boundaries, decode rows of many sequences) and reports bad positions.
+
+// A row's position is valid in a paged pool: its page exists and lies inside the pool.
+__device__ __forceinline__ bool paged_row_valid(int p, const int* table, int P, int shift,
+                                                int rows) {
+    if (p < 0 || (p >> shift) >= P) return false;
+    const int last = table[p >> shift];
+    return last >= 0 && (((i64)last + 1) << shift) <= rows;
+}
+
+// grid (tiles), 64 threads: flags[tile] = 1 if the tile of AT_Q rows is uniform.
+extern "C" __global__ void __launch_bounds__(64)
+    paged_tiles_uniform(const int* pos, const int* pages, int P, int shift, int rows, int T,
+                        int* flags) {
+    const i64 t0 = (i64)blockIdx.x * AT_Q;
+    const int* first = pages + t0 * P;
+    bool ok = true;
+    for (int r = threadIdx.x; r < AT_Q; r += blockDim.x) {
+        const i64 t = t0 + r;
+        if (t >= T) continue;
+        const int* table = pages + t * P;
+        const int p = pos[t];
+        if (!paged_row_valid(p, table, P, shift, rows)) {
+            ok = false;
+            continue;
+        }
+        for (int i = 0; i <= (p >> shift) && ok; i++) ok = table[i] == first[i];
+    }
+    ok = __syncthreads_and(ok);
+    if (threadIdx.x == 0) flags[blockIdx.x] = ok;
+}
+
+// grid (tiles, NQ), 128 threads: the uniform tiles (flags) as attention_tiled does, key rows
+// through the first row's page table.
+extern "C" __global__ void __launch_bounds__(128)
+    attention_tiled_paged(const float* q, const float* kc, const float* vc, const void* sinks,
+                          int sdt, const int* pos, const int* pages, int P, int shift,
+                          const int* flags, float* o, int T, int NQ, int NKV, int window,
+                          float scale) {
+    if (!flags[blockIdx.x]) return;
+    const int* first = pages + (i64)blockIdx.x * AT_Q * P;
+    attention_tile(q, kc, vc, sinks, sdt, pos, o, T, NQ, NKV, window, scale, 0x7fffffff,
+                   PagedRows{first, shift, (1 << shift) - 1});
 }
 
 // ---- Few queries (decode), head_dim 64: the visible keys split over S blocks per (token,

@@ -128,3 +128,21 @@ __device__ __forceinline__ float dot8_bf16(W4 w, F4 a, F4 b, float acc) {
     return acc;
 }
 
+
+// Rows of a tile of the tiled paged attention (attn_tiled.cu's AT_Q), which attention_paged
+// leaves to it when the tile is uniform.
+#define PAGED_TILE 64
+
+// Key position j of row t -> cache row: the position itself (one sequence's cache) ...
+struct ContiguousRows {
+    __device__ __forceinline__ i64 operator()(int j) const { return j; }
+};
+
+// ... or its page's row in a pool shared by several sequences (pages: row t's page table).
+struct PagedRows {
+    const int* pages;
+    int shift, mask;  // page_size = 1 << shift
+    __device__ __forceinline__ i64 operator()(int j) const {
+        return ((i64)pages[j >> shift] << shift) + (j & mask);
+    }
+};
