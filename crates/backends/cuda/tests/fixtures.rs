@@ -604,7 +604,7 @@ fn tensor_core_family_matches_the_target() {
 #[test]
 #[ignore = "needs an NVIDIA GPU (sm_90+; sm_70+ with GPTOSS_CUDA_FLAVOR=portable): run on the GPU machine with --ignored"]
 fn op_moe_large_t_extreme_scales_match_cpu() {
-    // MXFP4 scales outside f16's range (2^-17..2^-13 for gate_up, 2^14..2^19 for down): the f16
+    // MXFP4 scales outside f16's range (2^-19..2^-15 for gate_up, 2^14..2^19 for down): the f16
     // build decodes them clamped and applies the rest to the partial sums; the bf16 build
     // holds them exactly. x is scaled up so the gate/up products stay O(1) (SwiGLU does not
     // clamp them away) while staying inside f16's range.
