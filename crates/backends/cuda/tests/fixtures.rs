@@ -610,7 +610,12 @@ fn op_moe_large_t_extreme_scales_match_cpu() {
     // clamp them away) while staying inside f16's range.
     let mut be = gpu();
     let mut r = Rng(26);
-    for (t, h, i, e, k) in [(128, 256, 256, 8, 4), (64, 576, 640, 4, 2)] {
+    // 512 x 4 of 8 experts: 128-pair tiles; 128 x 4: 64-pair tiles; 576 / 640: N tails.
+    for (t, h, i, e, k) in [
+        (512, 256, 256, 8, 4),
+        (128, 256, 256, 8, 4),
+        (64, 576, 640, 4, 2),
+    ] {
         let mut ins = moe_inputs(&mut r, (t, h, i, e, k), false);
         ins[0] = f32_t(&[t, h], &r.vec(t * h, 4096.0));
         for s in ins[4].1.iter_mut() {
