@@ -916,3 +916,25 @@ impl<F: Flavor> PluginBackend for Cuda<F> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::dequantize_refusal;
+
+    #[test]
+    fn dequantize_refusal_says_why_per_generation() {
+        let turing = dequantize_refusal("Tesla T4 (sm_75)", "compute_75", (7, 5));
+        assert!(
+            turing.contains("f16 operands") && turing.contains("Tesla T4"),
+            "{turing}"
+        );
+        let volta = dequantize_refusal("Tesla V100 (sm_70)", "compute_70", (7, 0));
+        assert!(volta.contains("no tensor-core kernels"), "{volta}");
+        let failed = dequantize_refusal("A100 (sm_80)", "compute_80", (8, 0));
+        assert!(failed.contains("did not compile"), "{failed}");
+        for m in [turing, volta, failed] {
+            assert!(m.starts_with("--dequantize needs bf16 tensor cores"), "{m}");
+            assert!(m.ends_with("drop --dequantize"), "{m}");
+        }
+    }
+}
