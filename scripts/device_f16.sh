@@ -8,7 +8,8 @@
 # Turing's PTX, JIT-compiled for this GPU), as compute_80 (bf16, regression) and with the
 # cuda-mxfp4 flavor (regression). PART=bench: 20b prefill as compute_75 with the f16 tensor
 # cores, as compute_75 on the f32 kernels (GPTOSS_CUDA_MMA_MIN_T=0: what sm_75 ran before) and as
-# compute_80 (bf16), one after the other on this machine. Default: both. Results go to $OUT.
+# compute_80 (bf16), one after the other on this machine. PART=compute_75, compute_80 or mxfp4:
+# one test run only (each fits one 600 s device call). Default: all. Results go to $OUT.
 set -uo pipefail
 OUT=${OUT:-/tmp/gptoss-out}
 PART=${PART:-all}
@@ -33,13 +34,18 @@ run_tests() { # name, env..., -- tests
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
   grep -E "^test result|FAILED|panicked" "$OUT/tests-$name.txt" | tee -a "$OUT/summary.txt"
 }
-if [ "$PART" = all ] || [ "$PART" = tests ]; then
+part() { [ "$PART" = all ] || [ "$PART" = "$1" ] || { [ "$PART" = tests ] && [ "$2" = test ]; }; }
+if part compute_75 test; then
   run_tests compute_75 GPTOSS_CUDA_FLAVOR=portable GPTOSS_CUDA_PORTABLE_ARCH=compute_75 -- $TESTS
+fi
+if part compute_80 test; then
   run_tests compute_80 GPTOSS_CUDA_FLAVOR=portable GPTOSS_CUDA_PORTABLE_ARCH=compute_80 -- \
     $TESTS $BF16_TESTS
+fi
+if part mxfp4 test; then
   run_tests mxfp4 GPTOSS_CUDA_FLAVOR=mxfp4 -- $TESTS $BF16_TESTS
 fi
-if [ "$PART" = all ] || [ "$PART" = bench ]; then
+if part bench bench; then
   bench() { # name, env...
     local name=$1; shift
     env "$@" timeout 240 ./dist/gptoss bench --backend cuda-bf16 --synthetic 20b \

@@ -115,7 +115,7 @@ pub fn portable_target(cc: (u32, u32)) -> Result<(String, (u32, u32))> {
 
 /// Why --dequantize cannot run for `arch` (built for `target_cc`) on `device`.
 fn dequantize_refusal(device: &str, arch: &str, target_cc: (u32, u32)) -> String {
-    let why = if target_cc >= (7, 5) && target_cc < (8, 0) {
+    let why = if ((7, 5)..(8, 0)).contains(&target_cc) {
         "its experts are expanded to bf16, and the tensor cores here take f16 operands \
          (bf16 needs sm_80; an expert value times its scale can leave f16's range)"
     } else if target_cc < (7, 5) {
