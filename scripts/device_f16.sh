@@ -13,6 +13,7 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/gptoss-out}
 PART=${PART:-all}
+DIST=${DIST:-dist}  # another folder of the same files, e.g. DIST=dist-f16 beside the lead's dist/
 mkdir -p "$OUT"
 export XDG_CACHE_HOME=${XDG_CACHE_HOME:-/tmp/gptoss-cache}
 export GPTOSS_FIXTURES=tests/fixtures
@@ -29,7 +30,7 @@ run_tests() { # name, env..., -- tests
   local name=$1; shift
   local envs=()
   while [ "$1" != "--" ]; do envs+=("$1"); shift; done; shift
-  env "${envs[@]}" timeout 300 ./dist/cuda-fixtures --ignored --exact "$@" --test-threads=1 \
+  env "${envs[@]}" timeout 300 "$DIST/cuda-fixtures" --ignored --exact "$@" --test-threads=1 \
     --nocapture 2>&1 | tee "$OUT/tests-$name.txt"
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
   grep -E "^test result|FAILED|panicked" "$OUT/tests-$name.txt" | tee -a "$OUT/summary.txt"
@@ -48,7 +49,7 @@ fi
 if part bench bench; then
   bench() { # name, env...
     local name=$1; shift
-    env "$@" timeout 240 ./dist/gptoss bench --backend cuda-bf16 --synthetic 20b \
+    env "$@" timeout 240 "$DIST/gptoss" bench --backend cuda-bf16 --synthetic 20b \
       --prompt ${PROMPTS:-512,2048} --gen ${GEN:-8} 2>&1 | tee "$OUT/bench-$name.txt"
     [ "${PIPESTATUS[0]}" = 0 ] || status=1
   }
