@@ -19,7 +19,16 @@ pub struct Family {
     /// A fast path with a fallback: when it does not compile, the error (the full NVRTC log)
     /// goes to stderr and the ops use their other kernels.
     pub optional: bool,
+    /// NVRTC options of this family besides the target ("-DMMA_F16").
+    pub defines: &'static [&'static str],
 }
+
+/// The tensor-core family with bf16 operands (sm_80+).
+pub const MMA_BF16: &str = "mma";
+/// The same source with f16 operands (`-DMMA_F16`), for Turing (sm_75..sm_79): f16 tensor
+/// cores (mma.sync m16n8k8) but no bf16 ones. Holds the bf16 family's kernels except the
+/// --dequantize and cuBLAS ones, under the same names.
+pub const MMA_F16: &str = "mma_f16";
 
 pub const FAMILIES: &[Family] = &[
     Family {
@@ -27,36 +36,42 @@ pub const FAMILIES: &[Family] = &[
         source: include_str!("kernels/embed.cu"),
         functions: &["embed"],
         optional: false,
+        defines: &[],
     },
     Family {
         name: "rms_norm",
         source: include_str!("kernels/rms_norm.cu"),
         functions: &["rms_norm"],
         optional: false,
+        defines: &[],
     },
     Family {
         name: "linear",
         source: include_str!("kernels/linear.cu"),
         functions: &["linear_f32", "linear_bf16", "linear_f16"],
         optional: false,
+        defines: &[],
     },
     Family {
         name: "gemv",
         source: include_str!("kernels/gemv.cu"),
         functions: &["gemv_bf16", "gemv_bf16_t1"],
         optional: false,
+        defines: &[],
     },
     Family {
         name: "rope",
         source: include_str!("kernels/rope.cu"),
         functions: &["rope"],
         optional: false,
+        defines: &[],
     },
     Family {
         name: "attention",
         source: include_str!("kernels/attention.cu"),
         functions: &["kv_write", "attention", "attention_paged"],
         optional: false,
+        defines: &[],
     },
     Family {
         name: "topk_softmax",
@@ -68,6 +83,7 @@ pub const FAMILIES: &[Family] = &[
             "router_topk_spread",
         ],
         optional: false,
+        defines: &[],
     },
     Family {
         name: "moe",
@@ -84,6 +100,7 @@ pub const FAMILIES: &[Family] = &[
             "moe_down_bf16",
         ],
         optional: false,
+        defines: &[],
     },
     Family {
         name: "elementwise",
@@ -97,15 +114,17 @@ pub const FAMILIES: &[Family] = &[
             "gather_rows",
         ],
         optional: false,
+        defines: &[],
     },
     Family {
         name: "argmax",
         source: include_str!("kernels/argmax.cu"),
         functions: &["argmax_rows"],
         optional: false,
+        defines: &[],
     },
     Family {
-        name: "mma",
+        name: MMA_BF16,
         source: include_str!("kernels/mma.cu"),
         functions: &[
             "gemm_bf16",
@@ -126,12 +145,28 @@ pub const FAMILIES: &[Family] = &[
             "moe_scatter_bias",
         ],
         optional: true,
+        defines: &[],
+    },
+    Family {
+        name: MMA_F16,
+        source: include_str!("kernels/mma.cu"),
+        functions: &[
+            "gemm_bf16",
+            "moe_route",
+            "moe_gate_up_mma",
+            "moe_down_mma",
+            "moe_gate_up_mma128",
+            "moe_down_mma128",
+        ],
+        optional: true,
+        defines: &["-DMMA_F16"],
     },
     Family {
         name: "argmax_fast",
         source: include_str!("kernels/argmax_fast.cu"),
         functions: &["argmax_partial", "argmax_final"],
         optional: true,
+        defines: &[],
     },
     Family {
         name: "attn_tiled",
@@ -144,12 +179,14 @@ pub const FAMILIES: &[Family] = &[
             "attention_tiled_paged",
         ],
         optional: true,
+        defines: &[],
     },
     Family {
         name: "decode",
         source: include_str!("kernels/decode.cu"),
         functions: &["add_rms_norm", "moe_combine_add_norm", "rope_pairs"],
         optional: true,
+        defines: &[],
     },
 ];
 
@@ -166,15 +203,36 @@ pub fn portable_arch_for(cc: (u32, u32)) -> String {
     format!("compute_{}{}", cc.0, cc.1)
 }
 
-/// The kernel families the portable flavor leaves out on a target: the tensor-core family
-/// (mma.sync m16n8k16 with bf16 operands, ldmatrix) needs sm_80, so sm_70/sm_75 run the
+/// The kernel families the portable flavor leaves out on a target: one tensor-core family is
+/// built, with bf16 operands (mma.sync m16n8k16 .bf16) from sm_80, with f16 operands
+/// (m16n8k8 .f16, ldmatrix) on sm_75..sm_79; sm_70 (Volta: no m16n8k8) runs the
 /// f32-accumulating CUDA-core kernels only.
 pub fn portable_skip(cc: (u32, u32)) -> &'static [&'static str] {
-    if cc < (8, 0) {
-        &["mma"]
+    if cc >= (8, 0) {
+        &[MMA_F16]
+    } else if cc >= (7, 5) {
+        &[MMA_BF16]
     } else {
-        &[]
+        &[MMA_BF16, MMA_F16]
     }
+}
+
+/// The families the cuda-mxfp4 flavor (sm_90+) leaves out: the f16 tensor-core build.
+pub const MXFP4_SKIP: &[&str] = &[MMA_F16];
+
+/// NVRTC options for `family` on `arch`.
+pub fn compile_options(arch: &str, family: &Family) -> Vec<String> {
+    let mut options = vec![
+        format!("--gpu-architecture={arch}"),
+        "-lineinfo".to_string(),
+    ];
+    options.extend(family.defines.iter().map(|d| d.to_string()));
+    options
+}
+
+/// The family named `name`.
+pub fn family(name: &str) -> Option<&'static Family> {
+    FAMILIES.iter().find(|f| f.name == name)
 }
 
 /// How one family's module was obtained.
@@ -209,16 +267,12 @@ impl Kernels {
             .iter()
             .filter(|f| !skip.contains(&f.name))
             .collect();
-        let options = vec![
-            format!("--gpu-architecture={arch}"),
-            "-lineinfo".to_string(),
-        ];
         let dir = cache_dir().map(|d| d.join(backend()));
         let key = |f: &Family| {
             fnv64(&[
                 COMMON.as_bytes(),
                 f.source.as_bytes(),
-                options.join(" ").as_bytes(),
+                compile_options(&arch, f).join(" ").as_bytes(),
             ])
         };
         let path_of = |f: &Family| {
@@ -263,10 +317,10 @@ impl Kernels {
             let handles: Vec<_> = missing
                 .iter()
                 .map(|f| {
-                    let (nvrtc, options) = (&nvrtc, &options);
+                    let (nvrtc, options) = (&nvrtc, compile_options(&arch, f));
                     s.spawn(move || {
                         let src = format!("{COMMON}\n{}", f.source);
-                        nvrtc.compile(&format!("{}.cu", f.name), &src, options)
+                        nvrtc.compile(&format!("{}.cu", f.name), &src, &options)
                     })
                 })
                 .collect();

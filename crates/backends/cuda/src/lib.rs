@@ -4,8 +4,9 @@
 //!   kernels built for the arch-specific target (sm_90a, sm_100a, sm_120a).
 //! - [`Portable`] (plugin `cuda-bf16`, crates/backends/cuda-bf16): Volta to Ada (sm_70..sm_89),
 //!   kernels built as PTX for the device's virtual architecture (compute_XY), so nothing newer
-//!   than the device slips in; the tensor-core family (mma.sync bf16, sm_80) is left out on
-//!   sm_70/sm_75. Experts stay MXFP4 and are dequantized inside the kernels (W4A16).
+//!   than the device slips in; the tensor-core family takes bf16 operands from sm_80, f16
+//!   operands on sm_75..sm_79 (Turing), and is left out on sm_70 (Volta). Experts stay MXFP4
+//!   and are dequantized inside the kernels (W4A16).
 //!
 //! This crate is an rlib only; each plugin crate exports its flavor with `export_backend!`
 //! (two rlibs exporting the entry symbol would collide in one cdylib).
@@ -43,7 +44,10 @@ use gptoss_core::rope::RopeParams;
 use gptoss_core::{Backend, BufferId, DType, Error, Graph, ProbeReport, Result, TensorDesc};
 
 use driver::{CUdeviceptr, Gpu};
-pub use kernels::{arch_for, portable_arch_for, portable_skip, ModuleOrigin};
+pub use kernels::{
+    arch_for, compile_options, family, portable_arch_for, portable_skip, Family, ModuleOrigin,
+    MMA_BF16, MMA_F16,
+};
 
 /// Tokens up to which the dequantized MoE runs as cuBLAS GEMMs per expert (H100, 20b shape,
 /// --dequantize, batched decode of 16 / 64 / 256 sequences: 595 / 2149 / 6653 tok/s through
@@ -107,6 +111,22 @@ pub fn portable_target(cc: (u32, u32)) -> Result<(String, (u32, u32))> {
         }
         _ => Ok((portable_arch_for(cc), cc)),
     }
+}
+
+/// Why --dequantize cannot run for `arch` (built for `target_cc`) on `device`.
+fn dequantize_refusal(device: &str, arch: &str, target_cc: (u32, u32)) -> String {
+    let why = if ((7, 5)..(8, 0)).contains(&target_cc) {
+        "its experts are expanded to bf16, and the tensor cores here take f16 operands \
+         (bf16 needs sm_80; an expert value times its scale can leave f16's range)"
+    } else if target_cc < (7, 5) {
+        "there are no tensor-core kernels for this target (sm_75 or newer)"
+    } else {
+        "the bf16 tensor-core kernels did not compile (see the NVRTC log above)"
+    };
+    format!(
+        "--dequantize needs bf16 tensor cores (sm_80 or newer) on {device} ({arch} kernels): \
+         {why}; the MXFP4 experts run as they are: drop --dequantize"
+    )
 }
 
 struct DevBuf {
@@ -279,7 +299,7 @@ impl<F: Flavor> Cuda<F> {
             let (arch, target) = portable_target(cc)?;
             (arch, portable_skip(target), target)
         } else {
-            (arch_for(cc), &[][..], cc)
+            (arch_for(cc), kernels::MXFP4_SKIP, cc)
         };
         let kernels = kernels::Kernels::load(&gpu, &arch, skip)?;
         let err = gpu
@@ -337,20 +357,16 @@ impl<F: Flavor> Cuda<F> {
             gpu,
             _flavor: PhantomData,
         };
-        // Below sm_80 there are no bf16 tensor cores: the mma family is not loaded, so the
-        // tensor-core linear/MoE/attention paths stay off whatever GPTOSS_CUDA_MMA_MIN_T says.
+        // Without a tensor-core family (sm_70, or its compile failed) the large-T linear and
+        // MoE stay on the f32 kernels whatever GPTOSS_CUDA_MMA_MIN_T says.
         let mut me = me;
-        if target_cc < (8, 0) {
+        if !me.kernels.has("gemm_bf16") {
             me.mma_min_t = usize::MAX;
         }
         if me.dequantize && !me.kernels.has("moe_dequant_bf16") {
             return Err(Error::backend(
                 F::NAME,
-                format!(
-                    "--dequantize needs bf16 tensor cores (sm_80 or newer); {} runs the MXFP4 \
-                     experts as they are: drop --dequantize",
-                    me.device_name()
-                ),
+                dequantize_refusal(&me.device_name(), &arch, target_cc),
             ));
         }
         me.cublas = me.open_cublas(env_on("GPTOSS_CUDA_NO_CUBLAS"));
@@ -898,5 +914,27 @@ impl<F: Flavor> PluginBackend for Cuda<F> {
                 format!("the CUDA driver could not be used: {msg}"),
             ))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dequantize_refusal;
+
+    #[test]
+    fn dequantize_refusal_says_why_per_generation() {
+        let turing = dequantize_refusal("Tesla T4 (sm_75)", "compute_75", (7, 5));
+        assert!(
+            turing.contains("f16 operands") && turing.contains("Tesla T4"),
+            "{turing}"
+        );
+        let volta = dequantize_refusal("Tesla V100 (sm_70)", "compute_70", (7, 0));
+        assert!(volta.contains("no tensor-core kernels"), "{volta}");
+        let failed = dequantize_refusal("A100 (sm_80)", "compute_80", (8, 0));
+        assert!(failed.contains("did not compile"), "{failed}");
+        for m in [turing, volta, failed] {
+            assert!(m.starts_with("--dequantize needs bf16 tensor cores"), "{m}");
+            assert!(m.ends_with("drop --dequantize"), "{m}");
+        }
     }
 }

@@ -24,6 +24,10 @@
 //! 2^-9 / sqrt(3) per term, uncorrelated, so the output NMSE is ~1e-6 per rounded operand
 //! (the MoE rounds twice: x, then the SwiGLU activations). Per-op checks at T >= 64 use
 //! `assert_close_bf16`: NMSE <= 1e-4 and max abs <= 3e-2 of the largest reference magnitude.
+//! Under compute_75..79 (`GPTOSS_CUDA_PORTABLE_ARCH=compute_75`: Turing's f16 tensor cores) the
+//! same kernels round to f16 instead (11 significant bits, relative error <= 2^-12; bf16
+//! weights are exact in f16 within 2^-17..65504, MXFP4 is exact after the scale split of
+//! mma.cu), so the same bounds hold with room to spare.
 //! The tiny fixtures (T <= 56) run the f32 paths by default (same bounds as before); one test
 //! forces the bf16 paths at every T (`GPTOSS_CUDA_MMA_MIN_T=1`) and requires equal argmax
 //! wherever the reference is not a near-tie (its top logit within 6% of the largest logit of
@@ -34,7 +38,10 @@
 use gptoss_core::graph::{Graph, Op, ValueKind};
 use gptoss_core::plugin::{PluginBackend, PluginOptions};
 use gptoss_core::{Backend, BufferId, DType, ProbeReport, Result, TensorDesc};
-use gptoss_cuda::{arch_for, nvrtc::fnv64, CudaBf16, CudaMxfp4, ModuleOrigin};
+use gptoss_cuda::{
+    arch_for, compile_options, family, nvrtc::fnv64, CudaBf16, CudaMxfp4, ModuleOrigin, MMA_BF16,
+    MMA_F16,
+};
 use gptoss_e2e::backend_check::*;
 use gptoss_e2e::{check_fixture_prompts, fixture_dir, Reference, FIXTURES};
 use gptoss_models::{LogitsWanted, Model};
@@ -228,13 +235,55 @@ fn arch_targets_and_cache_keys() {
     assert_eq!(arch_for((8, 6)), "sm_86");
     assert_eq!(gptoss_cuda::portable_arch_for((8, 6)), "compute_86");
     assert_eq!(gptoss_cuda::portable_arch_for((7, 0)), "compute_70");
-    // No bf16 tensor cores before sm_80: the mma family is left out there only.
-    assert_eq!(gptoss_cuda::portable_skip((7, 5)), &["mma"]);
-    assert!(gptoss_cuda::portable_skip((8, 0)).is_empty());
+    // One tensor-core family a target: bf16 operands from sm_80, f16 on Turing, none on Volta.
+    assert_eq!(gptoss_cuda::portable_skip((8, 0)), &[MMA_F16]);
+    assert_eq!(gptoss_cuda::portable_skip((8, 9)), &[MMA_F16]);
+    assert_eq!(gptoss_cuda::portable_skip((7, 5)), &[MMA_BF16]);
+    assert_eq!(gptoss_cuda::portable_skip((7, 0)), &[MMA_BF16, MMA_F16]);
     // FNV-1a must not change between builds: cached kernels are found by it.
     assert_eq!(fnv64(&[b"abc"]), fnv64(&[b"abc"]));
     assert_ne!(fnv64(&[b"ab", b"c"]), fnv64(&[b"a", b"bc"]));
     assert_eq!(fnv64(&[]), 0xcbf29ce484222325);
+}
+
+#[test]
+fn the_f16_tensor_core_family_is_mma_cu_built_with_f16_operands() {
+    let f16 = family(MMA_F16).expect("the f16 family");
+    let bf16 = family(MMA_BF16).expect("the bf16 family");
+    assert_eq!(f16.source, bf16.source, "one source, two operand types");
+    let opts = compile_options("compute_75", f16);
+    assert!(opts.contains(&"-DMMA_F16".to_string()), "{opts:?}");
+    assert!(
+        opts.contains(&"--gpu-architecture=compute_75".to_string()),
+        "{opts:?}"
+    );
+    let opts = compile_options("compute_80", bf16);
+    assert!(!opts.iter().any(|o| o.contains("MMA_F16")), "{opts:?}");
+    // The ops look kernels up by name: the f16 build offers the bf16 family's large-T kernels
+    // under the same names, but none of --dequantize's bf16-only ones.
+    for name in [
+        "gemm_bf16",
+        "moe_route",
+        "moe_gate_up_mma128",
+        "moe_down_mma128",
+    ] {
+        assert!(
+            f16.functions.contains(&name) && bf16.functions.contains(&name),
+            "{name}"
+        );
+    }
+    for name in ["moe_dequant_bf16", "f32_to_bf16", "moe_gate_up_mma_bf16"] {
+        assert!(!f16.functions.contains(&name), "{name}");
+    }
+}
+
+/// The compute capability a kernel target is for, as digits: "compute_75" -> 75, "sm_90a" ->
+/// 90.
+fn target_cc(arch: &str) -> u32 {
+    let digits: String = arch.chars().filter(|c| c.is_ascii_digit()).collect();
+    digits
+        .parse()
+        .unwrap_or_else(|_| panic!("no capability in {arch}"))
 }
 
 // ---------------------------------------------------------------- helpers for op checks
@@ -533,6 +582,93 @@ fn op_moe_large_t_grouped_matches_cpu() {
             &to_f32(&g[0]),
             &to_f32(&c[0]),
         );
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU (sm_90+; sm_70+ with GPTOSS_CUDA_FLAVOR=portable): run on the GPU machine with --ignored"]
+fn tensor_core_family_matches_the_target() {
+    // compute_75..79 (GPTOSS_CUDA_PORTABLE_ARCH=compute_75 on any newer GPU): f16 operands;
+    // compute_80+ and sm_90a: bf16; compute_70: none. A family that failed to compile (its
+    // NVRTC log is on stderr) fails here rather than silently running the f32 kernels.
+    let be = gpu();
+    let cc = target_cc(be.arch());
+    let loaded: Vec<&str> = be.module_origins().iter().map(|o| o.family).collect();
+    let want = match cc {
+        80.. => Some(MMA_BF16),
+        75..=79 => Some(MMA_F16),
+        _ => None,
+    };
+    for fam in [MMA_BF16, MMA_F16] {
+        assert_eq!(
+            loaded.contains(&fam),
+            want == Some(fam),
+            "family {fam} for {}: loaded {loaded:?}",
+            be.arch()
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU (sm_90+; sm_70+ with GPTOSS_CUDA_FLAVOR=portable): run on the GPU machine with --ignored"]
+fn op_moe_large_t_extreme_scales_match_cpu() {
+    // MXFP4 scales outside f16's range (2^-19..2^-15 for gate_up, 2^14..2^19 for down): the f16
+    // build decodes them clamped and applies the rest to the partial sums; the bf16 build
+    // holds them exactly. x is scaled up so the gate/up products stay O(1) (SwiGLU does not
+    // clamp them away) while staying inside f16's range.
+    let mut be = gpu();
+    let mut r = Rng(26);
+    // 512 x 4 of 8 experts: 128-pair tiles; 128 x 4: 64-pair tiles; 576 / 640: N tails.
+    for (t, h, i, e, k) in [
+        (512, 256, 256, 8, 4),
+        (128, 256, 256, 8, 4),
+        (64, 576, 640, 4, 2),
+    ] {
+        let mut ins = moe_inputs(&mut r, (t, h, i, e, k), false);
+        ins[0] = f32_t(&[t, h], &r.vec(t * h, 4096.0));
+        for s in ins[4].1.iter_mut() {
+            *s = 108 + r.below(5) as u8;
+        }
+        for s in ins[7].1.iter_mut() {
+            *s = 141 + r.below(6) as u8;
+        }
+        let (g, c) = both(
+            &mut be,
+            &MOE_OP,
+            &ins,
+            &[(TensorDesc::new(DType::F32, [t, h]), None)],
+        );
+        assert_close_bf16(
+            &format!("grouped moe, extreme scales, t{t} h{h} i{i} e{e} k{k}"),
+            &to_f32(&g[0]),
+            &to_f32(&c[0]),
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU (sm_90+; sm_70+ with GPTOSS_CUDA_FLAVOR=portable): run on the GPU machine with --ignored"]
+fn dequantize_is_refused_without_bf16_tensor_cores() {
+    let cc = target_cc(gpu().arch());
+    let made = AnyCuda::create(&PluginOptions {
+        dequantize: true,
+        ..Default::default()
+    });
+    match (cc, made) {
+        (80.., Ok(b)) => assert!(b.arch().contains(&cc.to_string())),
+        (80.., Err(e)) => panic!("--dequantize on {cc}: {e}"),
+        (_, Ok(_)) => panic!("--dequantize was accepted for target {cc}"),
+        (_, Err(e)) => {
+            let msg = e.to_string();
+            assert!(
+                msg.contains("--dequantize needs bf16 tensor cores")
+                    && msg.contains("drop --dequantize"),
+                "{msg}"
+            );
+            if cc >= 75 {
+                assert!(msg.contains("f16 operands"), "{msg}");
+            }
+        }
     }
 }
 

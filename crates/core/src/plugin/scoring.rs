@@ -151,6 +151,17 @@ pub fn cuda_mxfp4(gpu: &Gpu) -> (u32, String) {
     }
 }
 
+/// What cuda-bf16's large products (prefill, batched decode) run on for capability `cc`.
+fn tensor_core_operands(cc: (u32, u32)) -> &'static str {
+    if at_least(cc, (8, 0)) {
+        "bf16 tensor cores for prefill"
+    } else if at_least(cc, (7, 5)) {
+        "f16 tensor cores for prefill (no bf16 ones before sm_80)"
+    } else {
+        "f32 CUDA cores for prefill (no f16 m16n8k8 tensor-core kernels before sm_75)"
+    }
+}
+
 /// cuda-bf16 on one GPU: sm_70..sm_89 scores 90, sm_90+ 50 (runs when forced, but
 /// cuda-mxfp4 wins), below sm_70 0.
 pub fn cuda_bf16(gpu: &Gpu) -> (u32, String) {
@@ -170,7 +181,12 @@ pub fn cuda_bf16(gpu: &Gpu) -> (u32, String) {
     } else if at_least(cc, (7, 0)) {
         (
             SCORE_CUDA_BF16,
-            format!("{} ({}): bf16 weights on CUDA", sm(cc), architecture(cc)),
+            format!(
+                "{} ({}): bf16 weights on CUDA, {}",
+                sm(cc),
+                architecture(cc),
+                tensor_core_operands(cc)
+            ),
         )
     } else {
         (

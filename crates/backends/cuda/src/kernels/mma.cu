@@ -1,20 +1,53 @@
-// Tensor-core paths for large T (prefill): mma.sync m16n8k16 with bf16 operands and f32
-// accumulation. Activations are rounded to bf16 (round to nearest even) when staged into shared
-// memory; bf16 weights are used as they are; MXFP4 expert weights are decoded to bf16 in shared
+// Tensor-core paths for large T (prefill): mma.sync with f32 accumulation. Activations are
+// rounded to the operand type (round to nearest even) when staged into shared memory; bf16
+// weights are used as they are; MXFP4 expert weights are decoded into the operand type in shared
 // memory (exact: an E2M1 value times a power of two has at most 2 mantissa bits).
 //
-// Shared tiles are [rows][BK + 8] bf16 (80-byte rows: 16-byte aligned for ldmatrix and
-// conflict-free). Block: 256 threads = 8 warps as 2 (m) x 4 (n); a warp computes
-// (16 MT) x (8 NT) outputs, the block (32 MT) x (32 NT). One k-tile (BK = 32) ahead is loaded
-// into registers while the current one is multiplied (double-buffered shared memory).
+// Operand type: bf16 (sm_80+: mma m16n8k16 .bf16). Compiled with -DMMA_F16 (the portable
+// flavor's compute_75..79: Turing has f16 tensor cores but no bf16 ones) the same kernels take
+// f16 operands: each m16n8k16 step is two m16n8k8 .f16 steps on the same fragments, bf16 weights
+// are rounded to f16 as they are staged, and MXFP4 scales outside f16's range are applied to the
+// f32 partial sums (mx_to_op below). The bf16-only kernels (--dequantize, cuBLAS helpers) are
+// left out of that build.
+//
+// Shared tiles are [rows][BK + 8] 16-bit operands (80-byte rows: 16-byte aligned for ldmatrix
+// and conflict-free). Block: 256 threads = 8 warps as 2 (m) x 4 (n); a warp computes
+// (16 MT) x (8 NT) outputs, the block (32 MT) x (32 NT). One k-tile (BK = 32, one MXFP4 scale
+// group) ahead is loaded into registers while the current one is multiplied (double-buffered
+// shared memory).
 
 #define BK 32
 #define LDS (BK + 8)
 
+#ifdef MMA_F16
+#define MMA_OPERAND_F16 true
+#else
+#define MMA_OPERAND_F16 false
+#endif
+
+#ifdef MMA_F16
+// Two f32 -> f16x2 (low half first). cvt.rn.f16x2.f32 needs sm_80: two scalar cvt here.
+__device__ __forceinline__ u32 pack_op(float lo, float hi) {
+    u16 l, h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(l) : "f"(lo));
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(hi));
+    return (u32)l | ((u32)h << 16);
+}
+#else
 __device__ __forceinline__ u32 pack_bf16(float lo, float hi) {
     u32 r;
     asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
     return r;
+}
+__device__ __forceinline__ u32 pack_op(float lo, float hi) { return pack_bf16(lo, hi); }
+#endif
+
+// 8 bf16 weights (dense linear) as operands: as they are, or rounded to f16 (exact for
+// 2^-17 <= |w| <= 65504; larger magnitudes become inf, smaller ones lose low bits).
+__device__ __forceinline__ W4 bf16_weights_to_op(W4 w) {
+    if (!MMA_OPERAND_F16) return w;
+    auto cv = [](u32 v) { return pack_op(__uint_as_float(v << 16), __uint_as_float(v & 0xffff0000u)); };
+    return W4{cv(w.x), cv(w.y), cv(w.z), cv(w.w)};
 }
 
 __device__ __forceinline__ u32 smem_addr(const void* p) {
@@ -42,19 +75,36 @@ __device__ __forceinline__ void ldsm_x4(u32& r0, u32& r1, u32& r2, u32& r3, cons
                  : "r"(smem_addr(p)));
 }
 
-__device__ __forceinline__ void mma_bf16(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0,
-                                         u32 b1) {
+// c += A (16x16) B (16x8) on the fragments of ldmatrix.x4: a0..a3 (rows g / g+8, k 0-7 / 8-15)
+// and b0, b1 (k 0-7 / 8-15). f16: the k 0-7 half (a0, a1, b0), then the k 8-15 half.
+__device__ __forceinline__ void mma_k16(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0,
+                                        u32 b1) {
+#ifdef MMA_F16
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, "
+        "{%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(b0));
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, "
+        "{%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a2), "r"(a3), "r"(b1));
+#else
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
         "{%8,%9}, {%0,%1,%2,%3};"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#endif
 }
 
-// acc[MT][NT][4] += As[warp rows] x Bs[warp cols]^T over one BK tile.
-template <int MT, int NT>
+// acc[MT][NT][4] += As[warp rows] x Bs[warp cols]^T over one BK tile. SCALED: B's rows carry a
+// factor bscale[n] (MXFP4 scales outside f16's range): each k16 product is formed from zero and
+// added times the factor of its column (c0/c2: column 2 (lane & 3), c1/c3: the next).
+template <int MT, int NT, bool SCALED>
 __device__ __forceinline__ void warp_mma_tile(const u16* As, const u16* Bs, float (*acc)[NT][4],
-                                              int wm, int wn, int lane) {
+                                              int wm, int wn, int lane, const float* bscale) {
 #pragma unroll
     for (int kk = 0; kk < BK; kk += 16) {
         u32 a[MT][4];
@@ -74,9 +124,32 @@ __device__ __forceinline__ void warp_mma_tile(const u16* As, const u16* Bs, floa
 #pragma unroll
         for (int i = 0; i < MT; i++)
 #pragma unroll
-            for (int j = 0; j < NT; j++)
-                mma_bf16(acc[i][j], a[i][0], a[i][1], a[i][2], a[i][3], b[j][0], b[j][1]);
+            for (int j = 0; j < NT; j++) {
+                if (SCALED) {
+                    float t[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+                    mma_k16(t, a[i][0], a[i][1], a[i][2], a[i][3], b[j][0], b[j][1]);
+                    const int n = wn * 8 * NT + j * 8 + 2 * (lane & 3);
+                    const float r0 = bscale[n], r1 = bscale[n + 1];
+                    acc[i][j][0] = fmaf(t[0], r0, acc[i][j][0]);
+                    acc[i][j][1] = fmaf(t[1], r1, acc[i][j][1]);
+                    acc[i][j][2] = fmaf(t[2], r0, acc[i][j][2]);
+                    acc[i][j][3] = fmaf(t[3], r1, acc[i][j][3]);
+                } else {
+                    mma_k16(acc[i][j], a[i][0], a[i][1], a[i][2], a[i][3], b[j][0], b[j][1]);
+                }
+            }
     }
+}
+
+// The barrier after a k-tile is stored; f16 builds also learn whether any thread's B rows need
+// their scale factor (SCALED above), bf16 builds never do.
+__device__ __forceinline__ bool tile_barrier(bool rescale) {
+#ifdef MMA_F16
+    return __syncthreads_or(rescale) != 0;
+#else
+    __syncthreads();
+    return false;
+#endif
 }
 
 // ---------------------------------------------------------------- linear (bf16 weights)
@@ -135,14 +208,14 @@ extern "C" __global__ void __launch_bounds__(256) gemm_bf16(const float* x, cons
             int idx = tid + 256 * u;
             int r = idx >> 3, c = (idx & 7) * 4;
             u32* d = (u32*)(As[buf] + r * LDS + c);
-            d[0] = pack_bf16(ra[u].x, ra[u].y);
-            d[1] = pack_bf16(ra[u].z, ra[u].w);
+            d[0] = pack_op(ra[u].x, ra[u].y);
+            d[1] = pack_op(ra[u].z, ra[u].w);
         }
 #pragma unroll
         for (int u = 0; u < 2; u++) {
             int idx = tid + 256 * u;
             int r = idx >> 2, c = (idx & 3) * 8;
-            *(W4*)(Bs[buf] + r * LDS + c) = rb[u];
+            *(W4*)(Bs[buf] + r * LDS + c) = bf16_weights_to_op(rb[u]);
         }
     };
     load(0);
@@ -150,7 +223,7 @@ extern "C" __global__ void __launch_bounds__(256) gemm_bf16(const float* x, cons
     __syncthreads();
     for (int kt = 0; kt < KT; kt++) {
         if (kt + 1 < KT) load(kt + 1);
-        warp_mma_tile<L_MT, L_NT>(As[kt & 1], Bs[kt & 1], acc, wm, wn, lane);
+        warp_mma_tile<L_MT, L_NT, false>(As[kt & 1], Bs[kt & 1], acc, wm, wn, lane, nullptr);
         if (kt + 1 < KT) store((kt + 1) & 1);
         __syncthreads();
     }
@@ -251,6 +324,42 @@ __device__ __forceinline__ void mx_to_bf16(u32 lo, u32 hi, u32 s, u32* out) {
     }
 }
 
+// f16 has 5 exponent bits: an E2M1 magnitude (0.5 .. 6) times 2^(t - 127) is a normal f16 for
+// t in [114, 140]. Decode 16 codes as lo/hi of mx_to_bf16 with the scale s clamped into that
+// range (an exponent add, exact) and return the rest, 2^(s - t) (1 for most real scales; inf
+// for the NaN scale 255, as mma_e8m0), for the caller to apply to the f32 partial sums.
+__device__ __forceinline__ float mx_to_f16(u32 lo, u32 hi, u32 s, u32* out) {
+    const u32 t = s < 114u ? 114u : (s > 140u ? 140u : s);
+    u32 words[2] = {lo, hi};
+#pragma unroll
+    for (int wi = 0; wi < 2; wi++) {
+#pragma unroll
+        for (int b = 0; b < 4; b++) {
+            u32 byte = (words[wi] >> (8 * b)) & 0xffu;
+            u32 h2[2];
+#pragma unroll
+            for (int q = 0; q < 2; q++) {
+                u32 c = q ? (byte >> 4) : (byte & 15u);
+                // f16 bits of the magnitude: exponent 14 + e, mantissa bit m; e = 0 is 0 or 0.5.
+                u32 e = (c >> 1) & 3u, mb = c & 1u;
+                u32 m = e ? (((14u + e) << 10) | (mb << 9)) : (mb ? (14u << 10) : 0u);
+                u32 v = m ? (m + ((t - 127u) << 10)) & 0x7fffu : 0u;  // exponent 1 .. 30
+                h2[q] = v | ((c & 8u) << 12);
+            }
+            out[wi * 4 + b] = h2[0] | (h2[1] << 16);
+        }
+    }
+    return s == 255u ? __int_as_float(0x7f800000) : __int_as_float((int)((s - t + 127u) << 23));
+}
+
+// 16 MXFP4 codes with scale s as operands (8 words); returns the factor still to apply to the
+// products (always 1 for bf16, whose exponent range holds every E8M0 scale).
+__device__ __forceinline__ float mx_to_op(u32 lo, u32 hi, u32 s, u32* out) {
+    if (MMA_OPERAND_F16) return mx_to_f16(lo, hi, s, out);
+    mx_to_bf16(lo, hi, s, out);
+    return 1.0f;
+}
+
 #define M_NT 4
 #define M_BN (32 * M_NT)
 
@@ -266,10 +375,14 @@ __device__ __forceinline__ void moe_mma(const float* a, int a_div, const int* li
                                         const int* tiles, const int* ntiles, const u8* wb,
                                         const u8* ws, const void* bias, int bdt, float* out,
                                         int N, int Kd, float limit, float alpha) {
+    static_assert(!(BF && MMA_OPERAND_F16), "bf16 expert rows need bf16 operands (sm_80)");
     constexpr int M_BM = 32 * M_MT;
     constexpr int AU = M_BM / 32;  // float4 of A per thread per k-tile
     __shared__ __align__(16) u16 As[2][M_BM * LDS];
     __shared__ __align__(16) u16 Bs[2][M_BN * LDS];
+    // f16: each B row's remaining scale factor for the tile (mx_to_f16), read when a tile
+    // needs it (SCALED warp_mma_tile).
+    __shared__ float Bsc[2][MMA_OPERAND_F16 ? M_BN : 1];
     __shared__ int rows[M_BM];
     const int tile = blockIdx.y;
     if (tile >= *ntiles) return;
@@ -324,32 +437,35 @@ __device__ __forceinline__ void moe_mma(const float* a, int a_div, const int* li
             rs[q] = 127;
         }
     };
-    // Slot q into shared-memory buffer buf (A rounded to bf16, B decoded to bf16).
-    auto store = [&](int buf, int q) {
+    // Slot q into shared-memory buffer buf (A rounded to the operand type, B decoded to it).
+    // Returns whether this thread's B row needs its scale factor applied (f16 only).
+    auto store = [&](int buf, int q) -> bool {
 #pragma unroll
         for (int u = 0; u < AU; u++) {
             int idx = tid + 256 * u;
             int r = idx >> 3, c = (idx & 7) * 4;
             u32* d = (u32*)(As[buf] + r * LDS + c);
-            d[0] = pack_bf16(ra[q][u].x, ra[q][u].y);
-            d[1] = pack_bf16(ra[q][u].z, ra[q][u].w);
+            d[0] = pack_op(ra[q][u].x, ra[q][u].y);
+            d[1] = pack_op(ra[q][u].z, ra[q][u].w);
         }
         W4* d = (W4*)(Bs[buf] + br * LDS + bh * 16);
         if (BF) {
             d[0] = rb[q][0];
             d[1] = rb[q][1];
-        } else {
-            u32 o[8];
-            mx_to_bf16(rlo[q], rhi[q], rs[q], o);
-            d[0] = W4{o[0], o[1], o[2], o[3]};
-            d[1] = W4{o[4], o[5], o[6], o[7]};
+            return false;
         }
+        u32 o[8];
+        const float f = mx_to_op(rlo[q], rhi[q], rs[q], o);
+        d[0] = W4{o[0], o[1], o[2], o[3]};
+        d[1] = W4{o[4], o[5], o[6], o[7]};
+        if (MMA_OPERAND_F16 && bh == 0) Bsc[buf][br] = f;  // both halves hold the same f
+        return f != 1.0f;
     };
 #pragma unroll
     for (int q = 0; q < PF; q++)
         if (q < G) load(q, q);
-    store(0, 0);
-    __syncthreads();
+    // scaled: the tile in the buffer about to be multiplied has rows with a scale factor.
+    bool scaled = tile_barrier(store(0, 0));
     for (int k0 = 0; k0 < G; k0 += PF) {
 #pragma unroll
         for (int q = 0; q < PF; q++) {
@@ -357,9 +473,14 @@ __device__ __forceinline__ void moe_mma(const float* a, int a_div, const int* li
             if (kt < G) {
                 // Slot q was stored last iteration: refill it PF tiles ahead.
                 if (kt + PF < G) load(kt + PF, q);
-                warp_mma_tile<M_MT, M_NT>(As[kt & 1], Bs[kt & 1], acc, wm, wn, lane);
-                if (kt + 1 < G) store((kt + 1) & 1, (q + 1) % PF);
-                __syncthreads();
+                if (scaled)
+                    warp_mma_tile<M_MT, M_NT, true>(As[kt & 1], Bs[kt & 1], acc, wm, wn, lane,
+                                                    Bsc[kt & 1]);
+                else
+                    warp_mma_tile<M_MT, M_NT, false>(As[kt & 1], Bs[kt & 1], acc, wm, wn, lane,
+                                                     nullptr);
+                bool next = kt + 1 < G ? store((kt + 1) & 1, (q + 1) % PF) : false;
+                scaled = tile_barrier(next);
             }
         }
     }
@@ -398,8 +519,10 @@ __device__ __forceinline__ void moe_mma(const float* a, int a_div, const int* li
     }
 MOE_GU(moe_gate_up_mma, 2, false)
 MOE_GU(moe_gate_up_mma128, 4, false)
+#ifndef MMA_F16
 MOE_GU(moe_gate_up_mma_bf16, 2, true)
 MOE_GU(moe_gate_up_mma128_bf16, 4, true)
+#endif
 
 // act [T*k, I] -> y [T*k, H]; down blocks [E, H, I/32, 16].
 #define MOE_DN(NAME, MT, BF)                                                                       \
@@ -410,8 +533,13 @@ MOE_GU(moe_gate_up_mma128_bf16, 4, true)
     }
 MOE_DN(moe_down_mma, 2, false)
 MOE_DN(moe_down_mma128, 4, false)
+#ifndef MMA_F16
 MOE_DN(moe_down_mma_bf16, 2, true)
 MOE_DN(moe_down_mma128_bf16, 4, true)
+#endif
+
+// Below: bf16 only (the f16 build has neither --dequantize nor cuBLAS; see lib.rs).
+#ifndef MMA_F16
 
 // --dequantize: MXFP4 experts expanded to bf16 at load, blocks [.., G, 16] + scales [.., G] ->
 // [.., G * 32] bf16, exactly (mx_to_bf16); one thread a group of 32.
@@ -487,3 +615,5 @@ extern "C" __global__ void moe_scatter_bias(const float* ys, const int* list, co
     const i64 e = ids[p];
     y[(i64)p * H + c] = ys[r * H + c] + ldf(bias, bdt, e * H + c);
 }
+
+#endif  // MMA_F16
