@@ -169,9 +169,10 @@ pub struct Cuda<F: Flavor> {
     /// (GPTOSS_CUDA_CUBLAS_MOE_MAX_T, default CUBLAS_MOE_MAX_T); above it the grouped
     /// tensor-core kernel runs.
     cublas_moe_max_t: usize,
-    /// Rows a warp of the fast (few-token) MoE kernels takes at a time: 2 (held to 64
-    /// registers, 4 blocks an SM), or 4 with GPTOSS_CUDA_MOE_ROWS=4.
-    moe_rows: usize,
+    /// Rows a warp of the fast (few-token) MoE kernels takes at a time, gate_up and down: 2
+    /// (held to 64 registers, 4 blocks an SM), or 4 (GPTOSS_CUDA_MOE_ROWS=4 sets both,
+    /// GPTOSS_CUDA_MOE_DOWN_ROWS the down projection's alone).
+    moe_rows: (usize, usize),
     /// cuBLAS for the large bf16 products of --dequantize: its description when in use, else
     /// why not (see `open_cublas`).
     cublas: std::result::Result<String, String>,
@@ -342,9 +343,14 @@ impl<F: Flavor> Cuda<F> {
                 .ok()
                 .and_then(|v| v.parse::<usize>().ok())
                 .unwrap_or(CUBLAS_MOE_MAX_T),
-            moe_rows: match std::env::var("GPTOSS_CUDA_MOE_ROWS").as_deref() {
-                Ok("4") => 4,
-                _ => 2,
+            moe_rows: {
+                let rows = |var: &str, default: usize| match std::env::var(var).as_deref() {
+                    Ok("4") => 4,
+                    Ok("2") => 2,
+                    _ => default,
+                };
+                let both = rows("GPTOSS_CUDA_MOE_ROWS", 2);
+                (both, rows("GPTOSS_CUDA_MOE_DOWN_ROWS", both))
             },
             cublas: Err("not set up yet".into()),
             graphs: std::env::var("GPTOSS_CUDA_GRAPH").map_or(true, |v| v != "0")

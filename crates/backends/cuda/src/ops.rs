@@ -1178,12 +1178,18 @@ pub(crate) fn run_moe<F: Flavor>(
             // one set of `rows` rows (gate/up pairs for gate_up), one memory trip issued before
             // its block stages x. Simple: a warp a row, x read from global memory.
             // The bf16 kernels (dequantized experts) take the scales argument unused.
-            let rows = be.moe_rows;
-            let (gu, dn) = match (bf16, fast, rows) {
-                (true, _, _) => (("moe_gate_up_bf16", i), ("moe_down_bf16", h)),
-                (false, true, 4) => (("moe_gate_up_fast", i / 2), ("moe_down_fast", h / 4)),
-                (false, true, _) => (("moe_gate_up_fast2", i), ("moe_down_fast2", h / 2)),
-                (false, false, _) => (("moe_gate_up", i), ("moe_down", h)),
+            let (gu_rows, dn_rows) = be.moe_rows;
+            let gu = match (bf16, fast, gu_rows) {
+                (true, _, _) => ("moe_gate_up_bf16", i),
+                (false, true, 4) => ("moe_gate_up_fast", i / 2),
+                (false, true, _) => ("moe_gate_up_fast2", i),
+                (false, false, _) => ("moe_gate_up", i),
+            };
+            let dn = match (bf16, fast, dn_rows) {
+                (true, _, _) => ("moe_down_bf16", h),
+                (false, true, 4) => ("moe_down_fast", h / 4),
+                (false, true, _) => ("moe_down_fast2", h / 2),
+                (false, false, _) => ("moe_down", h),
             };
             let staged = fast || bf16;
             let smem = |floats: usize| if staged { (floats * 4) as u32 } else { 0 };
