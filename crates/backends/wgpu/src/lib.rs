@@ -400,36 +400,7 @@ impl Wgpu {
         let info = AdapterSummary::of(&adapter);
         let mut rows = RowConfig::new(&adapter, options.subgroups);
         let limits = adapter.limits();
-        let need = [
-            (
-                "max_storage_buffers_per_shader_stage",
-                limits.max_storage_buffers_per_shader_stage,
-                NEED_STORAGE_BUFFERS,
-            ),
-            (
-                "max_compute_invocations_per_workgroup",
-                limits.max_compute_invocations_per_workgroup,
-                NEED_INVOCATIONS,
-            ),
-            (
-                "max_compute_workgroup_size_x",
-                limits.max_compute_workgroup_size_x,
-                NEED_INVOCATIONS,
-            ),
-            (
-                "max_compute_workgroup_storage_size",
-                limits.max_compute_workgroup_storage_size,
-                NEED_WORKGROUP_STORAGE,
-            ),
-        ];
-        for (name, have, want) in need {
-            if have < want {
-                return Err(err(format!(
-                    "adapter {} lacks a needed limit: {name} is {have}, the kernels need {want}",
-                    info.name
-                )));
-            }
-        }
+        check_limits(&info.name, &limits)?;
         if !adapter
             .get_downlevel_capabilities()
             .flags
@@ -1464,6 +1435,71 @@ impl Wgpu {
             5 => format!("gather_rows: row {a} of a tensor with {b} rows"),
             code => format!("a kernel reported error code {code} ({a}, {b}, {c})"),
         }))
+    }
+}
+
+/// The limits the kernels rely on, each checked against `limits` of adapter `name`: the first
+/// one short is an error naming it, what the adapter has and what the kernels need.
+fn check_limits(name: &str, limits: &wgpu::Limits) -> Result<()> {
+    let need = [
+        (
+            "max_storage_buffers_per_shader_stage",
+            limits.max_storage_buffers_per_shader_stage,
+            NEED_STORAGE_BUFFERS,
+        ),
+        (
+            "max_compute_invocations_per_workgroup",
+            limits.max_compute_invocations_per_workgroup,
+            NEED_INVOCATIONS,
+        ),
+        (
+            "max_compute_workgroup_size_x",
+            limits.max_compute_workgroup_size_x,
+            NEED_INVOCATIONS,
+        ),
+        (
+            "max_compute_workgroup_storage_size",
+            limits.max_compute_workgroup_storage_size,
+            NEED_WORKGROUP_STORAGE,
+        ),
+    ];
+    for (limit, have, want) in need {
+        if have < want {
+            return Err(err(format!(
+                "adapter {name} lacks a needed limit: {limit} is {have}, the kernels need {want}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+
+    #[test]
+    fn webgpu_default_limits_are_enough() {
+        check_limits("any", &wgpu::Limits::default()).unwrap();
+    }
+
+    #[test]
+    fn a_short_limit_is_named_with_both_values() {
+        let mut l = wgpu::Limits::default();
+        l.max_storage_buffers_per_shader_stage = 4;
+        let e = check_limits("Tiny GPU", &l).unwrap_err().to_string();
+        assert!(
+            e.contains("Tiny GPU")
+                && e.contains("max_storage_buffers_per_shader_stage is 4")
+                && e.contains(&format!("need {NEED_STORAGE_BUFFERS}")),
+            "{e}"
+        );
+        let mut l = wgpu::Limits::default();
+        l.max_compute_workgroup_storage_size = 4096;
+        let e = check_limits("Tiny GPU", &l).unwrap_err().to_string();
+        assert!(
+            e.contains("max_compute_workgroup_storage_size is 4096"),
+            "{e}"
+        );
     }
 }
 
