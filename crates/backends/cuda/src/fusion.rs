@@ -1,7 +1,8 @@
 //! Peephole fusion: runs of a step's nodes issued as fewer launches. A decode step is ~17
 //! small launches a layer, each costing a few microseconds whatever its size, so:
 //! - q/k/v (up to three linears reading the same x) as one GEMV launch;
-//! - RoPE of q and k as one launch;
+//! - RoPE of q and k as one launch, or, for one decode token, inside the split attention that
+//!   reads them (`RopeAttention`: no RoPE launch, no kv_write);
 //! - a residual add with the RMSNorm after it (`add_rms_norm`);
 //! - the MoE's combine with the residual add and the next RMSNorm (`moe_combine_add_norm`);
 //! - the router linear with the top-k softmax of its logits (`router_topk`, few tokens).
@@ -27,6 +28,8 @@ pub(crate) enum Pattern {
     Linears { count: usize },
     /// Two Rope nodes at the same positions with the same parameters.
     RopePair,
+    /// A RopePair of q and k, then the Attention of one token that alone reads them.
+    RopeAttention,
     /// Add, then RmsNorm of its sum.
     AddNorm,
     /// MoeMxfp4, Add of its output to the residual, then (`norm`) RmsNorm of the sum.
@@ -42,6 +45,7 @@ impl Pattern {
             Pattern::Linears { count } => count,
             Pattern::RopePair | Pattern::AddNorm | Pattern::RouterTopK => 2,
             Pattern::MoeAddNorm { norm } => 2 + norm as usize,
+            Pattern::RopeAttention => 3,
         }
     }
 }
@@ -102,7 +106,13 @@ pub(crate) fn pattern_at<F: Flavor>(
                 && [node.inputs[0], node.outputs[0], b.inputs[0], b.outputs[0]]
                     .iter()
                     .all(|v| is_f32(graph.value(*v)));
-            same.then_some(Pattern::RopePair)
+            if !same {
+                return None;
+            }
+            if rope_attention_at(be, graph, n, last_use) {
+                return Some(Pattern::RopeAttention);
+            }
+            Some(Pattern::RopePair)
         }
         Op::Add if fused => {
             let b = next?;
@@ -155,6 +165,51 @@ fn router_topk_at(graph: &Graph, n: usize, last_use: &[usize]) -> bool {
         && k <= 32
         && (h + e) * 4 <= 48 << 10
         && private_temp(graph, last_use, logits, n + 1)
+}
+
+/// Whether the Rope pair at `n`, `n + 1` rotates the q and k of the one-token Attention at
+/// `n + 2` (same positions, head counts matching), their outputs read by nothing else, and the
+/// attention takes the split kernel (head_dim 64).
+fn rope_attention_at<F: Flavor>(be: &Cuda<F>, graph: &Graph, n: usize, last_use: &[usize]) -> bool {
+    let (a, b) = (&graph.nodes[n], &graph.nodes[n + 1]);
+    let Some(att) = graph.nodes.get(n + 2) else {
+        return false;
+    };
+    let (
+        Op::Rope { params, heads: ha },
+        Op::Rope { heads: hb, .. },
+        Op::Attention {
+            heads,
+            kv_heads,
+            head_dim,
+            ..
+        },
+    ) = (&a.op, &b.op, &att.op)
+    else {
+        return false;
+    };
+    let (qa, kb) = (att.inputs[0] == a.outputs[0], att.inputs[1] == b.outputs[0]);
+    let (qb, ka) = (att.inputs[0] == b.outputs[0], att.inputs[1] == a.outputs[0]);
+    let heads_match = (qa && kb && *ha == *heads && *hb == *kv_heads)
+        || (qb && ka && *hb == *heads && *ha == *kv_heads);
+    heads_match
+        && *head_dim == 64
+        && params.head_dim == 64
+        && *kv_heads > 0
+        && *heads % *kv_heads == 0
+        && att.inputs[4] == a.inputs[1]
+        && dims(graph.value(att.inputs[0]))[0] == 1
+        && [
+            att.inputs[2],
+            att.outputs[0],
+            att.outputs[1],
+            att.outputs[2],
+        ]
+        .iter()
+        .all(|v| is_f32(graph.value(*v)))
+        && private_temp(graph, last_use, a.outputs[0], n + 2)
+        && private_temp(graph, last_use, b.outputs[0], n + 2)
+        && be.kernels.has("attention_split")
 }
 
 /// How many Linear nodes from `n` on (at most 3) read the same input with bf16 weights of the
@@ -260,6 +315,44 @@ pub(crate) fn run<F: Flavor>(
                 [(ptr(a.inputs[0])?, ptr(a.outputs[0])?, *h0)],
                 Some((ptr(b.inputs[0])?, ptr(b.outputs[0])?, *h1)),
                 ptr(a.inputs[1])?,
+            )
+        }
+        Pattern::RopeAttention => {
+            let (a, b, att) = (&nodes[0], &nodes[1], &nodes[2]);
+            let Op::Rope { params, .. } = &a.op else {
+                unreachable!("pattern_at matched a Rope");
+            };
+            let Op::Attention {
+                heads,
+                kv_heads,
+                window,
+                scale,
+                ..
+            } = att.op
+            else {
+                unreachable!("pattern_at matched an Attention");
+            };
+            let (q_rope, k_rope) = if att.inputs[0] == a.outputs[0] {
+                (a, b)
+            } else {
+                (b, a)
+            };
+            let table = be.rope_table(params)?;
+            let cap = dims(graph.value(att.outputs[1]))[0];
+            be.rope_attention_runs += 1;
+            let sinks = graph.value(att.inputs[3]);
+            ops::attention_split(
+                be,
+                &ops::SplitAttention {
+                    q: ptr(q_rope.inputs[0])?,
+                    caches: (ptr(att.outputs[1])?, ptr(att.outputs[2])?),
+                    pos: ptr(att.inputs[4])?,
+                    sinks: (ptr(att.inputs[3])?, ops::float_code(sinks)?),
+                    o: ptr(att.outputs[0])?,
+                    shape: (1, heads, kv_heads, window, scale, cap),
+                    fresh: Some((ptr(k_rope.inputs[0])?, ptr(att.inputs[2])?)),
+                    rope: Some((table, params.attention_scaling())),
+                },
             )
         }
         Pattern::AddNorm => {

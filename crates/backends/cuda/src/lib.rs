@@ -158,6 +158,8 @@ pub struct Cuda<F: Flavor> {
     done_counters: CUdeviceptr,
     /// Launches of router_topk_spread recorded so far (tests: the path ran).
     router_spread_runs: u64,
+    /// RoPE + one-token attention runs fused so far (fusion.rs RopeAttention; tests).
+    rope_attention_runs: u64,
     kernels: kernels::Kernels,
     /// Fast kernels (gemv, fused MoE); GPTOSS_CUDA_NO_FUSION=1 selects the simple ones.
     fast: bool,
@@ -257,6 +259,11 @@ impl<F: Flavor> Cuda<F> {
             .map_err(|e| Error::backend(F::NAME, format!("cuBLAS is not in use: {e}")))
     }
 
+    /// How many RoPE + one-token attention runs were fused (no RoPE launch).
+    pub fn rope_attention_runs(&self) -> u64 {
+        self.rope_attention_runs
+    }
+
     /// Where each kernel family came from (cache or a fresh NVRTC compile).
     pub fn module_origins(&self) -> &[ModuleOrigin] {
         &self.kernels.origins
@@ -333,6 +340,7 @@ impl<F: Flavor> Cuda<F> {
             err,
             done_counters,
             router_spread_runs: 0,
+            rope_attention_runs: 0,
             kernels,
             fast: !env_on("GPTOSS_CUDA_NO_FUSION"),
             mma_min_t: std::env::var("GPTOSS_CUDA_MMA_MIN_T")

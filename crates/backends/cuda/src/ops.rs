@@ -237,15 +237,12 @@ pub(crate) fn rope_pairs<F: Flavor>(
     )
 }
 
-/// `router_topk`: the router linear (bf16 `w` [e, h], optional bias) and the top-`k` softmax
-/// of its logits in one block per token.
-#[allow(clippy::too_many_arguments)]
 /// Tokens the router's spread kernel takes (its grid's y; its counters).
 pub(crate) const ROUTER_TOKENS: usize = 64;
 
-/// The router linear and top-k softmax of `t` tokens: one block per (expert, token) and the
-/// last of a token's blocks picks (`router_topk_spread`, logits through `logits`), or one
-/// block per token.
+/// `router_topk`: the router linear (bf16 `w` [e, h], optional bias) and the top-`k` softmax
+/// of its logits of `t` tokens: one block per (expert, token) and the last of a token's blocks
+/// picks (`router_topk_spread`, logits through `logits`), or one block per token.
 pub(crate) fn router_topk<F: Flavor>(
     be: &mut Cuda<F>,
     x: CUdeviceptr,
@@ -299,6 +296,93 @@ pub(crate) fn router_topk<F: Flavor>(
         ((h + e) * 4) as u32,
         &args,
     )
+}
+
+/// Attention of few query rows (decode) on the split kernel: the keys of each (row, head) split
+/// over `splits` blocks, then attention_merge.
+pub(crate) struct SplitAttention {
+    pub q: CUdeviceptr,
+    /// The k and v caches [cap, kv_heads * 64] (written with `fresh`).
+    pub caches: (CUdeviceptr, CUdeviceptr),
+    pub pos: CUdeviceptr,
+    /// The sinks and their dtype code.
+    pub sinks: (CUdeviceptr, i32),
+    pub o: CUdeviceptr,
+    /// (rows, heads, kv_heads, window, scale, cache rows); head_dim 64.
+    pub shape: (usize, u32, u32, u32, f32, usize),
+    /// One row: its k and v, which the kernel writes to the caches (no kv_write).
+    pub fresh: Option<(CUdeviceptr, CUdeviceptr)>,
+    /// With `fresh`: q and k arrive before RoPE, rotated in the kernel (inv_freq table,
+    /// mscale).
+    pub rope: Option<(CUdeviceptr, f32)>,
+}
+
+pub(crate) fn attention_split<F: Flavor>(be: &mut Cuda<F>, a: &SplitAttention) -> Result<()> {
+    let (t, heads, kv_heads, window, scale, cap) = a.shape;
+    let d = 64;
+    let splits = (be.gpu.info.sms as usize * 4)
+        .div_ceil(t * heads as usize)
+        .next_power_of_two()
+        .clamp(1, 16);
+    let parts = t * heads as usize * splits;
+    let (fresh_k, fresh_v) = a.fresh.unwrap_or((0, 0));
+    let (inv_freq, mscale) = a.rope.unwrap_or((0, 1.0));
+    let pm = be.take_temp(parts * 4, "attention partial max")?;
+    let pl = be.take_temp(parts * 4, "attention partial sum")?;
+    let pacc = be.take_temp(parts * d * 4, "attention partial acc")?;
+    let r = (|| -> Result<()> {
+        let f = be.kernels.get("attention_split")?;
+        be.gpu.launch(
+            "attention_split",
+            f,
+            (blocks(t, 1)?, grid_y(heads as usize)?, splits as u32),
+            (128, 1, 1),
+            0,
+            &[
+                Arg::Ptr(a.q),
+                Arg::Ptr(a.caches.0),
+                Arg::Ptr(a.caches.1),
+                Arg::Ptr(a.pos),
+                Arg::Ptr(pm),
+                Arg::Ptr(pl),
+                Arg::Ptr(pacc),
+                Arg::I32(heads as i32),
+                Arg::I32(kv_heads as i32),
+                Arg::I32(i32_of(window as usize, "window")?),
+                Arg::F32(scale),
+                Arg::I32(i32_of(cap, "cache capacity")?),
+                Arg::Ptr(fresh_k),
+                Arg::Ptr(fresh_v),
+                Arg::Ptr(be.err),
+                Arg::Ptr(inv_freq),
+                Arg::F32(mscale),
+            ],
+        )?;
+        let f = be.kernels.get("attention_merge")?;
+        be.gpu.launch(
+            "attention_merge",
+            f,
+            (blocks(t, 1)?, grid_y(heads as usize)?, 1),
+            (64, 1, 1),
+            0,
+            &[
+                Arg::Ptr(pm),
+                Arg::Ptr(pl),
+                Arg::Ptr(pacc),
+                Arg::Ptr(a.sinks.0),
+                Arg::I32(a.sinks.1),
+                Arg::Ptr(a.pos),
+                Arg::Ptr(a.o),
+                Arg::I32(heads as i32),
+                Arg::I32(splits as i32),
+                Arg::I32(i32_of(cap, "cache capacity")?),
+            ],
+        )
+    })();
+    be.give_temp(parts * 4, pm);
+    be.give_temp(parts * 4, pl);
+    be.give_temp(parts * d * 4, pacc);
+    r
 }
 
 /// Write `t` rows of k and v (each `w` floats) into the caches at the rows an I32 index
@@ -593,66 +677,22 @@ pub fn run_node<F: Flavor>(
                 );
             }
             // Few queries (decode): the keys split over several blocks per (token, head).
-            let splits = (be.gpu.info.sms as usize * 4)
-                .div_ceil(t * *heads as usize)
-                .next_power_of_two()
-                .clamp(1, 16);
             if split {
-                let parts = t * *heads as usize * splits;
-                let pm = be.take_temp(parts * 4, "attention partial max")?;
-                let pl = be.take_temp(parts * 4, "attention partial sum")?;
-                let pacc = be.take_temp(parts * d * 4, "attention partial acc")?;
-                let r = (|| -> Result<()> {
-                    let f = be.kernels.get("attention_split")?;
-                    be.gpu.launch(
-                        "attention_split",
-                        f,
-                        (blocks(t, 1)?, grid_y(*heads as usize)?, splits as u32),
-                        (128, 1, 1),
-                        0,
-                        &[
-                            Arg::Ptr(ip(0)?),
-                            Arg::Ptr(op_(1)?),
-                            Arg::Ptr(op_(2)?),
-                            Arg::Ptr(ip(4)?),
-                            Arg::Ptr(pm),
-                            Arg::Ptr(pl),
-                            Arg::Ptr(pacc),
-                            Arg::I32(*heads as i32),
-                            Arg::I32(*kv_heads as i32),
-                            Arg::I32(i32_of(*window as usize, "window")?),
-                            Arg::F32(*scale),
-                            Arg::I32(i32_of(cap, "cache capacity")?),
-                            Arg::Ptr(if fold_kv { ip(1)? } else { 0 }),
-                            Arg::Ptr(if fold_kv { ip(2)? } else { 0 }),
-                            Arg::Ptr(be.err),
-                        ],
-                    )?;
-                    let f = be.kernels.get("attention_merge")?;
-                    be.gpu.launch(
-                        "attention_merge",
-                        f,
-                        (blocks(t, 1)?, grid_y(*heads as usize)?, 1),
-                        (64, 1, 1),
-                        0,
-                        &[
-                            Arg::Ptr(pm),
-                            Arg::Ptr(pl),
-                            Arg::Ptr(pacc),
-                            Arg::Ptr(ip(3)?),
-                            Arg::I32(float_code(ins[3])?),
-                            Arg::Ptr(ip(4)?),
-                            Arg::Ptr(op_(0)?),
-                            Arg::I32(*heads as i32),
-                            Arg::I32(splits as i32),
-                            Arg::I32(i32_of(cap, "cache capacity")?),
-                        ],
-                    )
-                })();
-                be.give_temp(parts * 4, pm);
-                be.give_temp(parts * 4, pl);
-                be.give_temp(parts * d * 4, pacc);
-                return r;
+                let a = SplitAttention {
+                    q: ip(0)?,
+                    caches: (op_(1)?, op_(2)?),
+                    pos: ip(4)?,
+                    sinks: (ip(3)?, float_code(ins[3])?),
+                    o: op_(0)?,
+                    shape: (t, *heads, *kv_heads, *window, *scale, cap),
+                    fresh: if fold_kv {
+                        Some((ip(1)?, ip(2)?))
+                    } else {
+                        None
+                    },
+                    rope: None,
+                };
+                return attention_split(be, &a);
             }
             // Few (token, head) blocks: more warps each, so the chip fills at decode.
             let warps = if be.fast && t * (*heads as usize) <= 4096 {

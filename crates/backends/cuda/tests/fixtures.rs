@@ -100,6 +100,9 @@ impl AnyCuda {
     fn router_spread_runs(&self) -> u64 {
         each!(self, b => b.router_spread_runs())
     }
+    fn rope_attention_runs(&self) -> u64 {
+        each!(self, b => b.rope_attention_runs())
+    }
     fn cublas(&self) -> Result<String> {
         each!(self, b => b.cublas())
     }
@@ -375,6 +378,117 @@ fn one_token_attention_reports_a_position_beyond_the_cache() {
         e.contains("position 4") && e.contains("capacity of 4"),
         "{e}"
     );
+    check_still_usable(&mut be);
+}
+
+/// Rope(q), Rope(k), Attention of one token as a graph (the rotated q and k temporaries), on
+/// `be`: returns the attention output and both caches after the step.
+fn rope_attention_graph(
+    be: &mut dyn Backend,
+    ins: &[(TensorDesc, Vec<u8>)],
+    caches: &[Vec<u8>; 2],
+    (nq, nkv, window): (u32, u32, u32),
+) -> gptoss_core::Result<Vec<Vec<u8>>> {
+    let d = 64u32;
+    let mut g = Graph::new();
+    let mut bufs = Vec::new();
+    let mut ids = Vec::new();
+    for (i, (desc, data)) in ins.iter().enumerate() {
+        let b = be.alloc(desc)?;
+        be.upload(b, data)?;
+        bufs.push(b);
+        ids.push(g.add_value(format!("in{i}"), desc.clone(), ValueKind::Input(b)));
+    }
+    let (q, k, v, sinks, pos) = (ids[0], ids[1], ids[2], ids[3], ids[4]);
+    let rope = |heads| Op::Rope {
+        params: gpt_oss_rope(),
+        heads,
+    };
+    let qr = g.add_value("q_rot", ins[0].0.clone(), ValueKind::Temp);
+    let kr = g.add_value("k_rot", ins[1].0.clone(), ValueKind::Temp);
+    let o_desc = ins[0].0.clone();
+    let ob = be.alloc(&o_desc)?;
+    bufs.push(ob);
+    let o = g.add_value("o", o_desc, ValueKind::Output(ob));
+    let cache_desc = TensorDesc::new(
+        DType::F32,
+        [
+            caches[0].len() / (4 * 64 * nkv as usize),
+            (nkv * d) as usize,
+        ],
+    );
+    let mut cache_ids = Vec::new();
+    for (i, c) in caches.iter().enumerate() {
+        let b = be.alloc(&cache_desc)?;
+        be.upload(b, c)?;
+        bufs.push(b);
+        cache_ids.push(g.add_value(format!("cache{i}"), cache_desc.clone(), ValueKind::State(b)));
+    }
+    g.push(rope(nq), vec![q, pos], vec![qr]);
+    g.push(rope(nkv), vec![k, pos], vec![kr]);
+    g.push(
+        Op::Attention {
+            heads: nq,
+            kv_heads: nkv,
+            head_dim: d,
+            window,
+            scale: 0.125,
+        },
+        vec![qr, kr, v, sinks, pos],
+        vec![o, cache_ids[0], cache_ids[1]],
+    );
+    let r = be.execute(&g);
+    let mut got = Vec::new();
+    if r.is_ok() {
+        for b in &bufs[5..] {
+            got.push(be.download(*b)?);
+        }
+    }
+    for b in bufs {
+        be.free(b)?;
+    }
+    r.map(|_| got)
+}
+
+/// One decode token's RoPE inside the split attention (no RoPE launch, the rotated k written
+/// to the cache by the attention) against the cpu's separate Rope and Attention; a negative
+/// position is still the RoPE error.
+#[test]
+#[ignore = "needs an NVIDIA GPU (sm_90+; sm_70+ with GPTOSS_CUDA_FLAVOR=portable): run on the GPU machine with --ignored"]
+fn rope_inside_one_token_attention_matches_cpu() {
+    let mut be = gpu();
+    let mut cpu = gptoss_backend_cpu::cpu_backend(2);
+    let mut r = Rng(27);
+    let before = be.rope_attention_runs();
+    for (nq, nkv, window, p, cap) in [
+        (64u32, 8u32, 0u32, 300i32, 512usize),
+        (64, 8, 128, 511, 512),
+        (8, 2, 0, 0, 16),
+    ] {
+        let ins = attention_inputs(&mut r, (nq, nkv, 64), &[p]);
+        let caches = [0, 1].map(|_| f32_bytes(&r.vec(cap * (nkv * 64) as usize, 1.0)));
+        let g = rope_attention_graph(&mut be, &ins, &caches, (nq, nkv, window)).unwrap();
+        let c = rope_attention_graph(&mut cpu, &ins, &caches, (nq, nkv, window)).unwrap();
+        let what = format!("rope + attention nq{nq} nkv{nkv} window {window} position {p}");
+        assert_close(&what, &to_f32(&g[0]), &to_f32(&c[0]), 1e-5);
+        assert_close(
+            &format!("{what}: k cache"),
+            &to_f32(&g[1]),
+            &to_f32(&c[1]),
+            1e-6,
+        );
+        assert_eq!(g[2], c[2], "{what}: v cache");
+    }
+    assert!(
+        be.rope_attention_runs() > before,
+        "the RoPE ran as its own launch, not inside the attention"
+    );
+    let ins = attention_inputs(&mut r, (8, 2, 64), &[-1]);
+    let caches = [0, 1].map(|_| f32_bytes(&r.vec(16 * 128, 1.0)));
+    let e = rope_attention_graph(&mut be, &ins, &caches, (8, 2, 0))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("rope: negative position -1"), "{e}");
     check_still_usable(&mut be);
 }
 

@@ -229,17 +229,38 @@ extern "C" __global__ void __launch_bounds__(128)
 // cache yet. Key p is read from them, and the block whose chunk holds p for the first query
 // head of each KV group writes them to cache row p (kv_write folded in: no block of this
 // launch reads that row from the cache); a position outside the cache is reported as
-// kv_write does.
+// kv_write does. With `inv_freq` too, q and k arrive before RoPE and the kernel rotates them
+// as rope_pairs would (cos / sin times mscale); the rotated k is what the cache gets.
+
+// RoPE of a head's dims 2 lane, 2 lane + 1 held by `lane` (the warp holds the whole head of
+// AT_D dims): each rotates with its partner dim 32 apart (lane ^ 16), as rope_pairs does.
+// Call with the whole warp.
+__device__ __forceinline__ float2 rope_lane(float x0, float x1, int p, const float* inv_freq,
+                                            float mscale, int lane) {
+    const float p0 = __shfl_xor_sync(0xffffffffu, x0, 16);
+    const float p1 = __shfl_xor_sync(0xffffffffu, x1, 16);
+    const int i = (2 * lane) & (AT_D / 2 - 1);
+    const float a0 = (float)p * inv_freq[i], a1 = (float)p * inv_freq[i + 1];
+    const float c0 = cosf(a0) * mscale, s0 = sinf(a0) * mscale;
+    const float c1 = cosf(a1) * mscale, s1 = sinf(a1) * mscale;
+    if (lane < 16) return make_float2(x0 * c0 - p0 * s0, x1 * c1 - p1 * s1);
+    return make_float2(x0 * c0 + p0 * s0, x1 * c1 + p1 * s1);
+}
+
+// Key row j's dims for this lane: from `fresh` (the head's row of this step's token, already
+// offset to the head) for key p, else from the cache.
 __device__ __forceinline__ const float* key_row(const float* cache, const float* fresh, int j,
-                                               int p, int W, i64 off) {
-    return (fresh && j == p) ? fresh + off : cache + (i64)j * W + off;
+                                               int p, int W, i64 off, int d) {
+    return (fresh && j == p) ? fresh + d : cache + (i64)j * W + off;
 }
 
 extern "C" __global__ void __launch_bounds__(128)
     attention_split(const float* q, float* kc, float* vc, const int* pos, float* pm, float* pl,
                     float* pacc, int NQ, int NKV, int window, float scale, int cap,
-                    const float* knew, const float* vnew, int* err) {
+                    const float* knew, const float* vnew, int* err, const float* inv_freq,
+                    float mscale) {
     __shared__ float sm[4], sl[4];
+    __shared__ __align__(16) float kfresh[AT_D];
     __shared__ __align__(16) float sacc[4][AT_D];
     const i64 t = blockIdx.x;
     const int h = blockIdx.y, si = blockIdx.z, S = gridDim.z;
@@ -257,22 +278,46 @@ extern "C" __global__ void __launch_bounds__(128)
     const int chunk = (n + S - 1) / S;
     const int a = lo + si * chunk;
     const int b = min(hi, a + chunk - 1);
+    // Where key p's k / v rows are read for this head (k rotated into kfresh with RoPE).
+    const float* kfrom = nullptr;
+    const float* vfrom = nullptr;
     if (knew) {
         // knew holds one row (T = 1), so t = 0 here.
         const int G = NQ / NKV;
-        if (hi < 0 && h == 0 && si == 0 && threadIdx.x == 0)
-            report_error(err, ERR_POSITION, p, cap, (int)t);
+        if (hi < 0 && h == 0 && si == 0 && threadIdx.x == 0) {
+            if (inv_freq && p < 0) report_error(err, ERR_ROPE_POSITION, p, 0, (int)t);
+            else report_error(err, ERR_POSITION, p, cap, (int)t);
+        }
+        const i64 c = (i64)(h / G) * AT_D;
+        kfrom = knew + c;
+        vfrom = vnew + c;
+        if (inv_freq && hi >= 0) {
+            if (wid == 0) {
+                const float2 r = rope_lane(knew[c + 2 * lane], knew[c + 2 * lane + 1], p,
+                                           inv_freq, mscale, lane);
+                kfresh[2 * lane] = r.x;
+                kfresh[2 * lane + 1] = r.y;
+            }
+            __syncthreads();
+            kfrom = kfresh;
+        }
         if (hi >= 0 && a <= p && p <= b && h % G == 0 && threadIdx.x < AT_D) {
-            const i64 c = (i64)(h / G) * AT_D + threadIdx.x;
-            kc[(i64)p * W + c] = knew[c];
-            vc[(i64)p * W + c] = vnew[c];
+            kc[(i64)p * W + c + threadIdx.x] = kfrom[threadIdx.x];
+            vc[(i64)p * W + c + threadIdx.x] = vfrom[threadIdx.x];
         }
     }
     float q0 = 0.0f, q1 = 0.0f;
     if (hi >= 0) {
         const float* qh = q + (t * NQ + h) * AT_D + 2 * lane;
-        q0 = qh[0] * scale;
-        q1 = qh[1] * scale;
+        q0 = qh[0];
+        q1 = qh[1];
+        if (inv_freq) {
+            const float2 r = rope_lane(q0, q1, p, inv_freq, mscale, lane);
+            q0 = r.x;
+            q1 = r.y;
+        }
+        q0 *= scale;
+        q1 *= scale;
     }
     float m = NEG_INF, l = 0.0f, a0 = 0.0f, a1 = 0.0f;
     int j = a + wid;
@@ -280,8 +325,8 @@ extern "C" __global__ void __launch_bounds__(128)
         float s4[4], v0[4], v1[4];
 #pragma unroll
         for (int u = 0; u < 4; u++) {
-            const float* kr = key_row(kc, knew, j + 4 * u, p, W, off);
-            const float* vr = key_row(vc, vnew, j + 4 * u, p, W, off);
+            const float* kr = key_row(kc, kfrom, j + 4 * u, p, W, off, 2 * lane);
+            const float* vr = key_row(vc, vfrom, j + 4 * u, p, W, off, 2 * lane);
             s4[u] = q0 * kr[0] + q1 * kr[1];
             v0[u] = vr[0];
             v1[u] = vr[1];
@@ -304,8 +349,8 @@ extern "C" __global__ void __launch_bounds__(128)
         m = mn;
     }
     for (; j <= b; j += 4) {
-        const float* kr = key_row(kc, knew, j, p, W, off);
-        const float* vr = key_row(vc, vnew, j, p, W, off);
+        const float* kr = key_row(kc, kfrom, j, p, W, off, 2 * lane);
+        const float* vr = key_row(vc, vfrom, j, p, W, off, 2 * lane);
         float s = warp_sum(q0 * kr[0] + q1 * kr[1]);
         float mn = fmaxf(m, s);
         float corr = expf(m - mn);
