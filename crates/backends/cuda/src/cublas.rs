@@ -103,36 +103,10 @@ fn candidates_from(
         out.push(PathBuf::from(p));
     }
     out.extend(SONAMES.iter().map(PathBuf::from));
-    let mut dirs: Vec<PathBuf> = Vec::new();
-    for home in cuda_homes {
-        dirs.push(home.join("lib64"));
-        dirs.push(home.join("lib"));
-    }
-    dirs.push("/usr/local/cuda/lib64".into());
-    dirs.push("/usr/local/cuda/targets/x86_64-linux/lib".into());
-    for root in py_roots {
-        let Ok(rd) = std::fs::read_dir(root) else {
-            continue;
-        };
-        let mut pys: Vec<PathBuf> = rd
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with("python3"))
-            })
-            .collect();
-        pys.sort();
-        for py in pys {
-            for pkgs in ["dist-packages", "site-packages"] {
-                // nvidia-cublas-cu12 / -cu11 wheels, and the CUDA 13 wheels' shared folder.
-                for sub in ["nvidia/cublas/lib", "nvidia/cu13/lib", "nvidia/cu12/lib"] {
-                    dirs.push(py.join(pkgs).join(sub));
-                }
-            }
-        }
-    }
+    let mut dirs = crate::libpaths::toolkit_dirs(cuda_homes);
+    // nvidia-cublas-cu12 / -cu11 wheels, and the CUDA 13 wheels' shared folder.
+    let subs = ["nvidia/cublas/lib", "nvidia/cu13/lib", "nvidia/cu12/lib"];
+    dirs.extend(crate::libpaths::wheel_dirs(py_roots, &subs));
     for d in dirs {
         for n in &SONAMES[..3] {
             out.push(d.join(n));
@@ -142,10 +116,7 @@ fn candidates_from(
 }
 
 fn candidates() -> Vec<PathBuf> {
-    let homes: Vec<PathBuf> = ["CUDA_HOME", "CUDA_PATH", "CUDA_ROOT"]
-        .iter()
-        .filter_map(|v| std::env::var_os(v).map(PathBuf::from))
-        .collect();
+    let homes = crate::libpaths::cuda_homes();
     let roots = [
         Path::new("/usr/local/lib"),
         Path::new("/usr/lib"),

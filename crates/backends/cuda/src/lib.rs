@@ -29,6 +29,7 @@ mod cublas_ops;
 mod driver;
 mod fusion;
 mod kernels;
+mod libpaths;
 pub mod nccl;
 pub mod nvrtc;
 mod ops;

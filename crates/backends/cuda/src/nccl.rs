@@ -7,7 +7,7 @@
 //! PyTorch installs (`site-packages/nvidia/nccl/lib`).
 
 use std::ffi::{c_char, c_int, c_void, CStr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use cudarc::driver::sys::CUstream;
@@ -58,27 +58,14 @@ fn candidates() -> Vec<PathBuf> {
     }
     out.push("libnccl.so.2".into());
     out.push("libnccl.so".into());
-    for root in ["/usr/local/lib", "/usr/lib", "/opt/conda/lib"] {
-        let Ok(rd) = std::fs::read_dir(root) else {
-            continue;
-        };
-        let mut pys: Vec<PathBuf> = rd
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with("python3"))
-            })
-            .collect();
-        pys.sort();
-        for py in pys {
-            for pkgs in ["dist-packages", "site-packages"] {
-                for sub in ["nvidia/nccl/lib", "nvidia/cu13/lib", "nvidia/cu12/lib"] {
-                    out.push(py.join(pkgs).join(sub).join("libnccl.so.2"));
-                }
-            }
-        }
+    let roots = [
+        Path::new("/usr/local/lib"),
+        Path::new("/usr/lib"),
+        Path::new("/opt/conda/lib"),
+    ];
+    let subs = ["nvidia/nccl/lib", "nvidia/cu13/lib", "nvidia/cu12/lib"];
+    for dir in crate::libpaths::wheel_dirs(&roots, &subs) {
+        out.push(dir.join("libnccl.so.2"));
     }
     out
 }

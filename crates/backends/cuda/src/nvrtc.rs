@@ -51,35 +51,18 @@ fn candidates() -> Vec<PathBuf> {
         "libnvrtc.so.11.2",
     ];
     out.extend(names.iter().map(PathBuf::from));
-    let mut dirs: Vec<PathBuf> = Vec::new();
-    for var in ["CUDA_HOME", "CUDA_PATH", "CUDA_ROOT"] {
-        if let Some(d) = std::env::var_os(var) {
-            dirs.push(Path::new(&d).join("lib64"));
-            dirs.push(Path::new(&d).join("lib"));
-        }
-    }
-    dirs.push("/usr/local/cuda/lib64".into());
-    dirs.push("/usr/local/cuda/targets/x86_64-linux/lib".into());
-    if let Ok(rd) = std::fs::read_dir("/usr/local") {
-        let mut v: Vec<PathBuf> = rd
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with("cuda-"))
-            })
-            .collect();
-        v.sort();
-        v.reverse();
-        for p in v {
-            dirs.push(p.join("lib64"));
-        }
-    }
+    let mut dirs = crate::libpaths::toolkit_dirs(&crate::libpaths::cuda_homes());
     // pip's nvidia-cuda-nvrtc wheels (PyTorch installs), e.g. .../site-packages/nvidia/cu13/lib.
     for root in ["/usr/lib/python3/dist-packages", "/usr/local/lib"] {
         dirs.push(Path::new(root).join("nvidia/cuda_nvrtc/lib"));
     }
+    let roots = [Path::new("/usr/local/lib"), Path::new("/usr/lib")];
+    let subs = [
+        "nvidia/cuda_nvrtc/lib",
+        "nvidia/cu13/lib",
+        "nvidia/cu12/lib",
+    ];
+    dirs.extend(crate::libpaths::wheel_dirs(&roots, &subs));
     for d in dirs {
         for n in names {
             out.push(d.join(n));
