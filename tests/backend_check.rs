@@ -307,7 +307,6 @@ pub fn attention_inputs(
 pub fn check_paged_prefill_chunk_matches_cpu(be: &mut dyn Backend) {
     let mut r = Rng(33);
     let (nq, nkv, d, ps) = (16u32, 2u32, 64u32, 16usize);
-    let (qw, kvw) = ((nq * d) as usize, (nkv * d) as usize);
     let np = 10; // pages per row: up to 160 positions
     let seqs = 5;
     let pool_pages = seqs * np;
@@ -328,34 +327,67 @@ pub fn check_paged_prefill_chunk_matches_cpu(be: &mut dyn Backend) {
         .map(|&(s, p)| table(s)[p as usize / ps] * ps as i32 + p % ps as i32)
         .collect();
     for window in [0u32, 48] {
-        let op = Op::PagedAttention {
-            heads: nq,
-            kv_heads: nkv,
-            head_dim: d,
+        let case = PagedCase {
+            shape: (nq, nkv, d, ps),
             window,
-            scale: 0.125,
-            page_size: ps as u32,
+            pos: &pos,
+            pages: &pages,
+            slots: &slots,
+            pool_pages,
         };
-        let mut ins = attention_inputs(&mut r, (nq, nkv, d), &pos);
-        ins.push(i32_t(&[t], &slots));
-        ins.push(i32_t(&[t, np], &pages));
-        let pool_rows = pool_pages * ps;
-        let pool = TensorDesc::new(DType::F32, [pool_rows, kvw]);
-        let (g, c) = both(
+        check_paged_case(
             be,
-            &op,
-            &ins,
-            &[
-                (TensorDesc::new(DType::F32, [t, qw]), None),
-                (pool.clone(), Some(f32_bytes(&r.vec(pool_rows * kvw, 1.0)))),
-                (pool, Some(f32_bytes(&r.vec(pool_rows * kvw, 1.0)))),
-            ],
+            &mut r,
+            &case,
+            &format!("paged prefill chunk of {t} rows"),
         );
-        let what = format!("paged prefill chunk of {t} rows, window {window}");
-        assert_close(&what, &to_f32(&g[0]), &to_f32(&c[0]), 1e-5);
-        assert_eq!(g[1], c[1], "{what}: k pool");
-        assert_eq!(g[2], c[2], "{what}: v pool");
     }
+}
+
+/// Rows of one `Op::PagedAttention` step: (heads, kv_heads, head_dim, page size), each row's
+/// position, page table (P entries a row) and pool slot, and the pools' pages.
+pub struct PagedCase<'a> {
+    pub shape: (u32, u32, u32, usize),
+    pub window: u32,
+    pub pos: &'a [i32],
+    pub pages: &'a [i32],
+    pub slots: &'a [i32],
+    pub pool_pages: usize,
+}
+
+/// `Op::PagedAttention` of `case` with random q/k/v, sinks and pools on `be` against the cpu:
+/// outputs within 1e-5, the written pools equal.
+pub fn check_paged_case(be: &mut dyn Backend, r: &mut Rng, case: &PagedCase, what: &str) {
+    let (nq, nkv, d, ps) = case.shape;
+    let (qw, kvw) = ((nq * d) as usize, (nkv * d) as usize);
+    let t = case.pos.len();
+    let op = Op::PagedAttention {
+        heads: nq,
+        kv_heads: nkv,
+        head_dim: d,
+        window: case.window,
+        scale: 0.125,
+        page_size: ps as u32,
+    };
+    let mut ins = attention_inputs(r, (nq, nkv, d), case.pos);
+    ins.push(i32_t(&[t], case.slots));
+    ins.push(i32_t(&[t, case.pages.len() / t], case.pages));
+    let rows = case.pool_pages * ps;
+    let pool = TensorDesc::new(DType::F32, [rows, kvw]);
+    let (g, c) = both(
+        be,
+        &op,
+        &ins,
+        &[
+            (TensorDesc::new(DType::F32, [t, qw]), None),
+            (pool.clone(), Some(f32_bytes(&r.vec(rows * kvw, 1.0)))),
+            (pool, Some(f32_bytes(&r.vec(rows * kvw, 1.0)))),
+        ],
+    );
+    let what = format!("{what}, window {}", case.window);
+    assert_close(&what, &to_f32(&g[0]), &to_f32(&c[0]), 1e-5);
+    assert_eq!(g[1], c[1], "{what}: k pool");
+    assert_eq!(g[2], c[2], "{what}: v pool");
 }
 
 /// One attention case: (heads, kv_heads, head_dim, window, positions, cache capacity).
@@ -601,26 +633,33 @@ pub fn check_bad_input_is_an_error(be: &mut dyn Backend) {
         .unwrap_err()
         .to_string();
     assert!(e.contains("token id 10") && e.contains("10 tokens"), "{e}");
+    check_position_beyond_the_cache(be, (1, 1, 16));
+}
+
+/// One token of `Op::Attention` of (heads, kv_heads, head_dim) at position 4 of a 4-row cache:
+/// an error naming the position and the capacity.
+pub fn check_position_beyond_the_cache(be: &mut dyn Backend, (nq, nkv, d): (u32, u32, u32)) {
     let op = Op::Attention {
-        heads: 1,
-        kv_heads: 1,
-        head_dim: 16,
+        heads: nq,
+        kv_heads: nkv,
+        head_dim: d,
         window: 0,
         scale: 0.25,
     };
-    let cache = TensorDesc::new(DType::F32, [4, 16]);
+    let (qw, kvw) = ((nq * d) as usize, (nkv * d) as usize);
+    let cache = TensorDesc::new(DType::F32, [4, kvw]);
     let e = run_op(
         be,
         &op,
         &[
-            f32_t(&[1, 16], &[0.1; 16]),
-            f32_t(&[1, 16], &[0.1; 16]),
-            f32_t(&[1, 16], &[0.1; 16]),
-            f32_t(&[1], &[0.0]),
+            f32_t(&[1, qw], &vec![0.1; qw]),
+            f32_t(&[1, kvw], &vec![0.1; kvw]),
+            f32_t(&[1, kvw], &vec![0.1; kvw]),
+            f32_t(&[nq as usize], &vec![0.0; nq as usize]),
             i32_t(&[1], &[4]),
         ],
         &[
-            (TensorDesc::new(DType::F32, [1, 16]), None),
+            (TensorDesc::new(DType::F32, [1, qw]), None),
             (cache.clone(), Some(vec![0; cache.byte_size()])),
             (cache.clone(), Some(vec![0; cache.byte_size()])),
         ],

@@ -348,36 +348,7 @@ fn op_paged_prefill_chunk_matches_cpu() {
 #[ignore = "needs an NVIDIA GPU (sm_90+; sm_70+ with GPTOSS_CUDA_FLAVOR=portable): run on the GPU machine with --ignored"]
 fn one_token_attention_reports_a_position_beyond_the_cache() {
     let mut be = gpu();
-    let op = Op::Attention {
-        heads: 8,
-        kv_heads: 2,
-        head_dim: 64,
-        window: 0,
-        scale: 0.125,
-    };
-    let cache = TensorDesc::new(DType::F32, [4, 128]);
-    let e = run_op(
-        &mut be,
-        &op,
-        &[
-            f32_t(&[1, 512], &[0.1; 512]),
-            f32_t(&[1, 128], &[0.1; 128]),
-            f32_t(&[1, 128], &[0.1; 128]),
-            f32_t(&[8], &[0.0; 8]),
-            i32_t(&[1], &[4]),
-        ],
-        &[
-            (TensorDesc::new(DType::F32, [1, 512]), None),
-            (cache.clone(), Some(vec![0; cache.byte_size()])),
-            (cache.clone(), Some(vec![0; cache.byte_size()])),
-        ],
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(
-        e.contains("position 4") && e.contains("capacity of 4"),
-        "{e}"
-    );
+    check_position_beyond_the_cache(&mut be, (8, 2, 64));
     check_still_usable(&mut be);
 }
 

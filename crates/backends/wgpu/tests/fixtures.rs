@@ -363,48 +363,29 @@ fn paged_prefill_chunk_matches_cpu() {
 fn long_context_paged_attention_matches_cpu() {
     let mut be = gpu();
     let mut r = Rng(32);
-    let (nq, nkv, d, ps) = (64u32, 8u32, 64u32, 16usize);
-    let (qw, kvw) = ((nq * d) as usize, (nkv * d) as usize);
+    let ps = 16usize;
     let np = 80; // pages per row: up to 1280 keys
     let pool_pages = 2 * np;
+    // Row 0: sequence A at position 1100; row 1: sequence B at 37; row 2: A at 1279.
+    let pos = vec![1100i32, 37, 1279];
+    let a: Vec<i32> = (0..np as i32)
+        .map(|i| (i * 7 + 3) % pool_pages as i32)
+        .collect();
+    let b: Vec<i32> = (0..np as i32)
+        .map(|i| (i * 7 + 4) % pool_pages as i32)
+        .collect();
+    let pages: Vec<i32> = [a.clone(), b.clone(), a.clone()].concat();
+    let slot = |tab: &[i32], p: i32| tab[p as usize / ps] * ps as i32 + p % ps as i32;
+    let slots = vec![slot(&a, 1100), slot(&b, 37), slot(&a, 1279)];
     for window in [0u32, 128] {
-        // Row 0: sequence A at position 1100; row 1: sequence B at 37; row 2: A at 1279.
-        let pos = vec![1100i32, 37, 1279];
-        let t = pos.len();
-        let a: Vec<i32> = (0..np as i32)
-            .map(|i| (i * 7 + 3) % pool_pages as i32)
-            .collect();
-        let b: Vec<i32> = (0..np as i32)
-            .map(|i| (i * 7 + 4) % pool_pages as i32)
-            .collect();
-        let pages: Vec<i32> = [a.clone(), b.clone(), a.clone()].concat();
-        let slot = |tab: &[i32], p: i32| tab[p as usize / ps] * ps as i32 + p % ps as i32;
-        let slots = vec![slot(&a, 1100), slot(&b, 37), slot(&a, 1279)];
-        let op = Op::PagedAttention {
-            heads: nq,
-            kv_heads: nkv,
-            head_dim: d,
+        let case = PagedCase {
+            shape: (64, 8, 64, ps),
             window,
-            scale: 0.125,
-            page_size: ps as u32,
+            pos: &pos,
+            pages: &pages,
+            slots: &slots,
+            pool_pages,
         };
-        let mut ins = attention_inputs(&mut r, (nq, nkv, d), &pos);
-        ins.push(i32_t(&[t], &slots));
-        ins.push(i32_t(&[t, np], &pages));
-        let rows = pool_pages * ps;
-        let pool = TensorDesc::new(DType::F32, [rows, kvw]);
-        let (g, c) = both(
-            &mut be,
-            &op,
-            &ins,
-            &[
-                (TensorDesc::new(DType::F32, [t, qw]), None),
-                (pool.clone(), Some(f32_bytes(&r.vec(rows * kvw, 1.0)))),
-                (pool, Some(f32_bytes(&r.vec(rows * kvw, 1.0)))),
-            ],
-        );
-        let what = format!("paged attention window {window}");
-        assert_close(&what, &to_f32(&g[0]), &to_f32(&c[0]), 1e-5);
-        assert_eq!(g[1], c[1], "{what}: k pool");
+        check_paged_case(&mut be, &mut r, &case, "paged attention");
     }
 }
