@@ -12,6 +12,10 @@
 # on this machine; PART=bench70: the same for compute_70 (f16 m8n8k4, then f32). PART=compute_75,
 # compute_70, compute_80 or mxfp4: one test run only (each fits one 600 s device call).
 # Default: all. Results go to $OUT.
+# compute_70 needs NVRTC 12 (CUDA 13's NVRTC refuses targets before sm_75): when
+# $DIST/nvrtc12.tar.xz is there (nvrtc12/libnvrtc.so.12 + libnvrtc-builtins.so.12.9 from pip's
+# nvidia-cuda-nvrtc-cu12 wheel, tar -cJf) it is unpacked to /tmp and named by GPTOSS_NVRTC for
+# the compute_70 runs; otherwise NVRTC12=/path/to/libnvrtc.so.12 may name one.
 set -uo pipefail
 OUT=${OUT:-/tmp/gptoss-out}
 PART=${PART:-all}
@@ -37,12 +41,19 @@ run_tests() { # name, env..., -- tests
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
   grep -E "^test result|FAILED|panicked" "$OUT/tests-$name.txt" | tee -a "$OUT/summary.txt"
 }
+NVRTC12=${NVRTC12:-}
+if [ -z "$NVRTC12" ] && [ -f "$DIST/nvrtc12.tar.xz" ]; then
+  tar -xJf "$DIST/nvrtc12.tar.xz" -C /tmp && NVRTC12=/tmp/nvrtc12/libnvrtc.so.12
+fi
+NVRTC70=()
+[ -n "$NVRTC12" ] && NVRTC70=("GPTOSS_NVRTC=$NVRTC12")
 part() { [ "$PART" = all ] || [ "$PART" = "$1" ] || { [ "$PART" = tests ] && [ "$2" = test ]; }; }
 if part compute_75 test; then
   run_tests compute_75 GPTOSS_CUDA_FLAVOR=portable GPTOSS_CUDA_PORTABLE_ARCH=compute_75 -- $TESTS
 fi
 if part compute_70 test; then
-  run_tests compute_70 GPTOSS_CUDA_FLAVOR=portable GPTOSS_CUDA_PORTABLE_ARCH=compute_70 -- $TESTS
+  run_tests compute_70 GPTOSS_CUDA_FLAVOR=portable GPTOSS_CUDA_PORTABLE_ARCH=compute_70 \
+    ${NVRTC70[@]+"${NVRTC70[@]}"} -- $TESTS
 fi
 if part compute_80 test; then
   run_tests compute_80 GPTOSS_CUDA_FLAVOR=portable GPTOSS_CUDA_PORTABLE_ARCH=compute_80 -- \
@@ -63,7 +74,7 @@ if part bench bench; then
   bench compute_80-bf16 GPTOSS_CUDA_PORTABLE_ARCH=compute_80
 fi
 if part bench70 bench; then
-  bench compute_70-f16 GPTOSS_CUDA_PORTABLE_ARCH=compute_70
-  bench compute_70-f32 GPTOSS_CUDA_PORTABLE_ARCH=compute_70 GPTOSS_CUDA_MMA_MIN_T=0
+  bench compute_70-f16 GPTOSS_CUDA_PORTABLE_ARCH=compute_70 ${NVRTC70[@]+"${NVRTC70[@]}"}
+  bench compute_70-f32 GPTOSS_CUDA_PORTABLE_ARCH=compute_70 GPTOSS_CUDA_MMA_MIN_T=0 ${NVRTC70[@]+"${NVRTC70[@]}"}
 fi
 exit $status

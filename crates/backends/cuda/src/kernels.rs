@@ -238,6 +238,28 @@ pub fn portable_skip(cc: (u32, u32)) -> &'static [&'static str] {
 /// The families the cuda-mxfp4 flavor (sm_90+) leaves out: the f16 tensor-core builds.
 pub const MXFP4_SKIP: &[&str] = &[MMA_F16, MMA_F16_SM70];
 
+/// What to do when NVRTC refused `arch` for being too old: NVRTC 13 (CUDA 13) no longer
+/// compiles for targets before sm_75 (Volta: "invalid value for --gpu-architecture"); CUDA
+/// 12.x's NVRTC still does, and driver 580 (the last branch for Volta) runs its PTX.
+pub fn nvrtc_target_hint(arch: &str, nvrtc: (i32, i32)) -> String {
+    let cc: u32 = arch
+        .chars()
+        .filter(|c| c.is_ascii_digit())
+        .collect::<String>()
+        .parse()
+        .unwrap_or(0);
+    if nvrtc.0 >= 13 && cc > 0 && cc < 75 {
+        format!(
+            "\nNVRTC {}.{} no longer compiles for {arch} (CUDA 13 dropped targets before \
+             sm_75): point GPTOSS_NVRTC at a CUDA 12 libnvrtc.so.12 (CUDA 12.x toolkit, or pip's \
+             nvidia-cuda-nvrtc-cu12 wheel: nvidia/cuda_nvrtc/lib/libnvrtc.so.12)",
+            nvrtc.0, nvrtc.1
+        )
+    } else {
+        String::new()
+    }
+}
+
 /// NVRTC options for `family` on `arch`.
 pub fn compile_options(arch: &str, family: &Family) -> Vec<String> {
     let mut options = vec![
@@ -371,10 +393,11 @@ impl Kernels {
             return Err(Error::backend(
                 backend(),
                 format!(
-                    "compiling kernels with NVRTC {:?} ({}) for {arch} failed:\n{}",
+                    "compiling kernels with NVRTC {:?} ({}) for {arch} failed:\n{}{}",
                     nvrtc.version(),
                     nvrtc.path(),
-                    errors.join("\n")
+                    errors.join("\n"),
+                    nvrtc_target_hint(&arch, nvrtc.version())
                 ),
             ));
         }

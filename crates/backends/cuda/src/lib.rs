@@ -45,8 +45,8 @@ use gptoss_core::{Backend, BufferId, DType, Error, Graph, ProbeReport, Result, T
 
 use driver::{CUdeviceptr, Gpu};
 pub use kernels::{
-    arch_for, compile_options, family, portable_arch_for, portable_skip, Family, ModuleOrigin,
-    MMA_BF16, MMA_F16, MMA_F16_SM70,
+    arch_for, compile_options, family, nvrtc_target_hint, portable_arch_for, portable_skip, Family,
+    ModuleOrigin, MMA_BF16, MMA_F16, MMA_F16_SM70,
 };
 
 /// Tokens up to which the dequantized MoE runs as cuBLAS GEMMs per expert (H100, 20b shape,

@@ -291,6 +291,21 @@ fn the_f16_tensor_core_family_is_mma_cu_built_with_f16_operands() {
 }
 
 #[test]
+fn nvrtc_13_refusing_volta_names_the_way_out() {
+    // NVRTC 13 answers "invalid value for --gpu-architecture" for compute_70: the error adds
+    // what to do; other targets and NVRTC 12 add nothing.
+    let hint = gptoss_cuda::nvrtc_target_hint("compute_70", (13, 0));
+    assert!(
+        hint.contains("GPTOSS_NVRTC") && hint.contains("libnvrtc.so.12"),
+        "{hint}"
+    );
+    assert!(gptoss_cuda::nvrtc_target_hint("compute_72", (13, 2)).contains("compute_72"));
+    assert_eq!(gptoss_cuda::nvrtc_target_hint("compute_70", (12, 9)), "");
+    assert_eq!(gptoss_cuda::nvrtc_target_hint("compute_75", (13, 0)), "");
+    assert_eq!(gptoss_cuda::nvrtc_target_hint("sm_90a", (13, 0)), "");
+}
+
+#[test]
 fn the_volta_family_is_the_f16_build_with_m8n8k4() {
     let f16 = family(MMA_F16).expect("the f16 family");
     let volta = family(MMA_F16_SM70).expect("the Volta f16 family");
