@@ -29,6 +29,10 @@ pub const MMA_BF16: &str = "mma";
 /// cores (mma.sync m16n8k8) but no bf16 ones. Holds the bf16 family's kernels except the
 /// --dequantize and cuBLAS ones, under the same names.
 pub const MMA_F16: &str = "mma_f16";
+/// The f16 family for Volta (sm_70..sm_74: `-DMMA_F16 -DMMA_SM70`): f16 tensor cores through
+/// mma.sync m8n8k4 (neither m16n8k8 nor ldmatrix exist before sm_75), fragments read from
+/// shared memory with plain loads. The same kernels as [`MMA_F16`], under the same names.
+pub const MMA_F16_SM70: &str = "mma_f16_sm70";
 
 pub const FAMILIES: &[Family] = &[
     Family {
@@ -162,6 +166,20 @@ pub const FAMILIES: &[Family] = &[
         defines: &["-DMMA_F16"],
     },
     Family {
+        name: MMA_F16_SM70,
+        source: include_str!("kernels/mma.cu"),
+        functions: &[
+            "gemm_bf16",
+            "moe_route",
+            "moe_gate_up_mma",
+            "moe_down_mma",
+            "moe_gate_up_mma128",
+            "moe_down_mma128",
+        ],
+        optional: true,
+        defines: &["-DMMA_F16", "-DMMA_SM70"],
+    },
+    Family {
         name: "argmax_fast",
         source: include_str!("kernels/argmax_fast.cu"),
         functions: &["argmax_partial", "argmax_final"],
@@ -205,20 +223,42 @@ pub fn portable_arch_for(cc: (u32, u32)) -> String {
 
 /// The kernel families the portable flavor leaves out on a target: one tensor-core family is
 /// built, with bf16 operands (mma.sync m16n8k16 .bf16) from sm_80, with f16 operands
-/// (m16n8k8 .f16, ldmatrix) on sm_75..sm_79; sm_70 (Volta: no m16n8k8) runs the
-/// f32-accumulating CUDA-core kernels only.
+/// (m16n8k8 .f16, ldmatrix) on sm_75..sm_79, and with f16 operands through Volta's
+/// mma.sync m8n8k4 (plain shared-memory loads) on sm_70..sm_74.
 pub fn portable_skip(cc: (u32, u32)) -> &'static [&'static str] {
     if cc >= (8, 0) {
-        &[MMA_F16]
+        &[MMA_F16, MMA_F16_SM70]
     } else if cc >= (7, 5) {
-        &[MMA_BF16]
+        &[MMA_BF16, MMA_F16_SM70]
     } else {
         &[MMA_BF16, MMA_F16]
     }
 }
 
-/// The families the cuda-mxfp4 flavor (sm_90+) leaves out: the f16 tensor-core build.
-pub const MXFP4_SKIP: &[&str] = &[MMA_F16];
+/// The families the cuda-mxfp4 flavor (sm_90+) leaves out: the f16 tensor-core builds.
+pub const MXFP4_SKIP: &[&str] = &[MMA_F16, MMA_F16_SM70];
+
+/// What to do when NVRTC refused `arch` for being too old: NVRTC 13 (CUDA 13) no longer
+/// compiles for targets before sm_75 (Volta: "invalid value for --gpu-architecture"); CUDA
+/// 12.x's NVRTC still does, and driver 580 (the last branch for Volta) runs its PTX.
+pub fn nvrtc_target_hint(arch: &str, nvrtc: (i32, i32)) -> String {
+    let cc: u32 = arch
+        .chars()
+        .filter(|c| c.is_ascii_digit())
+        .collect::<String>()
+        .parse()
+        .unwrap_or(0);
+    if nvrtc.0 >= 13 && cc > 0 && cc < 75 {
+        format!(
+            "\nNVRTC {}.{} no longer compiles for {arch} (CUDA 13 dropped targets before \
+             sm_75): point GPTOSS_NVRTC at a CUDA 12 libnvrtc.so.12 (CUDA 12.x toolkit, or pip's \
+             nvidia-cuda-nvrtc-cu12 wheel: nvidia/cuda_nvrtc/lib/libnvrtc.so.12)",
+            nvrtc.0, nvrtc.1
+        )
+    } else {
+        String::new()
+    }
+}
 
 /// NVRTC options for `family` on `arch`.
 pub fn compile_options(arch: &str, family: &Family) -> Vec<String> {
@@ -353,10 +393,11 @@ impl Kernels {
             return Err(Error::backend(
                 backend(),
                 format!(
-                    "compiling kernels with NVRTC {:?} ({}) for {arch} failed:\n{}",
+                    "compiling kernels with NVRTC {:?} ({}) for {arch} failed:\n{}{}",
                     nvrtc.version(),
                     nvrtc.path(),
-                    errors.join("\n")
+                    errors.join("\n"),
+                    nvrtc_target_hint(&arch, nvrtc.version())
                 ),
             ));
         }

@@ -5,8 +5,8 @@
 //! - [`Portable`] (plugin `cuda-bf16`, crates/backends/cuda-bf16): Volta to Ada (sm_70..sm_89),
 //!   kernels built as PTX for the device's virtual architecture (compute_XY), so nothing newer
 //!   than the device slips in; the tensor-core family takes bf16 operands from sm_80, f16
-//!   operands on sm_75..sm_79 (Turing), and is left out on sm_70 (Volta). Experts stay MXFP4
-//!   and are dequantized inside the kernels (W4A16).
+//!   operands on sm_75..sm_79 (Turing: mma m16n8k8) and on sm_70..sm_74 (Volta: mma m8n8k4).
+//!   Experts stay MXFP4 and are dequantized inside the kernels (W4A16).
 //!
 //! This crate is an rlib only; each plugin crate exports its flavor with `export_backend!`
 //! (two rlibs exporting the entry symbol would collide in one cdylib).
@@ -46,8 +46,8 @@ use gptoss_core::{Backend, BufferId, DType, Error, Graph, ProbeReport, Result, T
 
 use driver::{CUdeviceptr, Gpu};
 pub use kernels::{
-    arch_for, compile_options, family, portable_arch_for, portable_skip, Family, ModuleOrigin,
-    MMA_BF16, MMA_F16,
+    arch_for, compile_options, family, nvrtc_target_hint, portable_arch_for, portable_skip, Family,
+    ModuleOrigin, MMA_BF16, MMA_F16, MMA_F16_SM70,
 };
 
 /// Tokens up to which the dequantized MoE runs as cuBLAS GEMMs per expert (H100, 20b shape,
@@ -116,11 +116,9 @@ pub fn portable_target(cc: (u32, u32)) -> Result<(String, (u32, u32))> {
 
 /// Why --dequantize cannot run for `arch` (built for `target_cc`) on `device`.
 fn dequantize_refusal(device: &str, arch: &str, target_cc: (u32, u32)) -> String {
-    let why = if ((7, 5)..(8, 0)).contains(&target_cc) {
+    let why = if target_cc < (8, 0) {
         "its experts are expanded to bf16, and the tensor cores here take f16 operands \
          (bf16 needs sm_80; an expert value times its scale can leave f16's range)"
-    } else if target_cc < (7, 5) {
-        "there are no tensor-core kernels for this target (sm_75 or newer)"
     } else {
         "the bf16 tensor-core kernels did not compile (see the NVRTC log above)"
     };
@@ -372,7 +370,7 @@ impl<F: Flavor> Cuda<F> {
             gpu,
             _flavor: PhantomData,
         };
-        // Without a tensor-core family (sm_70, or its compile failed) the large-T linear and
+        // Without a tensor-core family (its compile failed) the large-T linear and
         // MoE stay on the f32 kernels whatever GPTOSS_CUDA_MMA_MIN_T says.
         let mut me = me;
         if !me.kernels.has("gemm_bf16") {
@@ -944,7 +942,10 @@ mod tests {
             "{turing}"
         );
         let volta = dequantize_refusal("Tesla V100 (sm_70)", "compute_70", (7, 0));
-        assert!(volta.contains("no tensor-core kernels"), "{volta}");
+        assert!(
+            volta.contains("f16 operands") && volta.contains("Tesla V100"),
+            "{volta}"
+        );
         let failed = dequantize_refusal("A100 (sm_80)", "compute_80", (8, 0));
         assert!(failed.contains("did not compile"), "{failed}");
         for m in [turing, volta, failed] {

@@ -24,10 +24,10 @@
 //! 2^-9 / sqrt(3) per term, uncorrelated, so the output NMSE is ~1e-6 per rounded operand
 //! (the MoE rounds twice: x, then the SwiGLU activations). Per-op checks at T >= 64 use
 //! `assert_close_bf16`: NMSE <= 1e-4 and max abs <= 3e-2 of the largest reference magnitude.
-//! Under compute_75..79 (`GPTOSS_CUDA_PORTABLE_ARCH=compute_75`: Turing's f16 tensor cores) the
-//! same kernels round to f16 instead (11 significant bits, relative error <= 2^-12; bf16
-//! weights are exact in f16 within 2^-17..65504, MXFP4 is exact after the scale split of
-//! mma.cu), so the same bounds hold with room to spare.
+//! Under compute_70..79 (`GPTOSS_CUDA_PORTABLE_ARCH=compute_75`: Turing's f16 tensor cores;
+//! `compute_70`: Volta's, mma m8n8k4) the same kernels round to f16 instead (11 significant
+//! bits, relative error <= 2^-12; bf16 weights are exact in f16 within 2^-17..65504, MXFP4 is
+//! exact after the scale split of mma.cu), so the same bounds hold with room to spare.
 //! The tiny fixtures (T <= 56) run the f32 paths by default (same bounds as before); one test
 //! forces the bf16 paths at every T (`GPTOSS_CUDA_MMA_MIN_T=1`) and requires equal argmax
 //! wherever the reference is not a near-tie (its top logit within 6% of the largest logit of
@@ -40,7 +40,7 @@ use gptoss_core::plugin::{PluginBackend, PluginOptions};
 use gptoss_core::{Backend, BufferId, DType, ProbeReport, Result, TensorDesc};
 use gptoss_cuda::{
     arch_for, compile_options, family, nvrtc::fnv64, CudaBf16, CudaMxfp4, ModuleOrigin, MMA_BF16,
-    MMA_F16,
+    MMA_F16, MMA_F16_SM70,
 };
 use gptoss_e2e::backend_check::*;
 use gptoss_e2e::{check_fixture_prompts, fixture_dir, Reference, FIXTURES};
@@ -238,11 +238,24 @@ fn arch_targets_and_cache_keys() {
     assert_eq!(arch_for((8, 6)), "sm_86");
     assert_eq!(gptoss_cuda::portable_arch_for((8, 6)), "compute_86");
     assert_eq!(gptoss_cuda::portable_arch_for((7, 0)), "compute_70");
-    // One tensor-core family a target: bf16 operands from sm_80, f16 on Turing, none on Volta.
-    assert_eq!(gptoss_cuda::portable_skip((8, 0)), &[MMA_F16]);
-    assert_eq!(gptoss_cuda::portable_skip((8, 9)), &[MMA_F16]);
-    assert_eq!(gptoss_cuda::portable_skip((7, 5)), &[MMA_BF16]);
+    // One tensor-core family a target: bf16 operands from sm_80, f16 on Turing (m16n8k8), f16
+    // on Volta (m8n8k4).
+    assert_eq!(gptoss_cuda::portable_skip((8, 0)), &[MMA_F16, MMA_F16_SM70]);
+    assert_eq!(gptoss_cuda::portable_skip((8, 9)), &[MMA_F16, MMA_F16_SM70]);
+    assert_eq!(
+        gptoss_cuda::portable_skip((7, 5)),
+        &[MMA_BF16, MMA_F16_SM70]
+    );
     assert_eq!(gptoss_cuda::portable_skip((7, 0)), &[MMA_BF16, MMA_F16]);
+    assert_eq!(gptoss_cuda::portable_skip((7, 2)), &[MMA_BF16, MMA_F16]);
+    // Exactly one tensor-core family is left in for every portable target.
+    for cc in [(7, 0), (7, 2), (7, 5), (8, 0), (8, 6), (8, 9), (9, 0)] {
+        let kept: Vec<&str> = [MMA_BF16, MMA_F16, MMA_F16_SM70]
+            .into_iter()
+            .filter(|f| !gptoss_cuda::portable_skip(cc).contains(f))
+            .collect();
+        assert_eq!(kept.len(), 1, "{cc:?}: {kept:?}");
+    }
     // FNV-1a must not change between builds: cached kernels are found by it.
     assert_eq!(fnv64(&[b"abc"]), fnv64(&[b"abc"]));
     assert_ne!(fnv64(&[b"ab", b"c"]), fnv64(&[b"a", b"bc"]));
@@ -278,6 +291,79 @@ fn the_f16_tensor_core_family_is_mma_cu_built_with_f16_operands() {
     for name in ["moe_dequant_bf16", "f32_to_bf16", "moe_gate_up_mma_bf16"] {
         assert!(!f16.functions.contains(&name), "{name}");
     }
+}
+
+#[test]
+fn nvrtc_13_refusing_volta_names_the_way_out() {
+    // NVRTC 13 answers "invalid value for --gpu-architecture" for compute_70: the error adds
+    // what to do; other targets and NVRTC 12 add nothing.
+    let hint = gptoss_cuda::nvrtc_target_hint("compute_70", (13, 0));
+    assert!(
+        hint.contains("GPTOSS_NVRTC") && hint.contains("libnvrtc.so.12"),
+        "{hint}"
+    );
+    assert!(gptoss_cuda::nvrtc_target_hint("compute_72", (13, 2)).contains("compute_72"));
+    assert_eq!(gptoss_cuda::nvrtc_target_hint("compute_70", (12, 9)), "");
+    assert_eq!(gptoss_cuda::nvrtc_target_hint("compute_75", (13, 0)), "");
+    assert_eq!(gptoss_cuda::nvrtc_target_hint("sm_90a", (13, 0)), "");
+}
+
+#[test]
+fn the_volta_family_is_the_f16_build_with_m8n8k4() {
+    let f16 = family(MMA_F16).expect("the f16 family");
+    let volta = family(MMA_F16_SM70).expect("the Volta f16 family");
+    assert_eq!(volta.source, f16.source, "one source");
+    assert_eq!(
+        volta.functions, f16.functions,
+        "the same kernels under the same names"
+    );
+    let opts = compile_options("compute_70", volta);
+    for want in ["-DMMA_F16", "-DMMA_SM70", "--gpu-architecture=compute_70"] {
+        assert!(opts.contains(&want.to_string()), "{want}: {opts:?}");
+    }
+    for other in [f16, family(MMA_BF16).unwrap()] {
+        let opts = compile_options("compute_75", other);
+        assert!(!opts.iter().any(|o| o.contains("MMA_SM70")), "{opts:?}");
+    }
+    // Its inner step is Volta's mma (sm_70+), and none of the PTX it compiles needs sm_75
+    // (ldmatrix, m16n8k8) or sm_80 (bf16); the other builds do not see the m8n8k4 step.
+    let volta_ptx = active_asm(volta.source, &["MMA_F16", "MMA_SM70"]);
+    assert!(volta_ptx.contains("mma.sync.aligned.m8n8k4.row.col.f32.f16.f16.f32"));
+    for newer in ["ldmatrix", "m16n8k8", "m16n8k16", "bf16"] {
+        assert!(!volta_ptx.contains(newer), "{newer} in the Volta build");
+    }
+    let turing_ptx = active_asm(volta.source, &["MMA_F16"]);
+    assert!(turing_ptx.contains("m16n8k8") && !turing_ptx.contains("m8n8k4"));
+    let ampere_ptx = active_asm(volta.source, &[]);
+    assert!(ampere_ptx.contains("m16n8k16") && !ampere_ptx.contains("m8n8k4"));
+}
+
+/// The lines of `src` holding inline PTX (`asm` statements and their string continuations)
+/// that the preprocessor keeps with `defined` set: `#ifdef`/`#ifndef`/`#else`/`#endif` are
+/// followed; any other `#if` counts as true.
+fn active_asm(src: &str, defined: &[&str]) -> String {
+    let mut stack: Vec<bool> = Vec::new();
+    let mut out = String::new();
+    for line in src.lines() {
+        let l = line.trim_start();
+        if let Some(name) = l.strip_prefix("#ifdef ") {
+            stack.push(defined.contains(&name.trim()));
+        } else if let Some(name) = l.strip_prefix("#ifndef ") {
+            stack.push(!defined.contains(&name.trim()));
+        } else if l.starts_with("#if") {
+            stack.push(true);
+        } else if l.starts_with("#else") {
+            let top = stack.last_mut().expect("#else without #if");
+            *top = !*top;
+        } else if l.starts_with("#endif") {
+            stack.pop().expect("#endif without #if");
+        } else if stack.iter().all(|&on| on) && (l.contains("asm") || l.starts_with('"')) {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    assert!(stack.is_empty(), "unbalanced #if");
+    out
 }
 
 /// The compute capability a kernel target is for, as digits: "compute_75" -> 75, "sm_90a" ->
@@ -673,18 +759,21 @@ fn op_moe_large_t_grouped_matches_cpu() {
 #[test]
 #[ignore = "needs an NVIDIA GPU (sm_90+; sm_70+ with GPTOSS_CUDA_FLAVOR=portable): run on the GPU machine with --ignored"]
 fn tensor_core_family_matches_the_target() {
-    // compute_75..79 (GPTOSS_CUDA_PORTABLE_ARCH=compute_75 on any newer GPU): f16 operands;
-    // compute_80+ and sm_90a: bf16; compute_70: none. A family that failed to compile (its
-    // NVRTC log is on stderr) fails here rather than silently running the f32 kernels.
+    // compute_75..79 (GPTOSS_CUDA_PORTABLE_ARCH=compute_75 on any newer GPU): f16 operands
+    // (m16n8k8); compute_70..74 (compute_70: Volta's PTX, which newer GPUs run too): f16
+    // operands through m8n8k4; compute_80+ and sm_90a: bf16. A family that failed to compile
+    // (its NVRTC log is on stderr) fails here rather than silently running the f32 kernels.
     let be = gpu();
     let cc = target_cc(be.arch());
     let loaded: Vec<&str> = be.module_origins().iter().map(|o| o.family).collect();
     let want = match cc {
         80.. => Some(MMA_BF16),
         75..=79 => Some(MMA_F16),
+        70..=74 => Some(MMA_F16_SM70),
         _ => None,
     };
-    for fam in [MMA_BF16, MMA_F16] {
+    assert!(want.is_some(), "no tensor-core family for {}", be.arch());
+    for fam in [MMA_BF16, MMA_F16, MMA_F16_SM70] {
         assert_eq!(
             loaded.contains(&fam),
             want == Some(fam),
@@ -750,9 +839,8 @@ fn dequantize_is_refused_without_bf16_tensor_cores() {
                     && msg.contains("drop --dequantize"),
                 "{msg}"
             );
-            if cc >= 75 {
-                assert!(msg.contains("f16 operands"), "{msg}");
-            }
+            // Below sm_80 the tensor cores take f16 operands (Turing: m16n8k8, Volta: m8n8k4).
+            assert!(msg.contains("f16 operands"), "{msg}");
         }
     }
 }

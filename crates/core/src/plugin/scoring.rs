@@ -158,7 +158,7 @@ fn tensor_core_operands(cc: (u32, u32)) -> &'static str {
     } else if at_least(cc, (7, 5)) {
         "f16 tensor cores for prefill (no bf16 ones before sm_80)"
     } else {
-        "f32 CUDA cores for prefill (no f16 m16n8k8 tensor-core kernels before sm_75)"
+        "f16 tensor cores (mma m8n8k4) for prefill (no bf16 ones before sm_80)"
     }
 }
 
@@ -365,6 +365,17 @@ mod tests {
         );
         assert!(cuda_bf16(&Gpu::nvidia("4090", (8, 9))).1.contains("Ada"));
         assert!(cuda_bf16(&Gpu::nvidia("T4", (7, 5))).1.contains("Turing"));
+        // The probe's reason says what the prefill products run on per generation.
+        assert!(cuda_bf16(&Gpu::nvidia("A100", (8, 0)))
+            .1
+            .contains("bf16 tensor cores"));
+        let t4 = cuda_bf16(&Gpu::nvidia("T4", (7, 5))).1;
+        assert!(t4.contains("f16 tensor cores"), "{t4}");
+        let v100 = cuda_bf16(&Gpu::nvidia("V100", (7, 0))).1;
+        assert!(
+            v100.contains("Volta") && v100.contains("f16 tensor cores (mma m8n8k4)"),
+            "{v100}"
+        );
     }
 
     #[test]

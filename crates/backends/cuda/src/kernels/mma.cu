@@ -8,7 +8,10 @@
 // f16 operands: each m16n8k16 step is two m16n8k8 .f16 steps on the same fragments, bf16 weights
 // are rounded to f16 as they are staged, and MXFP4 scales outside f16's range are applied to the
 // f32 partial sums (mx_to_op below). The bf16-only kernels (--dequantize, cuBLAS helpers) are
-// left out of that build.
+// left out of that build. With -DMMA_F16 -DMMA_SM70 (compute_70..74: Volta has neither m16n8k8
+// nor ldmatrix) the f16 kernels run their k16 steps as mma.sync m8n8k4 (four 8x8 products a
+// warp, one per quad pair) on fragments read from shared memory with plain 16-byte loads; see
+// warp_mma_tile and acc_row/acc_col.
 //
 // Shared tiles are [rows][BK + 8] 16-bit operands (80-byte rows: 16-byte aligned for ldmatrix
 // and conflict-free). Block: 256 threads = 8 warps as 2 (m) x 4 (n); a warp computes
@@ -23,6 +26,10 @@
 #define MMA_OPERAND_F16 true
 #else
 #define MMA_OPERAND_F16 false
+#endif
+
+#if defined(MMA_SM70) && !defined(MMA_F16)
+#error "MMA_SM70 (Volta: mma.m8n8k4 .f16) needs MMA_F16"
 #endif
 
 #ifdef MMA_F16
@@ -69,6 +76,7 @@ __device__ __forceinline__ float mma_swiglu(float gate, float up, float limit, f
     return (up + 1.0f) * glu;
 }
 
+#ifndef MMA_SM70
 __device__ __forceinline__ void ldsm_x4(u32& r0, u32& r1, u32& r2, u32& r3, const void* p) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
                  : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
@@ -98,10 +106,115 @@ __device__ __forceinline__ void mma_k16(float* c, u32 a0, u32 a1, u32 a2, u32 a3
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 #endif
 }
+#endif  // !MMA_SM70
+
+#ifdef MMA_SM70
+// lo[0..4), hi[0..4) += A (8x4) B (4x8) of the thread's quad pair (lanes 4q..4q+3 with
+// 16+4q..16+4q+3; each quad pair has its own A, B and accumulators). PTX fragments of
+// mma.m8n8k4 (.row A, .col B, .f32 C): a0, a1 = A row (lane & 3) + 4 (lane >> 4), k 0-3 (low
+// half first); b0, b1 = B column (lane & 3) + 4 (lane >> 4), k 0-3; C element e (lo: e 0..3,
+// hi: e 4..7) at row (lane & 1) + (e & 2) + 4 (lane >> 4), column (e & 4) + (lane & 2) + (e & 1).
+__device__ __forceinline__ void mma_884(float* lo, float* hi, u32 a0, u32 a1, u32 b0, u32 b1) {
+    asm volatile(
+        "mma.sync.aligned.m8n8k4.row.col.f32.f16.f16.f32 {%0,%1,%2,%3,%4,%5,%6,%7}, {%8,%9}, "
+        "{%10,%11}, {%0,%1,%2,%3,%4,%5,%6,%7};"
+        : "+f"(lo[0]), "+f"(lo[1]), "+f"(lo[2]), "+f"(lo[3]), "+f"(hi[0]), "+f"(hi[1]),
+          "+f"(hi[2]), "+f"(hi[3])
+        : "r"(a0), "r"(a1), "r"(b0), "r"(b1));
+}
+
+// k 0..15 as four m8n8k4 steps: a0/a1, b0/b1 = 8 f16 (k 0-7 / 8-15) of the thread's A row and
+// B column, as read from shared memory.
+__device__ __forceinline__ void mma_884_k16(float* lo, float* hi, W4 a0, W4 a1, W4 b0, W4 b1) {
+    mma_884(lo, hi, a0.x, a0.y, b0.x, b0.y);
+    mma_884(lo, hi, a0.z, a0.w, b0.z, b0.w);
+    mma_884(lo, hi, a1.x, a1.y, b1.x, b1.y);
+    mma_884(lo, hi, a1.z, a1.w, b1.z, b1.w);
+}
+#endif  // MMA_SM70
+
+// Where a warp's accumulators go: acc[i][j][2h] and acc[i][j][2h + 1] hold output row
+// acc_row(i, h, lane) and columns acc_col(j, lane), acc_col(j, lane) + 1 of the warp's
+// (16 MT) x (8 NT) tile.
+// m16n8k16/m16n8k8: tile (i, j) is the 16x8 product i, j: row (lane >> 2) + 8h, column
+// 2 (lane & 3).
+// m8n8k4 (MMA_SM70): quad pair (qr, qc) = ((lane >> 2) & 1, (lane >> 3) & 1) owns, per i, the 8
+// rows 16i + 4qr + {0..3, 8..11} and the columns qc 4NT + [0, 4NT), as NT / 2 8x8 tiles: tile
+// jt's 8 registers are acc[i][2jt][0..4) (e 0..3) and acc[i][2jt + 1][0..4) (e 4..7). Its row t
+// (0..7) is warp row 16i + 4qr + (t & 3) + 8 (t >> 2): the 8 lanes of one phase of a 16-byte
+// shared load (two quad pairs, qr 0 and 1, same qc) read A rows distinct mod 8 and B rows
+// shared by both quad pairs, so the 80-byte rows cause no bank conflicts
+// (scripts/mma_sm70_layout.py checks the mapping against the PTX fragment layout).
+__device__ __forceinline__ int acc_row(int i, int h, int lane) {
+#ifdef MMA_SM70
+    return 16 * i + 4 * ((lane >> 2) & 1) + (lane & 1) + 2 * h + 8 * (lane >> 4);
+#else
+    return 16 * i + (lane >> 2) + 8 * h;
+#endif
+}
+template <int NT>
+__device__ __forceinline__ int acc_col(int j, int lane) {
+#ifdef MMA_SM70
+    return ((lane >> 3) & 1) * 4 * NT + 8 * (j >> 1) + 4 * (j & 1) + (lane & 2);
+#else
+    return 8 * j + 2 * (lane & 3);
+#endif
+}
 
 // acc[MT][NT][4] += As[warp rows] x Bs[warp cols]^T over one BK tile. SCALED: B's rows carry a
 // factor bscale[n] (MXFP4 scales outside f16's range): each k16 product is formed from zero and
-// added times the factor of its column (c0/c2: column 2 (lane & 3), c1/c3: the next).
+// added times the factor of its column (c0/c2: column acc_col, c1/c3: the next).
+#ifdef MMA_SM70
+template <int MT, int NT, bool SCALED>
+__device__ __forceinline__ void warp_mma_tile(const u16* As, const u16* Bs, float (*acc)[NT][4],
+                                              int wm, int wn, int lane, const float* bscale) {
+    static_assert(NT % 2 == 0, "m8n8k4 tiles pair the accumulators of j and j + 1");
+    // The thread's A row of tile i (A row (lane & 3) + 4 (lane >> 4) of its quad pair's 8x8
+    // product, see acc_row) and B row (output column) of tile jt (see acc_col).
+    const int qr = (lane >> 2) & 1, qc = (lane >> 3) & 1, hi4 = lane >> 4;
+    const u16* Aw = As + (wm * 16 * MT + 4 * qr + (lane & 3) + 8 * hi4) * LDS;
+    const u16* Bw = Bs + (wn * 8 * NT + qc * 4 * NT + (lane & 3) + 4 * hi4) * LDS;
+#pragma unroll
+    for (int kk = 0; kk < BK; kk += 16) {
+        W4 a[MT][2], b[NT / 2][2];
+#pragma unroll
+        for (int i = 0; i < MT; i++) {
+            a[i][0] = *(const W4*)(Aw + 16 * i * LDS + kk);
+            a[i][1] = *(const W4*)(Aw + 16 * i * LDS + kk + 8);
+        }
+#pragma unroll
+        for (int jt = 0; jt < NT / 2; jt++) {
+            b[jt][0] = *(const W4*)(Bw + 8 * jt * LDS + kk);
+            b[jt][1] = *(const W4*)(Bw + 8 * jt * LDS + kk + 8);
+        }
+#pragma unroll
+        for (int i = 0; i < MT; i++)
+#pragma unroll
+            for (int jt = 0; jt < NT / 2; jt++) {
+                float* lo = acc[i][2 * jt];
+                float* hi = acc[i][2 * jt + 1];
+                if (SCALED) {
+                    float t[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+                    mma_884_k16(t, t + 4, a[i][0], a[i][1], b[jt][0], b[jt][1]);
+                    // e and e + 4 are 4 columns apart; odd e the column after even e.
+                    const int n = wn * 8 * NT + acc_col<NT>(2 * jt, lane);
+                    const float r0 = bscale[n], r1 = bscale[n + 1];
+                    const float r4 = bscale[n + 4], r5 = bscale[n + 5];
+                    lo[0] = fmaf(t[0], r0, lo[0]);
+                    lo[1] = fmaf(t[1], r1, lo[1]);
+                    lo[2] = fmaf(t[2], r0, lo[2]);
+                    lo[3] = fmaf(t[3], r1, lo[3]);
+                    hi[0] = fmaf(t[4], r4, hi[0]);
+                    hi[1] = fmaf(t[5], r5, hi[1]);
+                    hi[2] = fmaf(t[6], r4, hi[2]);
+                    hi[3] = fmaf(t[7], r5, hi[3]);
+                } else {
+                    mma_884_k16(lo, hi, a[i][0], a[i][1], b[jt][0], b[jt][1]);
+                }
+            }
+    }
+}
+#else
 template <int MT, int NT, bool SCALED>
 __device__ __forceinline__ void warp_mma_tile(const u16* As, const u16* Bs, float (*acc)[NT][4],
                                               int wm, int wn, int lane, const float* bscale) {
@@ -128,7 +241,7 @@ __device__ __forceinline__ void warp_mma_tile(const u16* As, const u16* Bs, floa
                 if (SCALED) {
                     float t[4] = {0.0f, 0.0f, 0.0f, 0.0f};
                     mma_k16(t, a[i][0], a[i][1], a[i][2], a[i][3], b[j][0], b[j][1]);
-                    const int n = wn * 8 * NT + j * 8 + 2 * (lane & 3);
+                    const int n = wn * 8 * NT + acc_col<NT>(j, lane);
                     const float r0 = bscale[n], r1 = bscale[n + 1];
                     acc[i][j][0] = fmaf(t[0], r0, acc[i][j][0]);
                     acc[i][j][1] = fmaf(t[1], r1, acc[i][j][1]);
@@ -140,6 +253,7 @@ __device__ __forceinline__ void warp_mma_tile(const u16* As, const u16* Bs, floa
             }
     }
 }
+#endif  // MMA_SM70
 
 // The barrier after a k-tile is stored; f16 builds also learn whether any thread's B rows need
 // their scale factor (SCALED above), bf16 builds never do.
@@ -233,8 +347,8 @@ extern "C" __global__ void __launch_bounds__(256) gemm_bf16(const float* x, cons
         for (int j = 0; j < L_NT; j++)
 #pragma unroll
             for (int h = 0; h < 2; h++) {
-                i64 row = m0 + wm * 16 * L_MT + i * 16 + (lane >> 2) + 8 * h;
-                i64 col = n0 + wn * 8 * L_NT + j * 8 + 2 * (lane & 3);
+                i64 row = m0 + wm * 16 * L_MT + acc_row(i, h, lane);
+                i64 col = n0 + wn * 8 * L_NT + acc_col<L_NT>(j, lane);
                 if (row >= T) continue;
 #pragma unroll
                 for (int c = 0; c < 2; c++)
@@ -490,9 +604,9 @@ __device__ __forceinline__ void moe_mma(const float* a, int a_div, const int* li
         for (int j = 0; j < M_NT; j++)
 #pragma unroll
             for (int h = 0; h < 2; h++) {
-                int r = wm * 16 * M_MT + i * 16 + (lane >> 2) + 8 * h;
+                int r = wm * 16 * M_MT + acc_row(i, h, lane);
                 int p = rows[r];
-                i64 col = n0 + wn * 8 * M_NT + j * 8 + 2 * (lane & 3);
+                i64 col = n0 + wn * 8 * M_NT + acc_col<M_NT>(j, lane);
                 if (p < 0 || col >= N) continue;
                 float v0 = acc[i][j][2 * h], v1 = acc[i][j][2 * h + 1];
                 if (MODE == 0) {
