@@ -15,6 +15,8 @@ const MOE_BM: usize = 64;
 
 /// Tiled (shared K/V) attention from this many queries on.
 const TILED_ATTENTION_MIN_T: usize = 16;
+/// Key splits of the one-token attention at most (attention_merge's MERGE_S).
+const MAX_SPLITS: usize = 16;
 /// Rows of a tile of the tiled paged attention (PAGED_TILE in kernels/common.cuh).
 const PAGED_TILE: usize = 64;
 
@@ -323,7 +325,7 @@ pub(crate) fn attention_split<F: Flavor>(be: &mut Cuda<F>, a: &SplitAttention) -
     let splits = (be.gpu.info.sms as usize * 4)
         .div_ceil(t * heads as usize)
         .next_power_of_two()
-        .clamp(1, 16);
+        .clamp(1, MAX_SPLITS);
     let parts = t * heads as usize * splits;
     let (fresh_k, fresh_v) = a.fresh.unwrap_or((0, 0));
     let (inv_freq, mscale) = a.rope.unwrap_or((0, 1.0));

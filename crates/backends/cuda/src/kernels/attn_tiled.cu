@@ -389,7 +389,9 @@ extern "C" __global__ void __launch_bounds__(128)
     }
 }
 
-// grid (T, NQ), 64 threads: out = sum over the S partials, the sink in the denominator.
+// grid (T, NQ), 64 threads: out = sum over the S partials (S <= MERGE_S), the sink in the
+// denominator. Every partial is loaded before any is used (one memory round trip, not S).
+#define MERGE_S 16
 extern "C" __global__ void attention_merge(const float* pm, const float* pl, const float* pacc,
                                            const void* sinks, int sdt, const int* pos, float* o,
                                            int NQ, int S, int cap) {
@@ -402,16 +404,27 @@ extern "C" __global__ void attention_merge(const float* pm, const float* pl, con
         return;
     }
     const i64 base = (t * NQ + h) * S;
+    float ms[MERGE_S], ls[MERGE_S], as[MERGE_S];
+#pragma unroll
+    for (int s = 0; s < MERGE_S; s++) {
+        if (s < S) {
+            ms[s] = pm[base + s];
+            ls[s] = pl[base + s];
+            as[s] = pacc[(base + s) * AT_D + d];
+        }
+    }
     float sink = ldf(sinks, sdt, h);
     float M = sink;
-    for (int s = 0; s < S; s++) M = fmaxf(M, pm[base + s]);
+#pragma unroll
+    for (int s = 0; s < MERGE_S; s++)
+        if (s < S) M = fmaxf(M, ms[s]);
     float L = expf(sink - M), acc = 0.0f;
-    for (int s = 0; s < S; s++) {
-        float ms = pm[base + s];
-        if (ms == NEG_INF) continue;
-        float f = expf(ms - M);
-        L += pl[base + s] * f;
-        acc += pacc[(base + s) * AT_D + d] * f;
+#pragma unroll
+    for (int s = 0; s < MERGE_S; s++) {
+        if (s >= S || ms[s] == NEG_INF) continue;
+        float f = expf(ms[s] - M);
+        L += ls[s] * f;
+        acc += as[s] * f;
     }
     out[d] = acc / L;
 }
