@@ -33,6 +33,16 @@ pub const MMA_F16: &str = "mma_f16";
 /// mma.sync m8n8k4 (neither m16n8k8 nor ldmatrix exist before sm_75), fragments read from
 /// shared memory with plain loads. The same kernels as [`MMA_F16`], under the same names.
 pub const MMA_F16_SM70: &str = "mma_f16_sm70";
+/// The kernels both f16 builds of mma.cu provide (the bf16-row MoE and dequantization stay in
+/// the bf16 build).
+const MMA_F16_FUNCTIONS: &[&str] = &[
+    "gemm_bf16",
+    "moe_route",
+    "moe_gate_up_mma",
+    "moe_down_mma",
+    "moe_gate_up_mma128",
+    "moe_down_mma128",
+];
 
 pub const FAMILIES: &[Family] = &[
     Family {
@@ -154,28 +164,14 @@ pub const FAMILIES: &[Family] = &[
     Family {
         name: MMA_F16,
         source: include_str!("kernels/mma.cu"),
-        functions: &[
-            "gemm_bf16",
-            "moe_route",
-            "moe_gate_up_mma",
-            "moe_down_mma",
-            "moe_gate_up_mma128",
-            "moe_down_mma128",
-        ],
+        functions: MMA_F16_FUNCTIONS,
         optional: true,
         defines: &["-DMMA_F16"],
     },
     Family {
         name: MMA_F16_SM70,
         source: include_str!("kernels/mma.cu"),
-        functions: &[
-            "gemm_bf16",
-            "moe_route",
-            "moe_gate_up_mma",
-            "moe_down_mma",
-            "moe_gate_up_mma128",
-            "moe_down_mma128",
-        ],
+        functions: MMA_F16_FUNCTIONS,
         optional: true,
         defines: &["-DMMA_F16", "-DMMA_SM70"],
     },
