@@ -69,7 +69,14 @@ pub fn run(a: Args) -> Result<()> {
     let load_s = t0.elapsed().as_secs_f64();
     // Measured on one device; a split model reads from all of them at once, so its
     // roofline uses their sum.
-    let bw = bench::measure_bandwidth(model.backend_mut(), a.bandwidth_mib)? * model.world() as f64;
+    let (bw, mib) = bench::measure_bandwidth(model.backend_mut(), a.bandwidth_mib)?;
+    if mib != a.bandwidth_mib {
+        eprintln!(
+            "note: the backend refused {} MiB vectors for the bandwidth measurement; used {mib} MiB",
+            a.bandwidth_mib
+        );
+    }
+    let bw = bw * model.world() as f64;
     let mut results = Vec::new();
     for p in &a.prompt {
         for b in &a.batch {

@@ -33,20 +33,35 @@ fn timed<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
     Ok((out, t0.elapsed().as_secs_f64()))
 }
 
+/// Smallest vectors `measure_bandwidth` falls back to (MiB).
+const MIN_BANDWIDTH_MIB: usize = 16;
+
 /// Device memory bandwidth in bytes/s, measured through the backend itself: an `Add` of two
-/// large vectors reads 2N and writes N floats. The best of a few runs after a warm-up.
-pub fn measure_bandwidth(backend: &mut dyn Backend, mib: usize) -> Result<f64> {
+/// large vectors reads 2N and writes N floats. The best of a few runs after a warm-up. Vectors
+/// of `mib` MiB, or half as large again and again (to MIN_BANDWIDTH_MIB) where the backend
+/// refuses them, e.g. above a GPU's largest binding; returns the bandwidth and the size used.
+pub fn measure_bandwidth(backend: &mut dyn Backend, mib: usize) -> Result<(f64, usize)> {
+    let mut mib = mib.max(1);
+    loop {
+        match bandwidth_of_add(backend, mib) {
+            Ok(bw) => return Ok((bw, mib)),
+            Err(_) if mib > MIN_BANDWIDTH_MIB => mib /= 2,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn bandwidth_of_add(backend: &mut dyn Backend, mib: usize) -> Result<f64> {
     let n = (mib << 20) / 4;
     let desc = TensorDesc::new(DType::F32, [1, n]);
-    let bufs = [
-        backend.alloc(&desc)?,
-        backend.alloc(&desc)?,
-        backend.alloc(&desc)?,
-    ];
-    let fill: Vec<u8> = (0..n)
-        .flat_map(|i| ((i % 251) as f32 * 0.5).to_le_bytes())
-        .collect();
+    let mut bufs = Vec::new();
     let run = (|| {
+        for _ in 0..3 {
+            bufs.push(backend.alloc(&desc)?);
+        }
+        let fill: Vec<u8> = (0..n)
+            .flat_map(|i| ((i % 251) as f32 * 0.5).to_le_bytes())
+            .collect();
         backend.upload(bufs[0], &fill)?;
         backend.upload(bufs[1], &fill)?;
         let mut g = Graph::new();
@@ -65,6 +80,7 @@ pub fn measure_bandwidth(backend: &mut dyn Backend, mib: usize) -> Result<f64> {
         }
         Ok(3.0 * (n * 4) as f64 / best)
     })();
+    // Whatever was allocated goes back, also when a later step failed.
     for b in bufs {
         backend.free(b)?;
     }
@@ -216,5 +232,89 @@ impl BenchResult {
             bytes_per_token: bytes,
             roofline_fraction: bandwidth.map(|bw| steps_per_s / (bw / bytes as f64)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gptoss_core::{BufferId, Error, ProbeReport};
+    use std::collections::HashMap;
+
+    /// Host buffers that refuse any larger than `limit` bytes; runs Add only.
+    struct Limited {
+        limit: usize,
+        bufs: HashMap<u64, Vec<u8>>,
+        next: u64,
+    }
+
+    impl Backend for Limited {
+        fn name(&self) -> &str {
+            "limited"
+        }
+        fn probe(&self) -> ProbeReport {
+            ProbeReport { devices: vec![] }
+        }
+        fn alloc(&mut self, desc: &TensorDesc) -> Result<BufferId> {
+            if desc.byte_size() > self.limit {
+                return Err(Error::Input(format!(
+                    "{} bytes is above the limit",
+                    desc.byte_size()
+                )));
+            }
+            self.next += 1;
+            self.bufs.insert(self.next, vec![0; desc.byte_size()]);
+            Ok(BufferId(self.next))
+        }
+        fn free(&mut self, id: BufferId) -> Result<()> {
+            self.bufs.remove(&id.0);
+            Ok(())
+        }
+        fn upload(&mut self, id: BufferId, data: &[u8]) -> Result<()> {
+            self.bufs.insert(id.0, data.to_vec());
+            Ok(())
+        }
+        fn download(&mut self, id: BufferId) -> Result<Vec<u8>> {
+            Ok(self.bufs[&id.0].clone())
+        }
+        fn execute(&mut self, graph: &Graph) -> Result<()> {
+            for node in &graph.nodes {
+                let buf = |v: gptoss_core::ValueId| match graph.value(v).kind {
+                    ValueKind::Input(b) | ValueKind::Output(b) => b.0,
+                    _ => unreachable!("the bandwidth graph binds every value"),
+                };
+                let (a, b) = (
+                    &self.bufs[&buf(node.inputs[0])],
+                    &self.bufs[&buf(node.inputs[1])],
+                );
+                let sum: Vec<u8> = a
+                    .chunks_exact(4)
+                    .zip(b.chunks_exact(4))
+                    .flat_map(|(x, y)| {
+                        let f = |c: &[u8]| f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                        (f(x) + f(y)).to_le_bytes()
+                    })
+                    .collect();
+                self.bufs.insert(buf(node.outputs[0]), sum);
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn bandwidth_vectors_shrink_to_what_the_backend_takes_and_nothing_leaks() {
+        let mut be = Limited {
+            limit: 40 << 20,
+            bufs: HashMap::new(),
+            next: 0,
+        };
+        let (bw, mib) = measure_bandwidth(&mut be, 128).unwrap();
+        assert_eq!(mib, 32, "128 and 64 MiB refused, 32 taken");
+        assert!(bw > 0.0);
+        assert!(be.bufs.is_empty(), "every buffer freed");
+        be.limit = 1 << 20;
+        let e = measure_bandwidth(&mut be, 64).unwrap_err().to_string();
+        assert!(e.contains("above the limit"), "{e}");
+        assert!(be.bufs.is_empty(), "every buffer freed after a refusal");
     }
 }
