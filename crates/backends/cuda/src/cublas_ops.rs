@@ -53,10 +53,8 @@ fn gemm_rows<F: Flavor>(
 
 /// `out [n] = bf16(x [n])` (round to nearest even).
 fn to_bf16<F: Flavor>(be: &Cuda<F>, x: CUdeviceptr, out: CUdeviceptr, n: usize) -> Result<()> {
-    let f = be.kernels.get("f32_to_bf16")?;
-    be.gpu.launch(
+    be.launch(
         "f32_to_bf16",
-        f,
         (blocks(n.div_ceil(2), 256)?, 1, 1),
         (256, 1, 1),
         0,
@@ -84,10 +82,8 @@ pub(crate) fn linear<F: Flavor>(
         if bias == 0 {
             return Ok(());
         }
-        let f = be.kernels.get("add_bias_rows")?;
-        be.gpu.launch(
+        be.launch(
             "add_bias_rows",
-            f,
             (blocks(t * n, 256)?, 1, 1),
             (256, 1, 1),
             0,
@@ -163,10 +159,8 @@ pub(crate) fn moe<F: Flavor>(
         }
     };
     let runs = (|| -> Result<Vec<(usize, usize, usize)>> {
-        let f = be.kernels.get("moe_route")?;
-        be.gpu.launch(
+        be.launch(
             "moe_route",
-            f,
             (1, 1, 1),
             (1024, 1, 1),
             (3 * d.e * 4) as u32,
@@ -234,10 +228,8 @@ fn experts<F: Flavor>(
     let (xs, act) = (operands, operands);
     let (gu, ys) = (products, products);
     let run = (|| -> Result<()> {
-        let f = be.kernels.get("moe_gather_bf16")?;
-        be.gpu.launch(
+        be.launch(
             "moe_gather_bf16",
-            f,
             (blocks(rows, 1)?, blocks(h, 512)?, 1),
             (256, 1, 1),
             0,
@@ -254,10 +246,8 @@ fn experts<F: Flavor>(
             let (a, c) = (xs + (s * h * 2) as u64, gu + (s * 2 * i * 4) as u64);
             gemm_rows(be, (a, w, c), (end - s, 2 * i, h))?;
         }
-        let f = be.kernels.get("moe_swiglu_bf16")?;
-        be.gpu.launch(
+        be.launch(
             "moe_swiglu_bf16",
-            f,
             (blocks(rows, 1)?, blocks(i, 256)?, 1),
             (256, 1, 1),
             0,
@@ -278,10 +268,8 @@ fn experts<F: Flavor>(
             let (a, c) = (act + (s * i * 2) as u64, ys + (s * h * 4) as u64);
             gemm_rows(be, (a, w, c), (end - s, h, i))?;
         }
-        let f = be.kernels.get("moe_scatter_bias")?;
-        be.gpu.launch(
+        be.launch(
             "moe_scatter_bias",
-            f,
             (blocks(rows, 1)?, blocks(h, 256)?, 1),
             (256, 1, 1),
             0,

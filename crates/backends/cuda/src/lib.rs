@@ -522,10 +522,8 @@ impl<F: Flavor> Cuda<F> {
                     format!("{e}; --dequantize holds the experts at 4x their MXFP4 size: drop it"),
                 )
             })?;
-        let f = self.kernels.get("moe_dequant_bf16")?;
-        let launched = self.gpu.launch(
+        let launched = self.launch(
             "moe_dequant_bf16",
-            f,
             (groups.div_ceil(256) as u32, 1, 1),
             (256, 1, 1),
             0,
@@ -544,6 +542,19 @@ impl<F: Flavor> Cuda<F> {
         self.buffers.get_mut(&blocks).expect("looked up above").ptr = out;
         self.bf16_experts.insert(out);
         Ok(())
+    }
+
+    /// Launch kernel `name` (looked up among the loaded families) on the backend's stream.
+    pub(crate) fn launch(
+        &self,
+        name: &str,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        smem: u32,
+        args: &[driver::Arg],
+    ) -> Result<()> {
+        let f = self.kernels.get(name)?;
+        self.gpu.launch(name, f, grid, block, smem, args)
     }
 
     fn rope_table(&mut self, params: &RopeParams) -> Result<CUdeviceptr> {

@@ -138,7 +138,6 @@ pub(crate) fn gemv<F: Flavor>(
     for t0 in (0..t).step_by(chunk) {
         let tc = chunk.min(t - t0);
         let name = if tc == 1 { "gemv_bf16_t1" } else { "gemv_bf16" };
-        let f = be.kernels.get(name)?;
         let mut args = vec![
             Arg::Ptr(x + (t0 * k * 4) as u64),
             Arg::I32(i32_of(tc, "tokens")?),
@@ -159,9 +158,8 @@ pub(crate) fn gemv<F: Flavor>(
                 Arg::I32(i32_of(s.n, "out features")?),
             ]);
         }
-        be.gpu.launch(
+        be.launch(
             name,
-            f,
             (grid, 1, 1),
             (32 * WARPS, 1, 1),
             (tc * k * 4) as u32,
@@ -182,10 +180,8 @@ pub(crate) fn add_rms_norm<F: Flavor>(
     out: CUdeviceptr,
     eps: f32,
 ) -> Result<()> {
-    let f = be.kernels.get("add_rms_norm")?;
-    be.gpu.launch(
+    be.launch(
         "add_rms_norm",
-        f,
         (blocks(t, 1)?, 1, 1),
         (256, 1, 1),
         0,
@@ -215,11 +211,9 @@ pub(crate) fn rope_pairs<F: Flavor>(
     let (x1, o1, h1) = second.unwrap_or((0, 0, 0));
     let table = be.rope_table(params)?;
     let pairs = (h0 + h1) as usize * params.head_dim as usize / 2;
-    let f = be.kernels.get("rope_pairs")?;
     let err = be.err;
-    be.gpu.launch(
+    be.launch(
         "rope_pairs",
-        f,
         (blocks(t, 1)?, grid_y(pairs.div_ceil(256))?, 1),
         (256, 1, 1),
         0,
@@ -258,7 +252,6 @@ pub(crate) fn router_topk<F: Flavor>(
         Arg::I32(i32_of(k, "experts per token")?),
     ];
     if t <= ROUTER_TOKENS && e <= 1024 && be.kernels.has("router_topk_spread") {
-        let f = be.kernels.get("router_topk_spread")?;
         let mut args = vec![
             Arg::Ptr(x),
             Arg::Ptr(w),
@@ -271,16 +264,14 @@ pub(crate) fn router_topk<F: Flavor>(
         ];
         args.extend(shape);
         be.router_spread_runs += 1;
-        return be.gpu.launch(
+        return be.launch(
             "router_topk_spread",
-            f,
             (blocks(e, 1)?, grid_y(t)?, 1),
             (128, 1, 1),
             0,
             &args,
         );
     }
-    let f = be.kernels.get("router_topk")?;
     let mut args = vec![
         Arg::Ptr(x),
         Arg::Ptr(w),
@@ -290,9 +281,8 @@ pub(crate) fn router_topk<F: Flavor>(
         Arg::Ptr(wts),
     ];
     args.extend(shape);
-    be.gpu.launch(
+    be.launch(
         "router_topk",
-        f,
         (blocks(t, 1)?, 1, 1),
         (1024, 1, 1),
         ((h + e) * 4) as u32,
@@ -333,10 +323,8 @@ pub(crate) fn attention_split<F: Flavor>(be: &mut Cuda<F>, a: &SplitAttention) -
     let pl = be.take_temp(parts * 4, "attention partial sum")?;
     let pacc = be.take_temp(parts * d * 4, "attention partial acc")?;
     let r = (|| -> Result<()> {
-        let f = be.kernels.get("attention_split")?;
-        be.gpu.launch(
+        be.launch(
             "attention_split",
-            f,
             (blocks(t, 1)?, grid_y(heads as usize)?, splits as u32),
             (128, 1, 1),
             0,
@@ -360,10 +348,8 @@ pub(crate) fn attention_split<F: Flavor>(be: &mut Cuda<F>, a: &SplitAttention) -
                 Arg::F32(mscale),
             ],
         )?;
-        let f = be.kernels.get("attention_merge")?;
-        be.gpu.launch(
+        be.launch(
             "attention_merge",
-            f,
             (blocks(t, 1)?, grid_y(heads as usize)?, 1),
             (64, 1, 1),
             0,
@@ -396,15 +382,13 @@ fn write_kv<F: Flavor>(
     w: usize,
     rows: usize,
 ) -> Result<()> {
-    let f = be.kernels.get("kv_write")?;
     let mut args: Vec<Arg> = ptrs.iter().map(|p| Arg::Ptr(*p)).collect();
     args.extend([
         Arg::I32(i32_of(w, "kv width")?),
         Arg::I32(i32_of(rows, "cache rows")?),
         Arg::Ptr(be.err),
     ]);
-    be.gpu
-        .launch("kv_write", f, (blocks(t, 1)?, 1, 1), (256, 1, 1), 0, &args)
+    be.launch("kv_write", (blocks(t, 1)?, 1, 1), (256, 1, 1), 0, &args)
 }
 
 /// The arguments both attention kernels start with: q, k cache, v cache, sinks (and their
@@ -473,10 +457,8 @@ pub fn run_node<F: Flavor>(
             want_f32(outs[0])?;
             let (v, h) = (dims(ins[0])[0], dims(ins[0])[1]);
             let t = dims(ins[1])[0];
-            let f = be.kernels.get("embed")?;
-            be.gpu.launch(
+            be.launch(
                 "embed",
-                f,
                 (blocks(t, 1)?, 1, 1),
                 (256, 1, 1),
                 0,
@@ -499,10 +481,8 @@ pub fn run_node<F: Flavor>(
                 let w = (ip(1)?, ins[1]);
                 return add_rms_norm(be, (t, h), [ip(0)?, 0], 0, w, op_(0)?, *eps);
             }
-            let f = be.kernels.get("rms_norm")?;
-            be.gpu.launch(
+            be.launch(
                 "rms_norm",
-                f,
                 (blocks(t, 1)?, 1, 1),
                 (256, 1, 1),
                 0,
@@ -550,10 +530,8 @@ pub fn run_node<F: Flavor>(
                 && t >= be.mma_min_t
                 && be.kernels.has("gemm_bf16")
             {
-                let f = be.kernels.get("gemm_bf16")?;
-                return be.gpu.launch(
+                return be.launch(
                     "gemm_bf16",
-                    f,
                     (blocks(n, 128)?, grid_y(t.div_ceil(128))?, 1),
                     (256, 1, 1),
                     0,
@@ -569,10 +547,8 @@ pub fn run_node<F: Flavor>(
                     ],
                 );
             }
-            let f = be.kernels.get(name)?;
-            be.gpu.launch(
+            be.launch(
                 name,
-                f,
                 (blocks(n, WARPS as usize)?, 1, 1),
                 (32 * WARPS, 1, 1),
                 0,
@@ -597,10 +573,8 @@ pub fn run_node<F: Flavor>(
                 return rope_pairs(be, params, t, one, None, ip(1)?);
             }
             let table = be.rope_table(params)?;
-            let f = be.kernels.get("rope")?;
-            be.gpu.launch(
+            be.launch(
                 "rope",
-                f,
                 (blocks(t, 1)?, 1, 1),
                 (128, 1, 1),
                 0,
@@ -654,10 +628,8 @@ pub fn run_node<F: Flavor>(
                 && *heads % *kv_heads == 0
                 && be.kernels.has("attention_tiled")
             {
-                let f = be.kernels.get("attention_tiled")?;
-                return be.gpu.launch(
+                return be.launch(
                     "attention_tiled",
-                    f,
                     (blocks(t, 64)?, grid_y(*heads as usize)?, 1),
                     (128, 1, 1),
                     0,
@@ -706,10 +678,8 @@ pub fn run_node<F: Flavor>(
             args.push(Arg::Ptr(op_(0)?));
             args.extend(attention_shape_args(*heads, *kv_heads, d, *window, *scale)?);
             args.push(Arg::I32(i32_of(cap, "cache capacity")?));
-            let f = be.kernels.get("attention")?;
-            be.gpu.launch(
+            be.launch(
                 "attention",
-                f,
                 (blocks(t, 1)?, grid_y(*heads as usize)?, 1),
                 (32 * warps, 1, 1),
                 warps * d as u32 * 4,
@@ -760,10 +730,8 @@ pub fn run_node<F: Flavor>(
                     Arg::I32(ps.trailing_zeros() as i32),
                 ];
                 if let Some(flags) = flags {
-                    let f = be.kernels.get("paged_tiles_uniform")?;
-                    be.gpu.launch(
+                    be.launch(
                         "paged_tiles_uniform",
-                        f,
                         (blocks(tiles, 1)?, 1, 1),
                         (64, 1, 1),
                         0,
@@ -777,10 +745,8 @@ pub fn run_node<F: Flavor>(
                             Arg::Ptr(flags),
                         ],
                     )?;
-                    let f = be.kernels.get("attention_tiled_paged")?;
-                    be.gpu.launch(
+                    be.launch(
                         "attention_tiled_paged",
-                        f,
                         (blocks(tiles, 1)?, grid_y(*heads as usize)?, 1),
                         (128, 1, 1),
                         0,
@@ -821,10 +787,8 @@ pub fn run_node<F: Flavor>(
                 args.extend(attention_shape_args(*heads, *kv_heads, d, *window, *scale)?);
                 args.push(Arg::Ptr(err));
                 args.push(Arg::Ptr(flags.unwrap_or(0)));
-                let f = be.kernels.get("attention_paged")?;
-                be.gpu.launch(
+                be.launch(
                     "attention_paged",
-                    f,
                     (blocks(t, 1)?, grid_y(*heads as usize)?, 1),
                     (32 * warps, 1, 1),
                     warps * d as u32 * 4,
@@ -841,10 +805,8 @@ pub fn run_node<F: Flavor>(
             want_f32(outs[0])?;
             let (t, n) = (dims(ins[0])[0], dims(ins[0])[1]);
             let b = dims(ins[1])[0];
-            let f = be.kernels.get("gather_rows")?;
-            be.gpu.launch(
+            be.launch(
                 "gather_rows",
-                f,
                 (blocks(n, 256)?, grid_y(b)?, 1),
                 (256, 1, 1),
                 0,
@@ -868,10 +830,8 @@ pub fn run_node<F: Flavor>(
                 )));
             }
             if be.fast {
-                let f = be.kernels.get("topk_softmax_warp")?;
-                return be.gpu.launch(
+                return be.launch(
                     "topk_softmax_warp",
-                    f,
                     (blocks(t, 4)?, 1, 1),
                     (128, 1, 1),
                     (4 * e * 4) as u32,
@@ -885,10 +845,8 @@ pub fn run_node<F: Flavor>(
                     ],
                 );
             }
-            let f = be.kernels.get("topk_softmax")?;
-            be.gpu.launch(
+            be.launch(
                 "topk_softmax",
-                f,
                 (blocks(t, 64)?, 1, 1),
                 (64, 1, 1),
                 0,
@@ -922,10 +880,8 @@ pub fn run_node<F: Flavor>(
                     return Err(unsupported(format!("add of {a} and {b} into {o}")));
                 }
             };
-            let f = be.kernels.get(name)?;
-            be.gpu.launch(
+            be.launch(
                 name,
-                f,
                 (blocks(n, 256)?, 1, 1),
                 (256, 1, 1),
                 0,
@@ -939,10 +895,8 @@ pub fn run_node<F: Flavor>(
         }
         Op::LocalExperts { first, count } => {
             let n = ins[0].desc.numel();
-            let f = be.kernels.get("local_experts")?;
-            be.gpu.launch(
+            be.launch(
                 "local_experts",
-                f,
                 (blocks(n, 256)?, 1, 1),
                 (256, 1, 1),
                 0,
@@ -963,10 +917,8 @@ pub fn run_node<F: Flavor>(
                 return be.gpu.all_reduce(ip(0)?, op_(0)?, n);
             }
             // Not split: the sum over one shard is a copy.
-            let f = be.kernels.get("copy_f32")?;
-            be.gpu.launch(
+            be.launch(
                 "copy_f32",
-                f,
                 (blocks(n, 256)?, 1, 1),
                 (256, 1, 1),
                 0,
@@ -977,10 +929,8 @@ pub fn run_node<F: Flavor>(
             want_f32(ins[0])?;
             want_f32(outs[0])?;
             let (t, n) = (dims(ins[0])[0], dims(ins[0])[1]);
-            let f = be.kernels.get("last_row")?;
-            be.gpu.launch(
+            be.launch(
                 "last_row",
-                f,
                 (blocks(n, 256)?, 1, 1),
                 (256, 1, 1),
                 0,
@@ -1003,10 +953,8 @@ pub fn run_node<F: Flavor>(
                 let nb = blocks(n, 256 * 8)?.min(be.gpu.info.sms * 2).max(1);
                 let part = be.take_temp(nb as usize * 8, "argmax partials")?;
                 let r = (|| -> Result<()> {
-                    let f = be.kernels.get("argmax_partial")?;
-                    be.gpu.launch(
+                    be.launch(
                         "argmax_partial",
-                        f,
                         (nb, 1, 1),
                         (256, 1, 1),
                         0,
@@ -1016,10 +964,8 @@ pub fn run_node<F: Flavor>(
                             Arg::I32(i32_of(n, "columns")?),
                         ],
                     )?;
-                    let f = be.kernels.get("argmax_final")?;
-                    be.gpu.launch(
+                    be.launch(
                         "argmax_final",
-                        f,
                         (1, 1, 1),
                         (256, 1, 1),
                         0,
@@ -1029,10 +975,8 @@ pub fn run_node<F: Flavor>(
                 be.give_temp(nb as usize * 8, part);
                 return r;
             }
-            let f = be.kernels.get("argmax_rows")?;
-            be.gpu.launch(
+            be.launch(
                 "argmax_rows",
-                f,
                 (blocks(t, 1)?, 1, 1),
                 (256, 1, 1),
                 0,
@@ -1147,10 +1091,8 @@ pub(crate) fn run_moe<F: Flavor>(
             let tiles = be.take_temp(max_tiles * 12 + 16, "moe tiles")?;
             let r = (|| -> Result<()> {
                 let ntiles = tiles + (max_tiles * 12) as u64;
-                let f = be.kernels.get("moe_route")?;
-                be.gpu.launch(
+                be.launch(
                     "moe_route",
-                    f,
                     (1, 1, 1),
                     (1024, 1, 1),
                     (3 * e * 4) as u32,
@@ -1166,10 +1108,8 @@ pub(crate) fn run_moe<F: Flavor>(
                         Arg::Ptr(err),
                     ],
                 )?;
-                let f = be.kernels.get(gu_name)?;
-                be.gpu.launch(
+                be.launch(
                     gu_name,
-                    f,
                     (blocks(2 * i, 128)?, grid_y(max_tiles)?, 1),
                     (256, 1, 1),
                     0,
@@ -1190,10 +1130,8 @@ pub(crate) fn run_moe<F: Flavor>(
                         Arg::F32(*alpha),
                     ],
                 )?;
-                let f = be.kernels.get(dn_name)?;
-                be.gpu.launch(
+                be.launch(
                     dn_name,
-                    f,
                     (blocks(h, 128)?, grid_y(max_tiles)?, 1),
                     (256, 1, 1),
                     0,
@@ -1236,10 +1174,8 @@ pub(crate) fn run_moe<F: Flavor>(
             let staged = fast || bf16;
             let smem = |floats: usize| if staged { (floats * 4) as u32 } else { 0 };
             let sets = |n: usize| -> Result<u32> { grid_y(n.div_ceil(WARPS as usize).max(1)) };
-            let f = be.kernels.get(gu.0)?;
-            be.gpu.launch(
+            be.launch(
                 gu.0,
-                f,
                 (blocks(pairs, 1)?, sets(gu.1)?, 1),
                 (32 * WARPS, 1, 1),
                 smem(h),
@@ -1260,10 +1196,8 @@ pub(crate) fn run_moe<F: Flavor>(
                     Arg::Ptr(err),
                 ],
             )?;
-            let f = be.kernels.get(dn.0)?;
-            be.gpu.launch(
+            be.launch(
                 dn.0,
-                f,
                 (blocks(pairs, 1)?, sets(dn.1)?, 1),
                 (32 * WARPS, 1, 1),
                 smem(i),
@@ -1303,10 +1237,8 @@ fn combine<F: Flavor>(
 ) -> Result<()> {
     if let MoeTail::AddNorm { resid, sum, norm } = tail {
         let (nw, nwdt, nout, eps) = norm.unwrap_or((0, 0, 0, 0.0));
-        let f = be.kernels.get("moe_combine_add_norm")?;
-        return be.gpu.launch(
+        return be.launch(
             "moe_combine_add_norm",
-            f,
             (blocks(t, 1)?, 1, 1),
             (256, 1, 1),
             0,
@@ -1326,10 +1258,8 @@ fn combine<F: Flavor>(
             ],
         );
     }
-    let f = be.kernels.get("moe_combine")?;
-    be.gpu.launch(
+    be.launch(
         "moe_combine",
-        f,
         (blocks(t, 1)?, 1, 1),
         (256, 1, 1),
         0,
