@@ -133,12 +133,7 @@ fn not_found_message(tried: &[PathBuf], failures: &[String]) -> String {
          bf16 matrix products and runs its own tensor-core kernels without it. Install cuBLAS \
          (the CUDA toolkit's libcublas, or PyTorch's nvidia-cublas wheel), put its folder on \
          LD_LIBRARY_PATH, or set GPTOSS_CUBLAS=/path/to/libcublas.so. Tried: {}",
-        tried
-            .iter()
-            .take(6)
-            .map(|p| p.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
+        crate::libpaths::first_tried(tried)
     );
     if tried.len() > 6 {
         msg += &format!(" and {} more", tried.len() - 6);

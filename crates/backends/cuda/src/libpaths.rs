@@ -41,6 +41,16 @@ pub fn wheel_dirs(roots: &[&Path], subs: &[&str]) -> Vec<PathBuf> {
     dirs
 }
 
+/// The first six candidates tried, for a not-found message.
+pub fn first_tried(tried: &[PathBuf]) -> String {
+    tried
+        .iter()
+        .take(6)
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The entries of `dir` whose names start with `prefix`, sorted; none if it cannot be read.
 fn children_named(dir: &Path, prefix: &str) -> Vec<PathBuf> {
     let Ok(rd) = std::fs::read_dir(dir) else {

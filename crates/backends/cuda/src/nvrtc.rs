@@ -97,12 +97,7 @@ impl Nvrtc {
                  the CUDA kernels are compiled with it when first used on a GPU. Install the \
                  CUDA toolkit's NVRTC (e.g. the cuda-nvrtc package), put its folder on \
                  LD_LIBRARY_PATH, or set GPTOSS_NVRTC=/path/to/libnvrtc.so. Tried: {}",
-                tried
-                    .iter()
-                    .take(6)
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                crate::libpaths::first_tried(&tried)
             ),
         ))
     }
