@@ -7,14 +7,7 @@ OUT=${OUT:-/tmp/gptoss-out}
 mkdir -p "$OUT"
 export XDG_CACHE_HOME=${XDG_CACHE_HOME:-/tmp/gptoss-cache}
 G=./dist/gptoss
-if [ -n "${TESTS:-}" ]; then
-  for flavor in mxfp4 portable; do
-    GPTOSS_CUDA_FLAVOR=$flavor GPTOSS_FIXTURES=tests/fixtures timeout 300 ./dist/cuda-mxfp4-fixtures \
-      --include-ignored --skip split_ --test-threads=1 --nocapture > "$OUT/tests-$flavor.txt" 2>&1
-    echo "tests $flavor rc=$?: $(grep -E 'test result' "$OUT/tests-$flavor.txt")"
-    grep -E "FAILED|panicked|did not compile" "$OUT/tests-$flavor.txt" | head -5
-  done
-fi
+if [ -n "${TESTS:-}" ]; then bash "$(dirname "$0")/device_cuda_tests.sh"; fi
 for b in ${BACKENDS:-cuda-mxfp4}; do
   for round in 1 2; do
     for side in base new; do

@@ -6,12 +6,7 @@ OUT=${OUT:-/tmp/gptoss-out}
 mkdir -p "$OUT"
 export XDG_CACHE_HOME=${XDG_CACHE_HOME:-/tmp/gptoss-cache}
 G=./dist/gptoss
-for flavor in mxfp4 portable; do
-  GPTOSS_CUDA_FLAVOR=$flavor GPTOSS_FIXTURES=tests/fixtures timeout 300 ./dist/cuda-mxfp4-fixtures \
-    --include-ignored --skip split_ --test-threads=1 --nocapture > "$OUT/tests-$flavor.txt" 2>&1
-  echo "tests $flavor rc=$?: $(grep -E 'test result' "$OUT/tests-$flavor.txt")"
-  grep -E "FAILED|panicked|did not compile" "$OUT/tests-$flavor.txt" | head -5
-done
+bash "$(dirname "$0")/device_cuda_tests.sh"
 for rows in ${ROWS:-2 4}; do
   echo "20b, GPTOSS_CUDA_MOE_ROWS=$rows"
   GPTOSS_CUDA_MOE_ROWS=$rows timeout 200 $G bench --backend cuda-mxfp4 --synthetic 20b --prompt 512 --gen 64 2>&1 | tail -1
