@@ -3,7 +3,7 @@
 
 use gptoss_core::graph::{Op, ValueKind};
 use gptoss_core::rope::{RopeParams, Yarn};
-use gptoss_core::{bf16, Backend, DType, Graph, TensorDesc};
+use gptoss_core::{bf16, Backend, BufferId, DType, Graph, TensorDesc, ValueId};
 
 pub struct Rng(pub u64);
 
@@ -67,6 +67,24 @@ pub fn i32_t(shape: &[usize], v: &[i32]) -> (TensorDesc, Vec<u8>) {
     (TensorDesc::new(DType::I32, shape.to_vec()), i32_bytes(v))
 }
 
+/// Allocate and upload `ins` on `be` and bind them as Input values "in0", "in1", ... of `g`;
+/// their buffers are pushed to `bufs` (for the caller to free), also when a later one fails.
+pub fn bind_inputs<'a>(
+    be: &mut dyn Backend,
+    g: &mut Graph,
+    ins: impl IntoIterator<Item = &'a (TensorDesc, Vec<u8>)>,
+    bufs: &mut Vec<BufferId>,
+) -> gptoss_core::Result<Vec<ValueId>> {
+    let mut ids = Vec::new();
+    for (i, (d, data)) in ins.into_iter().enumerate() {
+        let b = be.alloc(d)?;
+        bufs.push(b);
+        be.upload(b, data)?;
+        ids.push(g.add_value(format!("in{i}"), d.clone(), ValueKind::Input(b)));
+    }
+    Ok(ids)
+}
+
 /// Run one op on `be`: inputs bound as Input, outputs as Output (poisoned with 0xFF bytes first
 /// so unwritten elements show) or as State with the given contents. Returns the outputs' bytes.
 pub fn run_op(
@@ -77,13 +95,7 @@ pub fn run_op(
 ) -> gptoss_core::Result<Vec<Vec<u8>>> {
     let mut g = Graph::new();
     let mut bufs = Vec::new();
-    let mut in_ids = Vec::new();
-    for (i, (d, data)) in ins.iter().enumerate() {
-        let b = be.alloc(d)?;
-        be.upload(b, data)?;
-        bufs.push(b);
-        in_ids.push(g.add_value(format!("in{i}"), d.clone(), ValueKind::Input(b)));
-    }
+    let in_ids = bind_inputs(be, &mut g, ins, &mut bufs)?;
     let mut out_bufs = Vec::new();
     let mut out_ids = Vec::new();
     for (i, (d, init)) in outs.iter().enumerate() {

@@ -449,13 +449,7 @@ fn rope_attention_graph(
     let d = 64u32;
     let mut g = Graph::new();
     let mut bufs = Vec::new();
-    let mut ids = Vec::new();
-    for (i, (desc, data)) in ins.iter().enumerate() {
-        let b = be.alloc(desc)?;
-        be.upload(b, data)?;
-        bufs.push(b);
-        ids.push(g.add_value(format!("in{i}"), desc.clone(), ValueKind::Input(b)));
-    }
+    let ids = bind_inputs(be, &mut g, ins, &mut bufs)?;
     let (q, k, v, sinks, pos) = (ids[0], ids[1], ids[2], ids[3], ids[4]);
     let rope = |heads| Op::Rope {
         params: gpt_oss_rope(),
@@ -562,13 +556,7 @@ fn router_graph(
     let (t, e) = (x.0.shape.dims()[0], w.0.shape.dims()[0]);
     let mut g = Graph::new();
     let mut bufs = Vec::new();
-    let mut ins = Vec::new();
-    for (i, (d, data)) in [x, w, b].into_iter().enumerate() {
-        let id = be.alloc(d).unwrap();
-        be.upload(id, data).unwrap();
-        bufs.push(id);
-        ins.push(g.add_value(format!("in{i}"), d.clone(), ValueKind::Input(id)));
-    }
+    let ins = bind_inputs(be, &mut g, [x, w, b], &mut bufs).unwrap();
     let logits = g.add_value(
         "logits",
         TensorDesc::new(DType::F32, [t, e]),
