@@ -1,5 +1,5 @@
-//! `--dequantize` at large T through cuBLAS: the dense Linear and the MoE experts as bf16
-//! GEMMs with f32 accumulation (cublasGemmEx), fed by small kernels of mma.cu that round the
+//! Large-T bf16 products through cuBLAS: the dense Linear (bf16 weights) and, with
+//! `--dequantize`, the MoE experts, as bf16 GEMMs with f32 accumulation (cublasGemmEx), fed by small kernels of mma.cu that round the
 //! f32 activations to bf16 exactly as the tensor-core kernels do, and that add the biases and
 //! the SwiGLU.
 //!
@@ -65,7 +65,7 @@ fn to_bf16<F: Flavor>(be: &Cuda<F>, x: CUdeviceptr, out: CUdeviceptr, n: usize) 
 /// Whether a Linear of `t` tokens over weights of dtype bf16 takes cuBLAS: cuBLAS is on (see
 /// `Cuda::cublas`) and `t` is in the tensor-core range.
 pub(crate) fn linear_fits<F: Flavor>(be: &Cuda<F>, bf16_weights: bool, t: usize) -> bool {
-    be.gpu.has_cublas() && bf16_weights && t >= be.mma_min_t
+    be.gpu.has_cublas() && bf16_weights && t >= be.mma_min_t && t <= be.cublas_linear_max_t
 }
 
 /// `y [t, n] = x [t, k] W^T + bias` (bias 0: none; `bdt` its dtype code).

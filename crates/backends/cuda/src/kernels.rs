@@ -33,6 +33,9 @@ pub const MMA_F16: &str = "mma_f16";
 /// mma.sync m8n8k4 (neither m16n8k8 nor ldmatrix exist before sm_75), fragments read from
 /// shared memory with plain loads. The same kernels as [`MMA_F16`], under the same names.
 pub const MMA_F16_SM70: &str = "mma_f16_sm70";
+/// The few-pairs-per-expert MoE (moe_skinny.cu): mma.sync m16n8k16 with f16 operands and
+/// cp.async, both sm_80+.
+pub const MOE_SKINNY: &str = "moe_skinny";
 /// The kernels both f16 builds of mma.cu provide (the bf16-row MoE and dequantization stay in
 /// the bf16 build).
 const MMA_F16_FUNCTIONS: &[&str] = &[
@@ -176,6 +179,13 @@ pub const FAMILIES: &[Family] = &[
         defines: &["-DMMA_F16", "-DMMA_SM70"],
     },
     Family {
+        name: MOE_SKINNY,
+        source: include_str!("kernels/moe_skinny.cu"),
+        functions: &["moe_skinny_stage", "moe_skinny_gate_up", "moe_skinny_down"],
+        optional: true,
+        defines: &[],
+    },
+    Family {
         name: "argmax_fast",
         source: include_str!("kernels/argmax_fast.cu"),
         functions: &["argmax_partial", "argmax_final"],
@@ -225,9 +235,9 @@ pub fn portable_skip(cc: (u32, u32)) -> &'static [&'static str] {
     if cc >= (8, 0) {
         &[MMA_F16, MMA_F16_SM70]
     } else if cc >= (7, 5) {
-        &[MMA_BF16, MMA_F16_SM70]
+        &[MMA_BF16, MMA_F16_SM70, MOE_SKINNY]
     } else {
-        &[MMA_BF16, MMA_F16]
+        &[MMA_BF16, MMA_F16, MOE_SKINNY]
     }
 }
 

@@ -30,6 +30,7 @@ mod driver;
 mod fusion;
 mod kernels;
 mod libpaths;
+mod moe_skinny;
 pub mod nccl;
 pub mod nvrtc;
 mod ops;
@@ -47,7 +48,7 @@ use gptoss_core::{Backend, BufferId, DType, Error, Graph, ProbeReport, Result, T
 use driver::{CUdeviceptr, Gpu};
 pub use kernels::{
     arch_for, compile_options, family, nvrtc_target_hint, portable_arch_for, portable_skip, Family,
-    ModuleOrigin, MMA_BF16, MMA_F16, MMA_F16_SM70,
+    ModuleOrigin, MMA_BF16, MMA_F16, MMA_F16_SM70, MOE_SKINNY,
 };
 
 /// Tokens up to which the dequantized MoE runs as cuBLAS GEMMs per expert (H100, 20b shape,
@@ -157,6 +158,8 @@ pub struct Cuda<F: Flavor> {
     done_counters: CUdeviceptr,
     /// Launches of router_topk_spread recorded so far (tests: the path ran).
     router_spread_runs: u64,
+    /// MoE runs on the few-pairs kernels so far (moe_skinny.rs; tests).
+    skinny_moe_runs: u64,
     /// RoPE + one-token attention runs fused so far (fusion.rs RopeAttention; tests).
     rope_attention_runs: u64,
     kernels: kernels::Kernels,
@@ -170,11 +173,19 @@ pub struct Cuda<F: Flavor> {
     /// (GPTOSS_CUDA_CUBLAS_MOE_MAX_T, default CUBLAS_MOE_MAX_T); above it the grouped
     /// tensor-core kernel runs.
     cublas_moe_max_t: usize,
+    /// Linears with bf16 weights go through cuBLAS from `mma_min_t` up to this many tokens
+    /// (GPTOSS_CUDA_CUBLAS_LINEAR_MAX_T, default all; 0: never): its kernels suit every shape,
+    /// where gemm_bf16's 128x128 tiles leave most SMs idle for the narrow k/v/router
+    /// products and the few row tiles of a batched decode step.
+    cublas_linear_max_t: usize,
+    /// The grouped MoE of few pairs per expert on the swapped-operand kernels (moe_skinny.rs);
+    /// GPTOSS_CUDA_NO_SKINNY=1: the 64-pair tile kernels of mma.cu instead.
+    skinny_moe: bool,
     /// Rows a warp of the fast (few-token) MoE kernels takes at a time, gate_up and down: 2
     /// (held to 64 registers, 4 blocks an SM), or 4 (GPTOSS_CUDA_MOE_ROWS=4 sets both,
     /// GPTOSS_CUDA_MOE_DOWN_ROWS the down projection's alone).
     moe_rows: (usize, usize),
-    /// cuBLAS for the large bf16 products of --dequantize: its description when in use, else
+    /// cuBLAS for the large bf16 products (linears; the experts with --dequantize): its description when in use, else
     /// why not (see `open_cublas`).
     cublas: std::result::Result<String, String>,
     /// GPTOSS_CUDA_GRAPH=0 turns off replaying repeated steps as CUDA graphs.
@@ -242,6 +253,11 @@ impl<F: Flavor> Cuda<F> {
     /// How many expert matrices are held dequantized to bf16 (--dequantize).
     pub fn dequantized_experts(&self) -> usize {
         self.bf16_experts.len()
+    }
+
+    /// How many MoE runs took the swapped-operand kernels for few pairs per expert.
+    pub fn skinny_moe_runs(&self) -> u64 {
+        self.skinny_moe_runs
     }
 
     /// How many router + top-k runs took the spread kernel (one block per expert).
@@ -339,6 +355,7 @@ impl<F: Flavor> Cuda<F> {
             err,
             done_counters,
             router_spread_runs: 0,
+            skinny_moe_runs: 0,
             rope_attention_runs: 0,
             kernels,
             fast: !env_on("GPTOSS_CUDA_NO_FUSION"),
@@ -350,6 +367,11 @@ impl<F: Flavor> Cuda<F> {
                 .ok()
                 .and_then(|v| v.parse::<usize>().ok())
                 .unwrap_or(CUBLAS_MOE_MAX_T),
+            cublas_linear_max_t: std::env::var("GPTOSS_CUDA_CUBLAS_LINEAR_MAX_T")
+                .ok()
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(usize::MAX),
+            skinny_moe: !env_on("GPTOSS_CUDA_NO_SKINNY"),
             moe_rows: {
                 let rows = |var: &str, default: usize| match std::env::var(var).as_deref() {
                     Ok("4") => 4,
@@ -390,13 +412,16 @@ impl<F: Flavor> Cuda<F> {
         Ok(me)
     }
 
-    /// cuBLAS for --dequantize's large products (GPTOSS_CUDA_NO_CUBLAS=1: our tensor-core
-    /// kernels instead). When it cannot be used the reason is printed once a process and the
+    /// cuBLAS for the large bf16 products: the linears from `mma_min_t` tokens and, with
+    /// --dequantize, the experts (GPTOSS_CUDA_NO_CUBLAS=1: our tensor-core kernels instead). When it cannot be used the reason is printed once a process and the
     /// backend keeps its own kernels. (stderr, not tracing: a plugin library has its own copy
     /// of tracing's dispatcher, which the host's subscriber never sees.)
     fn open_cublas(&mut self, disabled: bool) -> std::result::Result<String, String> {
-        if !self.dequantize {
-            return Err("cuBLAS is used only with --dequantize".into());
+        if !self.dequantize && self.cublas_linear_max_t == 0 {
+            return Err(
+                "GPTOSS_CUDA_CUBLAS_LINEAR_MAX_T=0 and no --dequantize leave cuBLAS nothing to do"
+                    .into(),
+            );
         }
         if disabled {
             return Err("GPTOSS_CUDA_NO_CUBLAS is set".into());
@@ -416,7 +441,8 @@ impl<F: Flavor> Cuda<F> {
             static SAID: std::sync::Once = std::sync::Once::new();
             SAID.call_once(|| {
                 eprintln!(
-                    "{}: --dequantize runs its own tensor-core kernels instead of cuBLAS: {e}",
+                    "{}: the large bf16 products run on our own tensor-core kernels instead of \
+                     cuBLAS: {e}",
                     F::NAME
                 )
             });

@@ -53,16 +53,16 @@ fn dims(v: &Value) -> &[usize] {
     v.desc.shape.dims()
 }
 
-fn i32_of(n: usize, what: &str) -> Result<i32> {
+pub(crate) fn i32_of(n: usize, what: &str) -> Result<i32> {
     i32::try_from(n).map_err(|_| Error::Input(format!("{what} = {n} does not fit a 32-bit index")))
 }
 
-fn blocks(n: usize, per: usize) -> Result<u32> {
+pub(crate) fn blocks(n: usize, per: usize) -> Result<u32> {
     u32::try_from(n.div_ceil(per))
         .map_err(|_| Error::Input(format!("{n} elements need too many thread blocks")))
 }
 
-fn grid_y(n: usize) -> Result<u32> {
+pub(crate) fn grid_y(n: usize) -> Result<u32> {
     if n > 65535 {
         return Err(unsupported(format!(
             "a second grid dimension of {n} (> 65535)"
@@ -1079,7 +1079,12 @@ pub(crate) fn run_moe<F: Flavor>(
             // projection (SwiGLU in the gate_up epilogue); y rows per pair, combined
             // below in ascending expert id (deterministic).
             let big = pairs >= 128 * e;
-            let bm = if big { 2 * MOE_BM } else { MOE_BM };
+            let skinny = crate::moe_skinny::fits(be, bf16, pairs, e, (h, i));
+            let bm = match (skinny, big) {
+                (true, _) => crate::moe_skinny::PAIRS_PER_TILE,
+                (false, true) => 2 * MOE_BM,
+                (false, false) => MOE_BM,
+            };
             let (gu_name, dn_name) = match (big, bf16) {
                 (true, false) => ("moe_gate_up_mma128", "moe_down_mma128"),
                 (false, false) => ("moe_gate_up_mma", "moe_down_mma"),
@@ -1108,6 +1113,31 @@ pub(crate) fn run_moe<F: Flavor>(
                         Arg::Ptr(err),
                     ],
                 )?;
+                if skinny {
+                    let projection = |w: usize, b: usize| -> Result<crate::moe_skinny::Experts> {
+                        Ok(crate::moe_skinny::Experts {
+                            blocks: ip(w)?,
+                            scales: ip(w + 1)?,
+                            bias: ip(b)?,
+                            bdt: float_code(ins[b])?,
+                        })
+                    };
+                    let route = crate::moe_skinny::Route {
+                        list,
+                        tiles,
+                        ntiles,
+                        max_tiles,
+                    };
+                    be.skinny_moe_runs += 1;
+                    return crate::moe_skinny::run(
+                        be,
+                        (ip(0)?, act, y),
+                        &route,
+                        (projection(3, 5)?, projection(6, 8)?),
+                        (t, k, h, i),
+                        (*swiglu_limit, *alpha),
+                    );
+                }
                 be.launch(
                     gu_name,
                     (blocks(2 * i, 128)?, grid_y(max_tiles)?, 1),

@@ -40,7 +40,7 @@ use gptoss_core::plugin::{PluginBackend, PluginOptions};
 use gptoss_core::{Backend, BufferId, DType, ProbeReport, Result, TensorDesc};
 use gptoss_cuda::{
     arch_for, compile_options, family, nvrtc::fnv64, CudaBf16, CudaMxfp4, ModuleOrigin, MMA_BF16,
-    MMA_F16, MMA_F16_SM70,
+    MMA_F16, MMA_F16_SM70, MOE_SKINNY,
 };
 use gptoss_e2e::backend_check::*;
 use gptoss_e2e::{check_fixture_prompts, fixture_dir, Reference, FIXTURES};
@@ -102,6 +102,9 @@ impl AnyCuda {
     }
     fn rope_attention_runs(&self) -> u64 {
         each!(self, b => b.rope_attention_runs())
+    }
+    fn skinny_moe_runs(&self) -> u64 {
+        each!(self, b => b.skinny_moe_runs())
     }
     fn cublas(&self) -> Result<String> {
         each!(self, b => b.cublas())
@@ -242,12 +245,19 @@ fn arch_targets_and_cache_keys() {
     // on Volta (m8n8k4).
     assert_eq!(gptoss_cuda::portable_skip((8, 0)), &[MMA_F16, MMA_F16_SM70]);
     assert_eq!(gptoss_cuda::portable_skip((8, 9)), &[MMA_F16, MMA_F16_SM70]);
+    // The few-pairs MoE (m16n8k16 .f16, cp.async) needs sm_80 too.
     assert_eq!(
         gptoss_cuda::portable_skip((7, 5)),
-        &[MMA_BF16, MMA_F16_SM70]
+        &[MMA_BF16, MMA_F16_SM70, MOE_SKINNY]
     );
-    assert_eq!(gptoss_cuda::portable_skip((7, 0)), &[MMA_BF16, MMA_F16]);
-    assert_eq!(gptoss_cuda::portable_skip((7, 2)), &[MMA_BF16, MMA_F16]);
+    assert_eq!(
+        gptoss_cuda::portable_skip((7, 0)),
+        &[MMA_BF16, MMA_F16, MOE_SKINNY]
+    );
+    assert_eq!(
+        gptoss_cuda::portable_skip((7, 2)),
+        &[MMA_BF16, MMA_F16, MOE_SKINNY]
+    );
     // Exactly one tensor-core family is left in for every portable target.
     for cc in [(7, 0), (7, 2), (7, 5), (8, 0), (8, 6), (8, 9), (9, 0)] {
         let kept: Vec<&str> = [MMA_BF16, MMA_F16, MMA_F16_SM70]
@@ -741,6 +751,39 @@ fn op_moe_large_t_grouped_matches_cpu() {
             &to_f32(&g[0]),
             &to_f32(&c[0]),
         );
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU (sm_90+; sm_70+ with GPTOSS_CUDA_FLAVOR=portable): run on the GPU machine with --ignored"]
+fn op_moe_few_pairs_per_expert_matches_cpu() {
+    // Fewer pairs than a 64-pair tile per expert on average: the swapped-operand kernels
+    // (moe_skinny.cu) on sm_80+, which must have compiled there. (tokens, hidden,
+    // intermediate, experts, k, skew): a decode-like step (32 experts, ~32 pairs each), the
+    // smallest tensor-core step (16 tokens: most experts empty), one expert over several tiles
+    // (skew), row counts that end inside a block (576, 2 x 640) and groups fewer than the ring.
+    let mut be = gpu();
+    let skinny = target_cc(be.arch()) >= 80;
+    let loaded = be.module_origins().iter().any(|o| o.family == MOE_SKINNY);
+    assert_eq!(loaded, skinny, "the {MOE_SKINNY} family on {}", be.arch());
+    let mut r = Rng(26);
+    for (t, h, i, e, k, skew) in [
+        (256, 128, 64, 32, 4, false),
+        (16, 64, 32, 32, 4, false),
+        (200, 128, 96, 16, 4, true),
+        (64, 576, 640, 4, 2, false),
+    ] {
+        let ins = moe_inputs(&mut r, (t, h, i, e, k), skew);
+        let before = be.skinny_moe_runs();
+        let (g, c) = both(
+            &mut be,
+            &MOE_OP,
+            &ins,
+            &[(TensorDesc::new(DType::F32, [t, h]), None)],
+        );
+        let what = format!("few-pairs moe t{t} h{h} i{i} e{e} k{k} skew {skew}");
+        assert_eq!(be.skinny_moe_runs() - before, u64::from(skinny), "{what}");
+        assert_close_bf16(&what, &to_f32(&g[0]), &to_f32(&c[0]));
     }
 }
 

@@ -131,6 +131,14 @@ __device__ __forceinline__ float dot8_bf16(W4 w, F4 a, F4 b, float acc) {
 
 // Rows of a tile of the tiled paged attention (attn_tiled.cu's AT_Q), which attention_paged
 // leaves to it when the tile is uniform.
+// gpt-oss's clamped SwiGLU of one gate/up pair (the MoE kernels' epilogues).
+__device__ __forceinline__ float swiglu(float gate, float up, float limit, float alpha) {
+    gate = fminf(gate, limit);
+    up = up < -limit ? -limit : (up > limit ? limit : up);
+    float glu = gate * (1.0f / (1.0f + expf(-(gate * alpha))));
+    return (up + 1.0f) * glu;
+}
+
 #define PAGED_TILE 64
 
 // Key position j of row t -> cache row: the position itself (one sequence's cache) ...

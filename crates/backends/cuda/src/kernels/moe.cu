@@ -45,13 +45,6 @@ __device__ __forceinline__ float mx_row_dot(const u8* blocks, const u8* scales, 
     return warp_sum(s);
 }
 
-__device__ __forceinline__ float swiglu(float gate, float up, float limit, float alpha) {
-    gate = fminf(gate, limit);
-    up = up < -limit ? -limit : (up > limit ? limit : up);
-    float glu = gate * (1.0f / (1.0f + expf(-(gate * alpha))));
-    return (up + 1.0f) * glu;
-}
-
 // grid (T*k, ceil(I / warps)); warp c computes gate row 2c and up row 2c+1 of its expert.
 extern "C" __global__ void moe_gate_up(const float* x, const int* ids, const u8* gub,
                                        const u8* gus, const void* gbias, int bdt, float* act,

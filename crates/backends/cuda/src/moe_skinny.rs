@@ -1,0 +1,180 @@
+//! The grouped MXFP4 MoE for few pairs per expert (batched decode), kernels/moe_skinny.cu:
+//! the expert weights stream once per tile of up to 64 pairs through f16 tensor cores with the
+//! operands swapped (weights as A, activations as B), where the 64/128-pair tile kernels of
+//! mma.cu walk 90 dependent k-steps per 128 columns with mostly empty rows.
+//!
+//! Steps, after `moe_route` (tiles of `PAIRS_PER_TILE` pairs): the routed x rows staged as
+//! f16 in list order (`moe_skinny_stage`), gate_up with the SwiGLU into `act` (per pair), `act`
+//! staged likewise, down into `y` (per pair); the caller's combine is unchanged.
+
+use gptoss_core::Result;
+
+use crate::driver::{Arg, CUdeviceptr};
+use crate::ops::{blocks, grid_y, i32_of};
+use crate::{Cuda, Flavor};
+
+/// Pairs a tile (SK_NT n8 tiles in moe_skinny.cu): moe_route's BM for this path.
+pub(crate) const PAIRS_PER_TILE: usize = 64;
+/// Weight rows a block (SK_ROWS) and its warps (SK_WARPS), and the depth of each warp's
+/// cp.async ring of 512-byte groups (SK_STAGES).
+const ROWS_PER_BLOCK: usize = 128;
+const WARPS: usize = 4;
+const STAGES: usize = 6;
+/// The kernel's dynamic shared memory must fit the default 48 KiB.
+const MAX_SMEM: usize = 48 << 10;
+
+/// One projection's MXFP4 experts: code blocks, E8M0 scales, bias (dtype code `bdt`).
+pub(crate) struct Experts {
+    pub blocks: CUdeviceptr,
+    pub scales: CUdeviceptr,
+    pub bias: CUdeviceptr,
+    pub bdt: i32,
+}
+
+/// `moe_route`'s output: the pair list and the tile table with its count.
+pub(crate) struct Route {
+    pub list: CUdeviceptr,
+    pub tiles: CUdeviceptr,
+    pub ntiles: CUdeviceptr,
+    pub max_tiles: usize,
+}
+
+/// Shared memory of a block whose rows have `k` inputs: each warp's ring and its 32 rows'
+/// scales.
+fn smem_bytes(k: usize) -> usize {
+    WARPS * (STAGES * 512 + 32 * (k / 32))
+}
+
+/// Whether the MoE of `pairs` (token, expert) pairs over `experts` MXFP4 experts of hidden /
+/// intermediate size `(h, i)` takes this path: experts average fewer pairs than a tile, the
+/// kernels are built (sm_80+), the experts are not dequantized, and GPTOSS_CUDA_NO_SKINNY is
+/// unset.
+pub(crate) fn fits<F: Flavor>(
+    be: &Cuda<F>,
+    bf16_experts: bool,
+    pairs: usize,
+    experts: usize,
+    (h, i): (usize, usize),
+) -> bool {
+    be.skinny_moe
+        && !bf16_experts
+        && pairs < PAIRS_PER_TILE * experts
+        && h % 32 == 0
+        && i % 32 == 0
+        && smem_bytes(h.max(i)) <= MAX_SMEM
+        && be.kernels.has("moe_skinny_gate_up")
+}
+
+/// `y [t*k, h]` per pair from `x [t, h]` (`act [t*k, i]` in between), routed by `route`.
+pub(crate) fn run<F: Flavor>(
+    be: &mut Cuda<F>,
+    (x, act, y): (CUdeviceptr, CUdeviceptr, CUdeviceptr),
+    route: &Route,
+    (gate_up, down): (Experts, Experts),
+    (t, k, h, i): (usize, usize, usize, usize),
+    (limit, alpha): (f32, f32),
+) -> Result<()> {
+    let pairs = t * k;
+    let staged_bytes = pairs * h.max(i) * 2;
+    let xs = be.take_temp(staged_bytes, "moe activations as f16")?;
+    let r = (|| -> Result<()> {
+        stage(be, (x, k, h), route.list, pairs, xs)?;
+        let swiglu = [Arg::F32(limit), Arg::F32(alpha)];
+        let gu = Projection {
+            name: "moe_skinny_gate_up",
+            rows: 2 * i,
+            inputs: h,
+            tail: &swiglu,
+        };
+        project(be, &gu, xs, route, &gate_up, act, (h, i))?;
+        stage(be, (act, 1, i), route.list, pairs, xs)?;
+        let dn = Projection {
+            name: "moe_skinny_down",
+            rows: h,
+            inputs: i,
+            tail: &[],
+        };
+        project(be, &dn, xs, route, &down, y, (h, i))
+    })();
+    be.give_temp(staged_bytes, xs);
+    r
+}
+
+/// `xs [pairs, width]` f16 in the kernels' k order: row `pos` = `a` row `list[pos] / div`.
+fn stage<F: Flavor>(
+    be: &Cuda<F>,
+    (a, div, width): (CUdeviceptr, usize, usize),
+    list: CUdeviceptr,
+    pairs: usize,
+    xs: CUdeviceptr,
+) -> Result<()> {
+    be.launch(
+        "moe_skinny_stage",
+        (blocks(pairs, 1)?, 1, 1),
+        (128, 1, 1),
+        0,
+        &[
+            Arg::Ptr(a),
+            Arg::I32(i32_of(div, "experts per token")?),
+            Arg::I32(i32_of(width, "moe width")?),
+            Arg::Ptr(list),
+            Arg::Ptr(xs),
+        ],
+    )
+}
+
+/// A projection kernel: `rows` output rows over `inputs` values a row, and the arguments
+/// after the common ones (gate_up: the SwiGLU's limit and alpha).
+struct Projection<'a> {
+    name: &'static str,
+    rows: usize,
+    inputs: usize,
+    tail: &'a [Arg],
+}
+
+/// `out` = the projection `p` of expert weights `w` over the staged rows `xs` (`(h, i)`: the
+/// model's hidden and intermediate sizes, arguments of both kernels).
+fn project<F: Flavor>(
+    be: &Cuda<F>,
+    p: &Projection,
+    xs: CUdeviceptr,
+    route: &Route,
+    w: &Experts,
+    out: CUdeviceptr,
+    (h, i): (usize, usize),
+) -> Result<()> {
+    let mut args = vec![
+        Arg::Ptr(xs),
+        Arg::Ptr(route.list),
+        Arg::Ptr(route.tiles),
+        Arg::Ptr(route.ntiles),
+        Arg::Ptr(w.blocks),
+        Arg::Ptr(w.scales),
+        Arg::Ptr(w.bias),
+        Arg::I32(w.bdt),
+        Arg::Ptr(out),
+        Arg::I32(i32_of(h, "hidden")?),
+        Arg::I32(i32_of(i, "intermediate")?),
+    ];
+    args.extend_from_slice(p.tail);
+    be.launch(
+        p.name,
+        (blocks(p.rows, ROWS_PER_BLOCK)?, grid_y(route.max_tiles)?, 1),
+        ((32 * WARPS) as u32, 1, 1),
+        smem_bytes(p.inputs) as u32,
+        &args,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_memory_fits_gpt_oss_and_refuses_very_wide_rows() {
+        // 20b / 120b: hidden = intermediate = 2880 (90 groups).
+        assert_eq!(smem_bytes(2880), 4 * (6 * 512 + 32 * 90));
+        assert!(smem_bytes(2880) <= MAX_SMEM);
+        assert!(smem_bytes(32 * 1024) > MAX_SMEM);
+    }
+}
