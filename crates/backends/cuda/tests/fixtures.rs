@@ -852,42 +852,27 @@ fn op_attention_large_t_tiled_matches_cpu() {
     let mut r = Rng(23);
     // Tiled attention (f32, exact up to order): a prefill from 0, a chunk after cached keys,
     // sliding window, a T that is not a multiple of the 32-query tile.
-    for (nq, nkv, window, start, t, cap) in [
+    for case in [
         (16u32, 2u32, 0u32, 0usize, 512usize, 512usize),
         (16, 2, 128, 0, 512, 512),
         (8, 1, 0, 40, 300, 400),
         (8, 8, 7, 3, 45, 64),
     ] {
-        let d = 64u32;
-        let (qw, kvw) = ((nq * d) as usize, (nkv * d) as usize);
-        let op = Op::Attention {
-            heads: nq,
-            kv_heads: nkv,
-            head_dim: d,
-            window,
-            scale: 0.125,
-        };
-        let pos: Vec<i32> = (start..start + t).map(|p| p as i32).collect();
-        let kc = r.vec(cap * kvw, 1.0);
-        let vc = r.vec(cap * kvw, 1.0);
-        let ins = attention_inputs(&mut r, (nq, nkv, d), &pos);
-        let cache = TensorDesc::new(DType::F32, [cap, kvw]);
-        let (g, c) = both(
-            &mut be,
-            &op,
-            &ins,
-            &[
-                (TensorDesc::new(DType::F32, [t, qw]), None),
-                (cache.clone(), Some(f32_bytes(&kc))),
-                (cache, Some(f32_bytes(&vc))),
-            ],
-        );
-        let what = format!("tiled attention nq{nq} nkv{nkv} window {window} start {start} T{t}");
-        assert_close(&what, &to_f32(&g[0]), &to_f32(&c[0]), 1e-5);
-        assert_eq!(g[1], c[1], "{what}: k cache");
-        assert_eq!(g[2], c[2], "{what}: v cache");
+        let (what, g, c) = prefill_attention_case(&mut be, &mut r, case);
+        assert_close(&what, &g, &c, 1e-5);
     }
     assert_eq!(be.attention_mma_runs(), 0, "GPTOSS_CUDA_ATTN_F32=1");
+}
+
+/// One prefill case (heads, kv_heads, window, first position, T, cache capacity), head_dim
+/// 64, on `be` and the CPU (see `attention_case_outputs`).
+fn prefill_attention_case(
+    be: &mut AnyCuda,
+    r: &mut Rng,
+    (nq, nkv, window, start, t, cap): (u32, u32, u32, usize, usize, usize),
+) -> (String, Vec<f32>, Vec<f32>) {
+    let pos: Vec<i32> = (start..start + t).map(|p| p as i32).collect();
+    attention_case_outputs(be, r, &(nq, nkv, 64, window, pos, cap))
 }
 
 /// The backend with the prefill attention on its f32 tiled kernels (GPTOSS_CUDA_ATTN_F32=1),
@@ -929,38 +914,9 @@ fn op_attention_large_t_mma_matches_cpu() {
             (8, 2, 37, 5, 64, 69),
             (16, 4, 0, 1000, 100, 1100),
         ];
-        for (nq, nkv, window, start, t, cap) in cases {
-            let d = 64u32;
-            let (qw, kvw) = ((nq * d) as usize, (nkv * d) as usize);
-            let op = Op::Attention {
-                heads: nq,
-                kv_heads: nkv,
-                head_dim: d,
-                window,
-                scale: 0.125,
-            };
-            let pos: Vec<i32> = (start..start + t).map(|p| p as i32).collect();
-            let cache = TensorDesc::new(DType::F32, [cap, kvw]);
-            let caches = [r.vec(cap * kvw, 1.0), r.vec(cap * kvw, 1.0)].map(|c| f32_bytes(&c));
-            let ins = attention_inputs(&mut r, (nq, nkv, d), &pos);
-            let [kc, vc] = caches;
-            let (g, c) = both(
-                &mut be,
-                &op,
-                &ins,
-                &[
-                    (TensorDesc::new(DType::F32, [t, qw]), None),
-                    (cache.clone(), Some(kc)),
-                    (cache, Some(vc)),
-                ],
-            );
-            let what = format!(
-                "mma attention ({heads_per_block} heads a block) nq{nq} nkv{nkv} window \
-                 {window} start {start} T{t}"
-            );
-            assert_close_bf16(&what, &to_f32(&g[0]), &to_f32(&c[0]));
-            assert_eq!(g[1], c[1], "{what}: k cache");
-            assert_eq!(g[2], c[2], "{what}: v cache");
+        for case in cases {
+            let (what, g, c) = prefill_attention_case(&mut be, &mut r, case);
+            assert_close_bf16(&format!("{what}, {heads_per_block} heads a block"), &g, &c);
         }
         let want = if expects_mma_attention(&be) {
             cases.len() as u64
