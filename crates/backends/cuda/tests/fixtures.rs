@@ -22,7 +22,9 @@
 //! when staging them; weights are bf16 already (MXFP4 decodes to bf16 exactly) and
 //! accumulation stays f32. A dot product of K terms then carries a relative error of about
 //! 2^-9 / sqrt(3) per term, uncorrelated, so the output NMSE is ~1e-6 per rounded operand
-//! (the MoE rounds twice: x, then the SwiGLU activations). Per-op checks at T >= 64 use
+//! (the MoE rounds twice: x, then the SwiGLU activations). The prefill attention (head_dim 64)
+//! rounds q, k, v and the softmax probabilities to bf16 (attn_mma.cu) at the same threshold.
+//! Per-op checks at T >= 64 use
 //! `assert_close_bf16`: NMSE <= 1e-4 and max abs <= 3e-2 of the largest reference magnitude.
 //! Under compute_70..79 (`GPTOSS_CUDA_PORTABLE_ARCH=compute_75`: Turing's f16 tensor cores;
 //! `compute_70`: Volta's, mma m8n8k4) the same kernels round to f16 instead (11 significant
