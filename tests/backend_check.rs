@@ -317,6 +317,12 @@ pub fn attention_inputs(
 /// shuffled, so 64-row tiles are one sequence, straddle A and B, or hold the decode rows.
 /// Windows 0 and 48. Outputs within 1e-5, the written pools equal.
 pub fn check_paged_prefill_chunk_matches_cpu(be: &mut dyn Backend) {
+    check_paged_prefill_chunk_within(be, (1e-5, 1e-9));
+}
+
+/// [`check_paged_prefill_chunk_matches_cpu`] with explicit (max abs, NMSE) bounds (looser for
+/// paths with bf16 operands).
+pub fn check_paged_prefill_chunk_within(be: &mut dyn Backend, bounds: (f32, f64)) {
     let mut r = Rng(33);
     let (nq, nkv, d, ps) = (16u32, 2u32, 64u32, 16usize);
     let np = 10; // pages per row: up to 160 positions
@@ -347,11 +353,12 @@ pub fn check_paged_prefill_chunk_matches_cpu(be: &mut dyn Backend) {
             slots: &slots,
             pool_pages,
         };
-        check_paged_case(
+        check_paged_case_within(
             be,
             &mut r,
             &case,
             &format!("paged prefill chunk of {t} rows"),
+            bounds,
         );
     }
 }
@@ -370,6 +377,17 @@ pub struct PagedCase<'a> {
 /// `Op::PagedAttention` of `case` with random q/k/v, sinks and pools on `be` against the cpu:
 /// outputs within 1e-5, the written pools equal.
 pub fn check_paged_case(be: &mut dyn Backend, r: &mut Rng, case: &PagedCase, what: &str) {
+    check_paged_case_within(be, r, case, what, (1e-5, 1e-9));
+}
+
+/// [`check_paged_case`] with explicit (max abs, NMSE) bounds for the outputs.
+pub fn check_paged_case_within(
+    be: &mut dyn Backend,
+    r: &mut Rng,
+    case: &PagedCase,
+    what: &str,
+    (tol, nmse): (f32, f64),
+) {
     let (nq, nkv, d, ps) = case.shape;
     let (qw, kvw) = ((nq * d) as usize, (nkv * d) as usize);
     let t = case.pos.len();
@@ -397,7 +415,7 @@ pub fn check_paged_case(be: &mut dyn Backend, r: &mut Rng, case: &PagedCase, wha
         ],
     );
     let what = format!("{what}, window {}", case.window);
-    assert_close(&what, &to_f32(&g[0]), &to_f32(&c[0]), 1e-5);
+    assert_close_within(&what, &to_f32(&g[0]), &to_f32(&c[0]), tol, nmse);
     assert_eq!(g[1], c[1], "{what}: k pool");
     assert_eq!(g[2], c[2], "{what}: v pool");
 }
@@ -424,35 +442,48 @@ pub fn check_op_attention_matches_cpu(be: &mut dyn Backend) {
 /// `seed`): outputs within 1e-5, the written k/v cache rows equal.
 pub fn check_attention_cases(be: &mut dyn Backend, seed: u64, cases: &[AttentionCase]) {
     let mut r = Rng(seed);
-    for (nq, nkv, d, window, pos, cap) in cases.iter().cloned() {
-        let t = pos.len();
-        let (qw, kvw) = ((nq * d) as usize, (nkv * d) as usize);
-        let op = Op::Attention {
-            heads: nq,
-            kv_heads: nkv,
-            head_dim: d,
-            window,
-            scale: 1.0 / (d as f32).sqrt(),
-        };
-        let kc = r.vec(cap * kvw, 1.0);
-        let vc = r.vec(cap * kvw, 1.0);
-        let ins = attention_inputs(&mut r, (nq, nkv, d), &pos);
-        let cache = TensorDesc::new(DType::F32, [cap, kvw]);
-        let (g, c) = both(
-            be,
-            &op,
-            &ins,
-            &[
-                (TensorDesc::new(DType::F32, [t, qw]), None),
-                (cache.clone(), Some(f32_bytes(&kc))),
-                (cache, Some(f32_bytes(&vc))),
-            ],
-        );
-        let what = format!("attention nq{nq} nkv{nkv} d{d} window {window} positions {pos:?}");
-        assert_close(&what, &to_f32(&g[0]), &to_f32(&c[0]), 1e-5);
-        assert_eq!(g[1], c[1], "{what}: k cache");
-        assert_eq!(g[2], c[2], "{what}: v cache");
+    for case in cases {
+        let (what, g, c) = attention_case_outputs(be, &mut r, case);
+        assert_close(&what, &g, &c, 1e-5);
     }
+}
+
+/// One `Op::Attention` case (scale 1/sqrt(d), random q/k/v, sinks and caches from `r`) on `be`
+/// and the cpu: its name and both outputs; the written k/v cache rows must be equal.
+pub fn attention_case_outputs(
+    be: &mut dyn Backend,
+    r: &mut Rng,
+    (nq, nkv, d, window, pos, cap): &AttentionCase,
+) -> (String, Vec<f32>, Vec<f32>) {
+    let (nq, nkv, d, window, cap) = (*nq, *nkv, *d, *window, *cap);
+    let t = pos.len();
+    let (qw, kvw) = ((nq * d) as usize, (nkv * d) as usize);
+    let op = Op::Attention {
+        heads: nq,
+        kv_heads: nkv,
+        head_dim: d,
+        window,
+        scale: 1.0 / (d as f32).sqrt(),
+    };
+    let kc = r.vec(cap * kvw, 1.0);
+    let vc = r.vec(cap * kvw, 1.0);
+    let ins = attention_inputs(r, (nq, nkv, d), pos);
+    let cache = TensorDesc::new(DType::F32, [cap, kvw]);
+    let (g, c) = both(
+        be,
+        &op,
+        &ins,
+        &[
+            (TensorDesc::new(DType::F32, [t, qw]), None),
+            (cache.clone(), Some(f32_bytes(&kc))),
+            (cache, Some(f32_bytes(&vc))),
+        ],
+    );
+    let first = pos.first().copied().unwrap_or(0);
+    let what = format!("attention nq{nq} nkv{nkv} d{d} window {window} T{t} from {first}");
+    assert_eq!(g[1], c[1], "{what}: k cache");
+    assert_eq!(g[2], c[2], "{what}: v cache");
+    (what, to_f32(&g[0]), to_f32(&c[0]))
 }
 
 pub fn check_op_topk_softmax_matches_cpu(be: &mut dyn Backend) {

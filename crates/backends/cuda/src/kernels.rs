@@ -36,6 +36,9 @@ pub const MMA_F16_SM70: &str = "mma_f16_sm70";
 /// The few-pairs-per-expert MoE (moe_skinny.cu): mma.sync m16n8k16 with f16 operands and
 /// cp.async, both sm_80+.
 pub const MOE_SKINNY: &str = "moe_skinny";
+/// Prefill attention on bf16 tensor cores (attn_mma.cu: mma.sync m16n8k16 .bf16, ldmatrix),
+/// so sm_80+ only; elsewhere the f32 `attention_tiled` kernels run.
+pub const ATTN_MMA: &str = "attn_mma";
 /// The kernels both f16 builds of mma.cu provide (the bf16-row MoE and dequantization stay in
 /// the bf16 build).
 const MMA_F16_FUNCTIONS: &[&str] = &[
@@ -206,6 +209,18 @@ pub const FAMILIES: &[Family] = &[
         defines: &[],
     },
     Family {
+        name: ATTN_MMA,
+        source: include_str!("kernels/attn_mma.cu"),
+        functions: &[
+            "attention_mma",
+            "attention_mma2",
+            "attention_mma_paged",
+            "attention_mma_paged2",
+        ],
+        optional: true,
+        defines: &[],
+    },
+    Family {
         name: "decode",
         source: include_str!("kernels/decode.cu"),
         functions: &["add_rms_norm", "moe_combine_add_norm", "rope_pairs"],
@@ -230,14 +245,15 @@ pub fn portable_arch_for(cc: (u32, u32)) -> String {
 /// The kernel families the portable flavor leaves out on a target: one tensor-core family is
 /// built, with bf16 operands (mma.sync m16n8k16 .bf16) from sm_80, with f16 operands
 /// (m16n8k8 .f16, ldmatrix) on sm_75..sm_79, and with f16 operands through Volta's
-/// mma.sync m8n8k4 (plain shared-memory loads) on sm_70..sm_74.
+/// mma.sync m8n8k4 (plain shared-memory loads) on sm_70..sm_74. The bf16 attention
+/// ([`ATTN_MMA`]) goes with the bf16 family.
 pub fn portable_skip(cc: (u32, u32)) -> &'static [&'static str] {
     if cc >= (8, 0) {
         &[MMA_F16, MMA_F16_SM70]
     } else if cc >= (7, 5) {
-        &[MMA_BF16, MMA_F16_SM70, MOE_SKINNY]
+        &[MMA_BF16, MMA_F16_SM70, MOE_SKINNY, ATTN_MMA]
     } else {
-        &[MMA_BF16, MMA_F16, MOE_SKINNY]
+        &[MMA_BF16, MMA_F16, MOE_SKINNY, ATTN_MMA]
     }
 }
 

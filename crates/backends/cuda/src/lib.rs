@@ -48,7 +48,7 @@ use gptoss_core::{Backend, BufferId, DType, Error, Graph, ProbeReport, Result, T
 use driver::{CUdeviceptr, Gpu};
 pub use kernels::{
     arch_for, compile_options, family, nvrtc_target_hint, portable_arch_for, portable_skip, Family,
-    ModuleOrigin, MMA_BF16, MMA_F16, MMA_F16_SM70, MOE_SKINNY,
+    ModuleOrigin, ATTN_MMA, MMA_BF16, MMA_F16, MMA_F16_SM70, MOE_SKINNY,
 };
 
 /// Tokens up to which the dequantized MoE runs as cuBLAS GEMMs per expert (H100, 20b shape,
@@ -162,6 +162,8 @@ pub struct Cuda<F: Flavor> {
     skinny_moe_runs: u64,
     /// RoPE + one-token attention runs fused so far (fusion.rs RopeAttention; tests).
     rope_attention_runs: u64,
+    /// Prefill attention launches on the bf16 tensor-core kernels so far (tests: the path ran).
+    attention_mma_runs: u64,
     kernels: kernels::Kernels,
     /// Fast kernels (gemv, fused MoE); GPTOSS_CUDA_NO_FUSION=1 selects the simple ones.
     fast: bool,
@@ -169,6 +171,12 @@ pub struct Cuda<F: Flavor> {
     /// (GPTOSS_CUDA_MMA_MIN_T, default 16: batched decode reads each weight once per step
     /// from there; 0 turns them off); tiled attention likewise.
     mma_min_t: usize,
+    /// The prefill attention's bf16 tensor-core kernels (attn_mma.cu) from `mma_min_t` tokens
+    /// on: off with GPTOSS_CUDA_ATTN_F32=1 (the f32 tiled kernels, for differential runs).
+    attn_mma: bool,
+    /// Query heads of one KV group a block of those kernels serves (K/V tiles staged once for
+    /// them): 2 where the group size is even, or 1 (GPTOSS_CUDA_ATTN_HEADS=1).
+    attn_heads: u32,
     /// The MoE of dequantized experts goes through cuBLAS up to this many tokens
     /// (GPTOSS_CUDA_CUBLAS_MOE_MAX_T, default CUBLAS_MOE_MAX_T); above it the grouped
     /// tensor-core kernel runs.
@@ -279,6 +287,11 @@ impl<F: Flavor> Cuda<F> {
         self.rope_attention_runs
     }
 
+    /// How many prefill attention launches ran on the bf16 tensor-core kernels.
+    pub fn attention_mma_runs(&self) -> u64 {
+        self.attention_mma_runs
+    }
+
     /// Where each kernel family came from (cache or a fresh NVRTC compile).
     pub fn module_origins(&self) -> &[ModuleOrigin] {
         &self.kernels.origins
@@ -357,12 +370,19 @@ impl<F: Flavor> Cuda<F> {
             router_spread_runs: 0,
             skinny_moe_runs: 0,
             rope_attention_runs: 0,
+            attention_mma_runs: 0,
             kernels,
             fast: !env_on("GPTOSS_CUDA_NO_FUSION"),
             mma_min_t: std::env::var("GPTOSS_CUDA_MMA_MIN_T")
                 .ok()
                 .and_then(|v| v.parse::<usize>().ok())
                 .map_or(16, |v| if v == 0 { usize::MAX } else { v }),
+            attn_mma: !env_on("GPTOSS_CUDA_ATTN_F32"),
+            attn_heads: if std::env::var("GPTOSS_CUDA_ATTN_HEADS").is_ok_and(|v| v == "1") {
+                1
+            } else {
+                2
+            },
             cublas_moe_max_t: std::env::var("GPTOSS_CUDA_CUBLAS_MOE_MAX_T")
                 .ok()
                 .and_then(|v| v.parse::<usize>().ok())

@@ -71,6 +71,33 @@ pub(crate) fn grid_y(n: usize) -> Result<u32> {
     Ok(n as u32)
 }
 
+/// The bf16 tensor-core kernel (attn_mma.cu) for a tiled attention of `t` queries, and the
+/// query heads a block of it serves: from the tensor-core threshold on (so the exact-f32
+/// fixture runs keep the f32 `attention_tiled*`), unless GPTOSS_CUDA_ATTN_F32=1; two heads
+/// of a KV group a block where the group size is even (K/V tiles staged once for both).
+fn mma_attention<F: Flavor>(
+    be: &Cuda<F>,
+    t: usize,
+    (heads, kv_heads): (u32, u32),
+    paged: bool,
+) -> Option<(&'static str, u32)> {
+    if !be.attn_mma || t < be.mma_min_t {
+        return None;
+    }
+    let hb = if (heads / kv_heads) % be.attn_heads == 0 {
+        be.attn_heads
+    } else {
+        1
+    };
+    let name = match (paged, hb) {
+        (false, 1) => "attention_mma",
+        (false, _) => "attention_mma2",
+        (true, 1) => "attention_mma_paged",
+        (true, _) => "attention_mma_paged2",
+    };
+    be.kernels.has(name).then_some((name, hb))
+}
+
 /// One weight matrix of a GEMV launch: `y [T, n] = x W^T + bias` (bias 0 when absent).
 #[derive(Clone, Copy)]
 pub(crate) struct GemvSegment {
@@ -628,10 +655,14 @@ pub fn run_node<F: Flavor>(
                 && *heads % *kv_heads == 0
                 && be.kernels.has("attention_tiled")
             {
+                // bf16 tensor cores (same arguments), or f32 FMAs.
+                let mma = mma_attention(be, t, (*heads, *kv_heads), false);
+                be.attention_mma_runs += mma.is_some() as u64;
+                let (name, hb) = mma.unwrap_or(("attention_tiled", 1));
                 return be.launch(
-                    "attention_tiled",
-                    (blocks(t, 64)?, grid_y(*heads as usize)?, 1),
-                    (128, 1, 1),
+                    name,
+                    (blocks(t, 64)?, grid_y((*heads / hb) as usize)?, 1),
+                    (128 * hb, 1, 1),
                     0,
                     &[
                         Arg::Ptr(ip(0)?),
@@ -745,10 +776,13 @@ pub fn run_node<F: Flavor>(
                             Arg::Ptr(flags),
                         ],
                     )?;
+                    let mma = mma_attention(be, t, (*heads, *kv_heads), true);
+                    be.attention_mma_runs += mma.is_some() as u64;
+                    let (name, hb) = mma.unwrap_or(("attention_tiled_paged", 1));
                     be.launch(
-                        "attention_tiled_paged",
-                        (blocks(tiles, 1)?, grid_y(*heads as usize)?, 1),
-                        (128, 1, 1),
+                        name,
+                        (blocks(tiles, 1)?, grid_y((*heads / hb) as usize)?, 1),
+                        (128 * hb, 1, 1),
                         0,
                         &[
                             Arg::Ptr(ip(0)?),

@@ -22,7 +22,9 @@
 //! when staging them; weights are bf16 already (MXFP4 decodes to bf16 exactly) and
 //! accumulation stays f32. A dot product of K terms then carries a relative error of about
 //! 2^-9 / sqrt(3) per term, uncorrelated, so the output NMSE is ~1e-6 per rounded operand
-//! (the MoE rounds twice: x, then the SwiGLU activations). Per-op checks at T >= 64 use
+//! (the MoE rounds twice: x, then the SwiGLU activations). The prefill attention (head_dim 64)
+//! rounds q, k, v and the softmax probabilities to bf16 (attn_mma.cu) at the same threshold.
+//! Per-op checks at T >= 64 use
 //! `assert_close_bf16`: NMSE <= 1e-4 and max abs <= 3e-2 of the largest reference magnitude.
 //! Under compute_70..79 (`GPTOSS_CUDA_PORTABLE_ARCH=compute_75`: Turing's f16 tensor cores;
 //! `compute_70`: Volta's, mma m8n8k4) the same kernels round to f16 instead (11 significant
@@ -39,8 +41,8 @@ use gptoss_core::graph::{Graph, Op, ValueKind};
 use gptoss_core::plugin::{PluginBackend, PluginOptions};
 use gptoss_core::{Backend, BufferId, DType, ProbeReport, Result, TensorDesc};
 use gptoss_cuda::{
-    arch_for, compile_options, family, nvrtc::fnv64, CudaBf16, CudaMxfp4, ModuleOrigin, MMA_BF16,
-    MMA_F16, MMA_F16_SM70, MOE_SKINNY,
+    arch_for, compile_options, family, nvrtc::fnv64, CudaBf16, CudaMxfp4, ModuleOrigin, ATTN_MMA,
+    MMA_BF16, MMA_F16, MMA_F16_SM70, MOE_SKINNY,
 };
 use gptoss_e2e::backend_check::*;
 use gptoss_e2e::{check_fixture_prompts, fixture_dir, Reference, FIXTURES};
@@ -105,6 +107,9 @@ impl AnyCuda {
     }
     fn skinny_moe_runs(&self) -> u64 {
         each!(self, b => b.skinny_moe_runs())
+    }
+    fn attention_mma_runs(&self) -> u64 {
+        each!(self, b => b.attention_mma_runs())
     }
     fn cublas(&self) -> Result<String> {
         each!(self, b => b.cublas())
@@ -245,18 +250,19 @@ fn arch_targets_and_cache_keys() {
     // on Volta (m8n8k4).
     assert_eq!(gptoss_cuda::portable_skip((8, 0)), &[MMA_F16, MMA_F16_SM70]);
     assert_eq!(gptoss_cuda::portable_skip((8, 9)), &[MMA_F16, MMA_F16_SM70]);
-    // The few-pairs MoE (m16n8k16 .f16, cp.async) needs sm_80 too.
+    // The few-pairs MoE (m16n8k16 .f16, cp.async) and the bf16 attention (attn_mma.cu) need
+    // sm_80 too.
     assert_eq!(
         gptoss_cuda::portable_skip((7, 5)),
-        &[MMA_BF16, MMA_F16_SM70, MOE_SKINNY]
+        &[MMA_BF16, MMA_F16_SM70, MOE_SKINNY, ATTN_MMA]
     );
     assert_eq!(
         gptoss_cuda::portable_skip((7, 0)),
-        &[MMA_BF16, MMA_F16, MOE_SKINNY]
+        &[MMA_BF16, MMA_F16, MOE_SKINNY, ATTN_MMA]
     );
     assert_eq!(
         gptoss_cuda::portable_skip((7, 2)),
-        &[MMA_BF16, MMA_F16, MOE_SKINNY]
+        &[MMA_BF16, MMA_F16, MOE_SKINNY, ATTN_MMA]
     );
     // Exactly one tensor-core family is left in for every portable target.
     for cc in [(7, 0), (7, 2), (7, 5), (8, 0), (8, 6), (8, 9), (9, 0)] {
@@ -435,7 +441,9 @@ fn op_topk_softmax_matches_cpu() {
 #[test]
 #[ignore = "needs an NVIDIA GPU (sm_90+; sm_70+ with GPTOSS_CUDA_FLAVOR=portable): run on the GPU machine with --ignored"]
 fn op_paged_prefill_chunk_matches_cpu() {
-    check_paged_prefill_chunk_matches_cpu(&mut gpu());
+    let mut be = gpu_f32_attention();
+    check_paged_prefill_chunk_matches_cpu(&mut be);
+    assert_eq!(be.attention_mma_runs(), 0, "GPTOSS_CUDA_ATTN_F32=1");
 }
 
 /// One decode token on the split attention kernel, which writes the k/v cache row itself: a
@@ -879,45 +887,123 @@ fn dequantize_is_refused_without_bf16_tensor_cores() {
 #[test]
 #[ignore = "needs an NVIDIA GPU (sm_90+; sm_70+ with GPTOSS_CUDA_FLAVOR=portable): run on the GPU machine with --ignored"]
 fn op_attention_large_t_tiled_matches_cpu() {
-    let mut be = gpu();
+    let mut be = gpu_f32_attention();
     let mut r = Rng(23);
     // Tiled attention (f32, exact up to order): a prefill from 0, a chunk after cached keys,
     // sliding window, a T that is not a multiple of the 32-query tile.
-    for (nq, nkv, window, start, t, cap) in [
+    for case in [
         (16u32, 2u32, 0u32, 0usize, 512usize, 512usize),
         (16, 2, 128, 0, 512, 512),
         (8, 1, 0, 40, 300, 400),
         (8, 8, 7, 3, 45, 64),
     ] {
-        let d = 64u32;
-        let (qw, kvw) = ((nq * d) as usize, (nkv * d) as usize);
-        let op = Op::Attention {
-            heads: nq,
-            kv_heads: nkv,
-            head_dim: d,
-            window,
-            scale: 0.125,
-        };
-        let pos: Vec<i32> = (start..start + t).map(|p| p as i32).collect();
-        let kc = r.vec(cap * kvw, 1.0);
-        let vc = r.vec(cap * kvw, 1.0);
-        let ins = attention_inputs(&mut r, (nq, nkv, d), &pos);
-        let cache = TensorDesc::new(DType::F32, [cap, kvw]);
-        let (g, c) = both(
-            &mut be,
-            &op,
-            &ins,
-            &[
-                (TensorDesc::new(DType::F32, [t, qw]), None),
-                (cache.clone(), Some(f32_bytes(&kc))),
-                (cache, Some(f32_bytes(&vc))),
-            ],
-        );
-        let what = format!("tiled attention nq{nq} nkv{nkv} window {window} start {start} T{t}");
-        assert_close(&what, &to_f32(&g[0]), &to_f32(&c[0]), 1e-5);
-        assert_eq!(g[1], c[1], "{what}: k cache");
-        assert_eq!(g[2], c[2], "{what}: v cache");
+        let (what, g, c) = prefill_attention_case(&mut be, &mut r, case);
+        assert_close(&what, &g, &c, 1e-5);
     }
+    assert_eq!(be.attention_mma_runs(), 0, "GPTOSS_CUDA_ATTN_F32=1");
+}
+
+/// One prefill case (heads, kv_heads, window, first position, T, cache capacity), head_dim
+/// 64, on `be` and the CPU (see `attention_case_outputs`).
+fn prefill_attention_case(
+    be: &mut AnyCuda,
+    r: &mut Rng,
+    (nq, nkv, window, start, t, cap): (u32, u32, u32, usize, usize, usize),
+) -> (String, Vec<f32>, Vec<f32>) {
+    let pos: Vec<i32> = (start..start + t).map(|p| p as i32).collect();
+    attention_case_outputs(be, r, &(nq, nkv, 64, window, pos, cap))
+}
+
+/// The backend with the prefill attention on its f32 tiled kernels (GPTOSS_CUDA_ATTN_F32=1),
+/// for the per-op checks at the exact bound.
+fn gpu_f32_attention() -> AnyCuda {
+    std::env::set_var("GPTOSS_CUDA_ATTN_F32", "1");
+    let be = gpu();
+    std::env::remove_var("GPTOSS_CUDA_ATTN_F32");
+    be
+}
+
+/// Whether the target has the bf16 tensor-core attention (attn_mma.cu: sm_80+); it must have
+/// compiled there (a failed optional family would otherwise hide behind the f32 kernels).
+fn expects_mma_attention(be: &AnyCuda) -> bool {
+    let bf16 = target_cc(be.arch()) >= 80;
+    let loaded = be.module_origins().iter().any(|o| o.family == ATTN_MMA);
+    assert_eq!(loaded, bf16, "{ATTN_MMA} for {}", be.arch());
+    bf16
+}
+
+/// Prefill attention on bf16 tensor cores (T >= the pinned tensor-core threshold of 64) against
+/// the CPU at the bf16 bounds: sinks, sliding windows, GQA groups of 8 (two heads a block), 1
+/// (one head a block) and 4, chunks after cached keys, tails of the 64-query tile, up to 2048
+/// queries; with GPTOSS_CUDA_ATTN_HEADS=1 too (one head a block everywhere).
+#[test]
+#[ignore = "needs an NVIDIA GPU (sm_90+; sm_70+ with GPTOSS_CUDA_FLAVOR=portable): run on the GPU machine with --ignored"]
+fn op_attention_large_t_mma_matches_cpu() {
+    for heads_per_block in ["2", "1"] {
+        std::env::set_var("GPTOSS_CUDA_ATTN_HEADS", heads_per_block);
+        let mut be = gpu();
+        std::env::remove_var("GPTOSS_CUDA_ATTN_HEADS");
+        let mut r = Rng(27);
+        let cases = [
+            (64u32, 8u32, 0u32, 0usize, 512usize, 512usize),
+            (64, 8, 128, 0, 512, 512),
+            (16, 2, 0, 0, 2048, 2048),
+            (16, 2, 128, 0, 2048, 2048),
+            (8, 8, 0, 100, 300, 400),
+            (8, 2, 37, 5, 64, 69),
+            (16, 4, 0, 1000, 100, 1100),
+        ];
+        for case in cases {
+            let (what, g, c) = prefill_attention_case(&mut be, &mut r, case);
+            assert_close_bf16(&format!("{what}, {heads_per_block} heads a block"), &g, &c);
+        }
+        let want = if expects_mma_attention(&be) {
+            cases.len() as u64
+        } else {
+            0
+        };
+        assert_eq!(
+            be.attention_mma_runs(),
+            want,
+            "launches on the bf16 kernels"
+        );
+    }
+}
+
+/// The paged prefill on bf16 tensor cores: the chunked step of several sequences (two of its
+/// 64-row tiles are one sequence's) and one sequence's 1024-row chunk after 100 cached
+/// positions over a shuffled page table (GQA 64 / 8, windows 0 and 128), at the bf16 bounds.
+#[test]
+#[ignore = "needs an NVIDIA GPU (sm_90+; sm_70+ with GPTOSS_CUDA_FLAVOR=portable): run on the GPU machine with --ignored"]
+fn op_paged_prefill_mma_matches_cpu() {
+    let mut be = gpu();
+    check_paged_prefill_chunk_within(&mut be, (3e-2, 1e-4));
+    let (ps, np) = (16usize, 72usize);
+    let table: Vec<i32> = (0..np).map(|i| (i * 5 % np) as i32).collect();
+    let pos: Vec<i32> = (100..1124).collect();
+    let pages: Vec<i32> = pos.iter().flat_map(|_| table.iter().copied()).collect();
+    let slots: Vec<i32> = pos
+        .iter()
+        .map(|&p| table[p as usize / ps] * ps as i32 + p % ps as i32)
+        .collect();
+    let mut r = Rng(28);
+    for window in [0u32, 128] {
+        let case = PagedCase {
+            shape: (64, 8, 64, ps),
+            window,
+            pos: &pos,
+            pages: &pages,
+            slots: &slots,
+            pool_pages: np,
+        };
+        check_paged_case_within(&mut be, &mut r, &case, "paged 1024-row chunk", (3e-2, 1e-4));
+    }
+    let want = if expects_mma_attention(&be) { 4 } else { 0 };
+    assert_eq!(
+        be.attention_mma_runs(),
+        want,
+        "launches on the bf16 kernels"
+    );
 }
 
 // ---------------------------------------------------------------- --dequantize

@@ -36,8 +36,9 @@ __device__ __forceinline__ void attention_tile(const float* q, const float* kc, 
         t[r] = (i64)blockIdx.x * AT_Q + qg + 32 * r;
         int p = t[r] < T ? pos[t[r]] : -1;
         valid[r] = p >= 0 && p < cap;
-        lo[r] = valid[r] ? ((window == 0 || p + 1 - window < 0) ? 0 : p + 1 - window) : 0x7fffffff;
-        hi[r] = valid[r] ? p : -1;
+        const int2 vis = visible_keys(p, valid[r], window);
+        lo[r] = vis.x;
+        hi[r] = vis.y;
         // Key range of the tile: [min lo, max hi].
         if (sub == 0 && valid[r]) {
             atomicMin(&range[0], lo[r]);
@@ -68,13 +69,8 @@ __device__ __forceinline__ void attention_tile(const float* q, const float* kc, 
         // 64 keys x 16 float4 per row = 1024 float4 per tensor; 8 each per thread.
         for (int i = tid; i < AT_K * 16; i += 128) {
             int rr = i >> 4, c = (i & 15) * 4;
-            int j = k0 + rr;
-            F4 kv = F4{0.0f, 0.0f, 0.0f, 0.0f}, vv = kv;
-            if (j <= khi) {
-                const i64 row = rows_of(j);
-                kv = *(const F4*)(kc + row * W + off + c);
-                vv = *(const F4*)(vc + row * W + off + c);
-            }
+            F4 kv, vv;
+            load_kv4(kc, vc, rows_of, k0 + rr, khi, W, off, c, kv, vv);
             *(F4*)&Ks[rr][c] = kv;
             *(F4*)&Vs[rr][c] = vv;
         }

@@ -154,3 +154,23 @@ struct PagedRows {
         return ((i64)pages[j >> shift] << shift) + (j & mask);
     }
 };
+
+// Keys a query at position p sees (causal, sliding window of `window` keys, 0 = all): [x, y];
+// none (x > y) for a position that is not valid.
+__device__ __forceinline__ int2 visible_keys(int p, bool valid, int window) {
+    if (!valid) return make_int2(0x7fffffff, -1);
+    return make_int2(window == 0 || p + 1 - window < 0 ? 0 : p + 1 - window, p);
+}
+
+// Dims c..c+3 of key j's k and v rows (zeros past the tile's last key khi): the tiled
+// attention kernels stage their K/V tiles with it.
+template <class Rows>
+__device__ __forceinline__ void load_kv4(const float* kc, const float* vc, Rows rows_of, int j,
+                                         int khi, int W, i64 off, int c, F4& k, F4& v) {
+    k = F4{0.0f, 0.0f, 0.0f, 0.0f};
+    v = k;
+    if (j > khi) return;
+    const i64 row = rows_of(j) * W + off + c;
+    k = *(const F4*)(kc + row);
+    v = *(const F4*)(vc + row);
+}
