@@ -767,8 +767,9 @@ fn op_moe_large_t_grouped_matches_cpu() {
 fn op_moe_few_pairs_per_expert_matches_cpu() {
     // Fewer pairs than a 64-pair tile per expert on average: the swapped-operand kernels
     // (moe_skinny.cu) on sm_80+, which must have compiled there. (tokens, hidden,
-    // intermediate, experts, k, skew): a decode-like step (32 experts, ~32 pairs each), the
-    // smallest tensor-core step (16 tokens: most experts empty), one expert over several tiles
+    // intermediate, experts, k, skew): a decode-like step (32 experts, ~32 pairs each), 2 pairs
+    // an expert on average (some empty; gpu() keeps the f32 paths below 64 tokens), one expert
+    // over several tiles
     // (skew), row counts that end inside a block (576, 2 x 640) and groups fewer than the ring.
     let mut be = gpu();
     let skinny = target_cc(be.arch()) >= 80;
@@ -777,7 +778,7 @@ fn op_moe_few_pairs_per_expert_matches_cpu() {
     let mut r = Rng(26);
     for (t, h, i, e, k, skew) in [
         (256, 128, 64, 32, 4, false),
-        (16, 64, 32, 32, 4, false),
+        (64, 64, 32, 32, 1, false),
         (200, 128, 96, 16, 4, true),
         (64, 576, 640, 4, 2, false),
     ] {
