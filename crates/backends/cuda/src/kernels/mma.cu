@@ -256,6 +256,16 @@ __device__ __forceinline__ void warp_mma_tile(const u16* As, const u16* Bs, floa
 }
 #endif  // MMA_SM70
 
+template <int MT, int NT>
+__device__ __forceinline__ void zero_acc(float (*acc)[NT][4]) {
+#pragma unroll
+    for (int i = 0; i < MT; i++)
+#pragma unroll
+        for (int j = 0; j < NT; j++)
+#pragma unroll
+            for (int c = 0; c < 4; c++) acc[i][j][c] = 0.0f;
+}
+
 // The barrier after a k-tile is stored; f16 builds also learn whether any thread's B rows need
 // their scale factor (SCALED above), bf16 builds never do.
 __device__ __forceinline__ bool tile_barrier(bool rescale) {
@@ -283,12 +293,7 @@ extern "C" __global__ void __launch_bounds__(256) gemm_bf16(const float* x, cons
     const int wm = warp >> 2, wn = warp & 3;
     const i64 m0 = (i64)blockIdx.y * L_BM, n0 = (i64)blockIdx.x * L_BN;
     float acc[L_MT][L_NT][4];
-#pragma unroll
-    for (int i = 0; i < L_MT; i++)
-#pragma unroll
-        for (int j = 0; j < L_NT; j++)
-#pragma unroll
-            for (int c = 0; c < 4; c++) acc[i][j][c] = 0.0f;
+    zero_acc<L_MT, L_NT>(acc);
     // A: 128 rows x 32 floats = 1024 float4 -> 4 per thread; B: 128 rows x 4 chunks of 8 bf16
     // -> 2 per thread.
     F4 ra[4];
@@ -509,12 +514,7 @@ __device__ __forceinline__ void moe_mma(const float* a, int a_div, const int* li
     if (tid < M_BM) rows[tid] = start + tid < end ? list[start + tid] : -1;
     __syncthreads();
     float acc[M_MT][M_NT][4];
-#pragma unroll
-    for (int i = 0; i < M_MT; i++)
-#pragma unroll
-        for (int j = 0; j < M_NT; j++)
-#pragma unroll
-            for (int c = 0; c < 4; c++) acc[i][j][c] = 0.0f;
+    zero_acc<M_MT, M_NT>(acc);
     // A: BM rows x 32 floats = 8 BM float4 -> AU per thread. B: 128 rows x 2 halves (8 bytes
     // of codes each) -> 1 per thread. Loads run PF k-tiles ahead in registers (slot kt % PF
     // holds k-tile kt until it is stored to shared memory): with few pairs per expert (batched
@@ -918,12 +918,7 @@ __device__ __forceinline__ void moe_mma_v2(const u16* a, const int* list, const 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int wm = warp >> 2, wn = warp & 3;
     float acc[V2_MT][V2_NT][4];
-#pragma unroll
-    for (int i = 0; i < V2_MT; i++)
-#pragma unroll
-        for (int j = 0; j < V2_NT; j++)
-#pragma unroll
-            for (int c = 0; c < 4; c++) acc[i][j][c] = 0.0f;
+    zero_acc<V2_MT, V2_NT>(acc);
     const int KT = K / V2_BK;
     // Tiles 0 .. STAGES-2 in flight, one commit group each (empty past the end, so the
     // counts below hold).
