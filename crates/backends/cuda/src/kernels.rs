@@ -50,6 +50,31 @@ const MMA_F16_FUNCTIONS: &[&str] = &[
     "moe_down_mma128",
 ];
 
+/// Tile of the prefill MoE kernels (`moe_gate_up_v2`/`moe_down_v2`, V2_* in mma.cu): pairs,
+/// output columns, k per stage, pipeline stages.
+pub const MOE_V2_BM: usize = 128;
+pub const MOE_V2_BN: usize = 192;
+pub const MOE_V2_BK: usize = 64;
+pub const MOE_V2_STAGES: usize = 4;
+/// Their dynamic shared memory (`V2_SMEM`): per stage a BM x (BK + 8) bf16 A tile, BN rows of
+/// BK / 2 code bytes and BN scale words; two BN x (BK + 8) bf16 decode buffers.
+pub const MOE_V2_SMEM: u32 = {
+    let ld = MOE_V2_BK + 8;
+    let stage = MOE_V2_BM * ld * 2 + MOE_V2_BN * MOE_V2_BK / 2 + MOE_V2_BN * 4;
+    (MOE_V2_STAGES * stage + 2 * MOE_V2_BN * ld * 2) as u32
+};
+
+// Within what a block may have on sm_80 (163 KiB) and sm_90 (227 KiB).
+const _: () = assert!(MOE_V2_SMEM <= 163 << 10);
+
+/// Kernels that need more than the default 48 KiB of dynamic shared memory. Where the device
+/// cannot grant it (sm_86/sm_89: 99 KiB a block), they are left out and `Kernels::has` says
+/// so, which sends the ops to their other kernels.
+const LARGE_SMEM: &[(&str, u32)] = &[
+    ("moe_gate_up_v2", MOE_V2_SMEM),
+    ("moe_down_v2", MOE_V2_SMEM),
+];
+
 pub const FAMILIES: &[Family] = &[
     Family {
         name: "embed",
@@ -163,6 +188,9 @@ pub const FAMILIES: &[Family] = &[
             "moe_gather_bf16",
             "moe_swiglu_bf16",
             "moe_scatter_bias",
+            "moe_gate_up_v2",
+            "moe_down_v2",
+            "moe_gather_tiles",
         ],
         optional: true,
         defines: &[],
@@ -290,6 +318,18 @@ pub fn compile_options(arch: &str, family: &Family) -> Vec<String> {
     ];
     options.extend(family.defines.iter().map(|d| d.to_string()));
     options
+}
+
+/// Raises the dynamic shared memory limit of `func` when `name` needs more than the default
+/// (LARGE_SMEM); false when the device refuses (the kernel is then not used).
+fn grant_smem(func: CUfunction, name: &str) -> bool {
+    let Some(&(_, bytes)) = LARGE_SMEM.iter().find(|(n, _)| *n == name) else {
+        return true;
+    };
+    use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES as MAX_DYN;
+    // SAFETY: func was just obtained from a loaded module.
+    unsafe { cudarc::driver::result::function::set_function_attribute(func, MAX_DYN, bytes as i32) }
+        .is_ok()
 }
 
 /// The family named `name`.
@@ -451,7 +491,10 @@ impl Kernels {
     fn add(&mut self, gpu: &Gpu, f: &Family, m: cudarc::driver::sys::CUmodule) -> Result<()> {
         self.modules.push(m);
         for name in f.functions {
-            self.functions.insert(name, gpu.function(m, name)?);
+            let func = gpu.function(m, name)?;
+            if grant_smem(func, name) {
+                self.functions.insert(name, func);
+            }
         }
         Ok(())
     }

@@ -48,7 +48,8 @@ use gptoss_core::{Backend, BufferId, DType, Error, Graph, ProbeReport, Result, T
 use driver::{CUdeviceptr, Gpu};
 pub use kernels::{
     arch_for, compile_options, family, nvrtc_target_hint, portable_arch_for, portable_skip, Family,
-    ModuleOrigin, ATTN_MMA, MMA_BF16, MMA_F16, MMA_F16_SM70, MOE_SKINNY,
+    ModuleOrigin, ATTN_MMA, MMA_BF16, MMA_F16, MMA_F16_SM70, MOE_SKINNY, MOE_V2_BK, MOE_V2_BM,
+    MOE_V2_BN, MOE_V2_SMEM, MOE_V2_STAGES,
 };
 
 /// Tokens up to which the dequantized MoE runs as cuBLAS GEMMs per expert (H100, 20b shape,
@@ -164,6 +165,11 @@ pub struct Cuda<F: Flavor> {
     rope_attention_runs: u64,
     /// Prefill attention launches on the bf16 tensor-core kernels so far (tests: the path ran).
     attention_mma_runs: u64,
+    /// MoE nodes run through the pipelined prefill kernels so far (moe_gate_up_v2; tests).
+    moe_v2_runs: u64,
+    /// GPTOSS_CUDA_MOE_MMA_V1=1: prefill MoE on the 128-pair moe_mma kernels instead of the
+    /// pipelined ones (differential runs).
+    moe_mma_v1: bool,
     kernels: kernels::Kernels,
     /// Fast kernels (gemv, fused MoE); GPTOSS_CUDA_NO_FUSION=1 selects the simple ones.
     fast: bool,
@@ -273,6 +279,17 @@ impl<F: Flavor> Cuda<F> {
         self.router_spread_runs
     }
 
+    /// How many MoE nodes ran through the pipelined prefill kernels (moe_gate_up_v2).
+    pub fn moe_v2_runs(&self) -> u64 {
+        self.moe_v2_runs
+    }
+
+    /// Prefill MoE on the older 128-pair kernels (true) or the pipelined ones (false, the
+    /// default unless GPTOSS_CUDA_MOE_MMA_V1=1); for differential tests.
+    pub fn set_moe_mma_v1(&mut self, on: bool) {
+        self.moe_mma_v1 = on;
+    }
+
     /// The cuBLAS this backend runs --dequantize's large products with ("cuBLAS 13.0.2
     /// (path)"), or why it runs its own kernels instead (not --dequantize, disabled, not
     /// found).
@@ -371,6 +388,8 @@ impl<F: Flavor> Cuda<F> {
             skinny_moe_runs: 0,
             rope_attention_runs: 0,
             attention_mma_runs: 0,
+            moe_v2_runs: 0,
+            moe_mma_v1: env_on("GPTOSS_CUDA_MOE_MMA_V1"),
             kernels,
             fast: !env_on("GPTOSS_CUDA_NO_FUSION"),
             mma_min_t: std::env::var("GPTOSS_CUDA_MMA_MIN_T")

@@ -10,7 +10,7 @@
 use gptoss_core::Result;
 
 use crate::driver::{Arg, CUdeviceptr};
-use crate::ops::{blocks, grid_y, i32_of};
+use crate::ops::{blocks, grid_y, i32_of, MxExperts, Route};
 use crate::{Cuda, Flavor};
 
 /// Pairs a tile (SK_NT n8 tiles in moe_skinny.cu): moe_route's BM for this path.
@@ -22,22 +22,6 @@ const WARPS: usize = 4;
 const STAGES: usize = 6;
 /// The kernel's dynamic shared memory must fit the default 48 KiB.
 const MAX_SMEM: usize = 48 << 10;
-
-/// One projection's MXFP4 experts: code blocks, E8M0 scales, bias (dtype code `bdt`).
-pub(crate) struct Experts {
-    pub blocks: CUdeviceptr,
-    pub scales: CUdeviceptr,
-    pub bias: CUdeviceptr,
-    pub bdt: i32,
-}
-
-/// `moe_route`'s output: the pair list and the tile table with its count.
-pub(crate) struct Route {
-    pub list: CUdeviceptr,
-    pub tiles: CUdeviceptr,
-    pub ntiles: CUdeviceptr,
-    pub max_tiles: usize,
-}
 
 /// Shared memory of a block whose rows have `k` inputs: each warp's ring and its 32 rows'
 /// scales.
@@ -70,7 +54,7 @@ pub(crate) fn run<F: Flavor>(
     be: &mut Cuda<F>,
     (x, act, y): (CUdeviceptr, CUdeviceptr, CUdeviceptr),
     route: &Route,
-    (gate_up, down): (Experts, Experts),
+    (gate_up, down): (&MxExperts, &MxExperts),
     (t, k, h, i): (usize, usize, usize, usize),
     (limit, alpha): (f32, f32),
 ) -> Result<()> {
@@ -86,7 +70,7 @@ pub(crate) fn run<F: Flavor>(
             inputs: h,
             tail: &swiglu,
         };
-        project(be, &gu, xs, route, &gate_up, act, (h, i))?;
+        project(be, &gu, xs, route, gate_up, act, (h, i))?;
         stage(be, (act, 1, i), route.list, pairs, xs)?;
         let dn = Projection {
             name: "moe_skinny_down",
@@ -94,7 +78,7 @@ pub(crate) fn run<F: Flavor>(
             inputs: i,
             tail: &[],
         };
-        project(be, &dn, xs, route, &down, y, (h, i))
+        project(be, &dn, xs, route, down, y, (h, i))
     })();
     be.give_temp(staged_bytes, xs);
     r
@@ -139,7 +123,7 @@ fn project<F: Flavor>(
     p: &Projection,
     xs: CUdeviceptr,
     route: &Route,
-    w: &Experts,
+    w: &MxExperts,
     out: CUdeviceptr,
     (h, i): (usize, usize),
 ) -> Result<()> {

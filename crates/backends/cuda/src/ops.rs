@@ -1112,12 +1112,23 @@ pub(crate) fn run_moe<F: Flavor>(
             // Tokens grouped by expert: route, then one grouped tensor-core GEMM per
             // projection (SwiGLU in the gate_up epilogue); y rows per pair, combined
             // below in ascending expert id (deterministic).
+            // Prefill-sized groups take the pipelined kernels (bf16 A rows in list order).
+            // (cp.async: 16-byte aligned code blocks, scale words 4-byte aligned.)
+            let aligned =
+                ip(3)? % 16 == 0 && ip(6)? % 16 == 0 && ip(4)? % 4 == 0 && ip(7)? % 4 == 0;
+            let v2 = !bf16
+                && !be.moe_mma_v1
+                && aligned
+                && moe_v2_fits(pairs, e, h, i)
+                && be.kernels.has("moe_gate_up_v2")
+                && be.kernels.has("moe_down_v2");
             let big = pairs >= 128 * e;
-            let skinny = crate::moe_skinny::fits(be, bf16, pairs, e, (h, i));
-            let bm = match (skinny, big) {
-                (true, _) => crate::moe_skinny::PAIRS_PER_TILE,
-                (false, true) => 2 * MOE_BM,
-                (false, false) => MOE_BM,
+            let skinny = !v2 && crate::moe_skinny::fits(be, bf16, pairs, e, (h, i));
+            let bm = match (v2, skinny, big) {
+                (true, _, _) => crate::kernels::MOE_V2_BM,
+                (false, true, _) => crate::moe_skinny::PAIRS_PER_TILE,
+                (false, false, true) => 2 * MOE_BM,
+                (false, false, false) => MOE_BM,
             };
             let (gu_name, dn_name) = match (big, bf16) {
                 (true, false) => ("moe_gate_up_mma128", "moe_down_mma128"),
@@ -1147,28 +1158,40 @@ pub(crate) fn run_moe<F: Flavor>(
                         Arg::Ptr(err),
                     ],
                 )?;
+                let route = Route {
+                    list,
+                    tiles,
+                    ntiles,
+                    max_tiles,
+                };
+                let experts = |w: usize| -> Result<MxExperts> {
+                    Ok(MxExperts {
+                        blocks: ip(w)?,
+                        scales: ip(w + 1)?,
+                        bias: ip(w + 2)?,
+                        bdt: float_code(ins[w + 2])?,
+                    })
+                };
+                let (gu, dn) = (experts(3)?, experts(6)?);
                 if skinny {
-                    let projection = |w: usize, b: usize| -> Result<crate::moe_skinny::Experts> {
-                        Ok(crate::moe_skinny::Experts {
-                            blocks: ip(w)?,
-                            scales: ip(w + 1)?,
-                            bias: ip(b)?,
-                            bdt: float_code(ins[b])?,
-                        })
-                    };
-                    let route = crate::moe_skinny::Route {
-                        list,
-                        tiles,
-                        ntiles,
-                        max_tiles,
-                    };
                     be.skinny_moe_runs += 1;
                     return crate::moe_skinny::run(
                         be,
                         (ip(0)?, act, y),
                         &route,
-                        (projection(3, 5)?, projection(6, 8)?),
+                        (&gu, &dn),
                         (t, k, h, i),
+                        (*swiglu_limit, *alpha),
+                    );
+                }
+                if v2 {
+                    let shape = MoeShape { k, h, i, pairs };
+                    return moe_v2(
+                        be,
+                        (ip(0)?, act, y),
+                        &route,
+                        (&gu, &dn),
+                        shape,
                         (*swiglu_limit, *alpha),
                     );
                 }
@@ -1288,6 +1311,98 @@ pub(crate) fn run_moe<F: Flavor>(
     run
 }
 
+/// Experts take `moe_gate_up_v2`/`moe_down_v2` from this many pairs per expert on (prefill:
+/// 2048 tokens of 20b give 256; batched decode stays on the 64/128-pair kernels) when both
+/// projections' K is a multiple of their 64-deep k-tile.
+const MOE_V2_MIN_PAIRS_PER_EXPERT: usize = 64;
+
+/// Whether the pipelined prefill MoE kernels take this MoE (see MOE_V2_MIN_PAIRS_PER_EXPERT).
+pub(crate) fn moe_v2_fits(pairs: usize, experts: usize, hidden: usize, inter: usize) -> bool {
+    let bk = crate::kernels::MOE_V2_BK;
+    pairs >= MOE_V2_MIN_PAIRS_PER_EXPERT * experts
+        && hidden.is_multiple_of(bk)
+        && inter.is_multiple_of(bk)
+}
+
+/// moe_route's output: the pair list and the tile table (count at `ntiles`).
+pub(crate) struct Route {
+    pub list: CUdeviceptr,
+    pub tiles: CUdeviceptr,
+    pub ntiles: CUdeviceptr,
+    pub max_tiles: usize,
+}
+
+/// One projection's MXFP4 experts: blocks, scales, bias and its dtype code.
+pub(crate) struct MxExperts {
+    pub blocks: CUdeviceptr,
+    pub scales: CUdeviceptr,
+    pub bias: CUdeviceptr,
+    pub bdt: i32,
+}
+
+#[derive(Clone, Copy)]
+struct MoeShape {
+    k: usize,
+    h: usize,
+    i: usize,
+    pairs: usize,
+}
+
+/// The grouped MoE through the pipelined kernels: x rows gathered as bf16 in list order (into
+/// y's buffer, free until down writes it), gate_up writing bf16 activations in list order
+/// (into act's buffer), down writing y per pair.
+fn moe_v2<F: Flavor>(
+    be: &mut Cuda<F>,
+    (x, act, y): (CUdeviceptr, CUdeviceptr, CUdeviceptr),
+    route: &Route,
+    (gu, dn): (&MxExperts, &MxExperts),
+    s: MoeShape,
+    (limit, alpha): (f32, f32),
+) -> Result<()> {
+    use crate::kernels::{MOE_V2_BN, MOE_V2_SMEM};
+    let xs = y;
+    be.launch(
+        "moe_gather_tiles",
+        (blocks(s.pairs, 1)?, blocks(s.h, 512)?, 1),
+        (256, 1, 1),
+        0,
+        &[
+            Arg::Ptr(x),
+            Arg::I32(s.k as i32),
+            Arg::Ptr(route.list),
+            Arg::Ptr(route.tiles),
+            Arg::Ptr(route.ntiles),
+            Arg::I32(i32_of(s.h, "hidden")?),
+            Arg::Ptr(xs),
+        ],
+    )?;
+    let dims = [
+        Arg::I32(i32_of(s.h, "hidden")?),
+        Arg::I32(i32_of(s.i, "intermediate")?),
+    ];
+    let launch = |be: &mut Cuda<F>, name: &str, n: usize, a, w: &MxExperts, out, tail: &[Arg]| {
+        let mut args = vec![
+            Arg::Ptr(a),
+            Arg::Ptr(route.list),
+            Arg::Ptr(route.tiles),
+            Arg::Ptr(route.ntiles),
+            Arg::Ptr(w.blocks),
+            Arg::Ptr(w.scales),
+            Arg::Ptr(w.bias),
+            Arg::I32(w.bdt),
+            Arg::Ptr(out),
+        ];
+        args.extend_from_slice(tail);
+        let grid = (blocks(n, MOE_V2_BN)?, grid_y(route.max_tiles)?, 1);
+        be.launch(name, grid, (256, 1, 1), MOE_V2_SMEM, &args)
+    };
+    let swiglu = [dims[0], dims[1], Arg::F32(limit), Arg::F32(alpha)];
+    launch(be, "moe_gate_up_v2", 2 * s.i, xs, gu, act, &swiglu)?;
+    launch(be, "moe_down_v2", s.h, act, dn, y, &dims)?;
+    be.moe_v2_runs += 1;
+    Ok(())
+}
+
 /// Each token's expert outputs y [t*k, h] summed in ascending expert id (weights `w`) into
 /// `out`, or as `tail` says.
 fn combine<F: Flavor>(
@@ -1337,4 +1452,23 @@ fn combine<F: Flavor>(
             Arg::I32(h as i32),
         ],
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::moe_v2_fits;
+
+    #[test]
+    fn prefill_moe_kernels_take_large_groups_with_64_deep_k() {
+        // 20b (32 experts, H = I = 2880): from 512 tokens of top-4 (64 pairs per expert).
+        assert!(moe_v2_fits(2048, 32, 2880, 2880));
+        assert!(moe_v2_fits(8192, 32, 2880, 2880));
+        assert!(!moe_v2_fits(2047, 32, 2880, 2880));
+        // 120b (128 experts): from 2048 tokens.
+        assert!(moe_v2_fits(8192, 128, 2880, 2880));
+        assert!(!moe_v2_fits(4096, 128, 2880, 2880));
+        // K of either projection not a multiple of the 64-deep k-tile.
+        assert!(!moe_v2_fits(4096, 8, 2880, 2848));
+        assert!(!moe_v2_fits(4096, 8, 96, 128));
+    }
 }

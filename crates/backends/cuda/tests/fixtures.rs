@@ -42,7 +42,8 @@ use gptoss_core::plugin::{PluginBackend, PluginOptions};
 use gptoss_core::{Backend, BufferId, DType, ProbeReport, Result, TensorDesc};
 use gptoss_cuda::{
     arch_for, compile_options, family, nvrtc::fnv64, CudaBf16, CudaMxfp4, ModuleOrigin, ATTN_MMA,
-    MMA_BF16, MMA_F16, MMA_F16_SM70, MOE_SKINNY,
+    MMA_BF16, MMA_F16, MMA_F16_SM70, MOE_SKINNY, MOE_V2_BK, MOE_V2_BM, MOE_V2_BN, MOE_V2_SMEM,
+    MOE_V2_STAGES,
 };
 use gptoss_e2e::backend_check::*;
 use gptoss_e2e::{check_fixture_prompts, fixture_dir, Reference, FIXTURES};
@@ -110,6 +111,12 @@ impl AnyCuda {
     }
     fn attention_mma_runs(&self) -> u64 {
         each!(self, b => b.attention_mma_runs())
+    }
+    fn moe_v2_runs(&self) -> u64 {
+        each!(self, b => b.moe_v2_runs())
+    }
+    fn set_moe_mma_v1(&mut self, on: bool) {
+        each!(self, b => b.set_moe_mma_v1(on))
     }
     fn cublas(&self) -> Result<String> {
         each!(self, b => b.cublas())
@@ -352,6 +359,38 @@ fn the_volta_family_is_the_f16_build_with_m8n8k4() {
     assert!(turing_ptx.contains("m16n8k8") && !turing_ptx.contains("m8n8k4"));
     let ampere_ptx = active_asm(volta.source, &[]);
     assert!(ampere_ptx.contains("m16n8k16") && !ampere_ptx.contains("m8n8k4"));
+}
+
+#[test]
+fn the_prefill_moe_tile_constants_match_mma_cu() {
+    // ops.rs sizes the grid, the route's tiles and the dynamic shared memory from these.
+    let src = family(MMA_BF16).unwrap().source;
+    let define = |name: &str| -> String {
+        let line = src
+            .lines()
+            .find(|l| l.starts_with(&format!("#define {name} ")))
+            .unwrap_or_else(|| panic!("#define {name} in mma.cu"));
+        line[8 + name.len() + 1..].trim().to_string()
+    };
+    for (name, want) in [
+        ("V2_BM", MOE_V2_BM),
+        ("V2_BN", MOE_V2_BN),
+        ("V2_BK", MOE_V2_BK),
+        ("V2_STAGES", MOE_V2_STAGES),
+    ] {
+        assert_eq!(define(name), want.to_string(), "{name}");
+    }
+    assert_eq!(define("V2_LD"), "(V2_BK + 8)");
+    assert_eq!(define("V2_MT"), (MOE_V2_BM / 32).to_string(), "2 x 4 warps");
+    assert_eq!(define("V2_NT"), (MOE_V2_BN / 32).to_string(), "2 x 4 warps");
+    assert_eq!(define("V2_B_BYTES"), "(V2_BN * V2_BK / 2)");
+    assert_eq!(define("V2_S_BYTES"), "(V2_BN * 4)");
+    assert_eq!(
+        define("V2_SMEM"),
+        "(V2_STAGES * V2_STAGE_BYTES + 2 * V2_DEC_BYTES)"
+    );
+    // 4 x (128 x 72 x 2 + 192 x 32 + 192 x 4) + 2 x 192 x 72 x 2.
+    assert_eq!(MOE_V2_SMEM, 156_672);
 }
 
 /// The lines of `src` holding inline PTX (`asm` statements and their string continuations)
@@ -741,25 +780,55 @@ fn op_moe_large_t_grouped_matches_cpu() {
     let mut r = Rng(22);
     // (tokens, hidden, intermediate, experts, k): many pairs per expert (several tiles), an
     // expert with few pairs, N tails (576 = 4.5 x 128).
+    // From 64 pairs per expert with H, I multiples of 64, the pipelined kernels
+    // (moe_gate_up_v2): 512 x 4 of 32 experts (20b's expert count), N tails of their 192
+    // columns (1024, 320, 896), a crowded expert (skew) with partial tiles elsewhere.
     for (t, h, i, e, k, skew) in [
         (512, 256, 256, 8, 4, false),
         (64, 576, 640, 4, 2, false),
         (200, 128, 96, 16, 4, true),
+        (512, 1024, 512, 32, 4, false),
+        (1024, 320, 448, 8, 2, true),
     ] {
         let ins = moe_inputs(&mut r, (t, h, i, e, k), skew);
-        let op = MOE_OP;
-        let (g, c) = both(
-            &mut be,
-            &op,
-            &ins,
-            &[(TensorDesc::new(DType::F32, [t, h]), None)],
-        );
-        assert_close_bf16(
-            &format!("grouped moe t{t} h{h} i{i} e{e} k{k}"),
-            &to_f32(&g[0]),
-            &to_f32(&c[0]),
-        );
+        let what = format!("grouped moe t{t} h{h} i{i} e{e} k{k}");
+        let g = moe_v2_against_v1(&mut be, &ins, (t, h, i, e, k), &what);
+        let c = run_op(&mut cpu(), &MOE_OP, &ins, &moe_out(t, h)).unwrap();
+        assert_close_bf16(&what, &g, &to_f32(&c[0]));
     }
+}
+
+fn moe_out(t: usize, h: usize) -> Vec<(TensorDesc, Option<Vec<u8>>)> {
+    vec![(TensorDesc::new(DType::F32, [t, h]), None)]
+}
+
+fn cpu() -> impl Backend {
+    gptoss_backend_cpu::cpu_backend(2)
+}
+
+/// `MOE_OP` on the GPU. Where the pipelined prefill kernels take the shape (from 64 pairs per
+/// expert, H and I multiples of 64, bf16 tensor cores), asserts that they ran and that the
+/// 128-pair moe_mma kernels (GPTOSS_CUDA_MOE_MMA_V1's path) give the same bits: same
+/// operands, rounding points and k order. Returns the output.
+fn moe_v2_against_v1(
+    be: &mut AnyCuda,
+    ins: &[(TensorDesc, Vec<u8>)],
+    (t, h, i, e, k): (usize, usize, usize, usize, usize),
+    what: &str,
+) -> Vec<f32> {
+    let before = be.moe_v2_runs();
+    let got = run_op(be, &MOE_OP, ins, &moe_out(t, h)).unwrap();
+    let bf16_cores = target_cc(be.arch()) >= 80;
+    let v2 = bf16_cores && t * k >= 64 * e && h % 64 == 0 && i % 64 == 0;
+    assert_eq!(be.moe_v2_runs() > before, v2, "{what}: moe_gate_up_v2 ran");
+    if v2 {
+        be.set_moe_mma_v1(true);
+        let old = run_op(be, &MOE_OP, ins, &moe_out(t, h));
+        be.set_moe_mma_v1(false);
+        assert_eq!(be.moe_v2_runs(), before + 1, "{what}: the v1 switch");
+        assert!(got[0] == old.unwrap()[0], "{what}: v2 and v1 differ");
+    }
+    to_f32(&got[0])
 }
 
 #[test]
@@ -832,7 +901,9 @@ fn op_moe_large_t_extreme_scales_match_cpu() {
     // clamp them away) while staying inside f16's range.
     let mut be = gpu();
     let mut r = Rng(26);
-    // 512 x 4 of 8 experts: 128-pair tiles; 128 x 4: 64-pair tiles; 576 / 640: N tails.
+    // 512 x 4 of 8 experts: the pipelined kernels (gate_up's scales take its bf16x2 multiply,
+    // down's mx_to_bf16); 128 x 4: exactly 64 pairs per expert, also pipelined; 576 / 640:
+    // N tails on the 64-pair kernels.
     for (t, h, i, e, k) in [
         (512, 256, 256, 8, 4),
         (128, 256, 256, 8, 4),
@@ -846,17 +917,10 @@ fn op_moe_large_t_extreme_scales_match_cpu() {
         for s in ins[7].1.iter_mut() {
             *s = 141 + r.below(6) as u8;
         }
-        let (g, c) = both(
-            &mut be,
-            &MOE_OP,
-            &ins,
-            &[(TensorDesc::new(DType::F32, [t, h]), None)],
-        );
-        assert_close_bf16(
-            &format!("grouped moe, extreme scales, t{t} h{h} i{i} e{e} k{k}"),
-            &to_f32(&g[0]),
-            &to_f32(&c[0]),
-        );
+        let what = format!("grouped moe, extreme scales, t{t} h{h} i{i} e{e} k{k}");
+        let g = moe_v2_against_v1(&mut be, &ins, (t, h, i, e, k), &what);
+        let c = run_op(&mut cpu(), &MOE_OP, &ins, &moe_out(t, h)).unwrap();
+        assert_close_bf16(&what, &g, &to_f32(&c[0]));
     }
 }
 

@@ -69,13 +69,6 @@ __device__ __forceinline__ float mma_e8m0(u32 s) {
     return __int_as_float((int)(s << 23));
 }
 
-__device__ __forceinline__ float mma_swiglu(float gate, float up, float limit, float alpha) {
-    gate = fminf(gate, limit);
-    up = up < -limit ? -limit : (up > limit ? limit : up);
-    float glu = gate * (1.0f / (1.0f + expf(-(gate * alpha))));
-    return (up + 1.0f) * glu;
-}
-
 #ifndef MMA_SM70
 __device__ __forceinline__ void ldsm_x4(u32& r0, u32& r1, u32& r2, u32& r3, const void* p) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
@@ -161,31 +154,32 @@ __device__ __forceinline__ int acc_col(int j, int lane) {
 #endif
 }
 
-// acc[MT][NT][4] += As[warp rows] x Bs[warp cols]^T over one BK tile. SCALED: B's rows carry a
+// acc[MT][NT][4] += As[warp rows] x Bs[warp cols]^T over one k-tile of TK (rows LD operands
+// apart; BK / LDS for the kernels with register-staged tiles). SCALED: B's rows carry a
 // factor bscale[n] (MXFP4 scales outside f16's range): each k16 product is formed from zero and
 // added times the factor of its column (c0/c2: column acc_col, c1/c3: the next).
 #ifdef MMA_SM70
-template <int MT, int NT, bool SCALED>
+template <int MT, int NT, bool SCALED, int TK = BK, int LD = LDS>
 __device__ __forceinline__ void warp_mma_tile(const u16* As, const u16* Bs, float (*acc)[NT][4],
                                               int wm, int wn, int lane, const float* bscale) {
     static_assert(NT % 2 == 0, "m8n8k4 tiles pair the accumulators of j and j + 1");
     // The thread's A row of tile i (A row (lane & 3) + 4 (lane >> 4) of its quad pair's 8x8
     // product, see acc_row) and B row (output column) of tile jt (see acc_col).
     const int qr = (lane >> 2) & 1, qc = (lane >> 3) & 1, hi4 = lane >> 4;
-    const u16* Aw = As + (wm * 16 * MT + 4 * qr + (lane & 3) + 8 * hi4) * LDS;
-    const u16* Bw = Bs + (wn * 8 * NT + qc * 4 * NT + (lane & 3) + 4 * hi4) * LDS;
+    const u16* Aw = As + (wm * 16 * MT + 4 * qr + (lane & 3) + 8 * hi4) * LD;
+    const u16* Bw = Bs + (wn * 8 * NT + qc * 4 * NT + (lane & 3) + 4 * hi4) * LD;
 #pragma unroll
-    for (int kk = 0; kk < BK; kk += 16) {
+    for (int kk = 0; kk < TK; kk += 16) {
         W4 a[MT][2], b[NT / 2][2];
 #pragma unroll
         for (int i = 0; i < MT; i++) {
-            a[i][0] = *(const W4*)(Aw + 16 * i * LDS + kk);
-            a[i][1] = *(const W4*)(Aw + 16 * i * LDS + kk + 8);
+            a[i][0] = *(const W4*)(Aw + 16 * i * LD + kk);
+            a[i][1] = *(const W4*)(Aw + 16 * i * LD + kk + 8);
         }
 #pragma unroll
         for (int jt = 0; jt < NT / 2; jt++) {
-            b[jt][0] = *(const W4*)(Bw + 8 * jt * LDS + kk);
-            b[jt][1] = *(const W4*)(Bw + 8 * jt * LDS + kk + 8);
+            b[jt][0] = *(const W4*)(Bw + 8 * jt * LD + kk);
+            b[jt][1] = *(const W4*)(Bw + 8 * jt * LD + kk + 8);
         }
 #pragma unroll
         for (int i = 0; i < MT; i++)
@@ -215,24 +209,24 @@ __device__ __forceinline__ void warp_mma_tile(const u16* As, const u16* Bs, floa
     }
 }
 #else
-template <int MT, int NT, bool SCALED>
+template <int MT, int NT, bool SCALED, int TK = BK, int LD = LDS>
 __device__ __forceinline__ void warp_mma_tile(const u16* As, const u16* Bs, float (*acc)[NT][4],
                                               int wm, int wn, int lane, const float* bscale) {
 #pragma unroll
-    for (int kk = 0; kk < BK; kk += 16) {
+    for (int kk = 0; kk < TK; kk += 16) {
         u32 a[MT][4];
 #pragma unroll
         for (int i = 0; i < MT; i++) {
             int row = wm * 16 * MT + i * 16 + (lane & 15);
             int col = kk + (lane >> 4) * 8;
-            ldsm_x4(a[i][0], a[i][1], a[i][2], a[i][3], As + row * LDS + col);
+            ldsm_x4(a[i][0], a[i][1], a[i][2], a[i][3], As + row * LD + col);
         }
         u32 b[NT][2];
 #pragma unroll
         for (int j = 0; j < NT; j += 2) {
             int n = wn * 8 * NT + j * 8 + (lane & 7) + ((lane >> 4) << 3);
             int col = kk + ((lane >> 3) & 1) * 8;
-            ldsm_x4(b[j][0], b[j][1], b[j + 1][0], b[j + 1][1], Bs + n * LDS + col);
+            ldsm_x4(b[j][0], b[j][1], b[j + 1][0], b[j + 1][1], Bs + n * LD + col);
         }
 #pragma unroll
         for (int i = 0; i < MT; i++)
@@ -254,6 +248,16 @@ __device__ __forceinline__ void warp_mma_tile(const u16* As, const u16* Bs, floa
     }
 }
 #endif  // MMA_SM70
+
+template <int MT, int NT>
+__device__ __forceinline__ void zero_acc(float (*acc)[NT][4]) {
+#pragma unroll
+    for (int i = 0; i < MT; i++)
+#pragma unroll
+        for (int j = 0; j < NT; j++)
+#pragma unroll
+            for (int c = 0; c < 4; c++) acc[i][j][c] = 0.0f;
+}
 
 // The barrier after a k-tile is stored; f16 builds also learn whether any thread's B rows need
 // their scale factor (SCALED above), bf16 builds never do.
@@ -282,12 +286,7 @@ extern "C" __global__ void __launch_bounds__(256) gemm_bf16(const float* x, cons
     const int wm = warp >> 2, wn = warp & 3;
     const i64 m0 = (i64)blockIdx.y * L_BM, n0 = (i64)blockIdx.x * L_BN;
     float acc[L_MT][L_NT][4];
-#pragma unroll
-    for (int i = 0; i < L_MT; i++)
-#pragma unroll
-        for (int j = 0; j < L_NT; j++)
-#pragma unroll
-            for (int c = 0; c < 4; c++) acc[i][j][c] = 0.0f;
+    zero_acc<L_MT, L_NT>(acc);
     // A: 128 rows x 32 floats = 1024 float4 -> 4 per thread; B: 128 rows x 4 chunks of 8 bf16
     // -> 2 per thread.
     F4 ra[4];
@@ -508,12 +507,7 @@ __device__ __forceinline__ void moe_mma(const float* a, int a_div, const int* li
     if (tid < M_BM) rows[tid] = start + tid < end ? list[start + tid] : -1;
     __syncthreads();
     float acc[M_MT][M_NT][4];
-#pragma unroll
-    for (int i = 0; i < M_MT; i++)
-#pragma unroll
-        for (int j = 0; j < M_NT; j++)
-#pragma unroll
-            for (int c = 0; c < 4; c++) acc[i][j][c] = 0.0f;
+    zero_acc<M_MT, M_NT>(acc);
     // A: BM rows x 32 floats = 8 BM float4 -> AU per thread. B: 128 rows x 2 halves (8 bytes
     // of codes each) -> 1 per thread. Loads run PF k-tiles ahead in registers (slot kt % PF
     // holds k-tile kt until it is stored to shared memory): with few pairs per expert (batched
@@ -613,7 +607,7 @@ __device__ __forceinline__ void moe_mma(const float* a, int a_div, const int* li
                     // col is even: gate row col, up row col + 1 (N is even).
                     float g = v0 + ldf(bias, bdt, (i64)e * N + col);
                     float u = v1 + ldf(bias, bdt, (i64)e * N + col + 1);
-                    out[(i64)p * (N / 2) + col / 2] = mma_swiglu(g, u, limit, alpha);
+                    out[(i64)p * (N / 2) + col / 2] = swiglu(g, u, limit, alpha);
                 } else {
                     out[(i64)p * N + col] = v0 + ldf(bias, bdt, (i64)e * N + col);
                     if (col + 1 < N) out[(i64)p * N + col + 1] = v1 + ldf(bias, bdt, (i64)e * N + col + 1);
@@ -693,13 +687,17 @@ extern "C" __global__ void add_bias_rows(float* y, const void* bias, int bdt, in
 
 // xs [rows, H] bf16 = the x rows of the routed pairs list[0..rows) (token = pair / K), in the
 // list's (expert) order. H even. grid (rows, ceil(H / 512)), 256 threads, two columns each.
-extern "C" __global__ void moe_gather_bf16(const float* x, int K, const int* list, int H,
-                                           u16* xs) {
+__device__ __forceinline__ void gather_row_bf16(const float* x, int K, const int* list, int H,
+                                                u16* xs) {
     const i64 r = blockIdx.x;
     const int c = 2 * (blockIdx.y * blockDim.x + threadIdx.x);
     if (c >= H) return;
     const float* src = x + (i64)(list[r] / K) * H;
     *(u32*)(xs + r * H + c) = pack_bf16(src[c], src[c + 1]);
+}
+extern "C" __global__ void moe_gather_bf16(const float* x, int K, const int* list, int H,
+                                           u16* xs) {
+    gather_row_bf16(x, K, list, H, xs);
 }
 
 // act [rows, I] bf16 = SwiGLU of gu [rows, 2I] (f32, gate/up interleaved as the checkpoint's
@@ -715,7 +713,7 @@ extern "C" __global__ void moe_swiglu_bf16(const float* gu, const int* list, con
     const float* g = gu + r * 2 * I;
     const float gate = g[2 * j] + ldf(bias, bdt, e * 2 * I + 2 * j);
     const float up = g[2 * j + 1] + ldf(bias, bdt, e * 2 * I + 2 * j + 1);
-    act[r * I + j] = (u16)(pack_bf16(mma_swiglu(gate, up, limit, alpha), 0.0f) & 0xffffu);
+    act[r * I + j] = (u16)(pack_bf16(swiglu(gate, up, limit, alpha), 0.0f) & 0xffffu);
 }
 
 // y [pairs, H] row list[r] = ys [rows, H] row r plus the bias of its expert (bias [E, H]), as
@@ -728,6 +726,246 @@ extern "C" __global__ void moe_scatter_bias(const float* ys, const int* list, co
     const int p = list[r];
     const i64 e = ids[p];
     y[(i64)p * H + c] = ys[r * H + c] + ldf(bias, bdt, e * H + c);
+}
+
+// ---------------------------------------------------------------- grouped MoE for prefill (v2)
+// Many pairs per expert (prefill): A is bf16 rows in the route list's order (moe_gather_tiles
+// for gate_up, the gate_up epilogue's output for down), so a tile's A rows are contiguous and
+// copied with cp.async like the raw MXFP4 bytes and scales: a V2_STAGES-deep pipeline of
+// V2_BK = 64 (two scale groups) per barrier. Each k-tile's codes are decoded once per block to
+// bf16 in shared memory (two buffers: the decode of tile kt + 1 overlaps the MMAs of tile kt),
+// block tile V2_BM pairs x V2_BN columns, 8 warps of 64 x 48. One block an SM (dynamic shared
+// memory, V2_SMEM bytes; kernels.rs sets the limit and leaves the kernels out where the device
+// cannot give it). Same operands, rounding and k order as moe_mma: the results are equal.
+#define V2_BM 128
+#define V2_BN 192
+#define V2_BK 64
+#define V2_LD (V2_BK + 8)
+#define V2_STAGES 4
+#define V2_MT 4
+#define V2_NT 6
+#define V2_A_BYTES (V2_BM * V2_LD * 2)
+#define V2_B_BYTES (V2_BN * V2_BK / 2)
+#define V2_S_BYTES (V2_BN * 4)
+#define V2_STAGE_BYTES (V2_A_BYTES + V2_B_BYTES + V2_S_BYTES)
+#define V2_DEC_BYTES (V2_BN * V2_LD * 2)
+#define V2_SMEM (V2_STAGES * V2_STAGE_BYTES + 2 * V2_DEC_BYTES)
+
+// cp.async of `bytes` (4 or 16) from src to shared dst; src_bytes 0 fills dst with zeros and
+// reads nothing. 16-byte copies bypass L1 (.cg).
+template <int BYTES>
+__device__ __forceinline__ void cp_async(void* dst, const void* src, bool valid) {
+    const int n = valid ? BYTES : 0;
+    if (BYTES == 16)
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem_addr(dst)),
+                     "l"(src), "r"(n));
+    else
+        asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(smem_addr(dst)),
+                     "l"(src), "r"(n));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;" ::"n"(N));
+}
+
+// 8 E2M1 codes of word w (code 2j in the low nibble of byte j) times 2^(s - 127) as 4 bf16x2
+// words, for s <= 128. Codes go to the top nibble of each 16-bit half (prmt), sign stays at bit
+// 15 and e1 e0 m shift to bits 8..6: the bf16 of value x 2^-126 (e = 0 codes are subnormal);
+// one bf16x2 multiply by 2^(s - 1) (a normal bf16 for s <= 128) gives value x 2^(s - 127),
+// exactly (at most 2 mantissa bits; subnormal results are exact too). fma with -0 keeps the
+// sign of zero codes. Checked for every code and scale by scripts/mxfp4_bf16_decode.py.
+__device__ __forceinline__ void e2m1x8_to_bf16(u32 w, u32 s, u32* out) {
+    const u32 w4 = w << 4;
+    const u32 f = ((s + 126u) << 7) * 0x10001u;
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        u32 x;
+        // byte 1 <- w4 byte j (code 2j on top), byte 3 <- w byte j (code 2j + 1 on top)
+        asm("prmt.b32 %0, %1, %2, %3;" : "=r"(x) : "r"(w), "r"(w4), "r"((j << 12) | ((4 + j) << 4)));
+        const u32 v = (x & 0x80008000u) | ((x >> 6) & 0x01c001c0u);
+        asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(out[j]) : "r"(v), "r"(f), "r"(0x80008000u));
+    }
+}
+
+// 16 codes with scale s to bf16 (mx_to_bf16's values): the multiply above for s <= 128 (real
+// checkpoints), mx_to_bf16 for the rest.
+__device__ __forceinline__ void mx16_to_bf16(u32 lo, u32 hi, u32 s, u32* out) {
+    if (s <= 128u) {
+        e2m1x8_to_bf16(lo, s, out);
+        e2m1x8_to_bf16(hi, s, out + 4);
+    } else {
+        mx_to_bf16(lo, hi, s, out);
+    }
+}
+
+// Where one k-tile lives in shared memory (stage st).
+struct V2Stage {
+    u16* a;   // [V2_BM][V2_LD] bf16
+    u8* b;    // [V2_BN][32] MXFP4 codes
+    u32* sc;  // [V2_BN]: the aligned word holding the row's two scales
+};
+__device__ __forceinline__ V2Stage v2_stage(unsigned char* smem, int st) {
+    unsigned char* p = smem + st * V2_STAGE_BYTES;
+    return V2Stage{(u16*)p, p + V2_A_BYTES, (u32*)(p + V2_A_BYTES + V2_B_BYTES)};
+}
+
+// The block's operands: A rows [start, end) of a [*, K] bf16, B = expert e's rows n0.. of N.
+struct V2Tile {
+    const u16* a;
+    const u8* wb;
+    const u8* ws;
+    int start, end, e, N, K;
+    i64 n0;
+};
+
+// Issue the copies of k-tile kt into stage s: A 1024 16-byte chunks (4 a thread), codes 384
+// chunks, scales one aligned word per row (G = K / 32 is even, so a row's two scales of a
+// k-tile share one).
+__device__ __forceinline__ void v2_issue(const V2Tile& t, V2Stage s, int kt, int tid) {
+    const int G = t.K / 32;
+#pragma unroll
+    for (int u = 0; u < 4; u++) {
+        const int c = tid + 256 * u, r = c >> 3, ch = c & 7;
+        const bool ok = t.start + r < t.end;
+        const u16* src = t.a + (ok ? (i64)(t.start + r) * t.K + kt * V2_BK + ch * 8 : 0);
+        cp_async<16>(s.a + r * V2_LD + ch * 8, src, ok);
+    }
+#pragma unroll
+    for (int u = 0; u < 2; u++) {
+        const int c = tid + 256 * u, r = c >> 1, h = c & 1;
+        if (c >= 2 * V2_BN) break;
+        const bool ok = t.n0 + r < t.N;
+        const i64 g = ok ? ((i64)t.e * t.N + t.n0 + r) * G + 2 * kt : 0;
+        cp_async<16>(s.b + r * 32 + h * 16, t.wb + g * 16 + h * 16, ok);
+    }
+    if (tid < V2_BN) {
+        const bool ok = t.n0 + tid < t.N;
+        const i64 g = ok ? ((i64)t.e * t.N + t.n0 + tid) * G + 2 * kt : 0;
+        cp_async<4>(s.sc + tid, t.ws + (g & ~(i64)3), ok);
+    }
+}
+
+// Decode stage s (k-tile kt) into dec [V2_BN][V2_LD] bf16: 768 chunks of 16 codes, 3 a thread.
+__device__ __forceinline__ void v2_decode(const V2Tile& t, V2Stage s, int kt, u16* dec, int tid) {
+    const int G = t.K / 32;
+#pragma unroll
+    for (int u = 0; u < 3; u++) {
+        const int c = tid + 256 * u, r = c >> 2, q = c & 3;
+        const uint2 v = *(const uint2*)(s.b + r * 32 + q * 8);
+        // The row's first scale of this k-tile sits at byte ((e N + n) G + 2 kt) & 3 of its word.
+        const u32 off = (u32)(((i64)t.e * t.N + t.n0 + r) * G + 2 * kt) & 3u;
+        const u32 sc = (s.sc[r] >> (8 * (off + (q >> 1)))) & 0xffu;
+        u32 o[8];
+        mx16_to_bf16(v.x, v.y, sc, o);
+        W4* d = (W4*)(dec + r * V2_LD + q * 16);
+        d[0] = W4{o[0], o[1], o[2], o[3]};
+        d[1] = W4{o[4], o[5], o[6], o[7]};
+    }
+}
+
+// gate_up (MODE 0): act [list position, N / 2] bf16 = SwiGLU(gate + bg, up + bu), rounded
+// as moe_mma rounds its A when staging it for down. down (MODE 1): out [pair, N] f32 = acc +
+// bias, the pair being list[position].
+template <int MODE>
+__device__ __forceinline__ void v2_epilogue(const V2Tile& t, float (*acc)[V2_NT][4],
+                                            const int* list, const void* bias, int bdt,
+                                            void* out, float limit, float alpha, int wm, int wn,
+                                            int lane) {
+    const i64 N = t.N;
+#pragma unroll
+    for (int i = 0; i < V2_MT; i++)
+#pragma unroll
+        for (int j = 0; j < V2_NT; j++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int pos = t.start + wm * 16 * V2_MT + acc_row(i, h, lane);
+                const i64 col = t.n0 + wn * 8 * V2_NT + acc_col<V2_NT>(j, lane);
+                if (pos >= t.end || col >= N) continue;
+                const float v0 = acc[i][j][2 * h], v1 = acc[i][j][2 * h + 1];
+                const i64 b = (i64)t.e * N + col;
+                if (MODE == 0) {
+                    const float g = v0 + ldf(bias, bdt, b), u = v1 + ldf(bias, bdt, b + 1);
+                    const u32 y = pack_bf16(swiglu(g, u, limit, alpha), 0.0f);
+                    ((u16*)out)[(i64)pos * (N / 2) + col / 2] = (u16)(y & 0xffffu);
+                } else {
+                    float* o = (float*)out + (i64)list[pos] * N + col;
+                    o[0] = v0 + ldf(bias, bdt, b);
+                    if (col + 1 < N) o[1] = v1 + ldf(bias, bdt, b + 1);
+                }
+            }
+}
+
+// One block: tile blockIdx.y of moe_route's table (V2_BM pairs) x columns blockIdx.x * V2_BN.
+template <int MODE>
+__device__ __forceinline__ void moe_mma_v2(const u16* a, const int* list, const int* tiles,
+                                           const int* ntiles, const u8* wb, const u8* ws,
+                                           const void* bias, int bdt, void* out, int N, int K,
+                                           float limit, float alpha) {
+    extern __shared__ __align__(16) unsigned char v2_smem[];
+    const int tile = blockIdx.y;
+    if (tile >= *ntiles) return;
+    const V2Tile t{a, wb, ws, tiles[3 * tile + 1], tiles[3 * tile + 2], tiles[3 * tile], N, K,
+                   (i64)blockIdx.x * V2_BN};
+    u16* dec = (u16*)(v2_smem + V2_STAGES * V2_STAGE_BYTES);
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int wm = warp >> 2, wn = warp & 3;
+    float acc[V2_MT][V2_NT][4];
+    zero_acc<V2_MT, V2_NT>(acc);
+    const int KT = K / V2_BK;
+    // Tiles 0 .. STAGES-2 in flight, one commit group each (empty past the end, so the
+    // counts below hold).
+#pragma unroll
+    for (int s = 0; s < V2_STAGES - 1; s++) {
+        if (s < KT) v2_issue(t, v2_stage(v2_smem, s), s, tid);
+        cp_async_commit();
+    }
+    cp_async_wait<V2_STAGES - 2>();
+    __syncthreads();
+    v2_decode(t, v2_stage(v2_smem, 0), 0, dec, tid);
+    for (int kt = 0; kt < KT; kt++) {
+        // Tile kt + 1 landed (this thread's copies; the barrier makes everyone's visible),
+        // tile kt is decoded, and the MMAs of kt - 1 are done with its stage and buffer.
+        cp_async_wait<V2_STAGES - 3>();
+        __syncthreads();
+        const int next = kt + V2_STAGES - 1;
+        if (next < KT) v2_issue(t, v2_stage(v2_smem, next % V2_STAGES), next, tid);
+        cp_async_commit();
+        if (kt + 1 < KT)
+            v2_decode(t, v2_stage(v2_smem, (kt + 1) % V2_STAGES), kt + 1,
+                      dec + ((kt + 1) & 1) * (V2_BN * V2_LD), tid);
+        warp_mma_tile<V2_MT, V2_NT, false, V2_BK, V2_LD>(v2_stage(v2_smem, kt % V2_STAGES).a,
+                                                          dec + (kt & 1) * (V2_BN * V2_LD), acc,
+                                                          wm, wn, lane, nullptr);
+    }
+    v2_epilogue<MODE>(t, acc, list, bias, bdt, out, limit, alpha, wm, wn, lane);
+}
+
+// xs [pairs, H] bf16 (list order) -> act [pairs, I] bf16 (list order); gate_up blocks
+// [E, 2I, H/32, 16]; H % 64 == 0. grid (ceil(2I / V2_BN), max_tiles), V2_SMEM bytes.
+extern "C" __global__ void __launch_bounds__(256, 1)
+    moe_gate_up_v2(const u16* xs, const int* list, const int* tiles, const int* ntiles,
+                   const u8* gub, const u8* gus, const void* gbias, int bdt, u16* act, int H,
+                   int I, float limit, float alpha) {
+    moe_mma_v2<0>(xs, list, tiles, ntiles, gub, gus, gbias, bdt, act, 2 * I, H, limit, alpha);
+}
+
+// act [pairs, I] bf16 (list order) -> y [T*k, H] f32 (pair order); down blocks [E, H, I/32,
+// 16]; I % 64 == 0. grid (ceil(H / V2_BN), max_tiles), V2_SMEM bytes.
+extern "C" __global__ void __launch_bounds__(256, 1)
+    moe_down_v2(const u16* act, const int* list, const int* tiles, const int* ntiles,
+                const u8* dnb, const u8* dns, const void* dbias, int bdt, float* y, int H,
+                int I) {
+    moe_mma_v2<1>(act, list, tiles, ntiles, dnb, dns, dbias, bdt, y, H, I, 0.0f, 0.0f);
+}
+
+// xs row r (bf16) = x row list[r] / K for the routed rows r < the end of the last tile (the
+// list's length: pairs of other shards' experts are not in it). grid (pairs, ceil(H / 512)).
+extern "C" __global__ void moe_gather_tiles(const float* x, int K, const int* list,
+                                            const int* tiles, const int* ntiles, int H, u16* xs) {
+    const int n = *ntiles;
+    if (n == 0 || (int)blockIdx.x >= tiles[3 * (n - 1) + 2]) return;
+    gather_row_bf16(x, K, list, H, xs);
 }
 
 #endif  // MMA_F16
