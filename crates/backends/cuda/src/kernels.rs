@@ -212,7 +212,13 @@ pub const FAMILIES: &[Family] = &[
     Family {
         name: MOE_SKINNY,
         source: include_str!("kernels/moe_skinny.cu"),
-        functions: &["moe_skinny_stage", "moe_skinny_gate_up", "moe_skinny_down"],
+        functions: &[
+            "moe_skinny_stage",
+            "moe_skinny_gate_up",
+            "moe_skinny_down",
+            "moe_pair_gate_up",
+            "moe_pair_down",
+        ],
         optional: true,
         defines: &[],
     },

@@ -161,6 +161,8 @@ pub struct Cuda<F: Flavor> {
     router_spread_runs: u64,
     /// MoE runs on the few-pairs kernels so far (moe_skinny.rs; tests).
     skinny_moe_runs: u64,
+    /// MoE runs on the one-pair tensor-core kernels so far (few tokens; tests).
+    moe_pair_runs: u64,
     /// RoPE + one-token attention runs fused so far (fusion.rs RopeAttention; tests).
     rope_attention_runs: u64,
     /// Prefill attention launches on the bf16 tensor-core kernels so far (tests: the path ran).
@@ -195,6 +197,10 @@ pub struct Cuda<F: Flavor> {
     /// The grouped MoE of few pairs per expert on the swapped-operand kernels (moe_skinny.rs);
     /// GPTOSS_CUDA_NO_SKINNY=1: the 64-pair tile kernels of mma.cu instead.
     skinny_moe: bool,
+    /// Few-token MoE (below `mma_min_t`) on the one-pair tensor-core kernels (f16 activations)
+    /// with GPTOSS_CUDA_PAIR_MOE=1; off by default: on the H100 they are slower than the f32
+    /// per-pair kernels so far (batch-1 decode 349.5 against 368.6 tok/s).
+    pair_moe: bool,
     /// Rows a warp of the fast (few-token) MoE kernels takes at a time, gate_up and down: 2
     /// (held to 64 registers, 4 blocks an SM), or 4 (GPTOSS_CUDA_MOE_ROWS=4 sets both,
     /// GPTOSS_CUDA_MOE_DOWN_ROWS the down projection's alone).
@@ -272,6 +278,11 @@ impl<F: Flavor> Cuda<F> {
     /// How many MoE runs took the swapped-operand kernels for few pairs per expert.
     pub fn skinny_moe_runs(&self) -> u64 {
         self.skinny_moe_runs
+    }
+
+    /// How many MoE runs of few tokens took the one-pair tensor-core kernels.
+    pub fn moe_pair_runs(&self) -> u64 {
+        self.moe_pair_runs
     }
 
     /// How many router + top-k runs took the spread kernel (one block per expert).
@@ -386,6 +397,7 @@ impl<F: Flavor> Cuda<F> {
             done_counters,
             router_spread_runs: 0,
             skinny_moe_runs: 0,
+            moe_pair_runs: 0,
             rope_attention_runs: 0,
             attention_mma_runs: 0,
             moe_v2_runs: 0,
@@ -411,6 +423,7 @@ impl<F: Flavor> Cuda<F> {
                 .and_then(|v| v.parse::<usize>().ok())
                 .unwrap_or(usize::MAX),
             skinny_moe: !env_on("GPTOSS_CUDA_NO_SKINNY"),
+            pair_moe: env_on("GPTOSS_CUDA_PAIR_MOE"),
             moe_rows: {
                 let rows = |var: &str, default: usize| match std::env::var(var).as_deref() {
                     Ok("4") => 4,
@@ -436,6 +449,9 @@ impl<F: Flavor> Cuda<F> {
         let mut me = me;
         if !me.kernels.has("gemm_bf16") {
             me.mma_min_t = usize::MAX;
+        }
+        if me.mma_min_t == usize::MAX {
+            me.pair_moe = false;
         }
         if me.dequantize && !me.kernels.has("moe_dequant_bf16") {
             return Err(Error::backend(

@@ -15,18 +15,19 @@ use crate::{Cuda, Flavor};
 
 /// Pairs a tile (SK_NT n8 tiles in moe_skinny.cu): moe_route's BM for this path.
 pub(crate) const PAIRS_PER_TILE: usize = 64;
-/// Weight rows a block (SK_ROWS) and its warps (SK_WARPS), and the depth of each warp's
-/// cp.async ring of 512-byte groups (SK_STAGES).
+/// Weight rows a block (SK_ROWS) and its warps (SK_WARPS), the depth of each warp's cp.async
+/// ring (SK_STAGES) and the bytes of a slot: 32 rows' code groups and scale words (SK_SLOT).
 const ROWS_PER_BLOCK: usize = 128;
 const WARPS: usize = 4;
 const STAGES: usize = 6;
-/// The kernel's dynamic shared memory must fit the default 48 KiB.
-const MAX_SMEM: usize = 48 << 10;
+const SLOT: usize = 640;
 
-/// Shared memory of a block whose rows have `k` inputs: each warp's ring and its 32 rows'
-/// scales.
-fn smem_bytes(k: usize) -> usize {
-    WARPS * (STAGES * 512 + 32 * (k / 32))
+/// Shared memory of a block: each warp's ring.
+const SMEM: usize = WARPS * STAGES * SLOT;
+/// Shared memory of a one-pair block (moe_pair) whose rows have `k` inputs: the rings, each
+/// warp's 32 x 8 partial sums and the pair's row as f16.
+fn pair_smem(k: usize) -> usize {
+    SMEM + WARPS * 32 * 8 * 4 + 2 * k
 }
 
 /// Whether the MoE of `pairs` (token, expert) pairs over `experts` MXFP4 experts of hidden /
@@ -45,8 +46,71 @@ pub(crate) fn fits<F: Flavor>(
         && pairs < PAIRS_PER_TILE * experts
         && h % 32 == 0
         && i % 32 == 0
-        && smem_bytes(h.max(i)) <= MAX_SMEM
         && be.kernels.has("moe_skinny_gate_up")
+}
+
+/// Whether a few-token MoE (below the grouped paths' token count) takes the one-pair kernels:
+/// MXFP4 experts, the kernels built, GPTOSS_CUDA_PAIR_MOE not 0.
+pub(crate) fn pairs_fit<F: Flavor>(
+    be: &Cuda<F>,
+    bf16_experts: bool,
+    (h, i): (usize, usize),
+) -> bool {
+    be.pair_moe && !bf16_experts && h % 32 == 0 && i % 32 == 0 && be.kernels.has("moe_pair_gate_up")
+}
+
+/// `y [t*k, h]` per pair from `x [t, h]` and the pairs' expert ids, one pair a block.
+pub(crate) fn run_pairs<F: Flavor>(
+    be: &Cuda<F>,
+    (x, ids, act, y): (CUdeviceptr, CUdeviceptr, CUdeviceptr, CUdeviceptr),
+    (gate_up, down): (&MxExperts, &MxExperts),
+    (t, k, e, h, i): (usize, usize, usize, usize, usize),
+    (limit, alpha): (f32, f32),
+) -> Result<()> {
+    let pairs = blocks(t * k, 1)?;
+    let err = be.err;
+    let weights = |w: &MxExperts| {
+        [
+            Arg::Ptr(w.blocks),
+            Arg::Ptr(w.scales),
+            Arg::Ptr(w.bias),
+            Arg::I32(w.bdt),
+        ]
+    };
+    let sizes = [
+        Arg::I32(i32_of(h, "hidden")?),
+        Arg::I32(i32_of(i, "intermediate")?),
+    ];
+    let experts = Arg::I32(i32_of(e, "experts")?);
+    let mut args = vec![
+        Arg::Ptr(x),
+        Arg::I32(i32_of(k, "experts per token")?),
+        Arg::Ptr(ids),
+        experts,
+    ];
+    args.extend(weights(gate_up));
+    args.push(Arg::Ptr(act));
+    args.extend(sizes);
+    args.extend([Arg::F32(limit), Arg::F32(alpha), Arg::Ptr(err)]);
+    be.launch(
+        "moe_pair_gate_up",
+        (blocks(2 * i, 32)?, pairs, 1),
+        ((32 * WARPS) as u32, 1, 1),
+        pair_smem(h) as u32,
+        &args,
+    )?;
+    let mut args = vec![Arg::Ptr(act), Arg::Ptr(ids), experts];
+    args.extend(weights(down));
+    args.push(Arg::Ptr(y));
+    args.extend(sizes);
+    args.push(Arg::Ptr(err));
+    be.launch(
+        "moe_pair_down",
+        (blocks(h, 32)?, pairs, 1),
+        ((32 * WARPS) as u32, 1, 1),
+        pair_smem(i) as u32,
+        &args,
+    )
 }
 
 /// `y [t*k, h]` per pair from `x [t, h]` (`act [t*k, i]` in between), routed by `route`.
@@ -67,7 +131,6 @@ pub(crate) fn run<F: Flavor>(
         let gu = Projection {
             name: "moe_skinny_gate_up",
             rows: 2 * i,
-            inputs: h,
             tail: &swiglu,
         };
         project(be, &gu, xs, route, gate_up, act, (h, i))?;
@@ -75,7 +138,6 @@ pub(crate) fn run<F: Flavor>(
         let dn = Projection {
             name: "moe_skinny_down",
             rows: h,
-            inputs: i,
             tail: &[],
         };
         project(be, &dn, xs, route, down, y, (h, i))
@@ -107,12 +169,11 @@ fn stage<F: Flavor>(
     )
 }
 
-/// A projection kernel: `rows` output rows over `inputs` values a row, and the arguments
+/// A projection kernel: its `rows` output rows, and the arguments
 /// after the common ones (gate_up: the SwiGLU's limit and alpha).
 struct Projection<'a> {
     name: &'static str,
     rows: usize,
-    inputs: usize,
     tail: &'a [Arg],
 }
 
@@ -145,7 +206,7 @@ fn project<F: Flavor>(
         p.name,
         (blocks(p.rows, ROWS_PER_BLOCK)?, grid_y(route.max_tiles)?, 1),
         ((32 * WARPS) as u32, 1, 1),
-        smem_bytes(p.inputs) as u32,
+        SMEM as u32,
         &args,
     )
 }
@@ -155,10 +216,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn shared_memory_fits_gpt_oss_and_refuses_very_wide_rows() {
-        // 20b / 120b: hidden = intermediate = 2880 (90 groups).
-        assert_eq!(smem_bytes(2880), 4 * (6 * 512 + 32 * 90));
-        assert!(smem_bytes(2880) <= MAX_SMEM);
-        assert!(smem_bytes(32 * 1024) > MAX_SMEM);
+    fn shared_memory_fits_the_default_48_kib() {
+        assert_eq!(SMEM, 4 * 6 * (32 * 16 + 32 * 4));
+        // gpt-oss: hidden = intermediate = 2880.
+        assert_eq!(pair_smem(2880), SMEM + 4096 + 5760);
+        assert!(pair_smem(2880) <= 48 << 10);
     }
 }

@@ -1240,6 +1240,25 @@ pub(crate) fn run_moe<F: Flavor>(
             be.give_temp(pairs * 4, list);
             be.give_temp(max_tiles * 12 + 16, tiles);
             r?;
+        } else if be.fast && crate::moe_skinny::pairs_fit(be, bf16, (h, i)) {
+            // Few tokens: each pair's expert rows on the tensor cores, K split over a block.
+            let experts = |w: usize| -> Result<MxExperts> {
+                Ok(MxExperts {
+                    blocks: ip(w)?,
+                    scales: ip(w + 1)?,
+                    bias: ip(w + 2)?,
+                    bdt: float_code(ins[w + 2])?,
+                })
+            };
+            let (gu, dn) = (experts(3)?, experts(6)?);
+            be.moe_pair_runs += 1;
+            crate::moe_skinny::run_pairs(
+                be,
+                (ip(0)?, ip(1)?, act, y),
+                (&gu, &dn),
+                (t, k, e, h, i),
+                (*swiglu_limit, *alpha),
+            )?;
         } else {
             // The per-pair kernels, bf16, fast or simple, take the same arguments. Fast: each warp
             // one set of `rows` rows (gate/up pairs for gate_up), one memory trip issued before

@@ -109,6 +109,9 @@ impl AnyCuda {
     fn skinny_moe_runs(&self) -> u64 {
         each!(self, b => b.skinny_moe_runs())
     }
+    fn moe_pair_runs(&self) -> u64 {
+        each!(self, b => b.moe_pair_runs())
+    }
     fn attention_mma_runs(&self) -> u64 {
         each!(self, b => b.attention_mma_runs())
     }
@@ -166,6 +169,18 @@ fn exact_paths_for_fixtures() {
     if std::env::var_os("GPTOSS_CUDA_MMA_MIN_T").is_none() {
         std::env::set_var("GPTOSS_CUDA_MMA_MIN_T", "64");
     }
+    // Below 64 tokens the MoE would take the one-pair tensor-core kernels (f16 activations).
+    if std::env::var_os("GPTOSS_CUDA_PAIR_MOE").is_none() {
+        std::env::set_var("GPTOSS_CUDA_PAIR_MOE", "0");
+    }
+}
+
+/// The backend with the few-token MoE on the one-pair tensor-core kernels.
+fn gpu_with_pair_moe() -> AnyCuda {
+    std::env::set_var("GPTOSS_CUDA_PAIR_MOE", "1");
+    let be = gpu();
+    std::env::remove_var("GPTOSS_CUDA_PAIR_MOE");
+    be
 }
 
 fn driver_present() -> bool {
@@ -862,6 +877,58 @@ fn op_moe_few_pairs_per_expert_matches_cpu() {
         let what = format!("few-pairs moe t{t} h{h} i{i} e{e} k{k} skew {skew}");
         assert_eq!(be.skinny_moe_runs() - before, u64::from(skinny), "{what}");
         assert_close_bf16(&what, &to_f32(&g[0]), &to_f32(&c[0]));
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU (sm_90+; sm_70+ with GPTOSS_CUDA_FLAVOR=portable): run on the GPU machine with --ignored"]
+fn op_moe_few_tokens_one_pair_kernels_match_cpu() {
+    // Below the grouped paths (batch-1 decode): one block a pair, K split over its warps, on
+    // sm_80+. (tokens, hidden, intermediate, experts, k): one token of 32 experts, a few
+    // tokens sharing experts, rows ending inside a block and groups fewer than the warps.
+    let mut be = gpu_with_pair_moe();
+    let on = target_cc(be.arch()) >= 80;
+    let mut r = Rng(27);
+    for (t, h, i, e, k) in [
+        (1, 256, 256, 32, 4),
+        (3, 128, 96, 8, 4),
+        (8, 576, 640, 4, 2),
+        (2, 64, 32, 4, 1),
+    ] {
+        let ins = moe_inputs(&mut r, (t, h, i, e, k), false);
+        let before = be.moe_pair_runs();
+        let (g, c) = both(
+            &mut be,
+            &MOE_OP,
+            &ins,
+            &[(TensorDesc::new(DType::F32, [t, h]), None)],
+        );
+        let what = format!("one-pair moe t{t} h{h} i{i} e{e} k{k}");
+        assert_eq!(be.moe_pair_runs() - before, u64::from(on), "{what}");
+        assert_close_bf16(&what, &to_f32(&g[0]), &to_f32(&c[0]));
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU (sm_90+; sm_70+ with GPTOSS_CUDA_FLAVOR=portable): run on the GPU machine with --ignored"]
+fn fixtures_with_tensor_core_few_token_moe_match_transformers() {
+    // The fixtures' prefills (up to 56 tokens) and one-token steps with the MoE on the one-pair
+    // kernels: logits within the bf16 bound, greedy tokens reported.
+    std::env::set_var("GPTOSS_CUDA_PAIR_MOE", "1");
+    let models: Vec<(&str, Model)> = FIXTURES.iter().map(|n| (*n, load(n))).collect();
+    std::env::remove_var("GPTOSS_CUDA_PAIR_MOE");
+    for (name, mut model) in models {
+        check_bf16_prefill(&mut model, name, "one-pair moe");
+        let r = Reference::load(name);
+        let want = r.tokens("greedy_tokens");
+        let got = model
+            .generate_greedy(&r.tokens("greedy_prompt"), want.len(), &[], 0, &mut |_| {})
+            .unwrap();
+        let same = got.iter().zip(&want).take_while(|(a, b)| a == b).count();
+        eprintln!(
+            "{name} greedy with the one-pair moe: first {same} of {} tokens equal",
+            want.len()
+        );
     }
 }
 

@@ -25,6 +25,8 @@
 #define SK_NT 8                         // n8 tiles: up to 64 pairs a tile (moe_route's BM)
 #define SK_ROWS (SK_WARPS * 16 * SK_MT)  // weight rows a block
 #define SK_STAGES 6                     // cp.async ring depth (groups in flight a warp)
+#define SK_SLOT 640                     // a ring slot: 32 rows x 16 code bytes + 32 scale words
+#define SK_RING (SK_STAGES * SK_SLOT)   // bytes of a warp's ring
 
 // 8 E2M1 codes (a u32, code i in bits 4i..4i+3) as four f16x2 words: the top nibble of each
 // 16-bit half, after shifting the word left by 4 j, becomes sign (bit 15) and exponent/mantissa
@@ -68,6 +70,11 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
     asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(s) : "l"(smem));
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(gmem));
 }
+__device__ __forceinline__ void cp_async4(void* smem, const void* gmem) {
+    u32 s;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(s) : "l"(smem));
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(s), "l"(gmem));
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
@@ -80,11 +87,136 @@ __device__ __forceinline__ float sk_factor(u32 s) {
     return s == 255 ? __int_as_float(0x7f800000) : f * 16384.0f;
 }
 
-// One warp: 32 rows [row0, row0 + 32) of expert e's weights [N, G groups, 16 bytes] (scales
-// [N, G]) times the tile's pairs (xs rows start..end, at most 64). MODE 0 (gate_up, rows
-// interleaved gate/up): out[p, row/2] = swiglu; MODE 1 (down): out[p, row] = acc + bias.
+// A warp's 32 weight rows times up to NT n8 tiles of pairs over the groups [j0, j1): each
+// lane copies its row's 16-byte groups, and the aligned word holding the group's scale byte,
+// through the warp's cp.async ring (`wrow`/`srow`: the lane's row of codes [G][16] and of
+// scales [G]); load_b(jn, j) gives the thread's B fragments (W4, see the k order above) of
+// tile jn and group j, loaded one group ahead.
+// `prep()` runs once the first groups are in flight, before any load_b (block-wide work such
+// as staging B in shared memory).
+template <int NT, class LoadB, class Prep>
+__device__ __forceinline__ void sk_rows(float (*acc)[NT][4], u8* ring, const u8* wrow,
+                                        const u8* srow, int j0, int j1, int nt, LoadB load_b,
+                                        Prep prep) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    auto issue = [&](int j) {
+        if (j < j1) {
+            u8* slot = ring + ((j - j0) % SK_STAGES) * SK_SLOT;
+            cp_async16(slot + lane * 16, wrow + (i64)j * 16);
+            cp_async4(slot + 512 + lane * 4, (const void*)((size_t)(srow + j) & ~(size_t)3));
+        }
+        cp_async_commit();
+    };
+#pragma unroll
+    for (int s = 0; s < SK_STAGES - 1; s++) issue(j0 + s);
+    prep();
+    // Where row r's scale byte sits in its word: (address of group j0) + (j - j0), mod 4.
+    int sb[SK_MT][2];
+#pragma unroll
+    for (int i = 0; i < SK_MT; i++)
+#pragma unroll
+        for (int h = 0; h < 2; h++)
+            sb[i][h] = __shfl_sync(0xffffffffu, (int)((size_t)(srow + j0) & 3), 16 * i + g + 8 * h);
+#pragma unroll
+    for (int i = 0; i < SK_MT; i++)
+#pragma unroll
+        for (int jn = 0; jn < NT; jn++)
+#pragma unroll
+            for (int c = 0; c < 4; c++) acc[i][jn][c] = 0.0f;
+    const float zero[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    W4 xb[NT];
+#pragma unroll
+    for (int jn = 0; jn < NT; jn++)
+        if (jn < nt && j0 < j1) xb[jn] = load_b(jn, j0);
+    for (int j = j0; j < j1; j++) {
+        issue(j + SK_STAGES - 1);
+        cp_async_wait<SK_STAGES - 1>();
+        __syncwarp();  // the other lanes' copies of group j (and the scales) are visible
+        const u8* slot = ring + ((j - j0) % SK_STAGES) * SK_SLOT;
+        const u32* sw = (const u32*)(slot + 512);
+        W4 xn[NT];  // group j + 1's activations, loaded while group j is multiplied
+#pragma unroll
+        for (int jn = 0; jn < NT; jn++)
+            if (jn < nt && j + 1 < j1) xn[jn] = load_b(jn, j + 1);
+#pragma unroll
+        for (int i = 0; i < SK_MT; i++) {
+            const int r = 16 * i + g;
+            const u32 q0 = *(const u32*)(slot + r * 16 + 4 * t);
+            const u32 q1 = *(const u32*)(slot + (r + 8) * 16 + 4 * t);
+            const float f0 = sk_factor((sw[r] >> (8 * ((sb[i][0] + j - j0) & 3))) & 0xffu);
+            const float f1 = sk_factor((sw[r + 8] >> (8 * ((sb[i][1] + j - j0) & 3))) & 0xffu);
+            // A fragments: k16 step 0 = {c3,c7} | {c2,c6}, step 1 = {c1,c5} | {c0,c4}.
+            const u32 a00 = mx4_top_f16x2(q0), a01 = mx4_top_f16x2(q1);
+            const u32 a02 = mx4_top_f16x2(q0 << 4), a03 = mx4_top_f16x2(q1 << 4);
+            const u32 a10 = mx4_top_f16x2(q0 << 8), a11 = mx4_top_f16x2(q1 << 8);
+            const u32 a12 = mx4_top_f16x2(q0 << 12), a13 = mx4_top_f16x2(q1 << 12);
+#pragma unroll
+            for (int jn = 0; jn < NT; jn++) {
+                if (jn >= nt) continue;
+                float p[4];
+                mma_f16_k16(p, zero, a00, a01, a02, a03, xb[jn].x, xb[jn].y);
+                mma_f16_k16(p, p, a10, a11, a12, a13, xb[jn].z, xb[jn].w);
+                acc[i][jn][0] = fmaf(p[0], f0, acc[i][jn][0]);
+                acc[i][jn][1] = fmaf(p[1], f0, acc[i][jn][1]);
+                acc[i][jn][2] = fmaf(p[2], f1, acc[i][jn][2]);
+                acc[i][jn][3] = fmaf(p[3], f1, acc[i][jn][3]);
+            }
+        }
+#pragma unroll
+        for (int jn = 0; jn < NT; jn++)
+            if (jn < nt && j + 1 < j1) xb[jn] = xn[jn];
+        __syncwarp();  // this slot is refilled by the next iteration's issue
+    }
+    cp_async_wait<0>();
+}
+
+// Stores a warp's results: acc c0, c1 are row g, pairs 2t, 2t+1 of n8 tile jn; c2, c3 row
+// g + 8. Pair column n (0..8 NT) exists when n < cnt and goes to output row out_row(n).
+// MODE 0 (gate_up, rows interleaved gate/up): out[row(n), row/2] = swiglu(gate, up) (the up
+// row, row + 1, is in lane + 4); MODE 1: out[row(n), row] = acc + bias.
+template <int MODE, int NT, class OutRow>
+__device__ __forceinline__ void sk_store(float (*acc)[NT][4], int row0, int e, int N, int cnt,
+                                         const void* bias, int bdt, float* out, float limit,
+                                         float alpha, OutRow out_row) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int i = 0; i < SK_MT; i++)
+#pragma unroll
+        for (int jn = 0; jn < NT; jn++) {
+            if (8 * jn >= cnt) continue;
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int row = row0 + 16 * i + g + 8 * h;
+                const float v[2] = {acc[i][jn][2 * h], acc[i][jn][2 * h + 1]};
+                if (MODE == 0) {
+                    const float u[2] = {__shfl_down_sync(0xffffffffu, v[0], 4),
+                                        __shfl_down_sync(0xffffffffu, v[1], 4)};
+                    if (g & 1) continue;
+                    const float bg = ldf(bias, bdt, (i64)e * N + row);
+                    const float bu = ldf(bias, bdt, (i64)e * N + row + 1);
+#pragma unroll
+                    for (int c = 0; c < 2; c++) {
+                        const int n = 8 * jn + 2 * t + c;
+                        if (n < cnt)
+                            out[(i64)out_row(n) * (N / 2) + row / 2] =
+                                swiglu(v[c] + bg, u[c] + bu, limit, alpha);
+                    }
+                } else {
+                    const float b = ldf(bias, bdt, (i64)e * N + row);
+#pragma unroll
+                    for (int c = 0; c < 2; c++) {
+                        const int n = 8 * jn + 2 * t + c;
+                        if (n < cnt) out[(i64)out_row(n) * N + row] = v[c] + b;
+                    }
+                }
+            }
+        }
+}
+
+// Tiles of up to 64 pairs (moe_route): one warp 32 rows [row0, row0 + 32) of expert e's
+// weights [N, G groups, 16 bytes] (scales [N, G]) times the tile's staged rows xs[start..end).
 // grid (N / SK_ROWS rounded up, max_tiles), SK_WARPS warps; dynamic shared memory
-// SK_WARPS * (SK_STAGES * 512 + 32 * G) bytes. N % 32 == 0, K % 32 == 0.
+// SK_WARPS * SK_RING bytes. N % 32 == 0, K % 32 == 0.
 template <int MODE>
 __device__ __forceinline__ void moe_skinny(const u16* xs, const int* list, const int* tiles,
                                            const int* ntiles, const u8* wb, const u8* ws,
@@ -98,113 +230,83 @@ __device__ __forceinline__ void moe_skinny(const u16* xs, const int* list, const
     if (row0 >= N) return;  // whole warps: N % 32 == 0
     const int e = tiles[3 * tile], start = tiles[3 * tile + 1], end = tiles[3 * tile + 2];
     const int G = K / 32;
-    const int nt = (end - start + 7) >> 3;
-    u8* ring = sk_smem + warp * (SK_STAGES * 512);
-    u8* scl = sk_smem + SK_WARPS * SK_STAGES * 512 + warp * 32 * G;
-    // The warp's scales [32 rows][G], contiguous in memory.
-    const u8* ws0 = ws + ((i64)e * N + row0) * G;
-    for (int i = lane; i < 32 * G; i += 32) scl[i] = ws0[i];
-    // Lane r copies row row0 + r's 16-byte group j into slot j % SK_STAGES.
-    const u8* wrow = wb + ((i64)e * N + row0 + lane) * G * 16;
-    auto issue = [&](int j) {
-        if (j < G) cp_async16(ring + (j % SK_STAGES) * 512 + lane * 16, wrow + (i64)j * 16);
-        cp_async_commit();
-    };
-#pragma unroll
-    for (int j = 0; j < SK_STAGES - 1; j++) issue(j);
+    u8* ring = sk_smem + warp * SK_RING;
     // B rows: the thread's pair of n8 tile jn is start + 8 jn + g (the last pair again past
-    // end: its columns are not stored).
-    // (32-bit offsets: fewer registers than pointers; xs has pairs * K < 2^31 elements)
+    // end: its columns are not stored). 32-bit offsets: fewer registers than pointers (xs has
+    // pairs * K < 2^31 elements).
     const u16* xbase = xs + 8 * t;
     int xoff[SK_NT];
 #pragma unroll
     for (int jn = 0; jn < SK_NT; jn++) xoff[jn] = min(start + 8 * jn + g, end - 1) * K;
+    auto load_b = [&](int jn, int j) { return *(const W4*)(xbase + xoff[jn] + 32 * j); };
     float acc[SK_MT][SK_NT][4];
-#pragma unroll
-    for (int i = 0; i < SK_MT; i++)
-#pragma unroll
-        for (int jn = 0; jn < SK_NT; jn++)
-#pragma unroll
-            for (int c = 0; c < 4; c++) acc[i][jn][c] = 0.0f;
-    const float zero[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    W4 xb[SK_NT];
-#pragma unroll
-    for (int jn = 0; jn < SK_NT; jn++)
-        if (jn < nt) xb[jn] = *(const W4*)(xbase + xoff[jn]);
-    for (int j = 0; j < G; j++) {
-        issue(j + SK_STAGES - 1);
-        cp_async_wait<SK_STAGES - 1>();
-        __syncwarp();  // the other lanes' copies of group j (and the scales) are visible
-        const u8* slot = ring + (j % SK_STAGES) * 512;
-        W4 xn[SK_NT];  // group j + 1's activations, loaded while group j is multiplied
-#pragma unroll
-        for (int jn = 0; jn < SK_NT; jn++)
-            if (jn < nt && j + 1 < G) xn[jn] = *(const W4*)(xbase + xoff[jn] + 32 * (j + 1));
-#pragma unroll
-        for (int i = 0; i < SK_MT; i++) {
-            const int r = 16 * i + g;
-            const u32 q0 = *(const u32*)(slot + r * 16 + 4 * t);
-            const u32 q1 = *(const u32*)(slot + (r + 8) * 16 + 4 * t);
-            const float f0 = sk_factor(scl[r * G + j]), f1 = sk_factor(scl[(r + 8) * G + j]);
-            // A fragments: k16 step 0 = {c3,c7} | {c2,c6}, step 1 = {c1,c5} | {c0,c4}.
-            const u32 a00 = mx4_top_f16x2(q0), a01 = mx4_top_f16x2(q1);
-            const u32 a02 = mx4_top_f16x2(q0 << 4), a03 = mx4_top_f16x2(q1 << 4);
-            const u32 a10 = mx4_top_f16x2(q0 << 8), a11 = mx4_top_f16x2(q1 << 8);
-            const u32 a12 = mx4_top_f16x2(q0 << 12), a13 = mx4_top_f16x2(q1 << 12);
-#pragma unroll
-            for (int jn = 0; jn < SK_NT; jn++) {
-                if (jn >= nt) continue;
-                float p[4];
-                mma_f16_k16(p, zero, a00, a01, a02, a03, xb[jn].x, xb[jn].y);
-                mma_f16_k16(p, p, a10, a11, a12, a13, xb[jn].z, xb[jn].w);
-                acc[i][jn][0] = fmaf(p[0], f0, acc[i][jn][0]);
-                acc[i][jn][1] = fmaf(p[1], f0, acc[i][jn][1]);
-                acc[i][jn][2] = fmaf(p[2], f1, acc[i][jn][2]);
-                acc[i][jn][3] = fmaf(p[3], f1, acc[i][jn][3]);
-            }
+    const i64 row = (i64)e * N + row0 + lane;
+    sk_rows<SK_NT>(acc, ring, wb + row * G * 16, ws + row * G, 0, G, (end - start + 7) >> 3,
+                   load_b, [] {});
+    sk_store<MODE, SK_NT>(acc, row0, e, N, end - start, bias, bdt, out, limit, alpha,
+                          [&](int n) { return list[start + n]; });
+}
+
+// One pair a block (few tokens: batch-1 decode), no routing: the block's SK_WARPS warps split
+// the K groups of the same 32 rows [32 blockIdx.x, +32) of expert ids[pair] and sum their
+// partial products in shared memory in warp order (deterministic); B is the pair's f32 row
+// a[(pair / a_div) * K ..], staged once as f16. An expert id of -1 (another
+// shard's) or out of range (reported) gives zero rows. grid (N / 32, pairs); dynamic shared
+// memory SK_WARPS * SK_RING + SK_WARPS * 32 * 8 * 4 + 2 K bytes.
+template <int MODE>
+__device__ __forceinline__ void moe_pair(const float* a, int a_div, const int* ids, int E,
+                                         const u8* wb, const u8* ws, const void* bias, int bdt,
+                                         float* out, int N, int K, float limit, float alpha,
+                                         int* err) {
+    extern __shared__ __align__(16) u8 sk_smem[];
+    const int pair = blockIdx.y, row0 = blockIdx.x * 32;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, t = lane & 3;
+    const int e = ids[pair];
+    const int outs = MODE == 0 ? N / 2 : N;
+    if (e < 0 || e >= E) {
+        if (threadIdx.x == 0 && blockIdx.x == 0 && e != -1)
+            report_error(err, ERR_EXPERT_ID, e, E, pair / a_div);
+        if (threadIdx.x < 32) {
+            const int r = MODE == 0 ? row0 / 2 + (lane & 15) : row0 + lane;
+            if (MODE == 1 || lane < 16) out[(i64)pair * outs + r] = 0.0f;
         }
-#pragma unroll
-        for (int jn = 0; jn < SK_NT; jn++)
-            if (jn < nt && j + 1 < G) xb[jn] = xn[jn];
-        __syncwarp();  // slot j % SK_STAGES is refilled by the next iteration's issue
+        return;
     }
-    cp_async_wait<0>();
-    // c0, c1: row g, pairs 2t, 2t+1 of the n8 tile; c2, c3: row g + 8.
+    const int G = K / 32, per = (G + SK_WARPS - 1) / SK_WARPS;
+    const int j0 = min(warp * per, G), j1 = min(j0 + per, G);
+    u8* ring = sk_smem + warp * SK_RING;
+    float* red = (float*)(sk_smem + SK_WARPS * SK_RING);
+    // The pair's row as f16 in the k order above, staged once for the block's warps (every n8
+    // column reads it; only column 0 is stored).
+    W4* xs = (W4*)(red + SK_WARPS * 32 * 8);
+    const float* arow = a + (i64)(pair / a_div) * K;
+    auto stage_x = [&] {
+        for (int c = threadIdx.x; c < K / 8; c += blockDim.x) {
+            const F4 u = *(const F4*)(arow + 8 * c), v = *(const F4*)(arow + 8 * c + 4);
+            xs[c] = W4{f16x2_of(u.w, v.w), f16x2_of(u.z, v.z), f16x2_of(u.y, v.y),
+                       f16x2_of(u.x, v.x)};
+        }
+        __syncthreads();
+    };
+    auto load_b = [&](int, int j) { return xs[4 * j + t]; };
+    float acc[SK_MT][1][4];
+    const i64 row = (i64)e * N + row0 + lane;
+    sk_rows<1>(acc, ring, wb + row * G * 16, ws + row * G, j0, j1, 1, load_b, stage_x);
+    // Partial sums of the warps, added in warp order by warp 0.
+    float* mine = red + (warp * 32 + lane) * 8;
 #pragma unroll
     for (int i = 0; i < SK_MT; i++)
 #pragma unroll
-        for (int jn = 0; jn < SK_NT; jn++) {
-            if (jn >= nt) continue;
+        for (int c = 0; c < 4; c++) mine[4 * i + c] = acc[i][0][c];
+    __syncthreads();
+    if (warp != 0) return;
 #pragma unroll
-            for (int h = 0; h < 2; h++) {
-                const int row = row0 + 16 * i + g + 8 * h;
-                float v0 = acc[i][jn][2 * h], v1 = acc[i][jn][2 * h + 1];
-                if (MODE == 0) {
-                    // gate rows are even, their up rows (row + 1) are in lane + 4.
-                    float u0 = __shfl_down_sync(0xffffffffu, v0, 4);
-                    float u1 = __shfl_down_sync(0xffffffffu, v1, 4);
-                    if (g & 1) continue;
-                    const float bg = ldf(bias, bdt, (i64)e * N + row);
-                    const float bu = ldf(bias, bdt, (i64)e * N + row + 1);
-                    const float gv[2] = {v0, v1}, uv[2] = {u0, u1};
+    for (int w = 1; w < SK_WARPS; w++)
 #pragma unroll
-                    for (int c = 0; c < 2; c++) {
-                        const int pos = start + 8 * jn + 2 * t + c;
-                        if (pos >= end) continue;
-                        out[(i64)list[pos] * (N / 2) + row / 2] =
-                            swiglu(gv[c] + bg, uv[c] + bu, limit, alpha);
-                    }
-                } else {
-                    const float b = ldf(bias, bdt, (i64)e * N + row);
-                    const float vv[2] = {v0, v1};
+        for (int i = 0; i < SK_MT; i++)
 #pragma unroll
-                    for (int c = 0; c < 2; c++) {
-                        const int pos = start + 8 * jn + 2 * t + c;
-                        if (pos < end) out[(i64)list[pos] * N + row] = vv[c] + b;
-                    }
-                }
-            }
-        }
+            for (int c = 0; c < 4; c++) acc[i][0][c] += red[(w * 32 + lane) * 8 + 4 * i + c];
+    sk_store<MODE, 1>(acc, row0, e, N, 1, bias, bdt, out, limit, alpha, [&](int) { return pair; });
 }
 
 extern "C" __global__ void __launch_bounds__(32 * SK_WARPS, 3)
@@ -219,4 +321,18 @@ extern "C" __global__ void __launch_bounds__(32 * SK_WARPS, 3)
                     const u8* dnb, const u8* dns, const void* dbias, int bdt, float* y, int H,
                     int I) {
     moe_skinny<1>(xs, list, tiles, ntiles, dnb, dns, dbias, bdt, y, H, I, 0.0f, 0.0f);
+}
+
+// x [T, H] -> act [T*k, I] and act -> y [T*k, H], one pair a block (see moe_pair).
+extern "C" __global__ void __launch_bounds__(32 * SK_WARPS)
+    moe_pair_gate_up(const float* x, int k, const int* ids, int E, const u8* gub, const u8* gus,
+                     const void* gbias, int bdt, float* act, int H, int I, float limit,
+                     float alpha, int* err) {
+    moe_pair<0>(x, k, ids, E, gub, gus, gbias, bdt, act, 2 * I, H, limit, alpha, err);
+}
+
+extern "C" __global__ void __launch_bounds__(32 * SK_WARPS)
+    moe_pair_down(const float* act, const int* ids, int E, const u8* dnb, const u8* dns,
+                  const void* dbias, int bdt, float* y, int H, int I, int* err) {
+    moe_pair<1>(act, 1, ids, E, dnb, dns, dbias, bdt, y, H, I, 0.0f, 0.0f, err);
 }
