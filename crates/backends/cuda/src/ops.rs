@@ -1107,6 +1107,15 @@ pub(crate) fn run_moe<F: Flavor>(
             "dequantized experts with hidden {h} / intermediate {i} (at most 12288)"
         )));
     }
+    // Blocks, scales and bias of the projection whose blocks are input `w` (3: gate_up, 6: down).
+    let experts = |w: usize| -> Result<MxExperts> {
+        Ok(MxExperts {
+            blocks: ip(w)?,
+            scales: ip(w + 1)?,
+            bias: ip(w + 2)?,
+            bdt: float_code(ins[w + 2])?,
+        })
+    };
     let run = (|| -> Result<()> {
         if grouped {
             // Tokens grouped by expert: route, then one grouped tensor-core GEMM per
@@ -1163,14 +1172,6 @@ pub(crate) fn run_moe<F: Flavor>(
                     tiles,
                     ntiles,
                     max_tiles,
-                };
-                let experts = |w: usize| -> Result<MxExperts> {
-                    Ok(MxExperts {
-                        blocks: ip(w)?,
-                        scales: ip(w + 1)?,
-                        bias: ip(w + 2)?,
-                        bdt: float_code(ins[w + 2])?,
-                    })
                 };
                 let (gu, dn) = (experts(3)?, experts(6)?);
                 if skinny {
@@ -1242,14 +1243,6 @@ pub(crate) fn run_moe<F: Flavor>(
             r?;
         } else if be.fast && crate::moe_skinny::pairs_fit(be, bf16, (h, i)) {
             // Few tokens: each pair's expert rows on the tensor cores, K split over a block.
-            let experts = |w: usize| -> Result<MxExperts> {
-                Ok(MxExperts {
-                    blocks: ip(w)?,
-                    scales: ip(w + 1)?,
-                    bias: ip(w + 2)?,
-                    bdt: float_code(ins[w + 2])?,
-                })
-            };
             let (gu, dn) = (experts(3)?, experts(6)?);
             be.moe_pair_runs += 1;
             crate::moe_skinny::run_pairs(
