@@ -581,21 +581,97 @@ fn rope_attention_graph(
 fn rope_inside_one_token_attention_matches_cpu() {
     let mut be = gpu();
     let mut cpu = gptoss_backend_cpu::cpu_backend(2);
-    let cases = [
-        (1, 256, 256, 32, 4, false),
-        (3, 128, 96, 8, 4, false),
-        (8, 576, 640, 4, 2, false),
-        (2, 64, 32, 4, 1, false),
-    ];
-    check_moe_path(
-        &mut be,
-        27,
-        &cases,
-        ("one-pair", AnyCuda::moe_pair_runs),
-        on,
+    let mut r = Rng(27);
+    let before = be.rope_attention_runs();
+    for (nq, nkv, window, p, cap) in [
+        (64u32, 8u32, 0u32, 300i32, 512usize),
+        (64, 8, 128, 511, 512),
+        (8, 2, 0, 0, 16),
+    ] {
+        let ins = attention_inputs(&mut r, (nq, nkv, 64), &[p]);
+        let caches = [0, 1].map(|_| f32_bytes(&r.vec(cap * (nkv * 64) as usize, 1.0)));
+        let g = rope_attention_graph(&mut be, &ins, &caches, (nq, nkv, window)).unwrap();
+        let c = rope_attention_graph(&mut cpu, &ins, &caches, (nq, nkv, window)).unwrap();
+        let what = format!("rope + attention nq{nq} nkv{nkv} window {window} position {p}");
+        assert_close(&what, &to_f32(&g[0]), &to_f32(&c[0]), 1e-5);
+        assert_close(
+            &format!("{what}: k cache"),
+            &to_f32(&g[1]),
+            &to_f32(&c[1]),
+            1e-6,
+        );
+        assert_eq!(g[2], c[2], "{what}: v cache");
+    }
+    assert!(
+        be.rope_attention_runs() > before,
+        "the RoPE ran as its own launch, not inside the attention"
     );
+    let ins = attention_inputs(&mut r, (8, 2, 64), &[-1]);
+    let caches = [0, 1].map(|_| f32_bytes(&r.vec(16 * 128, 1.0)));
+    let e = rope_attention_graph(&mut be, &ins, &caches, (8, 2, 0))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("rope: negative position -1"), "{e}");
+    check_still_usable(&mut be);
 }
 
+/// Router Linear (bf16 weights, bias) then TopKSoftmax as one graph, the logits a temporary:
+/// returns (ids, weights) after `runs` executes of the same graph.
+fn router_graph(
+    be: &mut dyn Backend,
+    x: &(TensorDesc, Vec<u8>),
+    w: &(TensorDesc, Vec<u8>),
+    b: &(TensorDesc, Vec<u8>),
+    k: usize,
+    runs: usize,
+) -> (Vec<i32>, Vec<f32>) {
+    let (t, e) = (x.0.shape.dims()[0], w.0.shape.dims()[0]);
+    let mut g = Graph::new();
+    let mut bufs = Vec::new();
+    let ins = bind_inputs(be, &mut g, [x, w, b], &mut bufs).unwrap();
+    let logits = g.add_value(
+        "logits",
+        TensorDesc::new(DType::F32, [t, e]),
+        ValueKind::Temp,
+    );
+    let outs: Vec<_> = [DType::I32, DType::F32]
+        .into_iter()
+        .map(|dt| {
+            let d = TensorDesc::new(dt, [t, k]);
+            let id = be.alloc(&d).unwrap();
+            bufs.push(id);
+            g.add_value(format!("out{dt:?}"), d, ValueKind::Output(id))
+        })
+        .collect();
+    g.push(Op::Linear, ins, vec![logits]);
+    g.push(Op::TopKSoftmax { k: k as u32 }, vec![logits], outs);
+    let mut got = (Vec::new(), Vec::new());
+    for run in 0..runs {
+        let out_ids = &bufs[3..];
+        for id in out_ids {
+            be.upload(*id, &vec![0xFF; t * k * 4]).unwrap();
+        }
+        be.execute(&g)
+            .unwrap_or_else(|e| panic!("router run {run}: {e}"));
+        let ids = to_i32(&be.download(out_ids[0]).unwrap());
+        let wts = to_f32(&be.download(out_ids[1]).unwrap());
+        if run > 0 {
+            assert_eq!(
+                (&ids, &wts),
+                (&got.0, &got.1),
+                "run {run} differs from run 0"
+            );
+        }
+        got = (ids, wts);
+    }
+    for id in bufs {
+        be.free(id).unwrap();
+    }
+    got
+}
+
+/// The fused router (a block per expert, the last block of a token picking its top-k) against
+/// the CPU, run several times over (its per-token counters must reset), gpt-oss's shapes.
 #[test]
 #[ignore = "needs an NVIDIA GPU (sm_90+; sm_70+ with GPTOSS_CUDA_FLAVOR=portable): run on the GPU machine with --ignored"]
 fn fused_router_topk_matches_cpu() {
@@ -832,25 +908,19 @@ fn op_moe_few_tokens_one_pair_kernels_match_cpu() {
     // tokens sharing experts, rows ending inside a block and groups fewer than the warps.
     let mut be = gpu_with_pair_moe();
     let on = target_cc(be.arch()) >= 80;
-    let mut r = Rng(27);
-    for (t, h, i, e, k) in [
-        (1, 256, 256, 32, 4),
-        (3, 128, 96, 8, 4),
-        (8, 576, 640, 4, 2),
-        (2, 64, 32, 4, 1),
-    ] {
-        let ins = moe_inputs(&mut r, (t, h, i, e, k), false);
-        let before = be.moe_pair_runs();
-        let (g, c) = both(
-            &mut be,
-            &MOE_OP,
-            &ins,
-            &[(TensorDesc::new(DType::F32, [t, h]), None)],
-        );
-        let what = format!("one-pair moe t{t} h{h} i{i} e{e} k{k}");
-        assert_eq!(be.moe_pair_runs() - before, u64::from(on), "{what}");
-        assert_close_bf16(&what, &to_f32(&g[0]), &to_f32(&c[0]));
-    }
+    let cases = [
+        (1, 256, 256, 32, 4, false),
+        (3, 128, 96, 8, 4, false),
+        (8, 576, 640, 4, 2, false),
+        (2, 64, 32, 4, 1, false),
+    ];
+    check_moe_path(
+        &mut be,
+        27,
+        &cases,
+        ("one-pair", AnyCuda::moe_pair_runs),
+        on,
+    );
 }
 
 #[test]
