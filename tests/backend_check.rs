@@ -453,7 +453,18 @@ pub fn check_attention_cases(be: &mut dyn Backend, seed: u64, cases: &[Attention
 pub fn attention_case_outputs(
     be: &mut dyn Backend,
     r: &mut Rng,
+    case: &AttentionCase,
+) -> (String, Vec<f32>, Vec<f32>) {
+    attention_case_outputs_sharpened(be, r, case, 1.0)
+}
+
+/// [`attention_case_outputs`] with the score scale `sharpen` times 1/sqrt(d): large scores make
+/// the softmax peaky, where rounding the scores' operands shows most.
+pub fn attention_case_outputs_sharpened(
+    be: &mut dyn Backend,
+    r: &mut Rng,
     (nq, nkv, d, window, pos, cap): &AttentionCase,
+    sharpen: f32,
 ) -> (String, Vec<f32>, Vec<f32>) {
     let (nq, nkv, d, window, cap) = (*nq, *nkv, *d, *window, *cap);
     let t = pos.len();
@@ -463,7 +474,7 @@ pub fn attention_case_outputs(
         kv_heads: nkv,
         head_dim: d,
         window,
-        scale: 1.0 / (d as f32).sqrt(),
+        scale: sharpen / (d as f32).sqrt(),
     };
     let kc = r.vec(cap * kvw, 1.0);
     let vc = r.vec(cap * kvw, 1.0);
@@ -480,7 +491,9 @@ pub fn attention_case_outputs(
         ],
     );
     let first = pos.first().copied().unwrap_or(0);
-    let what = format!("attention nq{nq} nkv{nkv} d{d} window {window} T{t} from {first}");
+    let what = format!(
+        "attention nq{nq} nkv{nkv} d{d} window {window} T{t} from {first}, scale x{sharpen}"
+    );
     assert_eq!(g[1], c[1], "{what}: k cache");
     assert_eq!(g[2], c[2], "{what}: v cache");
     (what, to_f32(&g[0]), to_f32(&c[0]))

@@ -1,20 +1,22 @@
-// Attention for many queries (prefill) on bf16 tensor cores (sm_80+), head_dim 64, in the
+// Attention for many queries (prefill) on f16 tensor cores (sm_80+), head_dim 64, in the
 // FlashAttention-2 layout: a block takes a tile of 64 queries of HB query heads of one KV group
-// (4 warps a head, 16 query rows a warp) and stages each 64-key K/V tile once, as bf16, for all
+// (4 warps a head, 16 query rows a warp) and stages each 64-key K/V tile once, as f16, for all
 // of them. S = Q K^T, the online softmax and O = P V stay in the warp's registers: mma.sync
-// m16n8k16 (bf16 operands, f32 accumulation), K fragments by ldmatrix, V fragments by
-// ldmatrix.trans. Q, K, V and P are rounded to bf16 (cvt.rn); scores, max, sums, the sink and
-// the output in f32 (log2 domain: exp2). The sink enters the denominator only.
+// m16n8k16 (f16 operands, f32 accumulation), K fragments by ldmatrix, V fragments by
+// ldmatrix.trans. Q, K, V and P are rounded to f16 (cvt.rn): 4x finer than bf16, which matters
+// here because scores go through exp (bf16 scores moved a random-weight 20b's router choices
+// at near-ties, see NOTES.md); activations stay far inside f16's range. Scores, max, sums, the
+// sink and the output in f32 (log2 domain: exp2). The sink enters the denominator only.
 #define AM_Q 64   // queries of a tile (= PAGED_TILE)
 #define AM_K 64   // keys of a K/V tile
 #define AM_D 64   // head_dim
-#define AM_LD 72  // bf16 row stride of the K/V tiles: 144 bytes, so ldmatrix's 8 rows of a
+#define AM_LD 72  // f16 row stride of the K/V tiles: 144 bytes, so ldmatrix's 8 rows of a
                   // phase fall on distinct 16-byte bank groups
 #define LOG2E 1.44269504088896341f
 
 __device__ __forceinline__ u32 am_pack(float lo, float hi) {
     u32 r;
-    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
     return r;
 }
 
@@ -22,7 +24,7 @@ __device__ __forceinline__ u32 am_smem(const void* p) {
     return (u32)__cvta_generic_to_shared(p);
 }
 
-// Four 8x8 bf16 matrices; lanes 8i..8i+7 give the row addresses of matrix i.
+// Four 8x8 16-bit matrices; lanes 8i..8i+7 give the row addresses of matrix i.
 __device__ __forceinline__ void am_ldsm(u32* r, const u16* p) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
@@ -39,7 +41,7 @@ __device__ __forceinline__ void am_ldsm_t(u32* r, const u16* p) {
 // c (16x8, f32) += a (16x16) b (16x8); a: rows g / g+8 x k 0-7 / 8-15, b: k 0-7 / 8-15.
 __device__ __forceinline__ void am_mma(float* c, const u32* a, u32 b0, u32 b1) {
     asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
         "{%8,%9}, {%0,%1,%2,%3};"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
@@ -79,7 +81,7 @@ __device__ __forceinline__ void load_q(u32 (*qf)[4], const float* q, const int2*
     }
 }
 
-// Keys k0..k0+63 into Ks / Vs as bf16 (rows past khi zero), by the block's NT threads.
+// Keys k0..k0+63 into Ks / Vs as f16 (rows past khi zero), by the block's NT threads.
 template <int NT, class Rows>
 __device__ __forceinline__ void stage_kv(u16* Ks, u16* Vs, const float* kc, const float* vc,
                                          int k0, int khi, int W, i64 off, Rows rows_of) {
@@ -157,7 +159,7 @@ __device__ __forceinline__ void softmax_rows(float (*s)[4], float (*acc)[4], flo
     }
 }
 
-// P (the probabilities in s) rounded to bf16 as A fragments of the k-steps of 16 keys: the C
+// P (the probabilities in s) rounded to f16 as A fragments of the k-steps of 16 keys: the C
 // fragments of key tiles 2kk, 2kk+1 are exactly A's layout.
 __device__ __forceinline__ void p_fragments(u32 (*pf)[4], const float (*p)[4]) {
 #pragma unroll
