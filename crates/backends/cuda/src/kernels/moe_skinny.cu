@@ -32,7 +32,7 @@
 // 16-bit half, after shifting the word left by 4 j, becomes sign (bit 15) and exponent/mantissa
 // bits (11..9) of an f16 = the code's value times 2^-14.
 __device__ __forceinline__ u32 mx4_top_f16x2(u32 q) {
-    return (q & 0x80008000u) | ((q >> 3) & 0x0e000e00u);
+    return (q & 0x80008000u) | ((q & 0x70007000u) >> 3);
 }
 
 __device__ __forceinline__ void mma_f16_k16(float* c, const float* z, u32 a0, u32 a1, u32 a2,
@@ -81,11 +81,14 @@ __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;" ::"n"(N));
 }
 
-// 2^(s - 127) * 2^14 as f32 (E8M0: 0 is 2^-127, 255 NaN -> inf as mma_e8m0 in mma.cu).
+// 2^(s - 127) * 2^14 as f32: the exponent field s + 14 (exact for every s up to 240, E8M0's
+// 0 included); larger scales, and 255 (NaN), give inf as mma_e8m0 in mma.cu does for 255.
 __device__ __forceinline__ float sk_factor(u32 s) {
-    float f = s == 0 ? __int_as_float(0x00400000) : __int_as_float((int)(s << 23));
-    return s == 255 ? __int_as_float(0x7f800000) : f * 16384.0f;
+    return __int_as_float((int)((min(s, 241u) + 14u) << 23));
 }
+
+// Byte b (0..3) of w.
+__device__ __forceinline__ u32 sk_byte(u32 w, int b) { return __byte_perm(w, 0u, 0x4440u | b); }
 
 // A warp's 32 weight rows times up to NT n8 tiles of pairs over the groups [j0, j1): each
 // lane copies its row's 16-byte groups, and the aligned word holding the group's scale byte,
@@ -99,16 +102,18 @@ __device__ __forceinline__ void sk_rows(float (*acc)[NT][4], u8* ring, const u8*
                                         const u8* srow, int j0, int j1, int nt, LoadB load_b,
                                         Prep prep) {
     const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    auto issue = [&](int j) {
+    // Group j goes to slot (j - j0) mod SK_STAGES; `rs` is the slot read this iteration.
+    auto issue = [&](int j, int slot_index) {
         if (j < j1) {
-            u8* slot = ring + ((j - j0) % SK_STAGES) * SK_SLOT;
+            u8* slot = ring + slot_index * SK_SLOT;
             cp_async16(slot + lane * 16, wrow + (i64)j * 16);
             cp_async4(slot + 512 + lane * 4, (const void*)((size_t)(srow + j) & ~(size_t)3));
         }
         cp_async_commit();
     };
 #pragma unroll
-    for (int s = 0; s < SK_STAGES - 1; s++) issue(j0 + s);
+    for (int s = 0; s < SK_STAGES - 1; s++) issue(j0 + s, s);
+    int rs = 0;
     prep();
     // Where row r's scale byte sits in its word: (address of group j0) + (j - j0), mod 4.
     int sb[SK_MT][2];
@@ -129,10 +134,11 @@ __device__ __forceinline__ void sk_rows(float (*acc)[NT][4], u8* ring, const u8*
     for (int jn = 0; jn < NT; jn++)
         if (jn < nt && j0 < j1) xb[jn] = load_b(jn, j0);
     for (int j = j0; j < j1; j++) {
-        issue(j + SK_STAGES - 1);
+        issue(j + SK_STAGES - 1, rs == 0 ? SK_STAGES - 1 : rs - 1);
         cp_async_wait<SK_STAGES - 1>();
         __syncwarp();  // the other lanes' copies of group j (and the scales) are visible
-        const u8* slot = ring + ((j - j0) % SK_STAGES) * SK_SLOT;
+        const u8* slot = ring + rs * SK_SLOT;
+        rs = rs == SK_STAGES - 1 ? 0 : rs + 1;
         const u32* sw = (const u32*)(slot + 512);
         W4 xn[NT];  // group j + 1's activations, loaded while group j is multiplied
 #pragma unroll
@@ -143,8 +149,8 @@ __device__ __forceinline__ void sk_rows(float (*acc)[NT][4], u8* ring, const u8*
             const int r = 16 * i + g;
             const u32 q0 = *(const u32*)(slot + r * 16 + 4 * t);
             const u32 q1 = *(const u32*)(slot + (r + 8) * 16 + 4 * t);
-            const float f0 = sk_factor((sw[r] >> (8 * ((sb[i][0] + j - j0) & 3))) & 0xffu);
-            const float f1 = sk_factor((sw[r + 8] >> (8 * ((sb[i][1] + j - j0) & 3))) & 0xffu);
+            const float f0 = sk_factor(sk_byte(sw[r], (sb[i][0] + j - j0) & 3));
+            const float f1 = sk_factor(sk_byte(sw[r + 8], (sb[i][1] + j - j0) & 3));
             // A fragments: k16 step 0 = {c3,c7} | {c2,c6}, step 1 = {c1,c5} | {c0,c4}.
             const u32 a00 = mx4_top_f16x2(q0), a01 = mx4_top_f16x2(q1);
             const u32 a02 = mx4_top_f16x2(q0 << 4), a03 = mx4_top_f16x2(q1 << 4);
