@@ -238,6 +238,7 @@ pub const FAMILIES: &[Family] = &[
             "attention_merge",
             "paged_tiles_uniform",
             "attention_tiled_paged",
+            "attention_paged_gqa",
         ],
         optional: true,
         defines: &[],

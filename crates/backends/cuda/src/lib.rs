@@ -163,6 +163,8 @@ pub struct Cuda<F: Flavor> {
     skinny_moe_runs: u64,
     /// MoE runs on the one-pair tensor-core kernels so far (few tokens; tests).
     moe_pair_runs: u64,
+    /// Paged decode-row attention launches on the GQA-shared kernel so far (tests).
+    attention_gqa_runs: u64,
     /// RoPE + one-token attention runs fused so far (fusion.rs RopeAttention; tests).
     rope_attention_runs: u64,
     /// Prefill attention launches on the bf16 tensor-core kernels so far (tests: the path ran).
@@ -201,6 +203,9 @@ pub struct Cuda<F: Flavor> {
     /// with GPTOSS_CUDA_PAIR_MOE=1; off by default: on the H100 they are slower than the f32
     /// per-pair kernels so far (batch-1 decode 349.5 against 368.6 tok/s).
     pair_moe: bool,
+    /// Paged decode rows on `attention_paged_gqa` (K/V chunks shared by a KV group's query
+    /// heads); GPTOSS_CUDA_NO_GQA_DECODE=1: `attention_paged`, a block per (row, head).
+    gqa_decode: bool,
     /// Rows a warp of the fast (few-token) MoE kernels takes at a time, gate_up and down: 2
     /// (held to 64 registers, 4 blocks an SM), or 4 (GPTOSS_CUDA_MOE_ROWS=4 sets both,
     /// GPTOSS_CUDA_MOE_DOWN_ROWS the down projection's alone).
@@ -278,6 +283,11 @@ impl<F: Flavor> Cuda<F> {
     /// How many MoE runs took the swapped-operand kernels for few pairs per expert.
     pub fn skinny_moe_runs(&self) -> u64 {
         self.skinny_moe_runs
+    }
+
+    /// How many paged attentions ran their decode rows on the GQA-shared kernel.
+    pub fn attention_gqa_runs(&self) -> u64 {
+        self.attention_gqa_runs
     }
 
     /// How many MoE runs of few tokens took the one-pair tensor-core kernels.
@@ -398,6 +408,7 @@ impl<F: Flavor> Cuda<F> {
             router_spread_runs: 0,
             skinny_moe_runs: 0,
             moe_pair_runs: 0,
+            attention_gqa_runs: 0,
             rope_attention_runs: 0,
             attention_mma_runs: 0,
             moe_v2_runs: 0,
@@ -424,6 +435,7 @@ impl<F: Flavor> Cuda<F> {
                 .unwrap_or(usize::MAX),
             skinny_moe: !env_on("GPTOSS_CUDA_NO_SKINNY"),
             pair_moe: env_on("GPTOSS_CUDA_PAIR_MOE"),
+            gqa_decode: !env_on("GPTOSS_CUDA_NO_GQA_DECODE"),
             moe_rows: {
                 let rows = |var: &str, default: usize| match std::env::var(var).as_deref() {
                     Ok("4") => 4,

@@ -804,7 +804,42 @@ pub fn run_node<F: Flavor>(
                         ],
                     )?;
                 }
-                // Decode rows of many sequences: (row, head) blocks fill the chip already.
+                // Decode rows of many sequences, head_dim 64: a block per (row, KV head), the
+                // group's query heads (up to 8) sharing each staged K/V chunk.
+                let group = if *kv_heads > 0 { *heads / *kv_heads } else { 0 };
+                if be.fast
+                    && d == 64
+                    && group > 0
+                    && group <= 8
+                    && *heads % *kv_heads == 0
+                    && be.gqa_decode
+                    && be.kernels.has("attention_paged_gqa")
+                {
+                    be.attention_gqa_runs += 1;
+                    let mut args =
+                        attention_args(ins[3], [ip(0)?, op_(1)?, op_(2)?, ip(3)?, ip(4)?])?;
+                    args.extend([
+                        Arg::Ptr(ip(6)?),
+                        shape[0],
+                        shape[1],
+                        Arg::I32(i32_of(rows, "pool rows")?),
+                        Arg::Ptr(op_(0)?),
+                        Arg::I32(*heads as i32),
+                        Arg::I32(*kv_heads as i32),
+                        Arg::I32(i32_of(*window as usize, "window")?),
+                        Arg::F32(*scale),
+                        Arg::Ptr(err),
+                        Arg::Ptr(flags.unwrap_or(0)),
+                    ]);
+                    return be.launch(
+                        "attention_paged_gqa",
+                        (blocks(t, 1)?, grid_y(*kv_heads as usize)?, 1),
+                        (32 * group, 1, 1),
+                        0,
+                        &args,
+                    );
+                }
+                // Other shapes: (row, head) blocks.
                 let warps = if t * (*heads as usize) <= 4096 {
                     8u32
                 } else {

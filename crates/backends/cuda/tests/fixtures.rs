@@ -115,6 +115,9 @@ impl AnyCuda {
     fn attention_mma_runs(&self) -> u64 {
         each!(self, b => b.attention_mma_runs())
     }
+    fn attention_gqa_runs(&self) -> u64 {
+        each!(self, b => b.attention_gqa_runs())
+    }
     fn moe_v2_runs(&self) -> u64 {
         each!(self, b => b.moe_v2_runs())
     }
@@ -495,9 +498,20 @@ fn op_topk_softmax_matches_cpu() {
 #[test]
 #[ignore = "needs an NVIDIA GPU (sm_90+; sm_70+ with GPTOSS_CUDA_FLAVOR=portable): run on the GPU machine with --ignored"]
 fn op_paged_prefill_chunk_matches_cpu() {
+    // The decode rows of the step run on the GQA-shared kernel, then (the second backend) on
+    // the per-(row, head) one.
     let mut be = gpu_f32_attention();
     check_paged_prefill_chunk_matches_cpu(&mut be);
     assert_eq!(be.attention_mma_runs(), 0, "GPTOSS_CUDA_ATTN_F32=1");
+    assert!(
+        be.attention_gqa_runs() > 0,
+        "decode rows on attention_paged_gqa"
+    );
+    std::env::set_var("GPTOSS_CUDA_NO_GQA_DECODE", "1");
+    let mut be = gpu_f32_attention();
+    std::env::remove_var("GPTOSS_CUDA_NO_GQA_DECODE");
+    check_paged_prefill_chunk_matches_cpu(&mut be);
+    assert_eq!(be.attention_gqa_runs(), 0, "GPTOSS_CUDA_NO_GQA_DECODE=1");
 }
 
 /// One decode token on the split attention kernel, which writes the k/v cache row itself: a

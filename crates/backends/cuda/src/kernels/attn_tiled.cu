@@ -424,3 +424,93 @@ extern "C" __global__ void attention_merge(const float* pm, const float* pl, con
     }
     out[d] = acc / L;
 }
+
+// ---- Decode rows over paged pools with the query heads of a KV group together: one block per
+// (row, KV head), one warp per query head of the group (at most 8). K/V chunks of 32 keys are
+// staged once in shared memory for all of the group's heads (attention_paged reads each key
+// once per query head). A warp: lane = key for the scores (its dot product over the 64 dims
+// from the staged row), the chunk's online softmax by warp shuffles, then lane = dims 2 lane,
+// 2 lane + 1 of the output (probabilities broadcast by shuffle). All f32, as attention_paged;
+// rows of uniform tiles (tile_flags) are left to attention_tiled_paged; bad positions are
+// reported and their rows zeroed. grid (T, NKV), 32 * (NQ / NKV) threads.
+#define GQ_KEYS 32
+#define GQ_LD (AT_D + 1)  // staged row stride: lanes reading one dim of 32 rows hit 32 banks
+extern "C" __global__ void __launch_bounds__(256)
+    attention_paged_gqa(const float* q, const float* kc, const float* vc, const void* sinks,
+                        int sdt, const int* pos, const int* pages, int P, int shift, int rows,
+                        float* o, int NQ, int NKV, int window, float scale, int* err,
+                        const int* tile_flags) {
+    __shared__ float Ks[GQ_KEYS * GQ_LD];
+    __shared__ __align__(16) float Vs[GQ_KEYS * AT_D];
+    const i64 t = blockIdx.x;
+    if (tile_flags && tile_flags[t / PAGED_TILE]) return;
+    const int kvh = blockIdx.y, group = NQ / NKV;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int h = kvh * group + warp;
+    const int p = pos[t];
+    const int* table = pages + t * P;
+    const bool valid = paged_row_valid(p, table, P, shift, rows);
+    float* out = o + (t * NQ + h) * AT_D + 2 * lane;
+    if (!valid) {
+        if (threadIdx.x == 0 && kvh == 0) report_error(err, ERR_POSITION, p, P << shift, (int)t);
+        *(float2*)out = make_float2(0.0f, 0.0f);
+        return;
+    }
+    const PagedRows rows_of{table, shift, (1 << shift) - 1};
+    const int2 vis = visible_keys(p, true, window);
+    const int W = NKV * AT_D;
+    const i64 off = (i64)kvh * AT_D;
+    // This warp's query head: dims 2 lane, 2 lane + 1.
+    const float2 qv = *(const float2*)(q + (t * NQ + h) * AT_D + 2 * lane);
+    const float sl2 = scale * 1.44269504088896341f;
+    float m = NEG_INF, l = 0.0f, a0 = 0.0f, a1 = 0.0f;
+    for (int k0 = vis.x; k0 <= vis.y; k0 += GQ_KEYS) {
+        __syncthreads();  // the previous chunk is no longer read
+        for (int i = threadIdx.x; i < GQ_KEYS * (AT_D / 4); i += blockDim.x) {
+            const int r = i / (AT_D / 4), c = 4 * (i % (AT_D / 4));
+            F4 k, v;
+            load_kv4(kc, vc, rows_of, k0 + r, vis.y, W, off, c, k, v);
+            Ks[r * GQ_LD + c] = k.x;
+            Ks[r * GQ_LD + c + 1] = k.y;
+            Ks[r * GQ_LD + c + 2] = k.z;
+            Ks[r * GQ_LD + c + 3] = k.w;
+            *(F4*)&Vs[r * AT_D + c] = v;
+        }
+        __syncthreads();
+        // Score of key k0 + lane: q . k over the 64 dims (q's dims 2i, 2i+1 held by lane i).
+        float s = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 32; i++) {
+            const float q0 = __shfl_sync(0xffffffffu, qv.x, i);
+            const float q1 = __shfl_sync(0xffffffffu, qv.y, i);
+            s = fmaf(q0, Ks[lane * GQ_LD + 2 * i], s);
+            s = fmaf(q1, Ks[lane * GQ_LD + 2 * i + 1], s);
+        }
+        s = k0 + lane <= vis.y ? s * sl2 : NEG_INF;
+        float mx = s;
+#pragma unroll
+        for (int d = 16; d > 0; d >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, d));
+        const float mn = fmaxf(m, mx);  // finite: key k0 is visible
+        const float corr = exp2f(m - mn);
+        const float e = exp2f(s - mn);
+        float sum = e;
+#pragma unroll
+        for (int d = 16; d > 0; d >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, d);
+        l = l * corr + sum;
+        a0 *= corr;
+        a1 *= corr;
+#pragma unroll 8
+        for (int j = 0; j < GQ_KEYS; j++) {
+            const float pj = __shfl_sync(0xffffffffu, e, j);
+            const float2 v = *(const float2*)&Vs[j * AT_D + 2 * lane];
+            a0 = fmaf(pj, v.x, a0);
+            a1 = fmaf(pj, v.y, a1);
+        }
+        m = mn;
+    }
+    // The sink in the denominator only.
+    const float sink = ldf(sinks, sdt, h) * 1.44269504088896341f;
+    const float M = fmaxf(m, sink);
+    const float f = exp2f(m - M) / (l * exp2f(m - M) + exp2f(sink - M));
+    *(float2*)out = make_float2(a0 * f, a1 * f);
+}
