@@ -216,6 +216,8 @@ pub const FAMILIES: &[Family] = &[
             "moe_skinny_stage",
             "moe_skinny_gate_up",
             "moe_skinny_down",
+            "moe_skinny4_gate_up",
+            "moe_skinny4_down",
             "moe_pair_gate_up",
             "moe_pair_down",
         ],

@@ -13,8 +13,10 @@ use crate::driver::{Arg, CUdeviceptr};
 use crate::ops::{blocks, grid_y, i32_of, MxExperts, Route};
 use crate::{Cuda, Flavor};
 
-/// Pairs a tile (SK_NT n8 tiles in moe_skinny.cu): moe_route's BM for this path.
+/// Pairs a tile (SK_NT n8 tiles in moe_skinny.cu): moe_route's BM for this path; the `4`
+/// kernels take half as many (see `pairs_per_tile`).
 pub(crate) const PAIRS_PER_TILE: usize = 64;
+const NARROW_PAIRS_PER_TILE: usize = 32;
 /// Weight rows a block (SK_ROWS) and its warps (SK_WARPS), the depth of each warp's cp.async
 /// ring (SK_STAGES) and the bytes of a slot: 32 rows' code groups and scale words (SK_SLOT).
 const ROWS_PER_BLOCK: usize = 128;
@@ -113,30 +115,59 @@ pub(crate) fn run_pairs<F: Flavor>(
     )
 }
 
-/// `y [t*k, h]` per pair from `x [t, h]` (`act [t*k, i]` in between), routed by `route`.
+/// The tile this path routes `pairs` pairs over `experts` into: 32 pairs (the narrow kernels)
+/// when the experts average fewer than GPTOSS_CUDA_SKINNY_NARROW_BELOW (default 64: always on
+/// this path), else 64; GPTOSS_CUDA_SKINNY_WIDE=1 keeps 64. H100, 20b batched decode of 16 /
+/// 64 / 128 / 256 sequences: 1,064 / 4,362 / 7,865 / 11,416 tok/s in 32-pair tiles against
+/// 784 / 3,008 / 5,691 / 10,093 in 64-pair ones (the wide kernels' 168 registers allow 3
+/// blocks an SM, the narrow ones' 128 four, and most tiles are narrow anyway).
+pub(crate) fn pairs_per_tile<F: Flavor>(be: &Cuda<F>, pairs: usize, experts: usize) -> usize {
+    let narrow = pairs < be.skinny_narrow_below * experts
+        && !be.skinny_wide
+        && be.kernels.has("moe_skinny4_gate_up");
+    if narrow {
+        NARROW_PAIRS_PER_TILE
+    } else {
+        PAIRS_PER_TILE
+    }
+}
+
+/// `y [t*k, h]` per pair from `x [t, h]` (`act [t*k, i]` in between), routed by `route` into
+/// tiles of `tile` pairs (`pairs_per_tile`).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn run<F: Flavor>(
     be: &mut Cuda<F>,
     (x, act, y): (CUdeviceptr, CUdeviceptr, CUdeviceptr),
     route: &Route,
     (gate_up, down): (&MxExperts, &MxExperts),
     (t, k, h, i): (usize, usize, usize, usize),
+    tile: usize,
     (limit, alpha): (f32, f32),
 ) -> Result<()> {
     let pairs = t * k;
+    let narrow = tile == NARROW_PAIRS_PER_TILE;
     let staged_bytes = pairs * h.max(i) * 2;
     let xs = be.take_temp(staged_bytes, "moe activations as f16")?;
     let r = (|| -> Result<()> {
         stage(be, (x, k, h), route.list, pairs, xs)?;
         let swiglu = [Arg::F32(limit), Arg::F32(alpha)];
         let gu = Projection {
-            name: "moe_skinny_gate_up",
+            name: if narrow {
+                "moe_skinny4_gate_up"
+            } else {
+                "moe_skinny_gate_up"
+            },
             rows: 2 * i,
             tail: &swiglu,
         };
         project(be, &gu, xs, route, gate_up, act, (h, i))?;
         stage(be, (act, 1, i), route.list, pairs, xs)?;
         let dn = Projection {
-            name: "moe_skinny_down",
+            name: if narrow {
+                "moe_skinny4_down"
+            } else {
+                "moe_skinny_down"
+            },
             rows: h,
             tail: &[],
         };

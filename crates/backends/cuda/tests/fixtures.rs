@@ -873,17 +873,30 @@ fn op_moe_few_pairs_per_expert_matches_cpu() {
     let skinny = target_cc(be.arch()) >= 80;
     let loaded = be.module_origins().iter().any(|o| o.family == MOE_SKINNY);
     assert_eq!(loaded, skinny, "the {MOE_SKINNY} family on {}", be.arch());
+    // By default every case runs the 32-pair tile kernels (the skew cases over several tiles);
+    // then the 64-pair ones (GPTOSS_CUDA_SKINNY_WIDE=1).
     let cases = [
         (256, 128, 64, 32, 4, false),
         (64, 64, 32, 32, 1, false),
         (200, 128, 96, 16, 4, true),
         (64, 576, 640, 4, 2, false),
+        (100, 128, 96, 16, 4, true),
     ];
     check_moe_path(
         &mut be,
         26,
         &cases,
         ("few-pairs", AnyCuda::skinny_moe_runs),
+        skinny,
+    );
+    std::env::set_var("GPTOSS_CUDA_SKINNY_WIDE", "1");
+    let mut be = gpu();
+    std::env::remove_var("GPTOSS_CUDA_SKINNY_WIDE");
+    check_moe_path(
+        &mut be,
+        26,
+        &cases,
+        ("few-pairs, 64-pair tiles", AnyCuda::skinny_moe_runs),
         skinny,
     );
 }

@@ -22,7 +22,8 @@
 
 #define SK_WARPS 4
 #define SK_MT 2                         // m16 tiles a warp: 32 weight rows
-#define SK_NT 8                         // n8 tiles: up to 64 pairs a tile (moe_route's BM)
+#define SK_NT 8                         // n8 tiles: up to 64 pairs a tile (moe_route's BM);
+                                        // the `4` kernels take 32 (fewer registers)
 #define SK_ROWS (SK_WARPS * 16 * SK_MT)  // weight rows a block
 #define SK_STAGES 6                     // cp.async ring depth (groups in flight a warp)
 #define SK_SLOT 640                     // a ring slot: 32 rows x 16 code bytes + 32 scale words
@@ -223,7 +224,7 @@ __device__ __forceinline__ void sk_store(float (*acc)[NT][4], int row0, int e, i
 // weights [N, G groups, 16 bytes] (scales [N, G]) times the tile's staged rows xs[start..end).
 // grid (N / SK_ROWS rounded up, max_tiles), SK_WARPS warps; dynamic shared memory
 // SK_WARPS * SK_RING bytes. N % 32 == 0, K % 32 == 0.
-template <int MODE>
+template <int MODE, int NT>
 __device__ __forceinline__ void moe_skinny(const u16* xs, const int* list, const int* tiles,
                                            const int* ntiles, const u8* wb, const u8* ws,
                                            const void* bias, int bdt, float* out, int N, int K,
@@ -241,16 +242,16 @@ __device__ __forceinline__ void moe_skinny(const u16* xs, const int* list, const
     // end: its columns are not stored). 32-bit offsets: fewer registers than pointers (xs has
     // pairs * K < 2^31 elements).
     const u16* xbase = xs + 8 * t;
-    int xoff[SK_NT];
+    int xoff[NT];
 #pragma unroll
-    for (int jn = 0; jn < SK_NT; jn++) xoff[jn] = min(start + 8 * jn + g, end - 1) * K;
+    for (int jn = 0; jn < NT; jn++) xoff[jn] = min(start + 8 * jn + g, end - 1) * K;
     auto load_b = [&](int jn, int j) { return *(const W4*)(xbase + xoff[jn] + 32 * j); };
-    float acc[SK_MT][SK_NT][4];
+    float acc[SK_MT][NT][4];
     const i64 row = (i64)e * N + row0 + lane;
-    sk_rows<SK_NT>(acc, ring, wb + row * G * 16, ws + row * G, 0, G, (end - start + 7) >> 3,
-                   load_b, [] {});
-    sk_store<MODE, SK_NT>(acc, row0, e, N, end - start, bias, bdt, out, limit, alpha,
-                          [&](int n) { return list[start + n]; });
+    sk_rows<NT>(acc, ring, wb + row * G * 16, ws + row * G, 0, G, (end - start + 7) >> 3,
+                load_b, [] {});
+    sk_store<MODE, NT>(acc, row0, e, N, end - start, bias, bdt, out, limit, alpha,
+                       [&](int n) { return list[start + n]; });
 }
 
 // One pair a block (few tokens: batch-1 decode), no routing: the block's SK_WARPS warps split
@@ -315,19 +316,23 @@ __device__ __forceinline__ void moe_pair(const float* a, int a_div, const int* i
     sk_store<MODE, 1>(acc, row0, e, N, 1, bias, bdt, out, limit, alpha, [&](int) { return pair; });
 }
 
-extern "C" __global__ void __launch_bounds__(32 * SK_WARPS, 3)
-    moe_skinny_gate_up(const u16* xs, const int* list, const int* tiles, const int* ntiles,
-                       const u8* gub, const u8* gus, const void* gbias, int bdt, float* act,
-                       int H, int I, float limit, float alpha) {
-    moe_skinny<0>(xs, list, tiles, ntiles, gub, gus, gbias, bdt, act, 2 * I, H, limit, alpha);
-}
-
-extern "C" __global__ void __launch_bounds__(32 * SK_WARPS, 3)
-    moe_skinny_down(const u16* xs, const int* list, const int* tiles, const int* ntiles,
-                    const u8* dnb, const u8* dns, const void* dbias, int bdt, float* y, int H,
-                    int I) {
-    moe_skinny<1>(xs, list, tiles, ntiles, dnb, dns, dbias, bdt, y, H, I, 0.0f, 0.0f);
-}
+// Tiles of up to 8 NT pairs; MINB blocks an SM (the register bound).
+#define MOE_SKINNY(NAME_GU, NAME_DN, NT, MINB)                                                  \
+    extern "C" __global__ void __launch_bounds__(32 * SK_WARPS, MINB)                          \
+        NAME_GU(const u16* xs, const int* list, const int* tiles, const int* ntiles,          \
+                const u8* gub, const u8* gus, const void* gbias, int bdt, float* act, int H,  \
+                int I, float limit, float alpha) {                                             \
+        moe_skinny<0, NT>(xs, list, tiles, ntiles, gub, gus, gbias, bdt, act, 2 * I, H, limit, \
+                          alpha);                                                              \
+    }                                                                                          \
+    extern "C" __global__ void __launch_bounds__(32 * SK_WARPS, MINB)                          \
+        NAME_DN(const u16* xs, const int* list, const int* tiles, const int* ntiles,          \
+                const u8* dnb, const u8* dns, const void* dbias, int bdt, float* y, int H,    \
+                int I) {                                                                       \
+        moe_skinny<1, NT>(xs, list, tiles, ntiles, dnb, dns, dbias, bdt, y, H, I, 0.0f, 0.0f); \
+    }
+MOE_SKINNY(moe_skinny_gate_up, moe_skinny_down, SK_NT, 3)
+MOE_SKINNY(moe_skinny4_gate_up, moe_skinny4_down, 4, 4)
 
 // x [T, H] -> act [T*k, I] and act -> y [T*k, H], one pair a block (see moe_pair).
 extern "C" __global__ void __launch_bounds__(32 * SK_WARPS)
