@@ -15,20 +15,12 @@
 //! tokens come here (prefill, batched decode of that many sequences); one-token decode steps,
 //! the ones replayed as graphs, run the GEMV kernels.
 
-use gptoss_core::{Error, Result};
+use gptoss_core::Result;
 
 use crate::cublas::{Gemm, OP_N, OP_T};
 use crate::driver::{Arg, CUdeviceptr};
+use crate::ops::{blocks, i32_of};
 use crate::{Cuda, Flavor};
-
-fn int(n: usize, what: &str) -> Result<i32> {
-    i32::try_from(n).map_err(|_| Error::Input(format!("{what} = {n} does not fit a 32-bit index")))
-}
-
-fn blocks(n: usize, per: usize) -> Result<u32> {
-    u32::try_from(n.div_ceil(per))
-        .map_err(|_| Error::Input(format!("{n} elements need too many thread blocks")))
-}
 
 /// `y [t, n] = x [t, k] W^T` (bf16 `w`, f32 `x` and `y`, f32 accumulation) through cuBLAS.
 fn gemm_rows<F: Flavor>(
@@ -39,15 +31,15 @@ fn gemm_rows<F: Flavor>(
     be.gpu.gemm(Gemm {
         trans_a: OP_T,
         trans_b: OP_N,
-        m: int(n, "out features")?,
-        n: int(t, "rows")?,
-        k: int(k, "in features")?,
+        m: i32_of(n, "out features")?,
+        n: i32_of(t, "rows")?,
+        k: i32_of(k, "in features")?,
         a: w,
-        lda: int(k, "in features")?,
+        lda: i32_of(k, "in features")?,
         b: x_bf16,
-        ldb: int(k, "in features")?,
+        ldb: i32_of(k, "in features")?,
         c: y,
-        ldc: int(n, "out features")?,
+        ldc: i32_of(n, "out features")?,
     })
 }
 
@@ -91,8 +83,8 @@ pub(crate) fn linear<F: Flavor>(
                 Arg::Ptr(y),
                 Arg::Ptr(bias),
                 Arg::I32(bdt),
-                Arg::I32(int(t, "tokens")?),
-                Arg::I32(int(n, "out features")?),
+                Arg::I32(i32_of(t, "tokens")?),
+                Arg::I32(i32_of(n, "out features")?),
             ],
         )
     })();
@@ -166,13 +158,13 @@ pub(crate) fn moe<F: Flavor>(
             (3 * d.e * 4) as u32,
             &[
                 Arg::Ptr(ids),
-                Arg::I32(int(pairs, "pairs")?),
-                Arg::I32(int(d.e, "experts")?),
-                Arg::I32(int(pairs.max(1), "pairs")?),
+                Arg::I32(i32_of(pairs, "pairs")?),
+                Arg::I32(i32_of(d.e, "experts")?),
+                Arg::I32(i32_of(pairs.max(1), "pairs")?),
                 Arg::Ptr(list),
                 Arg::Ptr(tiles),
                 Arg::Ptr(tiles + (max_tiles * 12) as u64),
-                Arg::I32(int(max_tiles, "experts")?),
+                Arg::I32(i32_of(max_tiles, "experts")?),
                 Arg::Ptr(be.err),
             ],
         )?;
@@ -235,9 +227,9 @@ fn experts<F: Flavor>(
             0,
             &[
                 Arg::Ptr(x),
-                Arg::I32(int(d.k, "experts per token")?),
+                Arg::I32(i32_of(d.k, "experts per token")?),
                 Arg::Ptr(list),
-                Arg::I32(int(h, "hidden")?),
+                Arg::I32(i32_of(h, "hidden")?),
                 Arg::Ptr(xs),
             ],
         )?;
@@ -257,7 +249,7 @@ fn experts<F: Flavor>(
                 Arg::Ptr(ids),
                 Arg::Ptr(gate_up.bias),
                 Arg::I32(gate_up.bdt),
-                Arg::I32(int(i, "intermediate")?),
+                Arg::I32(i32_of(i, "intermediate")?),
                 Arg::F32(limit),
                 Arg::F32(alpha),
                 Arg::Ptr(act),
@@ -279,7 +271,7 @@ fn experts<F: Flavor>(
                 Arg::Ptr(ids),
                 Arg::Ptr(down.bias),
                 Arg::I32(down.bdt),
-                Arg::I32(int(h, "hidden")?),
+                Arg::I32(i32_of(h, "hidden")?),
                 Arg::Ptr(y),
             ],
         )
