@@ -804,47 +804,17 @@ pub fn run_node<F: Flavor>(
                         ],
                     )?;
                 }
-                // Decode rows of many sequences, head_dim 64: a block per (row, KV head), the
-                // group's query heads (up to 8) sharing each staged K/V chunk.
+                // Decode rows of many sequences. Head_dim 64: a block per (row, KV head), the
+                // group's query heads (up to 8) sharing each staged K/V chunk; other shapes: a
+                // block per (row, query head).
                 let group = if *kv_heads > 0 { *heads / *kv_heads } else { 0 };
-                if be.fast
+                let gqa = be.fast
                     && d == 64
                     && group > 0
                     && group <= 8
                     && *heads % *kv_heads == 0
                     && be.gqa_decode
-                    && be.kernels.has("attention_paged_gqa")
-                {
-                    be.attention_gqa_runs += 1;
-                    let mut args =
-                        attention_args(ins[3], [ip(0)?, op_(1)?, op_(2)?, ip(3)?, ip(4)?])?;
-                    args.extend([
-                        Arg::Ptr(ip(6)?),
-                        shape[0],
-                        shape[1],
-                        Arg::I32(i32_of(rows, "pool rows")?),
-                        Arg::Ptr(op_(0)?),
-                        Arg::I32(*heads as i32),
-                        Arg::I32(*kv_heads as i32),
-                        Arg::I32(i32_of(*window as usize, "window")?),
-                        Arg::F32(*scale),
-                        Arg::Ptr(err),
-                        Arg::Ptr(flags.unwrap_or(0)),
-                    ]);
-                    return be.launch(
-                        "attention_paged_gqa",
-                        (blocks(t, 1)?, grid_y(*kv_heads as usize)?, 1),
-                        (32 * group, 1, 1),
-                        0,
-                        &args,
-                    );
-                }
-                // Other shapes: (row, head) blocks.
-                let warps = if t * (*heads as usize) <= 4096 {
-                    8u32
-                } else {
-                    4u32
-                };
+                    && be.kernels.has("attention_paged_gqa");
                 let mut args = attention_args(ins[3], [ip(0)?, op_(1)?, op_(2)?, ip(3)?, ip(4)?])?;
                 args.extend([
                     Arg::Ptr(ip(6)?),
@@ -853,9 +823,29 @@ pub fn run_node<F: Flavor>(
                     Arg::I32(i32_of(rows, "pool rows")?),
                     Arg::Ptr(op_(0)?),
                 ]);
-                args.extend(attention_shape_args(*heads, *kv_heads, d, *window, *scale)?);
-                args.push(Arg::Ptr(err));
-                args.push(Arg::Ptr(flags.unwrap_or(0)));
+                let [nq, nkv, head_dim, win, sc] =
+                    attention_shape_args(*heads, *kv_heads, d, *window, *scale)?;
+                if gqa {
+                    args.extend([nq, nkv, win, sc]); // head_dim 64 is built in
+                } else {
+                    args.extend([nq, nkv, head_dim, win, sc]);
+                }
+                args.extend([Arg::Ptr(err), Arg::Ptr(flags.unwrap_or(0))]);
+                if gqa {
+                    be.attention_gqa_runs += 1;
+                    return be.launch(
+                        "attention_paged_gqa",
+                        (blocks(t, 1)?, grid_y(*kv_heads as usize)?, 1),
+                        (32 * group, 1, 1),
+                        0,
+                        &args,
+                    );
+                }
+                let warps = if t * (*heads as usize) <= 4096 {
+                    8u32
+                } else {
+                    4u32
+                };
                 be.launch(
                     "attention_paged",
                     (blocks(t, 1)?, grid_y(*heads as usize)?, 1),
