@@ -807,7 +807,7 @@ pub fn run_node<F: Flavor>(
                 // Decode rows of many sequences. Head_dim 64: a block per (row, KV head), the
                 // group's query heads (up to 8) sharing each staged K/V chunk; other shapes: a
                 // block per (row, query head).
-                let group = if *kv_heads > 0 { *heads / *kv_heads } else { 0 };
+                let group = heads.checked_div(*kv_heads).unwrap_or(0);
                 let gqa = be.fast
                     && d == 64
                     && group > 0
