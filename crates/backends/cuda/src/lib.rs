@@ -201,9 +201,6 @@ pub struct Cuda<F: Flavor> {
     skinny_moe: bool,
     /// GPTOSS_CUDA_SKINNY_WIDE=1: the few-pairs MoE always in 64-pair tiles (A/B runs).
     skinny_wide: bool,
-    /// Pairs an expert (average) below which the few-pairs MoE takes 32-pair tiles
-    /// (GPTOSS_CUDA_SKINNY_NARROW_BELOW; default: the whole range of that path, 64).
-    skinny_narrow_below: usize,
     /// Few-token MoE (below `mma_min_t`) on the one-pair tensor-core kernels (f16 activations)
     /// with GPTOSS_CUDA_PAIR_MOE=1; off by default: on the H100 they are slower than the f32
     /// per-pair kernels so far (batch-1 decode 349.5 against 368.6 tok/s).
@@ -440,10 +437,6 @@ impl<F: Flavor> Cuda<F> {
                 .unwrap_or(usize::MAX),
             skinny_moe: !env_on("GPTOSS_CUDA_NO_SKINNY"),
             skinny_wide: env_on("GPTOSS_CUDA_SKINNY_WIDE"),
-            skinny_narrow_below: std::env::var("GPTOSS_CUDA_SKINNY_NARROW_BELOW")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(moe_skinny::PAIRS_PER_TILE),
             pair_moe: env_on("GPTOSS_CUDA_PAIR_MOE"),
             gqa_decode: !env_on("GPTOSS_CUDA_NO_GQA_DECODE"),
             moe_rows: {

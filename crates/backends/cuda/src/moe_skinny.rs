@@ -115,17 +115,13 @@ pub(crate) fn run_pairs<F: Flavor>(
     )
 }
 
-/// The tile this path routes `pairs` pairs over `experts` into: 32 pairs (the narrow kernels)
-/// when the experts average fewer than GPTOSS_CUDA_SKINNY_NARROW_BELOW (default 64: always on
-/// this path), else 64; GPTOSS_CUDA_SKINNY_WIDE=1 keeps 64. H100, 20b batched decode of 16 /
-/// 64 / 128 / 256 sequences: 1,064 / 4,362 / 7,865 / 11,416 tok/s in 32-pair tiles against
-/// 784 / 3,008 / 5,691 / 10,093 in 64-pair ones (the wide kernels' 168 registers allow 3
-/// blocks an SM, the narrow ones' 128 four, and most tiles are narrow anyway).
-pub(crate) fn pairs_per_tile<F: Flavor>(be: &Cuda<F>, pairs: usize, experts: usize) -> usize {
-    let narrow = pairs < be.skinny_narrow_below * experts
-        && !be.skinny_wide
-        && be.kernels.has("moe_skinny4_gate_up");
-    if narrow {
+/// The tile this path routes into: 32 pairs (the narrow kernels) unless
+/// GPTOSS_CUDA_SKINNY_WIDE=1 asks for 64. H100, 20b batched decode of 16 / 64 / 128 / 256
+/// sequences: 1,064 / 4,362 / 7,865 / 11,416 tok/s in 32-pair tiles against 784 / 3,008 /
+/// 5,691 / 10,093 in 64-pair ones (the wide kernels' 168 registers allow 3 blocks an SM, the
+/// narrow ones' 128 four, and most tiles are narrow anyway).
+pub(crate) fn pairs_per_tile<F: Flavor>(be: &Cuda<F>) -> usize {
+    if !be.skinny_wide && be.kernels.has("moe_skinny4_gate_up") {
         NARROW_PAIRS_PER_TILE
     } else {
         PAIRS_PER_TILE

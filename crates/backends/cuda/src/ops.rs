@@ -1160,7 +1160,7 @@ pub(crate) fn run_moe<F: Flavor>(
             let skinny = !v2 && crate::moe_skinny::fits(be, bf16, pairs, e, (h, i));
             let bm = match (v2, skinny, big) {
                 (true, _, _) => crate::kernels::MOE_V2_BM,
-                (false, true, _) => crate::moe_skinny::pairs_per_tile(be, pairs, e),
+                (false, true, _) => crate::moe_skinny::pairs_per_tile(be),
                 (false, false, true) => 2 * MOE_BM,
                 (false, false, false) => MOE_BM,
             };
