@@ -131,6 +131,39 @@ __device__ __forceinline__ float dot8_bf16(W4 w, F4 a, F4 b, float acc) {
 
 // Rows of a tile of the tiled paged attention (attn_tiled.cu's AT_Q), which attention_paged
 // leaves to it when the tile is uniform.
+// The shared-memory address of a generic pointer into shared memory (ldmatrix, cp.async).
+__device__ __forceinline__ u32 smem_addr(const void* p) {
+    u32 a;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+    return a;
+}
+
+// cp.async (sm_80+) of `bytes` (4 or 16) from src to shared dst; src_bytes 0 fills dst with
+// zeros and reads nothing. 16-byte copies bypass L1 (.cg).
+template <int BYTES>
+__device__ __forceinline__ void cp_async(void* dst, const void* src, bool valid) {
+    const int n = valid ? BYTES : 0;
+    if (BYTES == 16)
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem_addr(dst)),
+                     "l"(src), "r"(n));
+    else
+        asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(smem_addr(dst)),
+                     "l"(src), "r"(n));
+}
+// The same without the zero fill: all `bytes` are copied (one operand less).
+template <int BYTES>
+__device__ __forceinline__ void cp_async(void* dst, const void* src) {
+    if (BYTES == 16)
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(smem_addr(dst)), "l"(src));
+    else
+        asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(smem_addr(dst)), "l"(src));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;" ::"n"(N));
+}
+
 // gpt-oss's clamped SwiGLU of one gate/up pair (the MoE kernels' epilogues).
 __device__ __forceinline__ float swiglu(float gate, float up, float limit, float alpha) {
     gate = fminf(gate, limit);

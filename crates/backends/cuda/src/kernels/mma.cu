@@ -57,12 +57,6 @@ __device__ __forceinline__ W4 bf16_weights_to_op(W4 w) {
     return W4{cv(w.x), cv(w.y), cv(w.z), cv(w.w)};
 }
 
-__device__ __forceinline__ u32 smem_addr(const void* p) {
-    u32 a;
-    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
-    return a;
-}
-
 __device__ __forceinline__ float mma_e8m0(u32 s) {
     if (s == 0) return __int_as_float(0x00400000);  // 2^-127, subnormal
     if (s == 255) return __int_as_float(0x7f800000);
@@ -750,24 +744,6 @@ extern "C" __global__ void moe_scatter_bias(const float* ys, const int* list, co
 #define V2_STAGE_BYTES (V2_A_BYTES + V2_B_BYTES + V2_S_BYTES)
 #define V2_DEC_BYTES (V2_BN * V2_LD * 2)
 #define V2_SMEM (V2_STAGES * V2_STAGE_BYTES + 2 * V2_DEC_BYTES)
-
-// cp.async of `bytes` (4 or 16) from src to shared dst; src_bytes 0 fills dst with zeros and
-// reads nothing. 16-byte copies bypass L1 (.cg).
-template <int BYTES>
-__device__ __forceinline__ void cp_async(void* dst, const void* src, bool valid) {
-    const int n = valid ? BYTES : 0;
-    if (BYTES == 16)
-        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem_addr(dst)),
-                     "l"(src), "r"(n));
-    else
-        asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(smem_addr(dst)),
-                     "l"(src), "r"(n));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;" ::"n"(N));
-}
 
 // 8 E2M1 codes of word w (code 2j in the low nibble of byte j) times 2^(s - 127) as 4 bf16x2
 // words, for s <= 128. Codes go to the top nibble of each 16-bit half (prmt), sign stays at bit

@@ -52,6 +52,15 @@ __device__ __forceinline__ u32 f16x2_of(float lo, float hi) {
     return r;
 }
 
+// A row of K f32 values as f16 in the k order above ([x0..x7] -> {x3,x7}, {x2,x6}, {x1,x5},
+// {x0,x4}), by the block's threads.
+__device__ __forceinline__ void sk_stage_row(const float* src, int K, W4* dst) {
+    for (int c = threadIdx.x; c < K / 8; c += blockDim.x) {
+        const F4 u = *(const F4*)(src + 8 * c), v = *(const F4*)(src + 8 * c + 4);
+        dst[c] = W4{f16x2_of(u.w, v.w), f16x2_of(u.z, v.z), f16x2_of(u.y, v.y), f16x2_of(u.x, v.x)};
+    }
+}
+
 // xs [pairs, K] f16 in the k order above: row pos = a row (list[pos] / a_div), f32 [*, K].
 // grid (pairs), 128 threads; K % 32 == 0.
 extern "C" __global__ void moe_skinny_stage(const float* a, int a_div, int K, const int* list,
@@ -59,27 +68,7 @@ extern "C" __global__ void moe_skinny_stage(const float* a, int a_div, int K, co
     const int pos = blockIdx.x;
     const float* src = a + (i64)(list[pos] / a_div) * K;
     W4* dst = (W4*)(xs + (i64)pos * K);
-    for (int c = threadIdx.x; c < K / 8; c += blockDim.x) {
-        F4 u = *(const F4*)(src + 8 * c), v = *(const F4*)(src + 8 * c + 4);
-        // [x0..x7] -> {x3,x7}, {x2,x6}, {x1,x5}, {x0,x4}
-        dst[c] = W4{f16x2_of(u.w, v.w), f16x2_of(u.z, v.z), f16x2_of(u.y, v.y), f16x2_of(u.x, v.x)};
-    }
-}
-
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
-    u32 s;
-    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(s) : "l"(smem));
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(gmem));
-}
-__device__ __forceinline__ void cp_async4(void* smem, const void* gmem) {
-    u32 s;
-    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(s) : "l"(smem));
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(s), "l"(gmem));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;" ::"n"(N));
+    sk_stage_row(src, K, dst);
 }
 
 // 2^(s - 127) * 2^14 as f32: the exponent field s + 14 (exact for every s up to 240, E8M0's
@@ -107,8 +96,8 @@ __device__ __forceinline__ void sk_rows(float (*acc)[NT][4], u8* ring, const u8*
     auto issue = [&](int j, int slot_index) {
         if (j < j1) {
             u8* slot = ring + slot_index * SK_SLOT;
-            cp_async16(slot + lane * 16, wrow + (i64)j * 16);
-            cp_async4(slot + 512 + lane * 4, (const void*)((size_t)(srow + j) & ~(size_t)3));
+            cp_async<16>(slot + lane * 16, wrow + (i64)j * 16);
+            cp_async<4>(slot + 512 + lane * 4, (const void*)((size_t)(srow + j) & ~(size_t)3));
         }
         cp_async_commit();
     };
@@ -288,11 +277,7 @@ __device__ __forceinline__ void moe_pair(const float* a, int a_div, const int* i
     W4* xs = (W4*)(red + SK_WARPS * 32 * 8);
     const float* arow = a + (i64)(pair / a_div) * K;
     auto stage_x = [&] {
-        for (int c = threadIdx.x; c < K / 8; c += blockDim.x) {
-            const F4 u = *(const F4*)(arow + 8 * c), v = *(const F4*)(arow + 8 * c + 4);
-            xs[c] = W4{f16x2_of(u.w, v.w), f16x2_of(u.z, v.z), f16x2_of(u.y, v.y),
-                       f16x2_of(u.x, v.x)};
-        }
+        sk_stage_row(arow, K, xs);
         __syncthreads();
     };
     auto load_b = [&](int, int j) { return xs[4 * j + t]; };
