@@ -178,12 +178,22 @@ fn exact_paths_for_fixtures() {
     }
 }
 
+/// `gpu()` created with the variables `vars` set (they are read when the backend is created;
+/// the GPU tests run one at a time), removed again right after.
+fn gpu_with_env(vars: &[(&str, &str)]) -> AnyCuda {
+    for (k, v) in vars {
+        std::env::set_var(k, v);
+    }
+    let be = gpu();
+    for (k, _) in vars {
+        std::env::remove_var(k);
+    }
+    be
+}
+
 /// The backend with the few-token MoE on the one-pair tensor-core kernels.
 fn gpu_with_pair_moe() -> AnyCuda {
-    std::env::set_var("GPTOSS_CUDA_PAIR_MOE", "1");
-    let be = gpu();
-    std::env::remove_var("GPTOSS_CUDA_PAIR_MOE");
-    be
+    gpu_with_env(&[("GPTOSS_CUDA_PAIR_MOE", "1")])
 }
 
 fn driver_present() -> bool {
@@ -507,9 +517,10 @@ fn op_paged_prefill_chunk_matches_cpu() {
         be.attention_gqa_runs() > 0,
         "decode rows on attention_paged_gqa"
     );
-    std::env::set_var("GPTOSS_CUDA_NO_GQA_DECODE", "1");
-    let mut be = gpu_f32_attention();
-    std::env::remove_var("GPTOSS_CUDA_NO_GQA_DECODE");
+    let mut be = gpu_with_env(&[
+        ("GPTOSS_CUDA_ATTN_F32", "1"),
+        ("GPTOSS_CUDA_NO_GQA_DECODE", "1"),
+    ]);
     check_paged_prefill_chunk_matches_cpu(&mut be);
     assert_eq!(be.attention_gqa_runs(), 0, "GPTOSS_CUDA_NO_GQA_DECODE=1");
 }
@@ -889,9 +900,7 @@ fn op_moe_few_pairs_per_expert_matches_cpu() {
         ("few-pairs", AnyCuda::skinny_moe_runs),
         skinny,
     );
-    std::env::set_var("GPTOSS_CUDA_SKINNY_WIDE", "1");
-    let mut be = gpu();
-    std::env::remove_var("GPTOSS_CUDA_SKINNY_WIDE");
+    let mut be = gpu_with_env(&[("GPTOSS_CUDA_SKINNY_WIDE", "1")]);
     check_moe_path(
         &mut be,
         26,
@@ -1080,10 +1089,7 @@ fn prefill_attention_case(
 /// The backend with the prefill attention on its f32 tiled kernels (GPTOSS_CUDA_ATTN_F32=1),
 /// for the per-op checks at the exact bound.
 fn gpu_f32_attention() -> AnyCuda {
-    std::env::set_var("GPTOSS_CUDA_ATTN_F32", "1");
-    let be = gpu();
-    std::env::remove_var("GPTOSS_CUDA_ATTN_F32");
-    be
+    gpu_with_env(&[("GPTOSS_CUDA_ATTN_F32", "1")])
 }
 
 /// Whether the target has the bf16 tensor-core attention (attn_mma.cu: sm_80+); it must have
@@ -1103,9 +1109,7 @@ fn expects_mma_attention(be: &AnyCuda) -> bool {
 #[ignore = "needs an NVIDIA GPU (sm_90+; sm_70+ with GPTOSS_CUDA_FLAVOR=portable): run on the GPU machine with --ignored"]
 fn op_attention_large_t_mma_matches_cpu() {
     for heads_per_block in ["2", "1"] {
-        std::env::set_var("GPTOSS_CUDA_ATTN_HEADS", heads_per_block);
-        let mut be = gpu();
-        std::env::remove_var("GPTOSS_CUDA_ATTN_HEADS");
+        let mut be = gpu_with_env(&[("GPTOSS_CUDA_ATTN_HEADS", heads_per_block)]);
         let mut r = Rng(27);
         let cases = [
             (64u32, 8u32, 0u32, 0usize, 512usize, 512usize),
