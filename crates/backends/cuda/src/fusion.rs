@@ -5,7 +5,8 @@
 //!   reads them (`RopeAttention`: no RoPE launch, no kv_write);
 //! - a residual add with the RMSNorm after it (`add_rms_norm`);
 //! - the MoE's combine with the residual add and the next RMSNorm (`moe_combine_add_norm`);
-//! - the router linear with the top-k softmax of its logits (`router_topk`, few tokens).
+//! - the router linear with the top-k softmax of its logits (`router_topk`, few tokens), and
+//!   that with the residual add and RMSNorm before it (`add_norm_router_spread`).
 //!
 //! Each runs the same arithmetic as the separate kernels. A run is fused only when every
 //! value it leaves unwritten is a temporary read by nothing else; `GPTOSS_CUDA_NO_FUSION=1`
@@ -36,6 +37,8 @@ pub(crate) enum Pattern {
     MoeAddNorm { norm: bool },
     /// The router Linear, then TopKSoftmax of its logits.
     RouterTopK,
+    /// AddNorm, then a RouterTopK of the normed row (few tokens: the spread router).
+    AddNormRouter,
 }
 
 impl Pattern {
@@ -46,6 +49,7 @@ impl Pattern {
             Pattern::RopePair | Pattern::AddNorm | Pattern::RouterTopK => 2,
             Pattern::MoeAddNorm { norm } => 2 + norm as usize,
             Pattern::RopeAttention => 3,
+            Pattern::AddNormRouter => 4,
         }
     }
 }
@@ -118,7 +122,25 @@ pub(crate) fn pattern_at<F: Flavor>(
             let b = next?;
             let sum = node.outputs[0];
             let f32s = node.inputs.iter().all(|v| is_f32(graph.value(*v)));
-            (f32s && norm_of(graph, b, sum)).then_some(Pattern::AddNorm)
+            if !(f32s && norm_of(graph, b, sum)) {
+                return None;
+            }
+            let routes = nodes.get(n + 2).is_some_and(|lin| {
+                lin.op == Op::Linear
+                    && lin.inputs[0] == b.outputs[0]
+                    && router_topk_at(graph, n + 2, last_use)
+                    && ops::router_spread_fits(
+                        be,
+                        dims(graph.value(sum))[0],
+                        dims(graph.value(lin.inputs[1]))[0],
+                    )
+                    && be.kernels.has("add_norm_router_spread")
+            });
+            Some(if routes {
+                Pattern::AddNormRouter
+            } else {
+                Pattern::AddNorm
+            })
         }
         Op::MoeMxfp4 { .. } if fused => {
             let add = next?;
@@ -353,6 +375,31 @@ pub(crate) fn run<F: Flavor>(
                     fresh: Some((ptr(k_rope.inputs[0])?, ptr(att.inputs[2])?)),
                     rope: Some((table, params.attention_scaling())),
                 },
+            )
+        }
+        Pattern::AddNormRouter => {
+            let (add, norm, lin, top) = (&nodes[0], &nodes[1], &nodes[2], &nodes[3]);
+            let (Op::RmsNorm { eps }, Op::TopKSoftmax { k }) = (&norm.op, &top.op) else {
+                unreachable!("pattern_at matched an RmsNorm and a TopKSoftmax");
+            };
+            let x = graph.value(add.inputs[0]);
+            let e = dims(graph.value(lin.inputs[1]))[0];
+            let (bias, bdt) = match lin.inputs.get(2) {
+                Some(b) => (ptr(*b)?, ops::float_code(graph.value(*b))?),
+                None => (0, 0),
+            };
+            ops::add_norm_router(
+                be,
+                [ptr(add.inputs[0])?, ptr(add.inputs[1])?],
+                (ptr(add.outputs[0])?, ptr(norm.outputs[0])?),
+                (ptr(norm.inputs[1])?, graph.value(norm.inputs[1]), *eps),
+                (ptr(lin.inputs[1])?, bias, bdt),
+                (
+                    ptr(lin.outputs[0])?,
+                    ptr(top.outputs[0])?,
+                    ptr(top.outputs[1])?,
+                ),
+                (dims(x)[0], dims(x)[1], e, *k as usize),
             )
         }
         Pattern::AddNorm => {

@@ -73,6 +73,8 @@ const _: () = assert!(MOE_V2_SMEM <= 163 << 10);
 const LARGE_SMEM: &[(&str, u32)] = &[
     ("moe_gate_up_v2", MOE_V2_SMEM),
     ("moe_down_v2", MOE_V2_SMEM),
+    ("moe_t1_gate_up", crate::moe_skinny::T1_SMEM_MAX as u32),
+    ("moe_t1_down", crate::moe_skinny::T1_SMEM_MAX as u32),
 ];
 
 pub const FAMILIES: &[Family] = &[
@@ -126,6 +128,7 @@ pub const FAMILIES: &[Family] = &[
             "topk_softmax_warp",
             "router_topk",
             "router_topk_spread",
+            "add_norm_router_spread",
         ],
         optional: false,
         defines: &[],
@@ -220,6 +223,8 @@ pub const FAMILIES: &[Family] = &[
             "moe_skinny4_down",
             "moe_pair_gate_up",
             "moe_pair_down",
+            "moe_t1_gate_up",
+            "moe_t1_down",
         ],
         optional: true,
         defines: &[],

@@ -159,6 +159,8 @@ pub struct Cuda<F: Flavor> {
     done_counters: CUdeviceptr,
     /// Launches of router_topk_spread recorded so far (tests: the path ran).
     router_spread_runs: u64,
+    /// Router runs that took the add + RMSNorm with them (add_norm_router_spread; tests).
+    add_norm_router_runs: u64,
     /// MoE runs on the few-pairs kernels so far (moe_skinny.rs; tests).
     skinny_moe_runs: u64,
     /// MoE runs on the one-pair tensor-core kernels so far (few tokens; tests).
@@ -201,10 +203,10 @@ pub struct Cuda<F: Flavor> {
     skinny_moe: bool,
     /// GPTOSS_CUDA_SKINNY_WIDE=1: the few-pairs MoE always in 64-pair tiles (A/B runs).
     skinny_wide: bool,
-    /// Few-token MoE (below `mma_min_t`) on the one-pair tensor-core kernels (f16 activations)
-    /// with GPTOSS_CUDA_PAIR_MOE=1; off by default: on the H100 they are slower than the f32
-    /// per-pair kernels so far (batch-1 decode 349.5 against 368.6 tok/s).
-    pair_moe: bool,
+    /// Few-token MoE (below `mma_min_t`) on one-pair tensor-core kernels (f16 activations):
+    /// which ones (GPTOSS_CUDA_PAIR_MOE, moe_skinny::OnePair), or None: the f32 per-pair
+    /// kernels.
+    pair_moe: Option<moe_skinny::OnePair>,
     /// Paged decode rows on `attention_paged_gqa` (K/V chunks shared by a KV group's query
     /// heads); GPTOSS_CUDA_NO_GQA_DECODE=1: `attention_paged`, a block per (row, head).
     gqa_decode: bool,
@@ -300,6 +302,12 @@ impl<F: Flavor> Cuda<F> {
     /// How many router + top-k runs took the spread kernel (one block per expert).
     pub fn router_spread_runs(&self) -> u64 {
         self.router_spread_runs
+    }
+
+    /// How many of those also formed the residual add and RMSNorm before the router
+    /// (`add_norm_router_spread`).
+    pub fn add_norm_router_runs(&self) -> u64 {
+        self.add_norm_router_runs
     }
 
     /// How many MoE nodes ran through the pipelined prefill kernels (moe_gate_up_v2).
@@ -408,6 +416,7 @@ impl<F: Flavor> Cuda<F> {
             err,
             done_counters,
             router_spread_runs: 0,
+            add_norm_router_runs: 0,
             skinny_moe_runs: 0,
             moe_pair_runs: 0,
             attention_gqa_runs: 0,
@@ -437,7 +446,7 @@ impl<F: Flavor> Cuda<F> {
                 .unwrap_or(usize::MAX),
             skinny_moe: !env_on("GPTOSS_CUDA_NO_SKINNY"),
             skinny_wide: env_on("GPTOSS_CUDA_SKINNY_WIDE"),
-            pair_moe: env_on("GPTOSS_CUDA_PAIR_MOE"),
+            pair_moe: moe_skinny::OnePair::from_env(),
             gqa_decode: !env_on("GPTOSS_CUDA_NO_GQA_DECODE"),
             moe_rows: {
                 let rows = |var: &str, default: usize| match std::env::var(var).as_deref() {
@@ -466,7 +475,7 @@ impl<F: Flavor> Cuda<F> {
             me.mma_min_t = usize::MAX;
         }
         if me.mma_min_t == usize::MAX {
-            me.pair_moe = false;
+            me.pair_moe = None;
         }
         if me.dequantize && !me.kernels.has("moe_dequant_bf16") {
             return Err(Error::backend(

@@ -51,19 +51,103 @@ pub(crate) fn fits<F: Flavor>(
         && be.kernels.has("moe_skinny_gate_up")
 }
 
-/// Whether a few-token MoE (below the grouped paths' token count) takes the one-pair kernels:
-/// MXFP4 experts, the kernels built, GPTOSS_CUDA_PAIR_MOE not 0.
+/// The one-pair kernels of a few-token MoE (below the grouped paths' token count, batch-1
+/// decode): K split over a block's warps (`moe_pair_*`), or 16 whole rows a warp streamed in
+/// coalesced stages (`moe_t1_*`, the default). See `from_env`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OnePair {
+    Split,
+    Rows,
+}
+
+impl OnePair {
+    /// Rows unless GPTOSS_CUDA_PAIR_MOE says `1`/`split`, or `0` (None: the f32 per-pair
+    /// kernels). H100, 20b batch-1 decode (`--prompt 512 --gen 256`): 376-379 tok/s on rows
+    /// against 368-371 on the f32 kernels, 353 split.
+    pub(crate) fn from_env() -> Option<OnePair> {
+        match std::env::var("GPTOSS_CUDA_PAIR_MOE").as_deref() {
+            Ok("1") | Ok("split") => Some(OnePair::Split),
+            Ok("0") => None,
+            _ => Some(OnePair::Rows),
+        }
+    }
+
+    fn names(self) -> (&'static str, &'static str) {
+        match self {
+            OnePair::Split => ("moe_pair_gate_up", "moe_pair_down"),
+            OnePair::Rows => ("moe_t1_gate_up", "moe_t1_down"),
+        }
+    }
+
+    /// Output rows a block covers, for gate_up (`down` false) or down.
+    fn rows_per_block(self, down: bool) -> usize {
+        match self {
+            OnePair::Split => 32,
+            OnePair::Rows => 16 * T1_WARPS / t1_warps_a_tile(down),
+        }
+    }
+
+    /// Shared memory of a block whose rows have `k` inputs.
+    fn smem(self, k: usize, down: bool) -> usize {
+        match self {
+            OnePair::Split => pair_smem(k),
+            OnePair::Rows => t1_smem(k, t1_warps_a_tile(down)),
+        }
+    }
+}
+
+/// moe_t1's warps a block (T1_WARPS), ring depth (T1_STAGES) and slot bytes (T1_SLOT: 16 rows
+/// of 4 groups, rows 80 bytes apart).
+const T1_WARPS: usize = 4;
+const T1_STAGES: usize = 4;
+const T1_SLOT: usize = 16 * (4 * 16 + 16);
+/// Warps sharing a 16-row tile (T1_GATE_UP_KS, T1_DOWN_KS): down has half the rows.
+fn t1_warps_a_tile(down: bool) -> usize {
+    if down {
+        4
+    } else {
+        2
+    }
+}
+/// moe_t1's shared memory for rows of `k` inputs, `ks` warps a tile: the pair's row as f16,
+/// the tiles' scales, each warp's ring and partial sums.
+pub(crate) fn t1_smem(k: usize, ks: usize) -> usize {
+    2 * k + T1_WARPS / ks * 16 * (k / 32) + T1_WARPS * (T1_STAGES * T1_SLOT + 16 * 4)
+}
+/// The most moe_t1 asks for (rows of up to 4096 inputs; kernels.rs raises the limit to it).
+pub(crate) const T1_SMEM_MAX: usize =
+    2 * 4096 + T1_WARPS * 16 * 128 + T1_WARPS * (T1_STAGES * T1_SLOT + 16 * 4);
+
+/// Which one-pair kernels a few-token MoE of MXFP4 experts (`bf16_experts` false) of hidden /
+/// intermediate size `(h, i)` takes, if any: the chosen ones, built, fitting the sizes and
+/// (moe_t1's 16-byte copies) the alignment of the blocks and scales.
 pub(crate) fn pairs_fit<F: Flavor>(
     be: &Cuda<F>,
     bf16_experts: bool,
     (h, i): (usize, usize),
-) -> bool {
-    be.pair_moe && !bf16_experts && h % 32 == 0 && i % 32 == 0 && be.kernels.has("moe_pair_gate_up")
+    experts: (&MxExperts, &MxExperts),
+) -> Option<OnePair> {
+    let kind = be.pair_moe?;
+    let (gate_up, down) = kind.names();
+    let sizes = !bf16_experts && h % 32 == 0 && i % 32 == 0;
+    let fits = match kind {
+        OnePair::Split => true,
+        OnePair::Rows => {
+            let aligned = |w: &MxExperts| w.blocks % 16 == 0 && w.scales % 16 == 0;
+            h % 16 == 0
+                && t1_smem(h.max(i), 1) <= T1_SMEM_MAX
+                && aligned(experts.0)
+                && aligned(experts.1)
+        }
+    };
+    (sizes && fits && be.kernels.has(gate_up) && be.kernels.has(down)).then_some(kind)
 }
 
-/// `y [t*k, h]` per pair from `x [t, h]` and the pairs' expert ids, one pair a block.
+/// `y [t*k, h]` per pair from `x [t, h]` and the pairs' expert ids, one pair a block column.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn run_pairs<F: Flavor>(
     be: &Cuda<F>,
+    kind: OnePair,
     (x, ids, act, y): (CUdeviceptr, CUdeviceptr, CUdeviceptr, CUdeviceptr),
     (gate_up, down): (&MxExperts, &MxExperts),
     (t, k, e, h, i): (usize, usize, usize, usize, usize),
@@ -71,6 +155,7 @@ pub(crate) fn run_pairs<F: Flavor>(
 ) -> Result<()> {
     let pairs = blocks(t * k, 1)?;
     let err = be.err;
+    let (gu_name, dn_name) = kind.names();
     let weights = |w: &MxExperts| {
         [
             Arg::Ptr(w.blocks),
@@ -94,11 +179,15 @@ pub(crate) fn run_pairs<F: Flavor>(
     args.push(Arg::Ptr(act));
     args.extend(sizes);
     args.extend([Arg::F32(limit), Arg::F32(alpha), Arg::Ptr(err)]);
+    let threads = match kind {
+        OnePair::Split => 32 * WARPS,
+        OnePair::Rows => 32 * T1_WARPS,
+    } as u32;
     be.launch(
-        "moe_pair_gate_up",
-        (blocks(2 * i, 32)?, pairs, 1),
-        ((32 * WARPS) as u32, 1, 1),
-        pair_smem(h) as u32,
+        gu_name,
+        (blocks(2 * i, kind.rows_per_block(false))?, pairs, 1),
+        (threads, 1, 1),
+        kind.smem(h, false) as u32,
         &args,
     )?;
     let mut args = vec![Arg::Ptr(act), Arg::Ptr(ids), experts];
@@ -107,10 +196,10 @@ pub(crate) fn run_pairs<F: Flavor>(
     args.extend(sizes);
     args.push(Arg::Ptr(err));
     be.launch(
-        "moe_pair_down",
-        (blocks(h, 32)?, pairs, 1),
-        ((32 * WARPS) as u32, 1, 1),
-        pair_smem(i) as u32,
+        dn_name,
+        (blocks(h, kind.rows_per_block(true))?, pairs, 1),
+        (threads, 1, 1),
+        kind.smem(i, true) as u32,
         &args,
     )
 }

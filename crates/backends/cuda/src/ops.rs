@@ -225,6 +225,51 @@ pub(crate) fn add_rms_norm<F: Flavor>(
     )
 }
 
+/// Whether a router of `e` experts over `t` tokens takes the spread kernels (a block a logit).
+pub(crate) fn router_spread_fits<F: Flavor>(be: &Cuda<F>, t: usize, e: usize) -> bool {
+    t <= ROUTER_TOKENS && e <= 1024 && be.kernels.has("router_topk_spread")
+}
+
+/// `add_norm_router_spread`: the residual add and RMSNorm of `add_rms_norm`, then the spread
+/// router and top-k of `router_topk` on the normed rows, in one launch (same arithmetic).
+pub(crate) fn add_norm_router<F: Flavor>(
+    be: &mut Cuda<F>,
+    [a, b]: [CUdeviceptr; 2],
+    (sum_out, norm_out): (CUdeviceptr, CUdeviceptr),
+    (nw, nwv, eps): (CUdeviceptr, &Value, f32),
+    (w, bias, bdt): (CUdeviceptr, CUdeviceptr, i32),
+    (logits, ids, wts): (CUdeviceptr, CUdeviceptr, CUdeviceptr),
+    (t, h, e, k): (usize, usize, usize, usize),
+) -> Result<()> {
+    be.router_spread_runs += 1;
+    be.add_norm_router_runs += 1;
+    be.launch(
+        "add_norm_router_spread",
+        (blocks(e, 1)?, grid_y(t)?, 1),
+        (256, 1, 1),
+        0,
+        &[
+            Arg::Ptr(a),
+            Arg::Ptr(b),
+            Arg::Ptr(nw),
+            Arg::I32(float_code(nwv)?),
+            Arg::Ptr(sum_out),
+            Arg::Ptr(norm_out),
+            Arg::F32(eps),
+            Arg::Ptr(w),
+            Arg::Ptr(bias),
+            Arg::I32(bdt),
+            Arg::Ptr(logits),
+            Arg::Ptr(be.done_counters),
+            Arg::Ptr(ids),
+            Arg::Ptr(wts),
+            Arg::I32(i32_of(h, "hidden")?),
+            Arg::I32(i32_of(e, "experts")?),
+            Arg::I32(i32_of(k, "experts per token")?),
+        ],
+    )
+}
+
 /// `rope_pairs` (decode family): RoPE of one tensor `(x, out, heads)` and optionally a second
 /// at the same positions, one thread per rotated pair.
 pub(crate) fn rope_pairs<F: Flavor>(
@@ -278,7 +323,7 @@ pub(crate) fn router_topk<F: Flavor>(
         Arg::I32(i32_of(e, "experts")?),
         Arg::I32(i32_of(k, "experts per token")?),
     ];
-    if t <= ROUTER_TOKENS && e <= 1024 && be.kernels.has("router_topk_spread") {
+    if router_spread_fits(be, t, e) {
         let mut args = vec![
             Arg::Ptr(x),
             Arg::Ptr(w),
@@ -1267,12 +1312,16 @@ pub(crate) fn run_moe<F: Flavor>(
             be.give_temp(pairs * 4, list);
             be.give_temp(max_tiles * 12 + 16, tiles);
             r?;
-        } else if be.fast && crate::moe_skinny::pairs_fit(be, bf16, (h, i)) {
-            // Few tokens: each pair's expert rows on the tensor cores, K split over a block.
+        } else if let Some(kind) =
+            crate::moe_skinny::pairs_fit(be, bf16, (h, i), (&experts(3)?, &experts(6)?))
+                .filter(|_| be.fast)
+        {
+            // Few tokens: each pair's expert rows on the tensor cores (moe_skinny.rs).
             let (gu, dn) = (experts(3)?, experts(6)?);
             be.moe_pair_runs += 1;
             crate::moe_skinny::run_pairs(
                 be,
+                kind,
                 (ip(0)?, ip(1)?, act, y),
                 (&gu, &dn),
                 (t, k, e, h, i),

@@ -103,6 +103,9 @@ impl AnyCuda {
     fn router_spread_runs(&self) -> u64 {
         each!(self, b => b.router_spread_runs())
     }
+    fn add_norm_router_runs(&self) -> u64 {
+        each!(self, b => b.add_norm_router_runs())
+    }
     fn rope_attention_runs(&self) -> u64 {
         each!(self, b => b.rope_attention_runs())
     }
@@ -189,11 +192,6 @@ fn gpu_with_env(vars: &[(&str, &str)]) -> AnyCuda {
         std::env::remove_var(k);
     }
     be
-}
-
-/// The backend with the few-token MoE on the one-pair tensor-core kernels.
-fn gpu_with_pair_moe() -> AnyCuda {
-    gpu_with_env(&[("GPTOSS_CUDA_PAIR_MOE", "1")])
 }
 
 fn driver_present() -> bool {
@@ -723,6 +721,93 @@ fn fused_router_topk_matches_cpu() {
     );
 }
 
+/// Add, RmsNorm of the sum, the router Linear of the normed row and TopKSoftmax as one graph
+/// (the decode layer's run between attention and MoE): returns the sum, the normed row, the
+/// ids and the weights.
+fn add_norm_router_graph(
+    be: &mut dyn Backend,
+    ins: [&(TensorDesc, Vec<u8>); 5],
+    k: usize,
+) -> (Vec<f32>, Vec<f32>, Vec<i32>, Vec<f32>) {
+    let [a, _, _, w, _] = ins;
+    let (t, h, e) = (
+        a.0.shape.dims()[0],
+        a.0.shape.dims()[1],
+        w.0.shape.dims()[0],
+    );
+    let mut g = Graph::new();
+    let mut bufs = Vec::new();
+    let v = bind_inputs(be, &mut g, ins, &mut bufs).unwrap();
+    let mut output = |g: &mut Graph, name: &str, d: TensorDesc| {
+        let id = be.alloc(&d).unwrap();
+        be.upload(id, &vec![0xFF; d.byte_size()]).unwrap();
+        bufs.push(id);
+        (id, g.add_value(name, d, ValueKind::Output(id)))
+    };
+    let (sum_b, sum) = output(&mut g, "sum", TensorDesc::new(DType::F32, [t, h]));
+    let (norm_b, normed) = output(&mut g, "normed", TensorDesc::new(DType::F32, [t, h]));
+    let (ids_b, ids) = output(&mut g, "ids", TensorDesc::new(DType::I32, [t, k]));
+    let (wts_b, wts) = output(&mut g, "wts", TensorDesc::new(DType::F32, [t, k]));
+    let logits = g.add_value(
+        "logits",
+        TensorDesc::new(DType::F32, [t, e]),
+        ValueKind::Temp,
+    );
+    g.push(Op::Add, vec![v[0], v[1]], vec![sum]);
+    g.push(Op::RmsNorm { eps: 1e-5 }, vec![sum, v[2]], vec![normed]);
+    g.push(Op::Linear, vec![normed, v[3], v[4]], vec![logits]);
+    g.push(
+        Op::TopKSoftmax { k: k as u32 },
+        vec![logits],
+        vec![ids, wts],
+    );
+    be.execute(&g).unwrap();
+    let got = (
+        to_f32(&be.download(sum_b).unwrap()),
+        to_f32(&be.download(norm_b).unwrap()),
+        to_i32(&be.download(ids_b).unwrap()),
+        to_f32(&be.download(wts_b).unwrap()),
+    );
+    for id in bufs {
+        be.free(id).unwrap();
+    }
+    got
+}
+
+/// The residual add and RMSNorm inside the spread router's blocks (add_norm_router_spread):
+/// the sum, the normed row, the ids and weights against the CPU, gpt-oss's shapes and a small
+/// one, each twice (the per-token counters reset).
+#[test]
+#[ignore = "needs an NVIDIA GPU (sm_90+; sm_70+ with GPTOSS_CUDA_FLAVOR=portable): run on the GPU machine with --ignored"]
+fn fused_add_norm_router_matches_cpu() {
+    let mut be = gpu();
+    let mut cpu = gptoss_backend_cpu::cpu_backend(2);
+    let mut r = Rng(29);
+    let before = be.add_norm_router_runs();
+    for (t, h, e, k) in [(1, 2880, 32, 4), (1, 2880, 128, 4), (3, 256, 8, 2)] {
+        let a = f32_t(&[t, h], &r.vec(t * h, 4.0));
+        let b = f32_t(&[t, h], &r.vec(t * h, 1.0));
+        let nw = float_tensor(DType::BF16, &[h], &r.vec(h, 1.0));
+        let w = float_tensor(DType::BF16, &[e, h], &r.vec(e * h, 0.05));
+        let bias = float_tensor(DType::BF16, &[e], &r.vec(e, 0.1));
+        let ins = [&a, &b, &nw, &w, &bias];
+        let c = add_norm_router_graph(&mut cpu, ins, k);
+        for run in 0..2 {
+            let g = add_norm_router_graph(&mut be, ins, k);
+            let what = format!("t {t} h {h}, top-{k} of {e}, run {run}");
+            assert_close(&format!("{what}: sum"), &g.0, &c.0, 1e-6);
+            assert_close(&format!("{what}: normed"), &g.1, &c.1, 1e-5);
+            assert_eq!(g.2, c.2, "{what}: ids");
+            assert_close(&format!("{what}: weights"), &g.3, &c.3, 1e-5);
+        }
+    }
+    assert_eq!(
+        be.add_norm_router_runs() - before,
+        6,
+        "the add and norm ran apart from the router"
+    );
+}
+
 #[test]
 #[ignore = "needs an NVIDIA GPU (sm_90+; sm_70+ with GPTOSS_CUDA_FLAVOR=portable): run on the GPU machine with --ignored"]
 fn op_moe_mxfp4_matches_cpu() {
@@ -939,36 +1024,39 @@ fn check_moe_path(
 #[test]
 #[ignore = "needs an NVIDIA GPU (sm_90+; sm_70+ with GPTOSS_CUDA_FLAVOR=portable): run on the GPU machine with --ignored"]
 fn op_moe_few_tokens_one_pair_kernels_match_cpu() {
-    // Below the grouped paths (batch-1 decode): one block a pair, K split over its warps, on
-    // sm_80+. (tokens, hidden, intermediate, experts, k): one token of 32 experts, a few
-    // tokens sharing experts, rows ending inside a block and groups fewer than the warps.
-    let mut be = gpu_with_pair_moe();
-    let on = target_cc(be.arch()) >= 80;
+    // Below the grouped paths (batch-1 decode), on sm_80+, both kinds of one-pair kernels:
+    // `1`, K split over a block's warps; `rows`, 16 whole rows a warp streamed in stages of 8
+    // groups. (tokens, hidden, intermediate, experts, k): one token of 32 experts, a few
+    // tokens sharing experts, rows ending inside a block, groups fewer than the warps or than
+    // a stage, a last stage part full, and (hidden 1440: 45 groups) more stages than the ring.
     let cases = [
         (1, 256, 256, 32, 4, false),
         (3, 128, 96, 8, 4, false),
         (8, 576, 640, 4, 2, false),
         (2, 64, 32, 4, 1, false),
+        (1, 96, 96, 4, 2, false),
+        (2, 1440, 96, 4, 2, false),
     ];
-    check_moe_path(
-        &mut be,
-        27,
-        &cases,
-        ("one-pair", AnyCuda::moe_pair_runs),
-        on,
-    );
+    for (kind, seed) in [("1", 27), ("rows", 28)] {
+        let mut be = gpu_with_env(&[("GPTOSS_CUDA_PAIR_MOE", kind)]);
+        let on = target_cc(be.arch()) >= 80;
+        let path = format!("one-pair ({kind})");
+        check_moe_path(&mut be, seed, &cases, (&path, AnyCuda::moe_pair_runs), on);
+    }
 }
 
 #[test]
 #[ignore = "needs an NVIDIA GPU (sm_90+; sm_70+ with GPTOSS_CUDA_FLAVOR=portable): run on the GPU machine with --ignored"]
 fn fixtures_with_tensor_core_few_token_moe_match_transformers() {
     // The fixtures' prefills (up to 56 tokens) and one-token steps with the MoE on the one-pair
-    // kernels: logits within the bf16 bound, greedy tokens reported.
-    std::env::set_var("GPTOSS_CUDA_PAIR_MOE", "1");
-    let models: Vec<(&str, Model)> = FIXTURES.iter().map(|n| (*n, load(n))).collect();
-    std::env::remove_var("GPTOSS_CUDA_PAIR_MOE");
-    for (name, mut model) in models {
-        check_bf16_prefill_and_greedy(&mut model, name, "the one-pair moe");
+    // kernels (both kinds): logits within the bf16 bound, greedy tokens reported.
+    for kind in ["1", "rows"] {
+        std::env::set_var("GPTOSS_CUDA_PAIR_MOE", kind);
+        let models: Vec<(&str, Model)> = FIXTURES.iter().map(|n| (*n, load(n))).collect();
+        std::env::remove_var("GPTOSS_CUDA_PAIR_MOE");
+        for (name, mut model) in models {
+            check_bf16_prefill_and_greedy(&mut model, name, &format!("the one-pair moe ({kind})"));
+        }
     }
 }
 

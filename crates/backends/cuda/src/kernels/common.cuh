@@ -164,6 +164,64 @@ __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;" ::"n"(N));
 }
 
+// RMSNorm of a row held as float4 chunks by a block (decode.cu's fused norms, the fused
+// router).
+#define RN_V 4  // float4 chunks of a row per thread: rows of up to 4 * 4 * blockDim floats
+
+// The row's sum of squares over the block, from the chunks this thread holds; then
+// out = w * (v * (1 / sqrt(mean + eps))), written as float4 chunks.
+__device__ __forceinline__ void norm_store(const F4* v, int H, float eps, const void* w, int wdt,
+                                           float* out) {
+    const int H4 = H >> 2;
+    float s = 0.0f;
+#pragma unroll
+    for (int j = 0; j < RN_V; j++) {
+        const int c = threadIdx.x + j * blockDim.x;
+        if (c < H4) s += v[j].x * v[j].x + v[j].y * v[j].y + v[j].z * v[j].z + v[j].w * v[j].w;
+    }
+    s = block_sum(s);
+    const float inv = 1.0f / sqrtf(s / (float)H + eps);
+    F4* o = (F4*)out;
+#pragma unroll
+    for (int j = 0; j < RN_V; j++) {
+        const int c = threadIdx.x + j * blockDim.x;
+        if (c < H4) {
+            F4 r;
+            r.x = ldf(w, wdt, 4 * c) * (v[j].x * inv);
+            r.y = ldf(w, wdt, 4 * c + 1) * (v[j].y * inv);
+            r.z = ldf(w, wdt, 4 * c + 2) * (v[j].z * inv);
+            r.w = ldf(w, wdt, 4 * c + 3) * (v[j].w * inv);
+            o[c] = r;
+        }
+    }
+}
+
+// The block's float4 chunks (threadIdx.x + j blockDim.x, j < RN_V) of the row a + b (a alone
+// when b is null), H % 4 == 0.
+__device__ __forceinline__ void load_sum_f4(const float* a, const float* b, int H, F4* v) {
+    const int H4 = H >> 2;
+    const F4* ar = (const F4*)a;
+    const F4* br = (const F4*)b;
+    F4 u[RN_V];
+#pragma unroll
+    for (int j = 0; j < RN_V; j++) {
+        const int c = threadIdx.x + j * blockDim.x;
+        if (c < H4) {
+            v[j] = ar[c];
+            u[j] = br ? br[c] : F4{0.0f, 0.0f, 0.0f, 0.0f};
+        }
+    }
+    if (br) {
+#pragma unroll
+        for (int j = 0; j < RN_V; j++) {
+            v[j].x += u[j].x;
+            v[j].y += u[j].y;
+            v[j].z += u[j].z;
+            v[j].w += u[j].w;
+        }
+    }
+}
+
 // gpt-oss's clamped SwiGLU of one gate/up pair (the MoE kernels' epilogues).
 __device__ __forceinline__ float swiglu(float gate, float up, float limit, float alpha) {
     gate = fminf(gate, limit);

@@ -3,36 +3,7 @@
 // and the next RMSNorm, and RoPE of q and k in one launch. Same arithmetic, in the same order,
 // as the separate kernels (add_f32, rms_norm, moe_combine, rope), so results do not change.
 
-#define RN_V 4  // float4 chunks of a row per thread: rows of up to 4 * 4 * blockDim floats
 #define CB 4    // experts whose rows moe_combine_add_norm loads at once
-
-// The row's sum of squares over the block, from the chunks this thread holds; then
-// out = w * (v * (1 / sqrt(mean + eps))), written as float4 chunks.
-__device__ __forceinline__ void norm_store(const F4* v, int H, float eps, const void* w, int wdt,
-                                           float* out) {
-    const int H4 = H >> 2;
-    float s = 0.0f;
-#pragma unroll
-    for (int j = 0; j < RN_V; j++) {
-        const int c = threadIdx.x + j * blockDim.x;
-        if (c < H4) s += v[j].x * v[j].x + v[j].y * v[j].y + v[j].z * v[j].z + v[j].w * v[j].w;
-    }
-    s = block_sum(s);
-    const float inv = 1.0f / sqrtf(s / (float)H + eps);
-    F4* o = (F4*)out;
-#pragma unroll
-    for (int j = 0; j < RN_V; j++) {
-        const int c = threadIdx.x + j * blockDim.x;
-        if (c < H4) {
-            F4 r;
-            r.x = ldf(w, wdt, 4 * c) * (v[j].x * inv);
-            r.y = ldf(w, wdt, 4 * c + 1) * (v[j].y * inv);
-            r.z = ldf(w, wdt, 4 * c + 2) * (v[j].z * inv);
-            r.w = ldf(w, wdt, 4 * c + 3) * (v[j].w * inv);
-            o[c] = r;
-        }
-    }
-}
 
 // grid T, 256 threads; H % 4 == 0, H <= 4 * RN_V * 256. sum = a + b (a alone when b is null;
 // not stored when sum_out is null); out = rms_norm(sum) * w.
@@ -41,26 +12,8 @@ extern "C" __global__ void __launch_bounds__(256)
                  float* out, int H, float eps) {
     const i64 t = blockIdx.x;
     const int H4 = H >> 2;
-    const F4* ar = (const F4*)(a + t * H);
-    const F4* br = b ? (const F4*)(b + t * H) : nullptr;
-    F4 v[RN_V], u[RN_V];
-#pragma unroll
-    for (int j = 0; j < RN_V; j++) {
-        const int c = threadIdx.x + j * blockDim.x;
-        if (c < H4) {
-            v[j] = ar[c];
-            u[j] = br ? br[c] : F4{0.0f, 0.0f, 0.0f, 0.0f};
-        }
-    }
-    if (br) {
-#pragma unroll
-        for (int j = 0; j < RN_V; j++) {
-            v[j].x += u[j].x;
-            v[j].y += u[j].y;
-            v[j].z += u[j].z;
-            v[j].w += u[j].w;
-        }
-    }
+    F4 v[RN_V];
+    load_sum_f4(a + t * H, b ? b + t * H : nullptr, H, v);
     if (sum_out) {
         F4* so = (F4*)(sum_out + t * H);
 #pragma unroll

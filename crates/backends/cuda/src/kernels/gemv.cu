@@ -9,7 +9,44 @@
 #define GEMV_T 8   // tokens at most (the host launches chunks of up to 8)
 #define GEMV_U 12  // 16-byte loads in flight per lane
 
-// Up to TT tokens (T <= TT); dynamic shared memory: T * K floats.
+// Row `row` of the segments laid end to end: its weights, bias, output and index in its
+// segment.
+struct GemvRow {
+    const u16* w;
+    const void* bias;
+    float* y;
+    i64 n;
+    int N_s;
+};
+
+__device__ __forceinline__ GemvRow gemv_row(i64 row, int K, const u16* w0, const void* b0,
+                                            float* y0, int n0, const u16* w1, const void* b1,
+                                            float* y1, int n1, const u16* w2, const void* b2,
+                                            float* y2, int n2) {
+    GemvRow r{w0, b0, y0, row, n0};
+    if (row >= n0) {
+        r.n -= n0;
+        if (r.n < n1) {
+            r.w = w1, r.bias = b1, r.y = y1, r.N_s = n1;
+        } else {
+            r.n -= n1;
+            r.w = w2, r.bias = b2, r.y = y2, r.N_s = n2;
+        }
+    }
+    r.w += r.n * K;
+    return r;
+}
+
+// One trip's 16-byte weight loads of a row: chunks j0 + 32 u (< K8), all issued at once.
+__device__ __forceinline__ void gemv_load(const W4* wr, int j0, int K8, W4* q) {
+#pragma unroll
+    for (int u = 0; u < GEMV_U; u++)
+        q[u] = j0 + 32 * u < K8 ? ldg16_stream(wr + j0 + 32 * u) : W4{0, 0, 0, 0};
+}
+
+// Up to TT tokens (T <= TT); dynamic shared memory: T * K floats. The warp's first row's
+// first trip of weight loads is issued before the block stages x (they do not need it), so
+// the weights are on their way during the staging.
 template <int TT>
 __device__ __forceinline__ void gemv_rows(const float* x, int T, int K, int bdt, const u16* w0,
                                           const void* b0, float* y0, int n0, const u16* w1,
@@ -17,6 +54,16 @@ __device__ __forceinline__ void gemv_rows(const float* x, int T, int K, int bdt,
                                           const void* b2, float* y2, int n2) {
     extern __shared__ F4 xs[];
     const int K8 = K >> 3;
+    const int lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+    const i64 stride = (i64)gridDim.x * nw;
+    const i64 N = (i64)n0 + n1 + n2;
+    i64 row = (i64)blockIdx.x * nw + (threadIdx.x >> 5);
+    W4 q[GEMV_U];
+    bool have = row < N;
+    if (have) {
+        const GemvRow r = gemv_row(row, K, w0, b0, y0, n0, w1, b1, y1, n1, w2, b2, y2, n2);
+        gemv_load((const W4*)r.w, lane, K8, q);
+    }
     for (int i = threadIdx.x; i < T * K8; i += blockDim.x) {
         int t = i / K8, j = i - t * K8;
         const F4* src = (const F4*)(x + (i64)t * K + 8 * j);
@@ -24,52 +71,33 @@ __device__ __forceinline__ void gemv_rows(const float* x, int T, int K, int bdt,
         xs[(2 * t + 1) * K8 + j] = src[1];
     }
     __syncthreads();
-    const int lane = threadIdx.x & 31, nw = blockDim.x >> 5;
-    const i64 stride = (i64)gridDim.x * nw;
-    const i64 N = (i64)n0 + n1 + n2;
-    for (i64 row = (i64)blockIdx.x * nw + (threadIdx.x >> 5); row < N; row += stride) {
-        // This row's segment.
-        const u16* w = w0;
-        const void* bias = b0;
-        float* y = y0;
-        i64 n = row;
-        int N_s = n0;
-        if (n >= n0) {
-            n -= n0;
-            if (n < n1) {
-                w = w1, bias = b1, y = y1, N_s = n1;
-            } else {
-                n -= n1;
-                w = w2, bias = b2, y = y2, N_s = n2;
-            }
-        }
-        const W4* wr = (const W4*)(w + n * K);
-        const float b = bias ? ldf(bias, bdt, n) : 0.0f;
+    for (; row < N; row += stride) {
+        const GemvRow r = gemv_row(row, K, w0, b0, y0, n0, w1, b1, y1, n1, w2, b2, y2, n2);
+        const W4* wr = (const W4*)r.w;
+        const float b = r.bias ? ldf(r.bias, bdt, r.n) : 0.0f;
         float acc[TT];
 #pragma unroll
-        for (int r = 0; r < TT; r++) acc[r] = 0.0f;
+        for (int t = 0; t < TT; t++) acc[t] = 0.0f;
         for (int j0 = lane; j0 < K8; j0 += 32 * GEMV_U) {
-            W4 q[GEMV_U];
-#pragma unroll
-            for (int u = 0; u < GEMV_U; u++)
-                q[u] = j0 + 32 * u < K8 ? ldg16_stream(wr + j0 + 32 * u) : W4{0, 0, 0, 0};
+            if (!have) gemv_load(wr, j0, K8, q);
+            have = false;
 #pragma unroll
             for (int u = 0; u < GEMV_U; u++) {
                 const int j = j0 + 32 * u;
                 if (j < K8) {
 #pragma unroll
-                    for (int r = 0; r < TT; r++)
-                        if (r < T)
-                            acc[r] = dot8_bf16(q[u], xs[(2 * r) * K8 + j],
-                                               xs[(2 * r + 1) * K8 + j], acc[r]);
+                    for (int t = 0; t < TT; t++)
+                        if (t < T)
+                            acc[t] = dot8_bf16(q[u], xs[(2 * t) * K8 + j],
+                                               xs[(2 * t + 1) * K8 + j], acc[t]);
                 }
             }
         }
 #pragma unroll
-        for (int r = 0; r < TT; r++) {
-            if (r < T) {
-                float s = warp_sum(acc[r]);
-                if (lane == 0) y[(i64)r * N_s + n] = s + b;
+        for (int t = 0; t < TT; t++) {
+            if (t < T) {
+                float s = warp_sum(acc[t]);
+                if (lane == 0) r.y[(i64)t * r.N_s + r.n] = s + b;
             }
         }
     }

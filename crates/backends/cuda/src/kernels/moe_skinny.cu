@@ -332,3 +332,151 @@ extern "C" __global__ void __launch_bounds__(32 * SK_WARPS)
                   const void* dbias, int bdt, float* y, int H, int I, int* err) {
     moe_pair<1>(act, 1, ids, E, dnb, dns, dbias, bdt, y, H, I, 0.0f, 0.0f, err);
 }
+
+// ---- One token's pairs (batch-1 decode), bandwidth first. A row tile is 16 whole rows of
+// the pair's expert, which lie together in memory (16 G code groups of 16 bytes, 16 G scale
+// bytes); KS warps share a tile, each taking a contiguous share of its groups, and stream it
+// through their own cp.async rings in stages of T1_GS groups: a row's T1_GS * 16 bytes are one
+// coalesced run of 4 lanes (moe_pair's copies were 16 bytes from 32 rows each, half of every
+// sector unused). The tile's scales are copied once, whole. The product is sk_rows's: A = the
+// codes decoded to f16, B = the pair's row as f16 in the k order above, the same in every
+// column, so every column holds the sums; the KS partial sums are added in warp order.
+#define T1_WARPS 4
+#define T1_GS 4                    // groups a stage
+#define T1_STAGES 4                // ring depth: 3 stages in flight a warp
+#define T1_LD (T1_GS * 16 + 16)    // staged row stride: the 8 rows g (and g + 8) in other banks
+#define T1_SLOT (16 * T1_LD)
+
+// Dynamic shared memory: the pair's row as f16 (2 K bytes), the block's tiles' scales
+// (T1_WARPS / KS tiles of 16 G bytes), each warp's ring (T1_STAGES * T1_SLOT bytes) and the
+// partial sums (T1_WARPS * 16 floats). grid (N / (16 T1_WARPS / KS) rounded up, pairs),
+// 32 T1_WARPS threads; N % 16 == 0, K % 32 == 0, wb and ws 16-byte aligned.
+template <int MODE, int KS>
+__device__ __forceinline__ void moe_t1(const float* a, int a_div, const int* ids, int E,
+                                       const u8* wb, const u8* ws, const void* bias, int bdt,
+                                       float* out, int N, int K, float limit, float alpha,
+                                       int* err) {
+    extern __shared__ __align__(16) u8 sk_smem[];
+    constexpr int TILES = T1_WARPS / KS;
+    const int pair = blockIdx.y;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int tile = warp / KS, kh = warp % KS;
+    const int row0 = (blockIdx.x * TILES + tile) * 16;
+    const int G = K / 32;
+    const int e = ids[pair];
+    const int outs = MODE == 0 ? N / 2 : N;
+    const bool live = row0 < N;
+    if (e < 0 || e >= E) {
+        if (threadIdx.x == 0 && blockIdx.x == 0 && e != -1)
+            report_error(err, ERR_EXPERT_ID, e, E, pair / a_div);
+        if (live && kh == 0 && lane < 16 && (MODE == 1 || lane < 8))
+            out[(i64)pair * outs + (MODE == 0 ? row0 / 2 : row0) + lane] = 0.0f;
+        return;
+    }
+    W4* xs = (W4*)sk_smem;
+    u8* sc = sk_smem + 2 * K + tile * 16 * G;
+    u8* ring = sk_smem + 2 * K + TILES * 16 * G + warp * T1_STAGES * T1_SLOT;
+    float* red = (float*)(sk_smem + 2 * K + TILES * 16 * G + T1_WARPS * T1_STAGES * T1_SLOT);
+    const u8* wrows = wb + ((i64)e * N + row0) * G * 16;
+    const u8* srows = ws + ((i64)e * N + row0) * G;
+    // This warp's groups [j0, j1) of the tile.
+    const int per = (G + KS - 1) / KS;
+    const int j0 = min(kh * per, G), j1 = min(j0 + per, G);
+    const int stages = (j1 - j0 + T1_GS - 1) / T1_GS;
+    // Stage s: row r's groups [j0 + T1_GS s, +T1_GS) into slot s % T1_STAGES.
+    auto issue = [&](int s) {
+        if (live && s < stages) {
+            u8* slot = ring + (s % T1_STAGES) * T1_SLOT;
+#pragma unroll
+            for (int i = 0; i < 16 * T1_GS / 32; i++) {
+                const int c = lane + 32 * i, r = c / T1_GS, p = c % T1_GS;
+                const int j = j0 + s * T1_GS + p;
+                if (j < j1) cp_async<16>(slot + r * T1_LD + p * 16, wrows + ((i64)r * G + j) * 16);
+            }
+        }
+        cp_async_commit();
+    };
+    if (live)  // the tile's scales, shared out over its warps: a group of their own
+        for (int c = kh * 32 + lane; c < G; c += KS * 32) cp_async<16>(sc + 16 * c, srows + 16 * c);
+    cp_async_commit();
+#pragma unroll
+    for (int s = 0; s < T1_STAGES - 1; s++) issue(s);
+    sk_stage_row(a + (i64)(pair / a_div) * K, K, xs);
+    cp_async_wait<T1_STAGES - 1>();  // this thread's scale copies
+    __syncthreads();                 // everyone's, and xs
+    const float zero[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    float acc0 = 0.0f, acc1 = 0.0f;  // rows g and g + 8
+    for (int s = 0; s < stages; s++) {
+        issue(s + T1_STAGES - 1);
+        cp_async_wait<T1_STAGES - 1>();
+        __syncwarp();  // the other lanes' copies of stage s are visible
+        const u8* slot = ring + (s % T1_STAGES) * T1_SLOT;
+#pragma unroll
+        for (int p = 0; p < T1_GS; p++) {
+            const int j = j0 + s * T1_GS + p;
+            if (j >= j1) break;
+            const u32 q0 = *(const u32*)(slot + g * T1_LD + p * 16 + 4 * t);
+            const u32 q1 = *(const u32*)(slot + (g + 8) * T1_LD + p * 16 + 4 * t);
+            const W4 xb = xs[4 * j + t];
+            const float f0 = sk_factor(sc[g * G + j]), f1 = sk_factor(sc[(g + 8) * G + j]);
+            float pr[4];
+            mma_f16_k16(pr, zero, mx4_top_f16x2(q0), mx4_top_f16x2(q1), mx4_top_f16x2(q0 << 4),
+                        mx4_top_f16x2(q1 << 4), xb.x, xb.y);
+            mma_f16_k16(pr, pr, mx4_top_f16x2(q0 << 8), mx4_top_f16x2(q1 << 8),
+                        mx4_top_f16x2(q0 << 12), mx4_top_f16x2(q1 << 12), xb.z, xb.w);
+            acc0 = fmaf(pr[0], f0, acc0);
+            acc1 = fmaf(pr[2], f1, acc1);
+        }
+        __syncwarp();  // slot s is refilled by a later issue
+    }
+    cp_async_wait<0>();
+    if (KS > 1) {
+        if (t == 0) {
+            red[warp * 16 + g] = acc0;
+            red[warp * 16 + g + 8] = acc1;
+        }
+        __syncthreads();
+        if (kh != 0) return;
+#pragma unroll
+        for (int w = 1; w < KS; w++) {
+            acc0 += red[(warp + w) * 16 + g];
+            acc1 += red[(warp + w) * 16 + g + 8];
+        }
+    }
+    if (!live) return;
+    const i64 brow = (i64)e * N + row0 + g;
+    if (MODE == 0) {
+        // Gate rows are even, up rows odd: row g's up row g + 1 is lane + 4's.
+        const float up0 = __shfl_down_sync(0xffffffffu, acc0, 4);
+        const float up1 = __shfl_down_sync(0xffffffffu, acc1, 4);
+        if (t == 0 && (g & 1) == 0) {
+            float* o = out + (i64)pair * outs + (row0 + g) / 2;
+            o[0] = swiglu(acc0 + ldf(bias, bdt, brow), up0 + ldf(bias, bdt, brow + 1), limit,
+                          alpha);
+            o[4] = swiglu(acc1 + ldf(bias, bdt, brow + 8), up1 + ldf(bias, bdt, brow + 9), limit,
+                          alpha);
+        }
+    } else if (t == 0) {
+        float* o = out + (i64)pair * N + row0 + g;
+        o[0] = acc0 + ldf(bias, bdt, brow);
+        o[8] = acc1 + ldf(bias, bdt, brow + 8);
+    }
+}
+
+// x [T, H] -> act [T*k, I] (2 warps a tile) and act -> y [T*k, H] (4 warps a tile: half as
+// many rows) (see moe_t1).
+#define T1_GATE_UP_KS 2
+#define T1_DOWN_KS 4
+extern "C" __global__ void __launch_bounds__(32 * T1_WARPS)
+    moe_t1_gate_up(const float* x, int k, const int* ids, int E, const u8* gub, const u8* gus,
+                   const void* gbias, int bdt, float* act, int H, int I, float limit, float alpha,
+                   int* err) {
+    moe_t1<0, T1_GATE_UP_KS>(x, k, ids, E, gub, gus, gbias, bdt, act, 2 * I, H, limit, alpha,
+                             err);
+}
+
+extern "C" __global__ void __launch_bounds__(32 * T1_WARPS)
+    moe_t1_down(const float* act, const int* ids, int E, const u8* dnb, const u8* dns,
+                const void* dbias, int bdt, float* y, int H, int I, int* err) {
+    moe_t1<1, T1_DOWN_KS>(act, 1, ids, E, dnb, dns, dbias, bdt, y, H, I, 0.0f, 0.0f, err);
+}

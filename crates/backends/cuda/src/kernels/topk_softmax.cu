@@ -132,10 +132,11 @@ extern "C" __global__ void __launch_bounds__(1024)
 // warps over quarters of the row (x W^T + b, W [E, H] bf16, H % 8 == 0, f32) into `logits`
 // [T, E]; the last block of token t to finish (counted in done[t], which it sets back to 0)
 // runs topk_row_warp over the row. One block a row reads the router weights at the GPU's
-// bandwidth instead of one SM's. 128 threads; E <= 1024, k <= 32.
-extern "C" __global__ void __launch_bounds__(128)
-    router_topk_spread(const float* x, const u16* w, const void* bias, int bdt, float* logits,
-                       u32* done, int* ids, float* wts, int H, int E, int K) {
+// bandwidth instead of one SM's. E <= 1024, k <= 32. `xr`: token t's row (global or shared
+// memory); warps 0..3 of the block form the logit, all of its threads take part.
+__device__ __forceinline__ void router_spread_row(const float* xr, const u16* w, const void* bias,
+                                                  int bdt, float* logits, u32* done, int* ids,
+                                                  float* wts, int H, int E, int K) {
     __shared__ float part[4];
     __shared__ float row[1024];
     __shared__ bool last;
@@ -144,16 +145,17 @@ extern "C" __global__ void __launch_bounds__(128)
     const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
     const int H8 = H >> 3, quarter = (H8 + 3) >> 2;
     const u32* wr = (const u32*)(w + (i64)e * H);
-    const float* xr = x + t * H;
-    float acc = 0.0f;
-    const int end = min(H8, (wid + 1) * quarter);
+    if (wid < 4) {
+        float acc = 0.0f;
+        const int end = min(H8, (wid + 1) * quarter);
 #pragma unroll 4
-    for (int j = wid * quarter + lane; j < end; j += 32) {
-        acc = dot8_bf16(*(const W4*)(wr + 4 * j), *(const F4*)(xr + 8 * j),
-                        *(const F4*)(xr + 8 * j + 4), acc);
+        for (int j = wid * quarter + lane; j < end; j += 32) {
+            acc = dot8_bf16(*(const W4*)(wr + 4 * j), *(const F4*)(xr + 8 * j),
+                            *(const F4*)(xr + 8 * j + 4), acc);
+        }
+        acc = warp_sum(acc);
+        if (lane == 0) part[wid] = acc;
     }
-    acc = warp_sum(acc);
-    if (lane == 0) part[wid] = acc;
     __syncthreads();
     if (threadIdx.x == 0) {
         float v = ((part[0] + part[1]) + part[2]) + part[3];
@@ -172,4 +174,43 @@ extern "C" __global__ void __launch_bounds__(128)
     if (threadIdx.x == 0) done[t] = 0;
     __syncthreads();
     if (wid == 0) topk_row_warp(row, E, K, ids + t * K, wts + t * K, lane);
+}
+
+// grid (E, T), 128 threads.
+extern "C" __global__ void __launch_bounds__(128)
+    router_topk_spread(const float* x, const u16* w, const void* bias, int bdt, float* logits,
+                       u32* done, int* ids, float* wts, int H, int E, int K) {
+    router_spread_row(x + (i64)blockIdx.y * H, w, bias, bdt, logits, done, ids, wts, H, E, K);
+}
+
+// add_rms_norm and then router_topk_spread on its output in one launch (few tokens): block
+// (e, t) forms token t's sum a + b and its RMSNorm itself (a row of up to 4096 floats, held as
+// add_rms_norm holds it), block (0, t) stores both, and the block's router logit is formed
+// from the normed row in shared memory as router_topk_spread forms it: the same arithmetic as
+// the two kernels. grid (E, T), 256 threads; H % 8 == 0.
+extern "C" __global__ void __launch_bounds__(256)
+    add_norm_router_spread(const float* a, const float* b, const void* nw, int nwdt,
+                           float* sum_out, float* norm_out, float eps, const u16* w,
+                           const void* bias, int bdt, float* logits, u32* done, int* ids,
+                           float* wts, int H, int E, int K) {
+    __shared__ __align__(16) float xs[4 * RN_V * 256];
+    const i64 t = blockIdx.y;
+    const int H4 = H >> 2;
+    F4 v[RN_V];
+    load_sum_f4(a + t * H, b + t * H, H, v);
+    if (blockIdx.x == 0) {
+        F4* so = (F4*)(sum_out + t * H);
+#pragma unroll
+        for (int j = 0; j < RN_V; j++) {
+            const int c = threadIdx.x + j * blockDim.x;
+            if (c < H4) so[c] = v[j];
+        }
+    }
+    norm_store(v, H, eps, nw, nwdt, xs);
+    __syncthreads();
+    if (blockIdx.x == 0) {
+        F4* no = (F4*)(norm_out + t * H);
+        for (int c = threadIdx.x; c < H4; c += blockDim.x) no[c] = ((const F4*)xs)[c];
+    }
+    router_spread_row(xs, w, bias, bdt, logits, done, ids, wts, H, E, K);
 }
