@@ -132,6 +132,9 @@ pub struct Launch {
     pub block: (u32, u32, u32),
     pub smem: u32,
     pub args: Vec<u64>,
+    /// Programmatic dependent launch (sm_90+): the kernel may start while the previous one
+    /// of the stream runs, and waits for it (griddepcontrol.wait) before reading its results.
+    pub early: bool,
 }
 
 // The context and stream are plain handles; CUDA allows using them from any thread once the
@@ -241,6 +244,8 @@ impl Gpu {
 
     /// Launch `f` on the stream. Arguments are 8-byte slots: pointers, or 4-byte scalars in
     /// the low half (little-endian), which is what the driver reads for an int/float param.
+    /// `early`: a programmatic dependent launch (see `Launch::early`).
+    #[allow(clippy::too_many_arguments)]
     pub fn launch(
         &self,
         name: &str,
@@ -249,6 +254,7 @@ impl Gpu {
         block: (u32, u32, u32),
         smem: u32,
         args: &[Arg],
+        early: bool,
     ) -> Result<()> {
         if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
             return Ok(());
@@ -259,11 +265,12 @@ impl Gpu {
             block,
             smem,
             args: args.iter().map(Arg::bits).collect(),
+            early,
         };
         let Some(l) = self.record_launch(launch) else {
             return Ok(());
         };
-        self.launch_raw(name, f, grid, block, smem, l.args)?;
+        self.launch_raw(name, &l)?;
         if self.sync_each {
             self.sync()
                 .map_err(|e| Error::backend(backend(), format!("kernel {name}: {e}")))?;
@@ -283,23 +290,47 @@ impl Gpu {
         }
     }
 
-    fn launch_raw(
-        &self,
-        name: &str,
-        f: CUfunction,
-        grid: (u32, u32, u32),
-        block: (u32, u32, u32),
-        smem: u32,
-        mut slots: Vec<u64>,
-    ) -> Result<()> {
+    fn launch_raw(&self, name: &str, l: &Launch) -> Result<()> {
+        let mut slots = l.args.clone();
         let mut params: Vec<*mut c_void> = slots
             .iter_mut()
             .map(|s| s as *mut u64 as *mut c_void)
             .collect();
-        // SAFETY: f is a loaded kernel whose parameters match the slots (checked by the op
-        // code that builds them); device pointers are live allocations of this context.
-        unsafe { result::launch_kernel(f, grid, block, smem, self.stream, &mut params) }
-            .map_err(|e| cuda_err(&format!("launching kernel {name}"), e))
+        let f = l.f as CUfunction;
+        let err = |e| cuda_err(&format!("launching kernel {name}"), e);
+        if !l.early {
+            // SAFETY: f is a loaded kernel whose parameters match the slots (checked by the op
+            // code that builds them); device pointers are live allocations of this context.
+            return unsafe {
+                result::launch_kernel(f, l.grid, l.block, l.smem, self.stream, &mut params)
+            }
+            .map_err(err);
+        }
+        // SAFETY: an all-zero attribute value is valid (a plain union of integers).
+        let mut value: sys::CUlaunchAttributeValue = unsafe { std::mem::zeroed() };
+        value.programmaticStreamSerializationAllowed = 1;
+        let mut attr = sys::CUlaunchAttribute {
+            id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+            pad: [0; 4],
+            value,
+        };
+        let config = sys::CUlaunchConfig {
+            gridDimX: l.grid.0,
+            gridDimY: l.grid.1,
+            gridDimZ: l.grid.2,
+            blockDimX: l.block.0,
+            blockDimY: l.block.1,
+            blockDimZ: l.block.2,
+            sharedMemBytes: l.smem,
+            hStream: self.stream,
+            attrs: &mut attr,
+            numAttrs: 1,
+        };
+        // SAFETY: as above; config and attr outlive the call.
+        unsafe {
+            sys::cuLaunchKernelEx(&config, f, params.as_mut_ptr(), std::ptr::null_mut()).result()
+        }
+        .map_err(err)
     }
 
     /// Sum `count` floats at `send` over every GPU of the communicator into `recv`, on the
@@ -311,6 +342,7 @@ impl Gpu {
             block: (1, 1, 1),
             smem: 0,
             args: vec![send, recv, count as u64],
+            early: false,
         };
         match self.record_launch(launch) {
             Some(l) => self.all_reduce_raw(&l.args),
@@ -359,6 +391,7 @@ impl Gpu {
             block: (1, 1, 1),
             smem: 0,
             args: g.to_slots(),
+            early: false,
         };
         match self.record_launch(launch) {
             Some(l) => self.gemm_raw(&l.args),
@@ -406,14 +439,7 @@ impl Gpu {
                 self.gemm_raw(&l.args)?;
                 continue;
             }
-            self.launch_raw(
-                "(recorded)",
-                l.f as CUfunction,
-                l.grid,
-                l.block,
-                l.smem,
-                l.args.clone(),
-            )?;
+            self.launch_raw("(recorded)", l)?;
         }
         Ok(())
     }

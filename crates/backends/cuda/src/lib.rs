@@ -217,6 +217,9 @@ pub struct Cuda<F: Flavor> {
     /// cuBLAS for the large bf16 products (linears; the experts with --dequantize): its description when in use, else
     /// why not (see `open_cublas`).
     cublas: std::result::Result<String, String>,
+    /// Programmatic dependent launches for the kernels that wait for their inputs
+    /// (`launch_early`): kernels built for sm_90+ (griddepcontrol), GPTOSS_CUDA_PDL not 0.
+    early: bool,
     /// GPTOSS_CUDA_GRAPH=0 turns off replaying repeated steps as CUDA graphs.
     graphs: bool,
     /// The last step's recorded launches, and a captured graph of a repeated one.
@@ -297,6 +300,12 @@ impl<F: Flavor> Cuda<F> {
     /// How many MoE runs of few tokens took the one-pair tensor-core kernels.
     pub fn moe_pair_runs(&self) -> u64 {
         self.moe_pair_runs
+    }
+
+    /// Whether the kernels that wait for their inputs are launched early (programmatic
+    /// dependent launch, sm_90+ builds; GPTOSS_CUDA_PDL=0 turns it off).
+    pub fn early_launches(&self) -> bool {
+        self.early
     }
 
     /// How many router + top-k runs took the spread kernel (one block per expert).
@@ -457,6 +466,7 @@ impl<F: Flavor> Cuda<F> {
                 let both = rows("GPTOSS_CUDA_MOE_ROWS", 2);
                 (both, rows("GPTOSS_CUDA_MOE_DOWN_ROWS", both))
             },
+            early: target_cc.0 >= 9 && std::env::var("GPTOSS_CUDA_PDL").map_or(true, |v| v != "0"),
             cublas: Err("not set up yet".into()),
             graphs: std::env::var("GPTOSS_CUDA_GRAPH").map_or(true, |v| v != "0")
                 && profile.is_none()
@@ -659,7 +669,23 @@ impl<F: Flavor> Cuda<F> {
         args: &[driver::Arg],
     ) -> Result<()> {
         let f = self.kernels.get(name)?;
-        self.gpu.launch(name, f, grid, block, smem, args)
+        self.gpu.launch(name, f, grid, block, smem, args, false)
+    }
+
+    /// `launch` as a programmatic dependent launch where the kernels support it (`early`): the
+    /// kernel starts while the previous one finishes, and reads nothing that earlier kernels of
+    /// the step wrote before its griddepcontrol.wait (pdl_wait in common.cuh).
+    pub(crate) fn launch_early(
+        &self,
+        name: &str,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        smem: u32,
+        args: &[driver::Arg],
+    ) -> Result<()> {
+        let f = self.kernels.get(name)?;
+        self.gpu
+            .launch(name, f, grid, block, smem, args, self.early)
     }
 
     fn rope_table(&mut self, params: &RopeParams) -> Result<CUdeviceptr> {

@@ -195,7 +195,13 @@ pub(crate) fn run_pairs<F: Flavor>(
     args.push(Arg::Ptr(y));
     args.extend(sizes);
     args.push(Arg::Ptr(err));
-    be.launch(
+    // moe_t1_down waits for act after its first weight copies (launched early).
+    let launch = match kind {
+        OnePair::Rows => Cuda::launch_early,
+        OnePair::Split => Cuda::launch,
+    };
+    launch(
+        be,
         dn_name,
         (blocks(h, kind.rows_per_block(true))?, pairs, 1),
         (threads, 1, 1),

@@ -185,7 +185,14 @@ pub(crate) fn gemv<F: Flavor>(
                 Arg::I32(i32_of(s.n, "out features")?),
             ]);
         }
-        be.launch(
+        // The one-token kernel waits for x after its first weight loads (launched early).
+        let launch = if tc == 1 {
+            Cuda::launch_early
+        } else {
+            Cuda::launch
+        };
+        launch(
+            be,
             name,
             (grid, 1, 1),
             (32 * WARPS, 1, 1),

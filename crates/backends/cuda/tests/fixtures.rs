@@ -103,6 +103,9 @@ impl AnyCuda {
     fn router_spread_runs(&self) -> u64 {
         each!(self, b => b.router_spread_runs())
     }
+    fn early_launches(&self) -> bool {
+        each!(self, b => b.early_launches())
+    }
     fn add_norm_router_runs(&self) -> u64 {
         each!(self, b => b.add_norm_router_runs())
     }
@@ -1648,6 +1651,44 @@ fn check_bf16_prefill(model: &mut Model, name: &str, what: &str) -> Vec<Vec<f32>
 
 fn load(name: &str) -> Model {
     Model::load(&fixture_dir(name), Box::new(gpu()), &mut |_, _| {}).expect("fixture loads")
+}
+
+/// A prompt's prefill then `steps` greedy one-token steps: every step's logits.
+fn decode_logits(model: &mut Model, prompt: &[u32], steps: usize) -> Vec<Vec<f32>> {
+    let mut s = model.new_session(prompt.len() + steps).unwrap();
+    let mut logits = vec![model.forward(&mut s, prompt, LogitsWanted::Last).unwrap()];
+    for _ in 0..steps {
+        let last = logits.last().unwrap();
+        let next = (0..last.len())
+            .max_by(|&a, &b| last[a].total_cmp(&last[b]).then(b.cmp(&a)))
+            .unwrap() as u32;
+        logits.push(model.forward(&mut s, &[next], LogitsWanted::Last).unwrap());
+    }
+    logits
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU (sm_90+; sm_70+ with GPTOSS_CUDA_FLAVOR=portable): run on the GPU machine with --ignored"]
+fn early_launches_change_no_logit() {
+    // Programmatic dependent launches start a GEMV or the MoE down projection while the kernel
+    // before it runs; they wait for their inputs, so one-token decoding gives the same logits,
+    // bit for bit, with them off (GPTOSS_CUDA_PDL=0). sm_90+ builds only (the portable
+    // flavour compares two runs without).
+    let name = FIXTURES[0];
+    let prompt = &Reference::load(name).prompts()[0].0;
+    let mut runs = Vec::new();
+    for pdl in ["1", "0"] {
+        let be = gpu_with_env(&[("GPTOSS_CUDA_PDL", pdl)]);
+        let early = be.early_launches();
+        let expect = pdl == "1" && target_cc(be.arch()) >= 90;
+        assert_eq!(early, expect, "GPTOSS_CUDA_PDL={pdl} on {}", be.arch());
+        let mut model = Model::load(&fixture_dir(name), Box::new(be), &mut |_, _| {}).unwrap();
+        runs.push(decode_logits(&mut model, prompt, 12));
+    }
+    assert_eq!(runs[0].len(), 13);
+    for (i, (a, b)) in runs[0].iter().zip(&runs[1]).enumerate() {
+        assert!(a == b, "step {i}: logits differ with early launches");
+    }
 }
 
 #[test]

@@ -391,6 +391,7 @@ extern "C" __global__ void __launch_bounds__(128)
 extern "C" __global__ void attention_merge(const float* pm, const float* pl, const float* pacc,
                                            const void* sinks, int sdt, const int* pos, float* o,
                                            int NQ, int S, int cap) {
+    pdl_trigger();  // the GEMV after it may start loading its weights
     const i64 t = blockIdx.x;
     const int h = blockIdx.y, d = threadIdx.x;
     const int p = pos[t];

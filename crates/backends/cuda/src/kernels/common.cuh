@@ -222,6 +222,21 @@ __device__ __forceinline__ void load_sum_f4(const float* a, const float* b, int 
     }
 }
 
+// Programmatic dependent launch (sm_90+; nothing before). pdl_trigger: the next kernel of the
+// stream may start launching now (its blocks run as this one's free the SMs). pdl_wait: block
+// until the previous kernel has finished and its writes are visible; a kernel launched early
+// (Cuda::launch_early) reads nothing an earlier kernel wrote, and writes nothing, before it.
+__device__ __forceinline__ void pdl_trigger() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;");
+#endif
+}
+__device__ __forceinline__ void pdl_wait() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 // gpt-oss's clamped SwiGLU of one gate/up pair (the MoE kernels' epilogues).
 __device__ __forceinline__ float swiglu(float gate, float up, float limit, float alpha) {
     gate = fminf(gate, limit);

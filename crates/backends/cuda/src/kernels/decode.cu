@@ -10,6 +10,7 @@
 extern "C" __global__ void __launch_bounds__(256)
     add_rms_norm(const float* a, const float* b, const void* w, int wdt, float* sum_out,
                  float* out, int H, float eps) {
+    pdl_trigger();  // the GEMV after it may start loading its weights
     const i64 t = blockIdx.x;
     const int H4 = H >> 2;
     F4 v[RN_V];
@@ -32,6 +33,7 @@ extern "C" __global__ void __launch_bounds__(256)
     moe_combine_add_norm(const float* y, const int* ids, const float* wts, const float* resid,
                          float* sum_out, const void* nw, int nwdt, float* out, int K, int E,
                          int H, float eps) {
+    pdl_trigger();  // the GEMV after it may start loading its weights
     const i64 t = blockIdx.x;
     const int H4 = H >> 2;
     int order[32];

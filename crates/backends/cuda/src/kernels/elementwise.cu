@@ -11,6 +11,7 @@ extern "C" __global__ void add_i32(const int* a, const int* b, int* out, i64 n) 
 
 // out [1, N] = x [T, N] row T-1.
 extern "C" __global__ void last_row(const float* x, float* out, int T, int N) {
+    pdl_trigger();  // lm_head's GEMV may start loading its weights
     i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < N) out[i] = x[(i64)(T - 1) * N + i];
 }

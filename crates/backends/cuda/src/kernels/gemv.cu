@@ -37,10 +37,11 @@ __device__ __forceinline__ GemvRow gemv_row(i64 row, int K, const u16* w0, const
     return r;
 }
 
-// One trip's 16-byte weight loads of a row: chunks j0 + 32 u (< K8), all issued at once.
-__device__ __forceinline__ void gemv_load(const W4* wr, int j0, int K8, W4* q) {
+// U 16-byte weight loads of a row: chunks j0 + 32 u (< K8), all issued at once.
+template <int U>
+__device__ __forceinline__ void gemv_load_n(const W4* wr, int j0, int K8, W4* q) {
 #pragma unroll
-    for (int u = 0; u < GEMV_U; u++)
+    for (int u = 0; u < U; u++)
         q[u] = j0 + 32 * u < K8 ? ldg16_stream(wr + j0 + 32 * u) : W4{0, 0, 0, 0};
 }
 
@@ -62,7 +63,7 @@ __device__ __forceinline__ void gemv_rows(const float* x, int T, int K, int bdt,
     bool have = row < N;
     if (have) {
         const GemvRow r = gemv_row(row, K, w0, b0, y0, n0, w1, b1, y1, n1, w2, b2, y2, n2);
-        gemv_load((const W4*)r.w, lane, K8, q);
+        gemv_load_n<GEMV_U>((const W4*)r.w, lane, K8, q);
     }
     for (int i = threadIdx.x; i < T * K8; i += blockDim.x) {
         int t = i / K8, j = i - t * K8;
@@ -79,7 +80,7 @@ __device__ __forceinline__ void gemv_rows(const float* x, int T, int K, int bdt,
 #pragma unroll
         for (int t = 0; t < TT; t++) acc[t] = 0.0f;
         for (int j0 = lane; j0 < K8; j0 += 32 * GEMV_U) {
-            if (!have) gemv_load(wr, j0, K8, q);
+            if (!have) gemv_load_n<GEMV_U>(wr, j0, K8, q);
             have = false;
 #pragma unroll
             for (int u = 0; u < GEMV_U; u++) {
@@ -113,7 +114,82 @@ extern "C" __global__ void __launch_bounds__(256) gemv_bf16(GEMV_ARGS) {
     gemv_rows<GEMV_T>(GEMV_PASS);
 }
 
-// One token (decode): one accumulator, and at most 80 registers so that 3 blocks fit an SM.
+// One token (decode), software-pipelined: a warp's rows are cut into units of 32 GEMV_NU
+// chunks (a row of K <= 1536 is one unit, 2880 two, 4096 three) and each unit's loads are
+// issued before the previous unit is used, so a warp always has a unit in flight; the flat
+// kernel waited a whole round trip a row, in ~1.6 waves of rows for q/k/v and two trips a row
+// for K > 3072. At most 80 registers so that 3 blocks fit an SM. Launched early (PDL): the
+// first unit's weights are on their way while the kernel before finishes.
+#define GEMV_NU 6
+
+__device__ __forceinline__ float gemv_unit_dot(const W4* q, const F4* xs, int j0, int K8,
+                                               float acc) {
+#pragma unroll
+    for (int u = 0; u < GEMV_NU; u++) {
+        const int j = j0 + 32 * u;
+        if (j < K8) acc = dot8_bf16(q[u], xs[j], xs[K8 + j], acc);
+    }
+    return acc;
+}
+
 extern "C" __global__ void __launch_bounds__(256, 3) gemv_bf16_t1(GEMV_ARGS) {
-    gemv_rows<1>(GEMV_PASS);
+    extern __shared__ F4 gemv_x[];
+    const int K8 = K >> 3;
+    const int lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+    const i64 W = (i64)gridDim.x * nw;
+    const i64 N = (i64)n0 + n1 + n2;
+    const int span = 32 * GEMV_NU;
+    const int P = (K8 + span - 1) / span;  // units a row
+    // The unit computed (row, part) and the one after it (lr, lp).
+    i64 row = (i64)blockIdx.x * nw + (threadIdx.x >> 5);
+    int part = 0;
+    auto step = [&](i64& r, int& p) {
+        if (++p == P) {
+            p = 0;
+            r += W;
+        }
+    };
+    auto load = [&](W4* q, i64 r, int p) {
+        if (r < N) {
+            const GemvRow g = gemv_row(r, K, w0, b0, y0, n0, w1, b1, y1, n1, w2, b2, y2, n2);
+            gemv_load_n<GEMV_NU>((const W4*)g.w, p * span + lane, K8, q);
+        }
+    };
+    auto finish = [&](float acc) {
+        const float s = warp_sum(acc);
+        const GemvRow g = gemv_row(row, K, w0, b0, y0, n0, w1, b1, y1, n1, w2, b2, y2, n2);
+        if (lane == 0) g.y[g.n] = s + (g.bias ? ldf(g.bias, bdt, g.n) : 0.0f);
+    };
+    W4 qa[GEMV_NU], qb[GEMV_NU];
+    load(qa, row, part);  // weights: written by no kernel of the step
+    pdl_wait();
+    for (int i = threadIdx.x; i < K8; i += blockDim.x) {
+        const F4* src = (const F4*)(x + 8 * i);
+        gemv_x[i] = src[0];
+        gemv_x[K8 + i] = src[1];
+    }
+    __syncthreads();
+    i64 lr = row;
+    int lp = part;
+    step(lr, lp);
+    float acc = 0.0f;
+    while (row < N) {
+        load(qb, lr, lp);
+        acc = gemv_unit_dot(qa, gemv_x, part * span + lane, K8, acc);
+        if (part == P - 1) {
+            finish(acc);
+            acc = 0.0f;
+        }
+        row = lr, part = lp;
+        step(lr, lp);
+        if (row >= N) break;
+        load(qa, lr, lp);
+        acc = gemv_unit_dot(qb, gemv_x, part * span + lane, K8, acc);
+        if (part == P - 1) {
+            finish(acc);
+            acc = 0.0f;
+        }
+        row = lr, part = lp;
+        step(lr, lp);
+    }
 }

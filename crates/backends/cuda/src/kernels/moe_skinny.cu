@@ -401,6 +401,9 @@ __device__ __forceinline__ void moe_t1(const float* a, int a_div, const int* ids
     cp_async_commit();
 #pragma unroll
     for (int s = 0; s < T1_STAGES - 1; s++) issue(s);
+    // down is launched early (PDL): its ids come from the router, two kernels back, and its
+    // weights from no kernel; its activations from gate_up, the kernel before.
+    if (MODE == 1) pdl_wait();
     sk_stage_row(a + (i64)(pair / a_div) * K, K, xs);
     cp_async_wait<T1_STAGES - 1>();  // this thread's scale copies
     __syncthreads();                 // everyone's, and xs
@@ -471,6 +474,7 @@ extern "C" __global__ void __launch_bounds__(32 * T1_WARPS)
     moe_t1_gate_up(const float* x, int k, const int* ids, int E, const u8* gub, const u8* gus,
                    const void* gbias, int bdt, float* act, int H, int I, float limit, float alpha,
                    int* err) {
+    pdl_trigger();
     moe_t1<0, T1_GATE_UP_KS>(x, k, ids, E, gub, gus, gbias, bdt, act, 2 * I, H, limit, alpha,
                              err);
 }
