@@ -427,7 +427,7 @@ pub(crate) fn attention_split<F: Flavor>(be: &mut Cuda<F>, a: &SplitAttention) -
                 Arg::F32(mscale),
             ],
         )?;
-        be.launch(
+        be.launch_early(
             "attention_merge",
             (blocks(t, 1)?, grid_y(heads as usize)?, 1),
             (64, 1, 1),
@@ -1510,7 +1510,7 @@ fn combine<F: Flavor>(
 ) -> Result<()> {
     if let MoeTail::AddNorm { resid, sum, norm } = tail {
         let (nw, nwdt, nout, eps) = norm.unwrap_or((0, 0, 0, 0.0));
-        return be.launch(
+        return be.launch_early(
             "moe_combine_add_norm",
             (blocks(t, 1)?, 1, 1),
             (256, 1, 1),

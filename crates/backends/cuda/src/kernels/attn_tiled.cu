@@ -255,6 +255,7 @@ extern "C" __global__ void __launch_bounds__(128)
                     float* pacc, int NQ, int NKV, int window, float scale, int cap,
                     const float* knew, const float* vnew, int* err, const float* inv_freq,
                     float mscale) {
+    pdl_trigger();  // attention_merge may launch (it waits for this kernel)
     __shared__ float sm[4], sl[4];
     __shared__ __align__(16) float kfresh[AT_D];
     __shared__ __align__(16) float sacc[4][AT_D];
@@ -392,6 +393,7 @@ extern "C" __global__ void attention_merge(const float* pm, const float* pl, con
                                            const void* sinks, int sdt, const int* pos, float* o,
                                            int NQ, int S, int cap) {
     pdl_trigger();  // the GEMV after it may start loading its weights
+    pdl_wait();     // launched early: the partials come from attention_split
     const i64 t = blockIdx.x;
     const int h = blockIdx.y, d = threadIdx.x;
     const int p = pos[t];

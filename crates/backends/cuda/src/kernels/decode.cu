@@ -34,6 +34,7 @@ extern "C" __global__ void __launch_bounds__(256)
                          float* sum_out, const void* nw, int nwdt, float* out, int K, int E,
                          int H, float eps) {
     pdl_trigger();  // the GEMV after it may start loading its weights
+    pdl_wait();     // launched early: y comes from the kernel before
     const i64 t = blockIdx.x;
     const int H4 = H >> 2;
     int order[32];
