@@ -335,8 +335,8 @@ extern "C" __global__ void __launch_bounds__(32 * SK_WARPS)
 
 // ---- One token's pairs (batch-1 decode), bandwidth first. A row tile is 16 whole rows of
 // the pair's expert, which lie together in memory (16 G code groups of 16 bytes, 16 G scale
-// bytes); KS warps share a tile, each taking a contiguous share of its groups, and stream it
-// through their own cp.async rings in stages of T1_GS groups: a row's T1_GS * 16 bytes are one
+// bytes); KS warps share a tile, taking its stages of T1_GS groups in turn, and stream them
+// through their own cp.async rings: a row's T1_GS * 16 bytes are one
 // coalesced run of 4 lanes (moe_pair's copies were 16 bytes from 32 rows each, half of every
 // sector unused). The tile's scales are copied once, whole. The product is sk_rows's: A = the
 // codes decoded to f16, B = the pair's row as f16 in the k order above, the same in every
@@ -379,19 +379,20 @@ __device__ __forceinline__ void moe_t1(const float* a, int a_div, const int* ids
     float* red = (float*)(sk_smem + 2 * K + TILES * 16 * G + T1_WARPS * T1_STAGES * T1_SLOT);
     const u8* wrows = wb + ((i64)e * N + row0) * G * 16;
     const u8* srows = ws + ((i64)e * N + row0) * G;
-    // This warp's groups [j0, j1) of the tile.
-    const int per = (G + KS - 1) / KS;
-    const int j0 = min(kh * per, G), j1 = min(j0 + per, G);
-    const int stages = (j1 - j0 + T1_GS - 1) / T1_GS;
-    // Stage s: row r's groups [j0 + T1_GS s, +T1_GS) into slot s % T1_STAGES.
+    // The tile's stages of T1_GS groups go round its KS warps (stage s of this warp: the
+    // tile's stage KS s + kh), so the KS warps copy neighbouring runs of each row at a time.
+    const int tile_stages = (G + T1_GS - 1) / T1_GS;
+    const int stages = (tile_stages - kh + KS - 1) / KS;
+    auto first_group = [&](int s) { return (KS * s + kh) * T1_GS; };
+    // Stage s: row r's groups [first_group(s), +T1_GS) into slot s % T1_STAGES.
     auto issue = [&](int s) {
         if (live && s < stages) {
             u8* slot = ring + (s % T1_STAGES) * T1_SLOT;
 #pragma unroll
             for (int i = 0; i < 16 * T1_GS / 32; i++) {
                 const int c = lane + 32 * i, r = c / T1_GS, p = c % T1_GS;
-                const int j = j0 + s * T1_GS + p;
-                if (j < j1) cp_async<16>(slot + r * T1_LD + p * 16, wrows + ((i64)r * G + j) * 16);
+                const int j = first_group(s) + p;
+                if (j < G) cp_async<16>(slot + r * T1_LD + p * 16, wrows + ((i64)r * G + j) * 16);
             }
         }
         cp_async_commit();
@@ -416,8 +417,8 @@ __device__ __forceinline__ void moe_t1(const float* a, int a_div, const int* ids
         const u8* slot = ring + (s % T1_STAGES) * T1_SLOT;
 #pragma unroll
         for (int p = 0; p < T1_GS; p++) {
-            const int j = j0 + s * T1_GS + p;
-            if (j >= j1) break;
+            const int j = first_group(s) + p;
+            if (j >= G) break;
             const u32 q0 = *(const u32*)(slot + g * T1_LD + p * 16 + 4 * t);
             const u32 q1 = *(const u32*)(slot + (g + 8) * T1_LD + p * 16 + 4 * t);
             const W4 xb = xs[4 * j + t];
