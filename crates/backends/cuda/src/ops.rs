@@ -250,7 +250,7 @@ pub(crate) fn add_norm_router<F: Flavor>(
 ) -> Result<()> {
     be.router_spread_runs += 1;
     be.add_norm_router_runs += 1;
-    be.launch(
+    be.launch_early(
         "add_norm_router_spread",
         (blocks(e, 1)?, grid_y(t)?, 1),
         (256, 1, 1),
@@ -402,7 +402,7 @@ pub(crate) fn attention_split<F: Flavor>(be: &mut Cuda<F>, a: &SplitAttention) -
     let pl = be.take_temp(parts * 4, "attention partial sum")?;
     let pacc = be.take_temp(parts * d * 4, "attention partial acc")?;
     let r = (|| -> Result<()> {
-        be.launch(
+        be.launch_early(
             "attention_split",
             (blocks(t, 1)?, grid_y(heads as usize)?, splits as u32),
             (128, 1, 1),

@@ -275,6 +275,15 @@ extern "C" __global__ void __launch_bounds__(128)
     const int chunk = (n + S - 1) / S;
     const int a = lo + si * chunk;
     const int b = min(hi, a + chunk - 1);
+    // Launched early (PDL): with knew (one token, no kv_write before), the cached rows before p
+    // come from earlier steps, so this warp's are asked for (into L2) while the kernel before
+    // (q/k/v) finishes; q, knew and vnew, and every row otherwise, after the wait.
+    if (knew)
+        for (int j = a + wid; j <= min(b, p - 1); j += 4) {
+            prefetch_l2(kc + (i64)j * W + off);
+            prefetch_l2(vc + (i64)j * W + off);
+        }
+    pdl_wait();
     // Where key p's k / v rows are read for this head (k rotated into kfresh with RoPE).
     const float* kfrom = nullptr;
     const float* vfrom = nullptr;

@@ -133,6 +133,7 @@ __device__ __forceinline__ float gemv_unit_dot(const W4* q, const F4* xs, int j0
 }
 
 extern "C" __global__ void __launch_bounds__(256, 3) gemv_bf16_t1(GEMV_ARGS) {
+    pdl_trigger();  // the kernel after it (launched early) may start its prologue
     extern __shared__ F4 gemv_x[];
     const int K8 = K >> 3;
     const int lane = threadIdx.x & 31, nw = blockDim.x >> 5;

@@ -196,6 +196,13 @@ extern "C" __global__ void __launch_bounds__(256)
     __shared__ __align__(16) float xs[4 * RN_V * 256];
     const i64 t = blockIdx.y;
     const int H4 = H >> 2;
+    // Launched early (PDL): the router row and the norm weight come from no kernel, so their
+    // lines are asked for while the kernel before (o_proj) finishes; a and b after the wait.
+    for (int i = 128 * threadIdx.x; i < 2 * H; i += 128 * blockDim.x) {
+        prefetch_l1((const u8*)(w + (i64)blockIdx.x * H) + i);
+        prefetch_l1((const u8*)nw + (nwdt == DT_F32 ? 2 * i : i));
+    }
+    pdl_wait();
     F4 v[RN_V];
     load_sum_f4(a + t * H, b + t * H, H, v);
     if (blockIdx.x == 0) {
