@@ -344,4 +344,17 @@ mod tests {
         assert_eq!(pair_smem(2880), SMEM + 4096 + 5760);
         assert!(pair_smem(2880) <= 48 << 10);
     }
+
+    #[test]
+    fn rows_kernels_fit_seven_blocks_an_sm_on_hopper() {
+        // moe_t1 for gpt-oss (2880 inputs): gate_up's 720 and down's 720 blocks (four
+        // experts of one token) are one wave only if 7 blocks share an SM's 227 KiB, and the
+        // kernels' raised limit must fit sm_86/sm_89's 99 KiB.
+        for ks in [t1_warps_a_tile(false), t1_warps_a_tile(true)] {
+            let smem = t1_smem(2880, ks);
+            assert!(smem <= T1_SMEM_MAX, "{smem}");
+            assert!(7 * (smem + 1024) <= 228 << 10, "{smem}");
+        }
+        assert!(T1_SMEM_MAX <= 99 << 10);
+    }
 }
