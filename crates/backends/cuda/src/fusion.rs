@@ -35,6 +35,9 @@ pub(crate) enum Pattern {
     AddNorm,
     /// MoeMxfp4, Add of its output to the residual, then (`norm`) RmsNorm of the sum.
     MoeAddNorm { norm: bool },
+    /// MoeAddNorm with the norm, of one token, then `count` linears that alone read the normed
+    /// row: the combine, add and norm inside their GEMV (`gemv_bf16_t1_moe`).
+    MoeNormLinears { count: usize },
     /// The router Linear, then TopKSoftmax of its logits.
     RouterTopK,
     /// AddNorm, then a RouterTopK of the normed row (few tokens: the spread router).
@@ -48,6 +51,7 @@ impl Pattern {
             Pattern::Linears { count } => count,
             Pattern::RopePair | Pattern::AddNorm | Pattern::RouterTopK => 2,
             Pattern::MoeAddNorm { norm } => 2 + norm as usize,
+            Pattern::MoeNormLinears { count } => 3 + count,
             Pattern::RopeAttention => 3,
             Pattern::AddNormRouter => 4,
         }
@@ -157,10 +161,40 @@ pub(crate) fn pattern_at<F: Flavor>(
             let norm = nodes
                 .get(n + 2)
                 .is_some_and(|b| norm_of(graph, b, add.outputs[0]));
+            if norm {
+                if let Some(count) = norm_linears_at(be, graph, n + 2, last_use) {
+                    return Some(Pattern::MoeNormLinears { count });
+                }
+            }
             Some(Pattern::MoeAddNorm { norm })
         }
         _ => None,
     }
+}
+
+/// The linears after the RmsNorm at `n` (one token) that take its row into the GEMV with the
+/// MoE's combine: a run of 1..3 GEMV linears over the normed row, which nothing else reads, of
+/// a row the kernel's block holds (H <= 4096).
+fn norm_linears_at<F: Flavor>(
+    be: &Cuda<F>,
+    graph: &Graph,
+    n: usize,
+    last_use: &[usize],
+) -> Option<usize> {
+    let normed = graph.nodes[n].outputs[0];
+    let lin = graph.nodes.get(n + 1)?;
+    let d = dims(graph.value(normed));
+    let count = linear_run(be, graph, n + 1);
+    (lin.op == Op::Linear
+        && lin.inputs[0] == normed
+        && d[0] == 1
+        && d[1] <= NORM_MAX_H
+        && count >= 1
+        && matches!(graph.value(normed).kind, ValueKind::Temp)
+        && last_use[normed.0 as usize] <= n + count
+        && be.gemv_combine
+        && be.kernels.has("gemv_bf16_t1_moe"))
+    .then_some(count)
 }
 
 /// Whether node `n` is a router Linear (few tokens, bf16 weights) whose logits only feed the
@@ -267,6 +301,33 @@ fn linear_run<F: Flavor>(be: &Cuda<F>, graph: &Graph, n: usize) -> usize {
     count
 }
 
+/// The GEMV segments of a run of linears over one input, and their bias dtype code.
+fn gemv_segments(
+    graph: &Graph,
+    nodes: &[Node],
+    ptrs: &[Option<CUdeviceptr>],
+) -> Result<(Vec<GemvSegment>, i32)> {
+    let ptr = |id: ValueId| ops::value_ptr(graph, ptrs, id);
+    let mut bdt = 0;
+    let mut segs = Vec::with_capacity(nodes.len());
+    for node in nodes {
+        let bias = match node.inputs.get(2) {
+            Some(b) => {
+                bdt = ops::float_code(graph.value(*b))?;
+                ptr(*b)?
+            }
+            None => 0,
+        };
+        segs.push(GemvSegment {
+            w: ptr(node.inputs[1])?,
+            bias,
+            y: ptr(node.outputs[0])?,
+            n: dims(graph.value(node.inputs[1]))[0],
+        });
+    }
+    Ok((segs, bdt))
+}
+
 /// Launch the run `p` that starts at node `n` (outputs of all its nodes already have storage).
 pub(crate) fn run<F: Flavor>(
     be: &mut Cuda<F>,
@@ -281,23 +342,7 @@ pub(crate) fn run<F: Flavor>(
         Pattern::Linears { .. } => {
             let x = graph.value(nodes[0].inputs[0]);
             let (t, k) = (dims(x)[0], dims(x)[1]);
-            let mut bdt = 0;
-            let mut segs = Vec::with_capacity(nodes.len());
-            for node in nodes {
-                let bias = match node.inputs.get(2) {
-                    Some(b) => {
-                        bdt = ops::float_code(graph.value(*b))?;
-                        ptr(*b)?
-                    }
-                    None => 0,
-                };
-                segs.push(GemvSegment {
-                    w: ptr(node.inputs[1])?,
-                    bias,
-                    y: ptr(node.outputs[0])?,
-                    n: dims(graph.value(node.inputs[1]))[0],
-                });
-            }
+            let (segs, bdt) = gemv_segments(graph, nodes, ptrs)?;
             ops::gemv(be, ptr(nodes[0].inputs[0])?, t, k, bdt, &segs)
         }
         Pattern::RouterTopK => {
@@ -449,6 +494,40 @@ pub(crate) fn run<F: Flavor>(
                 norm,
             };
             ops::run_moe(be, graph, moe, ptrs, (swiglu_limit, alpha), tail)
+        }
+        Pattern::MoeNormLinears { count } => {
+            let (moe, add, nn) = (&nodes[0], &nodes[1], &nodes[2]);
+            let (
+                Op::MoeMxfp4 {
+                    swiglu_limit,
+                    alpha,
+                },
+                Op::RmsNorm { eps },
+            ) = (&moe.op, &nn.op)
+            else {
+                unreachable!("pattern_at matched a MoeMxfp4 and an RmsNorm");
+            };
+            let (found, bdt) = gemv_segments(graph, &nodes[3..3 + count], ptrs)?;
+            let mut segs = [GemvSegment {
+                w: 0,
+                bias: 0,
+                y: 0,
+                n: 0,
+            }; 3];
+            segs[..count].copy_from_slice(&found);
+            let tail = MoeTail::NormLinears {
+                resid: ptr(add.inputs[0])?,
+                sum: ptr(add.outputs[0])?,
+                norm: (
+                    ptr(nn.inputs[1])?,
+                    ops::float_code(graph.value(nn.inputs[1]))?,
+                    *eps,
+                ),
+                segs,
+                count,
+                bdt,
+            };
+            ops::run_moe(be, graph, moe, ptrs, (*swiglu_limit, *alpha), tail)
         }
     }
 }

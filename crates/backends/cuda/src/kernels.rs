@@ -102,7 +102,7 @@ pub const FAMILIES: &[Family] = &[
     Family {
         name: "gemv",
         source: include_str!("kernels/gemv.cu"),
-        functions: &["gemv_bf16", "gemv_bf16_t1"],
+        functions: &["gemv_bf16", "gemv_bf16_t1", "gemv_bf16_t1_moe"],
         optional: false,
         defines: &[],
     },

@@ -24,6 +24,12 @@
 //! The CUDA driver is loaded with dlopen (cudarc), so this crate builds and loads on machines
 //! without CUDA; there `probe` reports score 0 with the reason and `create` fails cleanly.
 
+/// Launches of the GEMV with the MoE combine inside (gemv_bf16_t1_moe) by every backend of
+/// the process so far: tests see that a model's decode took that path.
+pub fn gemv_combine_launches() -> u64 {
+    ops::GEMV_COMBINE_LAUNCHES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 pub mod cublas;
 mod cublas_ops;
 mod driver;
@@ -217,6 +223,9 @@ pub struct Cuda<F: Flavor> {
     /// cuBLAS for the large bf16 products (linears; the experts with --dequantize): its description when in use, else
     /// why not (see `open_cublas`).
     cublas: std::result::Result<String, String>,
+    /// One-token MoE combine + add + norm inside the next linears' GEMV (fusion.rs
+    /// MoeNormLinears); GPTOSS_CUDA_GEMV_COMBINE=0 turns it off.
+    gemv_combine: bool,
     /// Programmatic dependent launches for the kernels that wait for their inputs
     /// (`launch_early`): kernels built for sm_90+ (griddepcontrol), GPTOSS_CUDA_PDL not 0.
     early: bool,
@@ -466,6 +475,7 @@ impl<F: Flavor> Cuda<F> {
                 let both = rows("GPTOSS_CUDA_MOE_ROWS", 2);
                 (both, rows("GPTOSS_CUDA_MOE_DOWN_ROWS", both))
             },
+            gemv_combine: std::env::var("GPTOSS_CUDA_GEMV_COMBINE").map_or(true, |v| v != "0"),
             early: target_cc.0 >= 9 && std::env::var("GPTOSS_CUDA_PDL").map_or(true, |v| v != "0"),
             cublas: Err("not set up yet".into()),
             graphs: std::env::var("GPTOSS_CUDA_GRAPH").map_or(true, |v| v != "0")

@@ -144,6 +144,38 @@ fn gemv_blocks_per_sm() -> u32 {
     })
 }
 
+/// The grid of a GEMV launch over `segs`: a warp a row, at most GEMV_BLOCKS_PER_SM blocks an SM.
+fn gemv_grid<F: Flavor>(be: &Cuda<F>, segs: &[GemvSegment]) -> Result<u32> {
+    let rows: usize = segs.iter().map(|s| s.n).sum();
+    Ok(blocks(rows, WARPS as usize)?.min(be.gpu.info.sms * gemv_blocks_per_sm()))
+}
+
+/// A GEMV launch's arguments after x and T: in features, bias dtype and three segments (the
+/// missing ones empty), outputs from token `t0` on.
+fn gemv_args(k: usize, bdt: i32, segs: &[GemvSegment], t0: usize) -> Result<Vec<Arg>> {
+    let mut args = vec![Arg::I32(i32_of(k, "in features")?), Arg::I32(bdt)];
+    for i in 0..3 {
+        let s = segs.get(i).copied().unwrap_or(GemvSegment {
+            w: 0,
+            bias: 0,
+            y: 0,
+            n: 0,
+        });
+        let y = if s.n == 0 {
+            0
+        } else {
+            s.y + (t0 * s.n * 4) as u64
+        };
+        args.extend([
+            Arg::Ptr(s.w),
+            Arg::Ptr(s.bias),
+            Arg::Ptr(y),
+            Arg::I32(i32_of(s.n, "out features")?),
+        ]);
+    }
+    Ok(args)
+}
+
 pub(crate) fn gemv<F: Flavor>(
     be: &mut Cuda<F>,
     x: CUdeviceptr,
@@ -152,15 +184,7 @@ pub(crate) fn gemv<F: Flavor>(
     bdt: i32,
     segs: &[GemvSegment],
 ) -> Result<()> {
-    let none = GemvSegment {
-        w: 0,
-        bias: 0,
-        y: 0,
-        n: 0,
-    };
-    let seg = |i: usize| segs.get(i).copied().unwrap_or(none);
-    let rows: usize = segs.iter().map(|s| s.n).sum();
-    let grid = blocks(rows, WARPS as usize)?.min(be.gpu.info.sms * gemv_blocks_per_sm());
+    let grid = gemv_grid(be, segs)?;
     let chunk = gemv_chunk(k);
     for t0 in (0..t).step_by(chunk) {
         let tc = chunk.min(t - t0);
@@ -168,23 +192,8 @@ pub(crate) fn gemv<F: Flavor>(
         let mut args = vec![
             Arg::Ptr(x + (t0 * k * 4) as u64),
             Arg::I32(i32_of(tc, "tokens")?),
-            Arg::I32(i32_of(k, "in features")?),
-            Arg::I32(bdt),
         ];
-        for i in 0..3 {
-            let s = seg(i);
-            let y = if s.n == 0 {
-                0
-            } else {
-                s.y + (t0 * s.n * 4) as u64
-            };
-            args.extend([
-                Arg::Ptr(s.w),
-                Arg::Ptr(s.bias),
-                Arg::Ptr(y),
-                Arg::I32(i32_of(s.n, "out features")?),
-            ]);
-        }
+        args.extend(gemv_args(k, bdt, segs, t0)?);
         // The one-token kernel waits for x after its first weight loads (launched early).
         let launch = if tc == 1 {
             Cuda::launch_early
@@ -314,6 +323,9 @@ pub(crate) fn rope_pairs<F: Flavor>(
 
 /// Tokens the router's spread kernel takes (its grid's y; its counters).
 pub(crate) const ROUTER_TOKENS: usize = 64;
+/// See `gemv_combine_launches` (lib.rs).
+pub(crate) static GEMV_COMBINE_LAUNCHES: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(0);
 
 /// `router_topk`: the router linear (bf16 `w` [e, h], optional bias) and the top-`k` softmax
 /// of its logits of `t` tokens: one block per (expert, token) and the last of a token's blocks
@@ -1112,6 +1124,18 @@ pub(crate) enum MoeTail {
         /// (weight, its dtype code, output, eps); None: the add alone.
         norm: Option<(CUdeviceptr, i32, CUdeviceptr, f32)>,
     },
+    /// One token: the combine, add and norm formed inside the one-token GEMV of the linears
+    /// that read the normed row (`gemv_bf16_t1_moe`), which is not stored.
+    NormLinears {
+        resid: CUdeviceptr,
+        sum: CUdeviceptr,
+        /// (weight, its dtype code, eps)
+        norm: (CUdeviceptr, i32, f32),
+        /// The linears' segments (the first `count`), their bias dtype code and in features.
+        segs: [GemvSegment; 3],
+        count: usize,
+        bdt: i32,
+    },
 }
 
 /// `Op::MoeMxfp4`: the experts (grouped tensor-core GEMMs, the fast GEMV-style kernels or the
@@ -1508,6 +1532,37 @@ fn combine<F: Flavor>(
     (t, k, e, h): (usize, usize, usize, usize),
     tail: MoeTail,
 ) -> Result<()> {
+    if let MoeTail::NormLinears {
+        resid,
+        sum,
+        norm: (nw, nwdt, eps),
+        segs,
+        count,
+        bdt,
+    } = tail
+    {
+        let mut args = vec![
+            Arg::Ptr(y),
+            Arg::Ptr(ids),
+            Arg::Ptr(w),
+            Arg::Ptr(resid),
+            Arg::Ptr(sum),
+            Arg::Ptr(nw),
+            Arg::I32(nwdt),
+            Arg::F32(eps),
+            Arg::I32(k as i32),
+            Arg::I32(i32_of(e, "experts")?),
+        ];
+        args.extend(gemv_args(h, bdt, &segs[..count], 0)?);
+        GEMV_COMBINE_LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return be.launch_early(
+            "gemv_bf16_t1_moe",
+            (gemv_grid(be, &segs[..count])?, 1, 1),
+            (32 * WARPS, 1, 1),
+            (h * 4) as u32,
+            &args,
+        );
+    }
     if let MoeTail::AddNorm { resid, sum, norm } = tail {
         let (nw, nwdt, nout, eps) = norm.unwrap_or((0, 0, 0, 0.0));
         return be.launch_early(

@@ -1693,6 +1693,35 @@ fn early_launches_change_no_logit() {
 
 #[test]
 #[ignore = "needs an NVIDIA GPU (sm_90+; sm_70+ with GPTOSS_CUDA_FLAVOR=portable): run on the GPU machine with --ignored"]
+fn combine_inside_the_gemv_changes_no_logit() {
+    // One-token steps form the MoE's combine, residual add and RMSNorm inside the next layer's
+    // q/k/v GEMV (and lm_head's) with moe_combine_add_norm's arithmetic: the same logits, bit
+    // for bit, as with the separate kernel (GPTOSS_CUDA_GEMV_COMBINE=0).
+    let name = FIXTURES[0];
+    let prompt = &Reference::load(name).prompts()[0].0;
+    let mut runs = Vec::new();
+    for on in ["1", "0"] {
+        let be = gpu_with_env(&[("GPTOSS_CUDA_GEMV_COMBINE", on)]);
+        let mut model = Model::load(&fixture_dir(name), Box::new(be), &mut |_, _| {}).unwrap();
+        let before = gptoss_cuda::gemv_combine_launches();
+        runs.push(decode_logits(&mut model, prompt, 12));
+        let fused = gptoss_cuda::gemv_combine_launches() - before;
+        assert_eq!(
+            fused > 0,
+            on == "1",
+            "GPTOSS_CUDA_GEMV_COMBINE={on}: {fused} fused launches"
+        );
+    }
+    for (i, (a, b)) in runs[0].iter().zip(&runs[1]).enumerate() {
+        assert!(
+            a == b,
+            "step {i}: logits differ with the combine inside the GEMV"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU (sm_90+; sm_70+ with GPTOSS_CUDA_FLAVOR=portable): run on the GPU machine with --ignored"]
 fn fixtures_prefill_matches_transformers() {
     for name in FIXTURES {
         let mut model = load(name);

@@ -168,22 +168,22 @@ __device__ __forceinline__ void cp_async_wait() {
 // router).
 #define RN_V 4  // float4 chunks of a row per thread: rows of up to 4 * 4 * blockDim floats
 
-// The row's sum of squares over the block, from the chunks this thread holds; then
-// out = w * (v * (1 / sqrt(mean + eps))), written as float4 chunks.
-__device__ __forceinline__ void norm_store(const F4* v, int H, float eps, const void* w, int wdt,
-                                           float* out) {
+// The row's sum of squares over the block, from the RN chunks this thread holds; then chunk c
+// of w * (v * (1 / sqrt(mean + eps))) goes to dst(c, value).
+template <int RN, class Dst>
+__device__ __forceinline__ void norm_store_to(const F4* v, int H, float eps, const void* w,
+                                              int wdt, Dst dst) {
     const int H4 = H >> 2;
     float s = 0.0f;
 #pragma unroll
-    for (int j = 0; j < RN_V; j++) {
+    for (int j = 0; j < RN; j++) {
         const int c = threadIdx.x + j * blockDim.x;
         if (c < H4) s += v[j].x * v[j].x + v[j].y * v[j].y + v[j].z * v[j].z + v[j].w * v[j].w;
     }
     s = block_sum(s);
     const float inv = 1.0f / sqrtf(s / (float)H + eps);
-    F4* o = (F4*)out;
 #pragma unroll
-    for (int j = 0; j < RN_V; j++) {
+    for (int j = 0; j < RN; j++) {
         const int c = threadIdx.x + j * blockDim.x;
         if (c < H4) {
             F4 r;
@@ -191,7 +191,80 @@ __device__ __forceinline__ void norm_store(const F4* v, int H, float eps, const 
             r.y = ldf(w, wdt, 4 * c + 1) * (v[j].y * inv);
             r.z = ldf(w, wdt, 4 * c + 2) * (v[j].z * inv);
             r.w = ldf(w, wdt, 4 * c + 3) * (v[j].w * inv);
-            o[c] = r;
+            dst(c, r);
+        }
+    }
+}
+
+// The same into a row `out` of float4 chunks.
+__device__ __forceinline__ void norm_store(const F4* v, int H, float eps, const void* w, int wdt,
+                                           float* out) {
+    norm_store_to<RN_V>(v, H, eps, w, wdt, [&](int c, F4 r) { ((F4*)out)[c] = r; });
+}
+
+// Token t's MoE combine into the block's chunks v (RN_V float4 a thread): the sum over its
+// experts in ascending expert id of y[pair] * wts[pair] (moe_combine's order); the rows of CB
+// experts are loaded at once, all issued before any is used.
+template <int CB>
+__device__ __forceinline__ void moe_combine_chunks(i64 t, const float* y, const int* ids,
+                                                   const float* wts, int K, int E, int H,
+                                                   F4* v) {
+    const int H4 = H >> 2;
+    int order[32];
+    const int n = experts_in_order(ids + t * K, K, E, order);
+#pragma unroll
+    for (int j = 0; j < RN_V; j++) v[j] = F4{0.0f, 0.0f, 0.0f, 0.0f};
+    for (int i0 = 0; i0 < n; i0 += CB) {
+        F4 yv[CB][RN_V];
+        float wv[CB];
+#pragma unroll
+        for (int i = 0; i < CB; i++) {
+            wv[i] = 0.0f;
+            if (i0 + i < n) {
+                const i64 pair = t * K + order[i0 + i];
+                wv[i] = wts[pair];
+                const F4* yr = (const F4*)(y + pair * H);
+#pragma unroll
+                for (int j = 0; j < RN_V; j++) {
+                    const int c = threadIdx.x + j * blockDim.x;
+                    if (c < H4) yv[i][j] = yr[c];
+                }
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < CB; i++) {
+            if (i0 + i < n) {
+#pragma unroll
+                for (int j = 0; j < RN_V; j++) {
+                    const int c = threadIdx.x + j * blockDim.x;
+                    if (c < H4) {
+                        v[j].x += yv[i][j].x * wv[i];
+                        v[j].y += yv[i][j].y * wv[i];
+                        v[j].z += yv[i][j].z * wv[i];
+                        v[j].w += yv[i][j].w * wv[i];
+                    }
+                }
+            }
+        }
+    }
+}
+
+// v = resid + v chunk by chunk (resid may be null), stored to sum_out when it is not null.
+__device__ __forceinline__ void add_resid_store(const float* resid, float* sum_out, int H,
+                                                F4* v) {
+    const int H4 = H >> 2;
+#pragma unroll
+    for (int j = 0; j < RN_V; j++) {
+        const int c = threadIdx.x + j * blockDim.x;
+        if (c < H4) {
+            if (resid) {
+                F4 r = ((const F4*)resid)[c];
+                v[j].x = r.x + v[j].x;
+                v[j].y = r.y + v[j].y;
+                v[j].z = r.z + v[j].z;
+                v[j].w = r.w + v[j].w;
+            }
+            if (sum_out) ((F4*)sum_out)[c] = v[j];
         }
     }
 }

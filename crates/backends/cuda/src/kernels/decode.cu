@@ -36,61 +36,9 @@ extern "C" __global__ void __launch_bounds__(256)
     pdl_trigger();  // the GEMV after it may start loading its weights
     pdl_wait();     // launched early: y comes from the kernel before
     const i64 t = blockIdx.x;
-    const int H4 = H >> 2;
-    int order[32];
-    const int n = experts_in_order(ids + t * K, K, E, order);
     F4 v[RN_V];
-#pragma unroll
-    for (int j = 0; j < RN_V; j++) v[j] = F4{0.0f, 0.0f, 0.0f, 0.0f};
-    // Experts in groups of CB: all of a group's loads are issued before any is used.
-    for (int i0 = 0; i0 < n; i0 += CB) {
-        F4 yv[CB][RN_V];
-        float wv[CB];
-#pragma unroll
-        for (int i = 0; i < CB; i++) {
-            wv[i] = 0.0f;
-            if (i0 + i < n) {
-                const i64 pair = t * K + order[i0 + i];
-                wv[i] = wts[pair];
-                const F4* yr = (const F4*)(y + pair * H);
-#pragma unroll
-                for (int j = 0; j < RN_V; j++) {
-                    const int c = threadIdx.x + j * blockDim.x;
-                    if (c < H4) yv[i][j] = yr[c];
-                }
-            }
-        }
-#pragma unroll
-        for (int i = 0; i < CB; i++) {
-            if (i0 + i < n) {
-#pragma unroll
-                for (int j = 0; j < RN_V; j++) {
-                    const int c = threadIdx.x + j * blockDim.x;
-                    if (c < H4) {
-                        v[j].x += yv[i][j].x * wv[i];
-                        v[j].y += yv[i][j].y * wv[i];
-                        v[j].z += yv[i][j].z * wv[i];
-                        v[j].w += yv[i][j].w * wv[i];
-                    }
-                }
-            }
-        }
-    }
-    F4* so = (F4*)(sum_out + t * H);
-#pragma unroll
-    for (int j = 0; j < RN_V; j++) {
-        const int c = threadIdx.x + j * blockDim.x;
-        if (c < H4) {
-            if (resid) {
-                F4 r = ((const F4*)(resid + t * H))[c];
-                v[j].x = r.x + v[j].x;
-                v[j].y = r.y + v[j].y;
-                v[j].z = r.z + v[j].z;
-                v[j].w = r.w + v[j].w;
-            }
-            so[c] = v[j];
-        }
-    }
+    moe_combine_chunks<CB>(t, y, ids, wts, K, E, H, v);
+    add_resid_store(resid ? resid + t * H : nullptr, sum_out + t * H, H, v);
     if (nw) norm_store(v, H, eps, nw, nwdt, out + t * H);
 }
 

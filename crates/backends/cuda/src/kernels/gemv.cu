@@ -132,7 +132,13 @@ __device__ __forceinline__ float gemv_unit_dot(const W4* q, const F4* xs, int j0
     return acc;
 }
 
-extern "C" __global__ void __launch_bounds__(256, 3) gemv_bf16_t1(GEMV_ARGS) {
+// The one-token kernel's body; stage(xs, K8) writes the token's x into shared memory as two
+// planes of float4 (xs[j] = x[8j..8j+3], xs[K8 + j] = x[8j+4..8j+7]) after the wait.
+template <class Stage>
+__device__ __forceinline__ void gemv_t1_rows(int K, int bdt, const u16* w0, const void* b0,
+                                             float* y0, int n0, const u16* w1, const void* b1,
+                                             float* y1, int n1, const u16* w2, const void* b2,
+                                             float* y2, int n2, Stage stage) {
     pdl_trigger();  // the kernel after it (launched early) may start its prologue
     extern __shared__ F4 gemv_x[];
     const int K8 = K >> 3;
@@ -164,11 +170,7 @@ extern "C" __global__ void __launch_bounds__(256, 3) gemv_bf16_t1(GEMV_ARGS) {
     W4 qa[GEMV_NU], qb[GEMV_NU];
     load(qa, row, part);  // weights: written by no kernel of the step
     pdl_wait();
-    for (int i = threadIdx.x; i < K8; i += blockDim.x) {
-        const F4* src = (const F4*)(x + 8 * i);
-        gemv_x[i] = src[0];
-        gemv_x[K8 + i] = src[1];
-    }
+    stage(gemv_x, K8);
     __syncthreads();
     i64 lr = row;
     int lp = part;
@@ -193,4 +195,36 @@ extern "C" __global__ void __launch_bounds__(256, 3) gemv_bf16_t1(GEMV_ARGS) {
         row = lr, part = lp;
         step(lr, lp);
     }
+}
+
+#define GEMV_T1_ARGS                                                                          \
+    int K, int bdt, const u16 *w0, const void *b0, float *y0, int n0, const u16 *w1,          \
+        const void *b1, float *y1, int n1, const u16 *w2, const void *b2, float *y2, int n2
+#define GEMV_T1_PASS K, bdt, w0, b0, y0, n0, w1, b1, y1, n1, w2, b2, y2, n2
+
+extern "C" __global__ void __launch_bounds__(256, 3) gemv_bf16_t1(GEMV_ARGS) {
+    gemv_t1_rows(GEMV_T1_PASS, [&](F4* xs, int K8) {
+        for (int i = threadIdx.x; i < K8; i += blockDim.x) {
+            const F4* src = (const F4*)(x + 8 * i);
+            xs[i] = src[0];
+            xs[K8 + i] = src[1];
+        }
+    });
+}
+
+// The MoE's combine, residual add and RMSNorm (moe_combine_add_norm's arithmetic, one token)
+// formed by every block while it stages x, so the layer's first linears need no combine
+// launch: m = the token's expert rows y[pair] * wts[pair] in ascending expert id, sum = resid +
+// m (stored by block 0), x = rms_norm(sum) * nw. 256 threads: H = K <= 4096.
+extern "C" __global__ void __launch_bounds__(256, 3)
+    gemv_bf16_t1_moe(const float* y, const int* ids, const float* wts, const float* resid,
+                     float* sum_out, const void* nw, int nwdt, float eps, int k, int E,
+                     GEMV_T1_ARGS) {
+    gemv_t1_rows(GEMV_T1_PASS, [&](F4* xs, int K8) {
+        F4 v[RN_V];
+        moe_combine_chunks<1>(0, y, ids, wts, k, E, K, v);
+        add_resid_store(resid, blockIdx.x == 0 ? sum_out : nullptr, K, v);
+        norm_store_to<RN_V>(v, K, eps, nw, nwdt,
+                            [&](int c, F4 r) { xs[(c & 1) * K8 + (c >> 1)] = r; });
+    });
 }
