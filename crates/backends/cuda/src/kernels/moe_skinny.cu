@@ -403,7 +403,9 @@ __device__ __forceinline__ void moe_t1(const float* a, int a_div, const int* ids
 #pragma unroll
     for (int s = 0; s < T1_STAGES - 1; s++) issue(s);
     // down is launched early (PDL): its ids come from the router, two kernels back, and its
-    // weights from no kernel; its activations from gate_up, the kernel before.
+    // weights from no kernel; its activations from gate_up, the kernel before. This holds only
+    // while gate_up is a plain launch (the router complete before it starts): launching
+    // gate_up early too let down read the ids before the router wrote them (GPU tests failed).
     if (MODE == 1) pdl_wait();
     sk_stage_row(a + (i64)(pair / a_div) * K, K, xs);
     cp_async_wait<T1_STAGES - 1>();  // this thread's scale copies
