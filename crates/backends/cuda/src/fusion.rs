@@ -508,12 +508,7 @@ pub(crate) fn run<F: Flavor>(
                 unreachable!("pattern_at matched a MoeMxfp4 and an RmsNorm");
             };
             let (found, bdt) = gemv_segments(graph, &nodes[3..3 + count], ptrs)?;
-            let mut segs = [GemvSegment {
-                w: 0,
-                bias: 0,
-                y: 0,
-                n: 0,
-            }; 3];
+            let mut segs = [GemvSegment::NONE; 3];
             segs[..count].copy_from_slice(&found);
             let tail = MoeTail::NormLinears {
                 resid: ptr(add.inputs[0])?,
@@ -524,7 +519,6 @@ pub(crate) fn run<F: Flavor>(
                     *eps,
                 ),
                 segs,
-                count,
                 bdt,
             };
             ops::run_moe(be, graph, moe, ptrs, (*swiglu_limit, *alpha), tail)

@@ -415,6 +415,8 @@ impl<F: Flavor> Cuda<F> {
                 .map(|v| !v.is_empty() && v != "0")
                 .unwrap_or(false)
         };
+        // A switch that is on unless set to 0.
+        let env_not_off = |k: &str| std::env::var(k).map_or(true, |v| v != "0");
         let profile = std::env::var("GPTOSS_CUDA_PROFILE")
             .ok()
             .filter(|v| !v.is_empty() && v != "0")
@@ -475,10 +477,10 @@ impl<F: Flavor> Cuda<F> {
                 let both = rows("GPTOSS_CUDA_MOE_ROWS", 2);
                 (both, rows("GPTOSS_CUDA_MOE_DOWN_ROWS", both))
             },
-            gemv_combine: std::env::var("GPTOSS_CUDA_GEMV_COMBINE").map_or(true, |v| v != "0"),
-            early: target_cc.0 >= 9 && std::env::var("GPTOSS_CUDA_PDL").map_or(true, |v| v != "0"),
+            gemv_combine: env_not_off("GPTOSS_CUDA_GEMV_COMBINE"),
+            early: target_cc.0 >= 9 && env_not_off("GPTOSS_CUDA_PDL"),
             cublas: Err("not set up yet".into()),
-            graphs: std::env::var("GPTOSS_CUDA_GRAPH").map_or(true, |v| v != "0")
+            graphs: env_not_off("GPTOSS_CUDA_GRAPH")
                 && profile.is_none()
                 && std::env::var_os("GPTOSS_CUDA_SYNC").is_none(),
             last_launches: Vec::new(),

@@ -111,12 +111,11 @@ fn t1_warps_a_tile(down: bool) -> usize {
 }
 /// moe_t1's shared memory for rows of `k` inputs, `ks` warps a tile: the pair's row as f16,
 /// the tiles' scales, each warp's ring and partial sums.
-pub(crate) fn t1_smem(k: usize, ks: usize) -> usize {
+pub(crate) const fn t1_smem(k: usize, ks: usize) -> usize {
     2 * k + T1_WARPS / ks * 16 * (k / 32) + T1_WARPS * (T1_STAGES * T1_SLOT + 16 * 4)
 }
 /// The most moe_t1 asks for (rows of up to 4096 inputs; kernels.rs raises the limit to it).
-pub(crate) const T1_SMEM_MAX: usize =
-    2 * 4096 + T1_WARPS * 16 * 128 + T1_WARPS * (T1_STAGES * T1_SLOT + 16 * 4);
+pub(crate) const T1_SMEM_MAX: usize = t1_smem(4096, 1);
 // Within sm_86/sm_89's 99 KiB a block (kernels.rs raises the limit to it).
 const _: () = assert!(T1_SMEM_MAX <= 99 << 10);
 
@@ -136,10 +135,7 @@ pub(crate) fn pairs_fit<F: Flavor>(
         OnePair::Split => true,
         OnePair::Rows => {
             let aligned = |w: &MxExperts| w.blocks % 16 == 0 && w.scales % 16 == 0;
-            h % 16 == 0
-                && t1_smem(h.max(i), 1) <= T1_SMEM_MAX
-                && aligned(experts.0)
-                && aligned(experts.1)
+            t1_smem(h.max(i), 1) <= T1_SMEM_MAX && aligned(experts.0) && aligned(experts.1)
         }
     };
     (sizes && fits && be.kernels.has(gate_up) && be.kernels.has(down)).then_some(kind)

@@ -107,6 +107,16 @@ pub(crate) struct GemvSegment {
     pub n: usize,
 }
 
+impl GemvSegment {
+    /// No matrix: a launch's unused segment.
+    pub(crate) const NONE: GemvSegment = GemvSegment {
+        w: 0,
+        bias: 0,
+        y: 0,
+        n: 0,
+    };
+}
+
 /// Whether a linear of `t` tokens over `w` ([n, k]) takes the GEMV: few tokens (decode, small
 /// batches), bf16 weights. It runs in chunks of tokens whose activations fit its 48 KiB of
 /// shared memory (each chunk reads the weights once more): below the tensor-core threshold
@@ -155,12 +165,7 @@ fn gemv_grid<F: Flavor>(be: &Cuda<F>, segs: &[GemvSegment]) -> Result<u32> {
 fn gemv_args(k: usize, bdt: i32, segs: &[GemvSegment], t0: usize) -> Result<Vec<Arg>> {
     let mut args = vec![Arg::I32(i32_of(k, "in features")?), Arg::I32(bdt)];
     for i in 0..3 {
-        let s = segs.get(i).copied().unwrap_or(GemvSegment {
-            w: 0,
-            bias: 0,
-            y: 0,
-            n: 0,
-        });
+        let s = segs.get(i).copied().unwrap_or(GemvSegment::NONE);
         let y = if s.n == 0 {
             0
         } else {
@@ -1131,9 +1136,8 @@ pub(crate) enum MoeTail {
         sum: CUdeviceptr,
         /// (weight, its dtype code, eps)
         norm: (CUdeviceptr, i32, f32),
-        /// The linears' segments (the first `count`), their bias dtype code and in features.
+        /// The linears' segments (unused ones GemvSegment::NONE) and their bias dtype code.
         segs: [GemvSegment; 3],
-        count: usize,
         bdt: i32,
     },
 }
@@ -1218,6 +1222,8 @@ pub(crate) fn run_moe<F: Flavor>(
         })
     };
     let run = (|| -> Result<()> {
+        // The two projections' blocks, scales and biases.
+        let weights = (experts(3)?, experts(6)?);
         if grouped {
             // Tokens grouped by expert: route, then one grouped tensor-core GEMM per
             // projection (SwiGLU in the gate_up epilogue); y rows per pair, combined
@@ -1274,14 +1280,13 @@ pub(crate) fn run_moe<F: Flavor>(
                     ntiles,
                     max_tiles,
                 };
-                let (gu, dn) = (experts(3)?, experts(6)?);
                 if skinny {
                     be.skinny_moe_runs += 1;
                     return crate::moe_skinny::run(
                         be,
                         (ip(0)?, act, y),
                         &route,
-                        (&gu, &dn),
+                        (&weights.0, &weights.1),
                         (t, k, h, i),
                         bm,
                         (*swiglu_limit, *alpha),
@@ -1293,7 +1298,7 @@ pub(crate) fn run_moe<F: Flavor>(
                         be,
                         (ip(0)?, act, y),
                         &route,
-                        (&gu, &dn),
+                        (&weights.0, &weights.1),
                         shape,
                         (*swiglu_limit, *alpha),
                     );
@@ -1344,17 +1349,16 @@ pub(crate) fn run_moe<F: Flavor>(
             be.give_temp(max_tiles * 12 + 16, tiles);
             r?;
         } else if let Some(kind) =
-            crate::moe_skinny::pairs_fit(be, bf16, (h, i), (&experts(3)?, &experts(6)?))
+            crate::moe_skinny::pairs_fit(be, bf16, (h, i), (&weights.0, &weights.1))
                 .filter(|_| be.fast)
         {
             // Few tokens: each pair's expert rows on the tensor cores (moe_skinny.rs).
-            let (gu, dn) = (experts(3)?, experts(6)?);
             be.moe_pair_runs += 1;
             crate::moe_skinny::run_pairs(
                 be,
                 kind,
                 (ip(0)?, ip(1)?, act, y),
-                (&gu, &dn),
+                (&weights.0, &weights.1),
                 (t, k, e, h, i),
                 (*swiglu_limit, *alpha),
             )?;
@@ -1537,7 +1541,6 @@ fn combine<F: Flavor>(
         sum,
         norm: (nw, nwdt, eps),
         segs,
-        count,
         bdt,
     } = tail
     {
@@ -1553,11 +1556,11 @@ fn combine<F: Flavor>(
             Arg::I32(k as i32),
             Arg::I32(i32_of(e, "experts")?),
         ];
-        args.extend(gemv_args(h, bdt, &segs[..count], 0)?);
+        args.extend(gemv_args(h, bdt, &segs, 0)?);
         GEMV_COMBINE_LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         return be.launch_early(
             "gemv_bf16_t1_moe",
-            (gemv_grid(be, &segs[..count])?, 1, 1),
+            (gemv_grid(be, &segs)?, 1, 1),
             (32 * WARPS, 1, 1),
             (h * 4) as u32,
             &args,

@@ -249,7 +249,8 @@ __device__ __forceinline__ void moe_combine_chunks(i64 t, const float* y, const 
     }
 }
 
-// v = resid + v chunk by chunk (resid may be null), stored to sum_out when it is not null.
+// v = resid + v chunk by chunk (resid may be null: v unchanged), stored to sum_out when it is
+// not null.
 __device__ __forceinline__ void add_resid_store(const float* resid, float* sum_out, int H,
                                                 F4* v) {
     const int H4 = H >> 2;

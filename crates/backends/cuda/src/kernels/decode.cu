@@ -12,17 +12,9 @@ extern "C" __global__ void __launch_bounds__(256)
                  float* out, int H, float eps) {
     pdl_trigger();  // the GEMV after it may start loading its weights
     const i64 t = blockIdx.x;
-    const int H4 = H >> 2;
     F4 v[RN_V];
     load_sum_f4(a + t * H, b ? b + t * H : nullptr, H, v);
-    if (sum_out) {
-        F4* so = (F4*)(sum_out + t * H);
-#pragma unroll
-        for (int j = 0; j < RN_V; j++) {
-            const int c = threadIdx.x + j * blockDim.x;
-            if (c < H4) so[c] = v[j];
-        }
-    }
+    add_resid_store(nullptr, sum_out ? sum_out + t * H : nullptr, H, v);
     norm_store(v, H, eps, w, wdt, out + t * H);
 }
 

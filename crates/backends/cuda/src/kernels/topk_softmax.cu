@@ -205,14 +205,7 @@ extern "C" __global__ void __launch_bounds__(256)
     pdl_wait();
     F4 v[RN_V];
     load_sum_f4(a + t * H, b + t * H, H, v);
-    if (blockIdx.x == 0) {
-        F4* so = (F4*)(sum_out + t * H);
-#pragma unroll
-        for (int j = 0; j < RN_V; j++) {
-            const int c = threadIdx.x + j * blockDim.x;
-            if (c < H4) so[c] = v[j];
-        }
-    }
+    add_resid_store(nullptr, blockIdx.x == 0 ? sum_out + t * H : nullptr, H, v);
     norm_store(v, H, eps, nw, nwdt, xs);
     __syncthreads();
     if (blockIdx.x == 0) {
