@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Device: the GPU tests of both flavours (TESTS=0 skips them; FILTER narrows them), then the
-# 20b bench once a setting: each word of AB is an environment assignment (or "base") run
+# 20b bench once a setting: each word of AB is environment assignments joined by commas (or "base") run
 # against the same build on one machine, for prefill (PROMPTS) and batched decode (BATCHES).
 set -uo pipefail
 OUT=${OUT:-/tmp/gptoss-out}
@@ -18,8 +18,8 @@ if [ "${TESTS:-1}" = 1 ]; then
 fi
 for setting in ${AB:-base}; do
   echo "== $setting"
-  env $( [ "$setting" = base ] || echo "$setting" ) $G bench --backend ${BACKEND:-cuda-mxfp4} --synthetic ${PRESET:-20b} \
+  env $( [ "$setting" = base ] || echo "${setting//,/ }" ) $G bench --backend ${BACKEND:-cuda-mxfp4} --synthetic ${PRESET:-20b} \
     --prompt ${PROMPTS:-512,2048} --gen ${GEN:-8} 2>&1 | tail -n +3
-  [ -n "${BATCHES:-}" ] && env $( [ "$setting" = base ] || echo "$setting" ) $G bench --backend ${BACKEND:-cuda-mxfp4} \
+  [ -n "${BATCHES:-}" ] && env $( [ "$setting" = base ] || echo "${setting//,/ }" ) $G bench --backend ${BACKEND:-cuda-mxfp4} \
     --synthetic ${PRESET:-20b} --prompt 128 --gen 32 --batch $BATCHES 2>&1 | tail -n +4
 done

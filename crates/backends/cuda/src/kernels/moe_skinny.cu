@@ -384,16 +384,21 @@ __device__ __forceinline__ void moe_t1(const float* a, int a_div, const int* ids
     const int tile_stages = (G + T1_GS - 1) / T1_GS;
     const int stages = (tile_stages - kh + KS - 1) / KS;
     auto first_group = [&](int s) { return (KS * s + kh) * T1_GS; };
-    // Stage s: row r's groups [first_group(s), +T1_GS) into slot s % T1_STAGES.
+    // Stage s: row r's groups [first_group(s), +T1_GS) into slot s % T1_STAGES; lane copies
+    // group first_group(s) + lane % 4 of rows lane / 4 and lane / 4 + 8, so its source moves
+    // on by KS T1_GS groups a stage (addresses formed once: the copies are most of a stage's
+    // integer work otherwise).
+    static_assert(16 * T1_GS == 64, "a stage's copies are two a lane");
+    const int cr = lane >> 2, cp = lane & 3;
+    const u8* src = wrows + ((i64)cr * G + kh * T1_GS + cp) * 16;
+    const u32 dst = smem_addr(ring) + cr * T1_LD + cp * 16;
     auto issue = [&](int s) {
-        if (live && s < stages) {
-            u8* slot = ring + (s % T1_STAGES) * T1_SLOT;
-#pragma unroll
-            for (int i = 0; i < 16 * T1_GS / 32; i++) {
-                const int c = lane + 32 * i, r = c / T1_GS, p = c % T1_GS;
-                const int j = first_group(s) + p;
-                if (j < G) cp_async<16>(slot + r * T1_LD + p * 16, wrows + ((i64)r * G + j) * 16);
-            }
+        if (live && s < stages && first_group(s) + cp < G) {
+            const u8* from = src + (i64)s * (KS * T1_GS * 16);
+            const u32 to = dst + (s % T1_STAGES) * T1_SLOT;
+            asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(to), "l"(from));
+            asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(to + 8 * T1_LD),
+                         "l"(from + (i64)8 * G * 16));
         }
         cp_async_commit();
     };
@@ -417,21 +422,38 @@ __device__ __forceinline__ void moe_t1(const float* a, int a_div, const int* ids
         cp_async_wait<T1_STAGES - 1>();
         __syncwarp();  // the other lanes' copies of stage s are visible
         const u8* slot = ring + (s % T1_STAGES) * T1_SLOT;
-#pragma unroll
-        for (int p = 0; p < T1_GS; p++) {
+        // A group's operands, then its product: a full stage loads all its groups' operands
+        // before the first product (branch-free, so the loads and decodes of the groups
+        // overlap: one group at a time left each warp waiting on its shared-memory loads and
+        // its two dependent mma); the tile's last stage may be short.
+        struct Group {
+            u32 q0, q1;
+            W4 xb;
+            u32 s0, s1;
+        };
+        auto load = [&](int p) {
             const int j = first_group(s) + p;
-            if (j >= G) break;
-            const u32 q0 = *(const u32*)(slot + g * T1_LD + p * 16 + 4 * t);
-            const u32 q1 = *(const u32*)(slot + (g + 8) * T1_LD + p * 16 + 4 * t);
-            const W4 xb = xs[4 * j + t];
-            const float f0 = sk_factor(sc[g * G + j]), f1 = sk_factor(sc[(g + 8) * G + j]);
+            return Group{*(const u32*)(slot + g * T1_LD + p * 16 + 4 * t),
+                         *(const u32*)(slot + (g + 8) * T1_LD + p * 16 + 4 * t), xs[4 * j + t],
+                         sc[g * G + j], sc[(g + 8) * G + j]};
+        };
+        auto product = [&](const Group& o) {
             float pr[4];
-            mma_f16_k16(pr, zero, mx4_top_f16x2(q0), mx4_top_f16x2(q1), mx4_top_f16x2(q0 << 4),
-                        mx4_top_f16x2(q1 << 4), xb.x, xb.y);
-            mma_f16_k16(pr, pr, mx4_top_f16x2(q0 << 8), mx4_top_f16x2(q1 << 8),
-                        mx4_top_f16x2(q0 << 12), mx4_top_f16x2(q1 << 12), xb.z, xb.w);
-            acc0 = fmaf(pr[0], f0, acc0);
-            acc1 = fmaf(pr[2], f1, acc1);
+            mma_f16_k16(pr, zero, mx4_top_f16x2(o.q0), mx4_top_f16x2(o.q1),
+                        mx4_top_f16x2(o.q0 << 4), mx4_top_f16x2(o.q1 << 4), o.xb.x, o.xb.y);
+            mma_f16_k16(pr, pr, mx4_top_f16x2(o.q0 << 8), mx4_top_f16x2(o.q1 << 8),
+                        mx4_top_f16x2(o.q0 << 12), mx4_top_f16x2(o.q1 << 12), o.xb.z, o.xb.w);
+            acc0 = fmaf(pr[0], sk_factor(o.s0), acc0);
+            acc1 = fmaf(pr[2], sk_factor(o.s1), acc1);
+        };
+        if (first_group(s) + T1_GS <= G) {
+            Group o[T1_GS];
+#pragma unroll
+            for (int p = 0; p < T1_GS; p++) o[p] = load(p);
+#pragma unroll
+            for (int p = 0; p < T1_GS; p++) product(o[p]);
+        } else {
+            for (int p = 0; first_group(s) + p < G; p++) product(load(p));
         }
         __syncwarp();  // slot s is refilled by a later issue
     }
