@@ -347,6 +347,56 @@ extern "C" __global__ void __launch_bounds__(32 * SK_WARPS)
 #define T1_LD (T1_GS * 16 + 16)    // staged row stride: the 8 rows g (and g + 8) in other banks
 #define T1_SLOT (16 * T1_LD)
 
+// sm_89+ decode the codes through E4M3 (cvt.rn.f16x2.e4m3x2 is one instruction a pair): an
+// E2M1 code's sign to bit 7 and exponent/mantissa bits to 4..2 is the E4M3 byte of its value
+// times 2^-6 (0.5 subnormal in both), a word's 8 codes in 7 integer ops and 4 conversions
+// (mx4_top_f16x2: 15 integer ops). The f16 pairs are then {c0,c2}, {c4,c6} (low nibbles) and
+// {c1,c3}, {c5,c7} (high), so the row is staged in that order (t1_stage_row).
+#if __CUDA_ARCH__ >= 890
+#define T1_E4M3 1
+#else
+#define T1_E4M3 0
+#endif
+
+#if T1_E4M3
+// The f16 pairs of a thread's 4 code bytes: lo = {c0,c2}, {c4,c6}; hi = {c1,c3}, {c5,c7}.
+__device__ __forceinline__ void mx4_e4m3_f16x2(u32 q, u32* lo, u32* hi) {
+    const u32 l8 = ((q << 4) & 0x80808080u) | ((q << 2) & 0x1c1c1c1cu);
+    const u32 h8 = (q & 0x80808080u) | ((q >> 2) & 0x1c1c1c1cu);
+    // Both 16-bit halves of a word through one mov (the upper one without a shift).
+#define T1_CVT2(w, out)                                                                       \
+    asm("{.reg .b16 a, b;\n mov.b32 {a, b}, %2;\n cvt.rn.f16x2.e4m3x2 %0, a;\n "            \
+        "cvt.rn.f16x2.e4m3x2 %1, b;}"                                                         \
+        : "=r"(out[0]), "=r"(out[1])                                                          \
+        : "r"(w))
+    T1_CVT2(l8, lo);
+    T1_CVT2(h8, hi);
+#undef T1_CVT2
+}
+#endif
+
+// 2^(s - 127) times the decode's 2^14 (f16 bit placement) or 2^6 (through E4M3) as f32:
+// exact up to s = 240 (resp. 248), inf above, as sk_factor.
+__device__ __forceinline__ float t1_factor(u32 s) {
+#if T1_E4M3
+    return __int_as_float((int)((min(s, 249u) + 6u) << 23));
+#else
+    return sk_factor(s);
+#endif
+}
+
+// moe_t1's row of K f32 as f16 in its decode's k order, by the block's threads.
+__device__ __forceinline__ void t1_stage_row(const float* src, int K, W4* dst) {
+#if T1_E4M3
+    for (int c = threadIdx.x; c < K / 8; c += blockDim.x) {
+        const F4 u = *(const F4*)(src + 8 * c), v = *(const F4*)(src + 8 * c + 4);
+        dst[c] = W4{f16x2_of(u.x, u.z), f16x2_of(v.x, v.z), f16x2_of(u.y, u.w), f16x2_of(v.y, v.w)};
+    }
+#else
+    sk_stage_row(src, K, dst);
+#endif
+}
+
 // Dynamic shared memory: the pair's row as f16 (2 K bytes), the block's tiles' scales
 // (T1_WARPS / KS tiles of 16 G bytes), each warp's ring (T1_STAGES * T1_SLOT bytes) and the
 // partial sums (T1_WARPS * 16 floats). grid (N / (16 T1_WARPS / KS) rounded up, pairs),
@@ -412,7 +462,7 @@ __device__ __forceinline__ void moe_t1(const float* a, int a_div, const int* ids
     // while gate_up is a plain launch (the router complete before it starts): launching
     // gate_up early too let down read the ids before the router wrote them (GPU tests failed).
     if (MODE == 1) pdl_wait();
-    sk_stage_row(a + (i64)(pair / a_div) * K, K, xs);
+    t1_stage_row(a + (i64)(pair / a_div) * K, K, xs);
     cp_async_wait<T1_STAGES - 1>();  // this thread's scale copies
     __syncthreads();                 // everyone's, and xs
     const float zero[4] = {0.0f, 0.0f, 0.0f, 0.0f};
@@ -439,12 +489,20 @@ __device__ __forceinline__ void moe_t1(const float* a, int a_div, const int* ids
         };
         auto product = [&](const Group& o) {
             float pr[4];
+#if T1_E4M3
+            u32 l0[2], h0[2], l1[2], h1[2];
+            mx4_e4m3_f16x2(o.q0, l0, h0);
+            mx4_e4m3_f16x2(o.q1, l1, h1);
+            mma_f16_k16(pr, zero, l0[0], l1[0], l0[1], l1[1], o.xb.x, o.xb.y);
+            mma_f16_k16(pr, pr, h0[0], h1[0], h0[1], h1[1], o.xb.z, o.xb.w);
+#else
             mma_f16_k16(pr, zero, mx4_top_f16x2(o.q0), mx4_top_f16x2(o.q1),
                         mx4_top_f16x2(o.q0 << 4), mx4_top_f16x2(o.q1 << 4), o.xb.x, o.xb.y);
             mma_f16_k16(pr, pr, mx4_top_f16x2(o.q0 << 8), mx4_top_f16x2(o.q1 << 8),
                         mx4_top_f16x2(o.q0 << 12), mx4_top_f16x2(o.q1 << 12), o.xb.z, o.xb.w);
-            acc0 = fmaf(pr[0], sk_factor(o.s0), acc0);
-            acc1 = fmaf(pr[2], sk_factor(o.s1), acc1);
+#endif
+            acc0 = fmaf(pr[0], t1_factor(o.s0), acc0);
+            acc1 = fmaf(pr[2], t1_factor(o.s1), acc1);
         };
         if (first_group(s) + T1_GS <= G) {
             Group o[T1_GS];
