@@ -258,6 +258,7 @@ extern "C" __global__ void __launch_bounds__(128)
     pdl_trigger();  // attention_merge may launch (it waits for this kernel)
     __shared__ float sm[4], sl[4];
     __shared__ __align__(16) float kfresh[AT_D];
+    __shared__ float2 qrot[32];
     __shared__ __align__(16) float sacc[4][AT_D];
     const i64 t = blockIdx.x;
     const int h = blockIdx.y, si = blockIdx.z, S = gridDim.z;
@@ -304,6 +305,12 @@ extern "C" __global__ void __launch_bounds__(128)
                 kfresh[2 * lane] = r.x;
                 kfresh[2 * lane + 1] = r.y;
             }
+            // q's RoPE once a block (warp 1, beside warp 0's k) for every warp to read: each
+            // warp rotating q itself after k was most of a short split's work.
+            if (wid == 1) {
+                const float* qh = q + (t * NQ + h) * AT_D + 2 * lane;
+                qrot[lane] = rope_lane(qh[0], qh[1], p, inv_freq, mscale, lane);
+            }
             __syncthreads();
             kfrom = kfresh;
         }
@@ -318,7 +325,7 @@ extern "C" __global__ void __launch_bounds__(128)
         q0 = qh[0];
         q1 = qh[1];
         if (inv_freq) {
-            const float2 r = rope_lane(q0, q1, p, inv_freq, mscale, lane);
+            const float2 r = knew ? qrot[lane] : rope_lane(q0, q1, p, inv_freq, mscale, lane);
             q0 = r.x;
             q1 = r.y;
         }
