@@ -343,6 +343,57 @@ mod tests {
         assert!(pair_smem(2880) <= 48 << 10);
     }
 
+    /// E2M1 code (sign, 2 exponent bits, 1 mantissa bit) as a value.
+    fn e2m1(n: u32) -> f64 {
+        let (e, m) = ((n >> 1) & 3, n & 1);
+        let v = if e == 0 {
+            0.5 * m as f64
+        } else {
+            (1.0 + 0.5 * m as f64) * 2f64.powi(e as i32 - 1)
+        };
+        if n & 8 != 0 {
+            -v
+        } else {
+            v
+        }
+    }
+
+    /// E4M3 byte (sign, 4 exponent bits with bias 7, 3 mantissa bits) as a value.
+    fn e4m3(b: u32) -> f64 {
+        let (e, m) = ((b >> 3) & 15, b & 7);
+        let v = if e == 0 {
+            m as f64 / 8.0 * 2f64.powi(-6)
+        } else {
+            (1.0 + m as f64 / 8.0) * 2f64.powi(e as i32 - 7)
+        };
+        if b & 0x80 != 0 {
+            -v
+        } else {
+            v
+        }
+    }
+
+    #[test]
+    fn codes_become_e4m3_bytes_of_their_value_times_2_to_the_minus_6() {
+        // moe_t1's decode on sm_89+ (mx4_e4m3_f16x2): the low nibbles of a word's 4 bytes by
+        // ((q << 4) & 0x80808080) | ((q << 2) & 0x1c1c1c1c), the high ones by
+        // (q & 0x80808080) | ((q >> 2) & 0x1c1c1c1c); each result byte must be the E4M3
+        // encoding of its code's value times 2^-6 (t1_factor adds the 6 back), whatever the
+        // word's other bytes hold.
+        let lo = |q: u32| ((q << 4) & 0x8080_8080) | ((q << 2) & 0x1c1c_1c1c);
+        let hi = |q: u32| (q & 0x8080_8080) | ((q >> 2) & 0x1c1c_1c1c);
+        for byte in 0..=255u32 {
+            for pos in 0..4 {
+                for fill in [0u32, 0xffff_ffff, 0x5a5a_5a5a] {
+                    let q = (fill & !(0xff << (8 * pos))) | (byte << (8 * pos));
+                    let (l, h) = ((lo(q) >> (8 * pos)) & 0xff, (hi(q) >> (8 * pos)) & 0xff);
+                    assert_eq!(e4m3(l), e2m1(byte & 15) / 64.0, "byte {byte:#x} at {pos}");
+                    assert_eq!(e4m3(h), e2m1(byte >> 4) / 64.0, "byte {byte:#x} at {pos}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn rows_kernels_fit_seven_blocks_an_sm_on_hopper() {
         // moe_t1 for gpt-oss (2880 inputs): gate_up's 720 and down's 720 blocks (four
