@@ -339,8 +339,9 @@ extern "C" __global__ void __launch_bounds__(32 * SK_WARPS)
 // through their own cp.async rings: a row's T1_GS * 16 bytes are one
 // coalesced run of 4 lanes (moe_pair's copies were 16 bytes from 32 rows each, half of every
 // sector unused). The tile's scales are copied once, whole. The product is sk_rows's: A = the
-// codes decoded to f16, B = the pair's row as f16 in the k order above, the same in every
-// column, so every column holds the sums; the KS partial sums are added in warp order.
+// codes decoded to f16, B = the pair's row as f16 in the decode's k order (sk_rows's above;
+// on sm_89+ the E4M3 route's, see T1_E4M3), the same in every column, so every column holds
+// the sums; the KS partial sums are added in warp order.
 #define T1_WARPS 4
 #define T1_GS 4                    // groups a stage
 #define T1_STAGES 4                // ring depth: 3 stages in flight a warp
