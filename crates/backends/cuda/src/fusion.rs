@@ -301,6 +301,23 @@ fn linear_run<F: Flavor>(be: &Cuda<F>, graph: &Graph, n: usize) -> usize {
     count
 }
 
+/// A linear node's bias (its optional third input) and the bias's dtype code.
+fn linear_bias(
+    graph: &Graph,
+    ptrs: &[Option<CUdeviceptr>],
+    node: &Node,
+) -> Result<Option<(CUdeviceptr, i32)>> {
+    node.inputs
+        .get(2)
+        .map(|b| {
+            Ok((
+                ops::value_ptr(graph, ptrs, *b)?,
+                ops::float_code(graph.value(*b))?,
+            ))
+        })
+        .transpose()
+}
+
 /// The GEMV segments of a run of linears over one input, and their bias dtype code.
 fn gemv_segments(
     graph: &Graph,
@@ -311,10 +328,10 @@ fn gemv_segments(
     let mut bdt = 0;
     let mut segs = Vec::with_capacity(nodes.len());
     for node in nodes {
-        let bias = match node.inputs.get(2) {
-            Some(b) => {
-                bdt = ops::float_code(graph.value(*b))?;
-                ptr(*b)?
+        let bias = match linear_bias(graph, ptrs, node)? {
+            Some((b, code)) => {
+                bdt = code;
+                b
             }
             None => 0,
         };
@@ -352,10 +369,7 @@ pub(crate) fn run<F: Flavor>(
             };
             let x = graph.value(lin.inputs[0]);
             let e = dims(graph.value(lin.inputs[1]))[0];
-            let (bias, bdt) = match lin.inputs.get(2) {
-                Some(b) => (ptr(*b)?, ops::float_code(graph.value(*b))?),
-                None => (0, 0),
-            };
+            let (bias, bdt) = linear_bias(graph, ptrs, lin)?.unwrap_or((0, 0));
             ops::router_topk(
                 be,
                 ptr(lin.inputs[0])?,
@@ -429,10 +443,7 @@ pub(crate) fn run<F: Flavor>(
             };
             let x = graph.value(add.inputs[0]);
             let e = dims(graph.value(lin.inputs[1]))[0];
-            let (bias, bdt) = match lin.inputs.get(2) {
-                Some(b) => (ptr(*b)?, ops::float_code(graph.value(*b))?),
-                None => (0, 0),
-            };
+            let (bias, bdt) = linear_bias(graph, ptrs, lin)?.unwrap_or((0, 0));
             ops::add_norm_router(
                 be,
                 [ptr(add.inputs[0])?, ptr(add.inputs[1])?],
