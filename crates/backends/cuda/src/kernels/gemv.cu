@@ -176,24 +176,22 @@ __device__ __forceinline__ void gemv_t1_rows(int K, int bdt, const u16* w0, cons
     int lp = part;
     step(lr, lp);
     float acc = 0.0f;
+    // One unit: the next one's loads into `next`, then `cur` used; the buffers swap roles
+    // each unit (two calls, so both stay in registers).
+    auto unit = [&](W4* cur, W4* next) {
+        load(next, lr, lp);
+        acc = gemv_unit_dot(cur, gemv_x, part * span + lane, K8, acc);
+        if (part == P - 1) {
+            finish(acc);
+            acc = 0.0f;
+        }
+        row = lr, part = lp;
+        step(lr, lp);
+    };
     while (row < N) {
-        load(qb, lr, lp);
-        acc = gemv_unit_dot(qa, gemv_x, part * span + lane, K8, acc);
-        if (part == P - 1) {
-            finish(acc);
-            acc = 0.0f;
-        }
-        row = lr, part = lp;
-        step(lr, lp);
+        unit(qa, qb);
         if (row >= N) break;
-        load(qa, lr, lp);
-        acc = gemv_unit_dot(qb, gemv_x, part * span + lane, K8, acc);
-        if (part == P - 1) {
-            finish(acc);
-            acc = 0.0f;
-        }
-        row = lr, part = lp;
-        step(lr, lp);
+        unit(qb, qa);
     }
 }
 
