@@ -12,6 +12,8 @@
 // takes {c3,c7} in slots 2t,2t+1 and {c2,c6} in 2t+8,2t+9, the second {c1,c5} and {c0,c4}.
 // moe_skinny_stage writes the activations as f16 in that order ([x3,x7,x2,x6,x1,x5,x0,x4] for
 // each 8 values), so one 16-byte load gives a thread its B fragments of both k16 steps.
+// sm_89+ (MX_E4M3 below) decode through E4M3 instead, which yields {c0,c2}, {c4,c6} (step 0)
+// and {c1,c3}, {c5,c7} (step 1); sk_stage_row then writes [x0,x2,x4,x6,x1,x3,x5,x7].
 //
 // Scales. mx4_f16x2 gives the E2M1 value times 2^-14 (exact: an f16 with the code's exponent
 // bits, subnormal for 0.5), so the two k16 products of a group are formed from zero and added
@@ -57,7 +59,11 @@ __device__ __forceinline__ u32 f16x2_of(float lo, float hi) {
 __device__ __forceinline__ void sk_stage_row(const float* src, int K, W4* dst) {
     for (int c = threadIdx.x; c < K / 8; c += blockDim.x) {
         const F4 u = *(const F4*)(src + 8 * c), v = *(const F4*)(src + 8 * c + 4);
+#if __CUDA_ARCH__ >= 890  // MX_E4M3's order (below): {x0,x2}, {x4,x6}, {x1,x3}, {x5,x7}
+        dst[c] = W4{f16x2_of(u.x, u.z), f16x2_of(v.x, v.z), f16x2_of(u.y, u.w), f16x2_of(v.y, v.w)};
+#else
         dst[c] = W4{f16x2_of(u.w, v.w), f16x2_of(u.z, v.z), f16x2_of(u.y, v.y), f16x2_of(u.x, v.x)};
+#endif
     }
 }
 
@@ -75,6 +81,44 @@ extern "C" __global__ void moe_skinny_stage(const float* a, int a_div, int K, co
 // 0 included); larger scales, and 255 (NaN), give inf as mma_e8m0 in mma.cu does for 255.
 __device__ __forceinline__ float sk_factor(u32 s) {
     return __int_as_float((int)((min(s, 241u) + 14u) << 23));
+}
+
+// sm_89+ decode the codes through E4M3 (cvt.rn.f16x2.e4m3x2 is one instruction a pair): an
+// E2M1 code's sign to bit 7 and exponent/mantissa bits to 4..2 is the E4M3 byte of its value
+// times 2^-6 (0.5 subnormal in both), a word's 8 codes in 7 integer ops and 4 conversions
+// (mx4_top_f16x2: 15 integer ops). The f16 pairs are then {c0,c2}, {c4,c6} (low nibbles) and
+// {c1,c3}, {c5,c7} (high), so the row is staged in that order (sk_stage_row).
+#if __CUDA_ARCH__ >= 890
+#define MX_E4M3 1
+#else
+#define MX_E4M3 0
+#endif
+
+#if MX_E4M3
+// The f16 pairs of a thread's 4 code bytes: lo = {c0,c2}, {c4,c6}; hi = {c1,c3}, {c5,c7}.
+__device__ __forceinline__ void mx4_e4m3_f16x2(u32 q, u32* lo, u32* hi) {
+    const u32 l8 = ((q << 4) & 0x80808080u) | ((q << 2) & 0x1c1c1c1cu);
+    const u32 h8 = (q & 0x80808080u) | ((q >> 2) & 0x1c1c1c1cu);
+    // Both 16-bit halves of a word through one mov (the upper one without a shift).
+#define MX_CVT2(w, out)                                                                       \
+    asm("{.reg .b16 a, b;\n mov.b32 {a, b}, %2;\n cvt.rn.f16x2.e4m3x2 %0, a;\n "            \
+        "cvt.rn.f16x2.e4m3x2 %1, b;}"                                                         \
+        : "=r"(out[0]), "=r"(out[1])                                                          \
+        : "r"(w))
+    MX_CVT2(l8, lo);
+    MX_CVT2(h8, hi);
+#undef MX_CVT2
+}
+#endif
+
+// 2^(s - 127) times the decode's 2^14 (f16 bit placement) or 2^6 (through E4M3) as f32:
+// exact up to s = 240 (resp. 248), inf above, as sk_factor.
+__device__ __forceinline__ float mx_factor(u32 s) {
+#if MX_E4M3
+    return __int_as_float((int)((min(s, 249u) + 6u) << 23));
+#else
+    return sk_factor(s);
+#endif
 }
 
 // Byte b (0..3) of w.
@@ -139,13 +183,22 @@ __device__ __forceinline__ void sk_rows(float (*acc)[NT][4], u8* ring, const u8*
             const int r = 16 * i + g;
             const u32 q0 = *(const u32*)(slot + r * 16 + 4 * t);
             const u32 q1 = *(const u32*)(slot + (r + 8) * 16 + 4 * t);
-            const float f0 = sk_factor(sk_byte(sw[r], (sb[i][0] + j - j0) & 3));
-            const float f1 = sk_factor(sk_byte(sw[r + 8], (sb[i][1] + j - j0) & 3));
+            const float f0 = mx_factor(sk_byte(sw[r], (sb[i][0] + j - j0) & 3));
+            const float f1 = mx_factor(sk_byte(sw[r + 8], (sb[i][1] + j - j0) & 3));
+#if MX_E4M3
+            // A fragments: k16 step 0 = {c0,c2} | {c4,c6}, step 1 = {c1,c3} | {c5,c7}.
+            u32 l0[2], h0[2], l1[2], h1[2];
+            mx4_e4m3_f16x2(q0, l0, h0);
+            mx4_e4m3_f16x2(q1, l1, h1);
+            const u32 a00 = l0[0], a01 = l1[0], a02 = l0[1], a03 = l1[1];
+            const u32 a10 = h0[0], a11 = h1[0], a12 = h0[1], a13 = h1[1];
+#else
             // A fragments: k16 step 0 = {c3,c7} | {c2,c6}, step 1 = {c1,c5} | {c0,c4}.
             const u32 a00 = mx4_top_f16x2(q0), a01 = mx4_top_f16x2(q1);
             const u32 a02 = mx4_top_f16x2(q0 << 4), a03 = mx4_top_f16x2(q1 << 4);
             const u32 a10 = mx4_top_f16x2(q0 << 8), a11 = mx4_top_f16x2(q1 << 8);
             const u32 a12 = mx4_top_f16x2(q0 << 12), a13 = mx4_top_f16x2(q1 << 12);
+#endif
 #pragma unroll
             for (int jn = 0; jn < NT; jn++) {
                 if (jn >= nt) continue;
@@ -340,63 +393,13 @@ extern "C" __global__ void __launch_bounds__(32 * SK_WARPS)
 // coalesced run of 4 lanes (moe_pair's copies were 16 bytes from 32 rows each, half of every
 // sector unused). The tile's scales are copied once, whole. The product is sk_rows's: A = the
 // codes decoded to f16, B = the pair's row as f16 in the decode's k order (sk_rows's above;
-// on sm_89+ the E4M3 route's, see T1_E4M3), the same in every column, so every column holds
+// on sm_89+ the E4M3 route's, see MX_E4M3), the same in every column, so every column holds
 // the sums; the KS partial sums are added in warp order.
 #define T1_WARPS 4
 #define T1_GS 4                    // groups a stage
 #define T1_STAGES 4                // ring depth: 3 stages in flight a warp
 #define T1_LD (T1_GS * 16 + 16)    // staged row stride: the 8 rows g (and g + 8) in other banks
 #define T1_SLOT (16 * T1_LD)
-
-// sm_89+ decode the codes through E4M3 (cvt.rn.f16x2.e4m3x2 is one instruction a pair): an
-// E2M1 code's sign to bit 7 and exponent/mantissa bits to 4..2 is the E4M3 byte of its value
-// times 2^-6 (0.5 subnormal in both), a word's 8 codes in 7 integer ops and 4 conversions
-// (mx4_top_f16x2: 15 integer ops). The f16 pairs are then {c0,c2}, {c4,c6} (low nibbles) and
-// {c1,c3}, {c5,c7} (high), so the row is staged in that order (t1_stage_row).
-#if __CUDA_ARCH__ >= 890
-#define T1_E4M3 1
-#else
-#define T1_E4M3 0
-#endif
-
-#if T1_E4M3
-// The f16 pairs of a thread's 4 code bytes: lo = {c0,c2}, {c4,c6}; hi = {c1,c3}, {c5,c7}.
-__device__ __forceinline__ void mx4_e4m3_f16x2(u32 q, u32* lo, u32* hi) {
-    const u32 l8 = ((q << 4) & 0x80808080u) | ((q << 2) & 0x1c1c1c1cu);
-    const u32 h8 = (q & 0x80808080u) | ((q >> 2) & 0x1c1c1c1cu);
-    // Both 16-bit halves of a word through one mov (the upper one without a shift).
-#define T1_CVT2(w, out)                                                                       \
-    asm("{.reg .b16 a, b;\n mov.b32 {a, b}, %2;\n cvt.rn.f16x2.e4m3x2 %0, a;\n "            \
-        "cvt.rn.f16x2.e4m3x2 %1, b;}"                                                         \
-        : "=r"(out[0]), "=r"(out[1])                                                          \
-        : "r"(w))
-    T1_CVT2(l8, lo);
-    T1_CVT2(h8, hi);
-#undef T1_CVT2
-}
-#endif
-
-// 2^(s - 127) times the decode's 2^14 (f16 bit placement) or 2^6 (through E4M3) as f32:
-// exact up to s = 240 (resp. 248), inf above, as sk_factor.
-__device__ __forceinline__ float t1_factor(u32 s) {
-#if T1_E4M3
-    return __int_as_float((int)((min(s, 249u) + 6u) << 23));
-#else
-    return sk_factor(s);
-#endif
-}
-
-// moe_t1's row of K f32 as f16 in its decode's k order, by the block's threads.
-__device__ __forceinline__ void t1_stage_row(const float* src, int K, W4* dst) {
-#if T1_E4M3
-    for (int c = threadIdx.x; c < K / 8; c += blockDim.x) {
-        const F4 u = *(const F4*)(src + 8 * c), v = *(const F4*)(src + 8 * c + 4);
-        dst[c] = W4{f16x2_of(u.x, u.z), f16x2_of(v.x, v.z), f16x2_of(u.y, u.w), f16x2_of(v.y, v.w)};
-    }
-#else
-    sk_stage_row(src, K, dst);
-#endif
-}
 
 // Dynamic shared memory: the pair's row as f16 (2 K bytes), the block's tiles' scales
 // (T1_WARPS / KS tiles of 16 G bytes), each warp's ring (T1_STAGES * T1_SLOT bytes) and the
@@ -463,7 +466,7 @@ __device__ __forceinline__ void moe_t1(const float* a, int a_div, const int* ids
     // while gate_up is a plain launch (the router complete before it starts): launching
     // gate_up early too let down read the ids before the router wrote them (GPU tests failed).
     if (MODE == 1) pdl_wait();
-    t1_stage_row(a + (i64)(pair / a_div) * K, K, xs);
+    sk_stage_row(a + (i64)(pair / a_div) * K, K, xs);
     cp_async_wait<T1_STAGES - 1>();  // this thread's scale copies
     __syncthreads();                 // everyone's, and xs
     const float zero[4] = {0.0f, 0.0f, 0.0f, 0.0f};
@@ -490,7 +493,7 @@ __device__ __forceinline__ void moe_t1(const float* a, int a_div, const int* ids
         };
         auto product = [&](const Group& o) {
             float pr[4];
-#if T1_E4M3
+#if MX_E4M3
             u32 l0[2], h0[2], l1[2], h1[2];
             mx4_e4m3_f16x2(o.q0, l0, h0);
             mx4_e4m3_f16x2(o.q1, l1, h1);
@@ -502,8 +505,8 @@ __device__ __forceinline__ void moe_t1(const float* a, int a_div, const int* ids
             mma_f16_k16(pr, pr, mx4_top_f16x2(o.q0 << 8), mx4_top_f16x2(o.q1 << 8),
                         mx4_top_f16x2(o.q0 << 12), mx4_top_f16x2(o.q1 << 12), o.xb.z, o.xb.w);
 #endif
-            acc0 = fmaf(pr[0], t1_factor(o.s0), acc0);
-            acc1 = fmaf(pr[2], t1_factor(o.s1), acc1);
+            acc0 = fmaf(pr[0], mx_factor(o.s0), acc0);
+            acc1 = fmaf(pr[2], mx_factor(o.s1), acc1);
         };
         if (first_group(s) + T1_GS <= G) {
             Group o[T1_GS];
