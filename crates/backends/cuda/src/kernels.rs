@@ -75,6 +75,8 @@ const LARGE_SMEM: &[(&str, u32)] = &[
     ("moe_down_v2", MOE_V2_SMEM),
     ("moe_t1_gate_up", crate::moe_skinny::T1_SMEM_MAX as u32),
     ("moe_t1_down", crate::moe_skinny::T1_SMEM_MAX as u32),
+    ("moe_t1_gate_up_w4", crate::moe_skinny::T1_SMEM_MAX as u32),
+    ("moe_t1_down_w4", crate::moe_skinny::T1_SMEM_MAX as u32),
 ];
 
 pub const FAMILIES: &[Family] = &[
@@ -225,6 +227,8 @@ pub const FAMILIES: &[Family] = &[
             "moe_pair_down",
             "moe_t1_gate_up",
             "moe_t1_down",
+            "moe_t1_gate_up_w4",
+            "moe_t1_down_w4",
         ],
         optional: true,
         defines: &[],

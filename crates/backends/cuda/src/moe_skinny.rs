@@ -57,65 +57,123 @@ pub(crate) fn fits<F: Flavor>(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum OnePair {
     Split,
-    Rows,
+    /// moe_t1 kernels of a shape.
+    Rows(&'static T1Shape),
 }
 
 impl OnePair {
-    /// Rows unless GPTOSS_CUDA_PAIR_MOE says `1`/`split`, or `0` (None: the f32 per-pair
-    /// kernels). H100, 20b batch-1 decode (`--prompt 512 --gen 256`): 376-379 tok/s on rows
-    /// against 368-371 on the f32 kernels, 353 split.
+    /// The default rows kernels unless GPTOSS_CUDA_PAIR_MOE says `1`/`split`, `0` (None: the
+    /// f32 per-pair kernels) or names another shape (`rows4`). H100, 20b batch-1 decode
+    /// (`--prompt 512 --gen 256`): 376-379 tok/s on rows against 368-371 on the f32 kernels,
+    /// 353 split.
     pub(crate) fn from_env() -> Option<OnePair> {
-        match std::env::var("GPTOSS_CUDA_PAIR_MOE").as_deref() {
+        let var = std::env::var("GPTOSS_CUDA_PAIR_MOE");
+        match var.as_deref() {
             Ok("1") | Ok("split") => Some(OnePair::Split),
             Ok("0") => None,
-            _ => Some(OnePair::Rows),
+            name => {
+                let shape = T1_SHAPES.iter().find(|t| Ok(t.name) == name);
+                Some(OnePair::Rows(shape.unwrap_or(&T1_SHAPES[0])))
+            }
         }
     }
 
     fn names(self) -> (&'static str, &'static str) {
         match self {
             OnePair::Split => ("moe_pair_gate_up", "moe_pair_down"),
-            OnePair::Rows => ("moe_t1_gate_up", "moe_t1_down"),
+            OnePair::Rows(t) => t.kernels,
         }
+    }
+
+    /// moe_t1's shape (None for the split kernels).
+    fn t1_shape(self) -> Option<&'static T1Shape> {
+        match self {
+            OnePair::Split => None,
+            OnePair::Rows(t) => Some(t),
+        }
+    }
+
+    /// Threads a block.
+    fn threads(self) -> usize {
+        self.t1_shape().map_or(32 * WARPS, |t| 32 * t.warps)
     }
 
     /// Output rows a block covers, for gate_up (`down` false) or down.
     fn rows_per_block(self, down: bool) -> usize {
-        match self {
-            OnePair::Split => 32,
-            OnePair::Rows => 16 * T1_WARPS / t1_warps_a_tile(down),
-        }
+        self.t1_shape().map_or(32, |t| 16 * t.warps / t.ks(down))
     }
 
     /// Shared memory of a block whose rows have `k` inputs.
     fn smem(self, k: usize, down: bool) -> usize {
-        match self {
-            OnePair::Split => pair_smem(k),
-            OnePair::Rows => t1_smem(k, t1_warps_a_tile(down)),
-        }
+        self.t1_shape()
+            .map_or_else(|| pair_smem(k), |t| t.smem(k, t.ks(down)))
     }
 }
 
-/// moe_t1's warps a block (T1_WARPS), ring depth (T1_STAGES) and slot bytes (T1_SLOT: 16 rows
-/// of 4 groups, rows 80 bytes apart).
-const T1_WARPS: usize = 4;
-const T1_STAGES: usize = 4;
+/// A moe_t1 kernel pair's shape (MOE_T1_KERNELS in moe_skinny.cu): warps a block, warps
+/// sharing a 16-row tile in gate_up and in down (down has half the rows), ring depth.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct T1Shape {
+    name: &'static str,
+    kernels: (&'static str, &'static str),
+    warps: usize,
+    gate_up_ks: usize,
+    down_ks: usize,
+    stages: usize,
+}
+/// The default kernels first (T1_WARPS, T1_GATE_UP_KS, T1_DOWN_KS, T1_STAGES: 6-warp blocks,
+/// 3-deep rings), then the 4-warp ones with 4-deep rings (GPTOSS_CUDA_PAIR_MOE=rows4). H100,
+/// 20b batch-1 decode (`--prompt 512 --gen 256`), alternating: 434.6 / 433.5 tok/s against
+/// 428.4 / 428.2; one step's kernels (Nsight Compute): gate_up 21.05 / down 14.42 us against
+/// 21.59 / 14.48. Both fill an H100 in one wave (720 blocks each); the 6-warp blocks put 33
+/// warps on an SM where the 4-warp ones put 22, each walking a third fewer stages.
+const T1_SHAPES: [T1Shape; 2] = [
+    T1Shape {
+        name: "rows",
+        kernels: ("moe_t1_gate_up", "moe_t1_down"),
+        warps: 6,
+        gate_up_ks: 3,
+        down_ks: 6,
+        stages: 3,
+    },
+    T1Shape {
+        name: "rows4",
+        kernels: ("moe_t1_gate_up_w4", "moe_t1_down_w4"),
+        warps: 4,
+        gate_up_ks: 2,
+        down_ks: 4,
+        stages: 4,
+    },
+];
+/// A ring slot's bytes (T1_SLOT: 16 rows of 4 groups, rows 80 bytes apart).
 const T1_SLOT: usize = 16 * (4 * 16 + 16);
-/// Warps sharing a 16-row tile (T1_GATE_UP_KS, T1_DOWN_KS): down has half the rows.
-fn t1_warps_a_tile(down: bool) -> usize {
-    if down {
-        4
-    } else {
-        2
+impl T1Shape {
+    const fn ks(&self, down: bool) -> usize {
+        if down {
+            self.down_ks
+        } else {
+            self.gate_up_ks
+        }
+    }
+    /// Shared memory for rows of `k` inputs, `ks` warps a tile: the pair's row as f16, the
+    /// tiles' scales, each warp's ring and partial sums.
+    pub(crate) const fn smem(&self, k: usize, ks: usize) -> usize {
+        2 * k + self.warps / ks * 16 * (k / 32) + self.warps * (self.stages * T1_SLOT + 16 * 4)
     }
 }
-/// moe_t1's shared memory for rows of `k` inputs, `ks` warps a tile: the pair's row as f16,
-/// the tiles' scales, each warp's ring and partial sums.
-pub(crate) const fn t1_smem(k: usize, ks: usize) -> usize {
-    2 * k + T1_WARPS / ks * 16 * (k / 32) + T1_WARPS * (T1_STAGES * T1_SLOT + 16 * 4)
-}
 /// The most moe_t1 asks for (rows of up to 4096 inputs; kernels.rs raises the limit to it).
-pub(crate) const T1_SMEM_MAX: usize = t1_smem(4096, 1);
+pub(crate) const T1_SMEM_MAX: usize = {
+    let (mut most, mut i) = (0, 0);
+    while i < T1_SHAPES.len() {
+        let t = &T1_SHAPES[i];
+        let m = t.smem(4096, t.gate_up_ks);
+        if m > most {
+            most = m;
+        }
+        i += 1;
+    }
+    most
+};
 // Within sm_86/sm_89's 99 KiB a block (kernels.rs raises the limit to it).
 const _: () = assert!(T1_SMEM_MAX <= 99 << 10);
 
@@ -133,9 +191,12 @@ pub(crate) fn pairs_fit<F: Flavor>(
     let sizes = !bf16_experts && h % 32 == 0 && i % 32 == 0;
     let fits = match kind {
         OnePair::Split => true,
-        OnePair::Rows => {
+        OnePair::Rows(_) => {
             let aligned = |w: &MxExperts| w.blocks % 16 == 0 && w.scales % 16 == 0;
-            t1_smem(h.max(i), 1) <= T1_SMEM_MAX && aligned(experts.0) && aligned(experts.1)
+            kind.smem(h.max(i), false) <= T1_SMEM_MAX
+                && kind.smem(h.max(i), true) <= T1_SMEM_MAX
+                && aligned(experts.0)
+                && aligned(experts.1)
         }
     };
     (sizes && fits && be.kernels.has(gate_up) && be.kernels.has(down)).then_some(kind)
@@ -177,10 +238,7 @@ pub(crate) fn run_pairs<F: Flavor>(
     args.push(Arg::Ptr(act));
     args.extend(sizes);
     args.extend([Arg::F32(limit), Arg::F32(alpha), Arg::Ptr(err)]);
-    let threads = match kind {
-        OnePair::Split => 32 * WARPS,
-        OnePair::Rows => 32 * T1_WARPS,
-    } as u32;
+    let threads = kind.threads() as u32;
     be.launch(
         gu_name,
         (blocks(2 * i, kind.rows_per_block(false))?, pairs, 1),
@@ -195,7 +253,7 @@ pub(crate) fn run_pairs<F: Flavor>(
     args.push(Arg::Ptr(err));
     // moe_t1_down waits for act after its first weight copies (launched early).
     let launch = match kind {
-        OnePair::Rows => Cuda::launch_early,
+        OnePair::Rows(_) => Cuda::launch_early,
         OnePair::Split => Cuda::launch,
     };
     launch(
@@ -395,13 +453,23 @@ mod tests {
     }
 
     #[test]
-    fn rows_kernels_fit_seven_blocks_an_sm_on_hopper() {
-        // moe_t1 for gpt-oss (2880 inputs): gate_up's 720 and down's 720 blocks (four
-        // experts of one token) are one wave only if 7 blocks share an SM's 227 KiB.
-        for ks in [t1_warps_a_tile(false), t1_warps_a_tile(true)] {
-            let smem = t1_smem(2880, ks);
-            assert!(smem <= T1_SMEM_MAX, "{smem}");
-            assert!(7 * (smem + 1024) <= 228 << 10, "{smem}");
+    fn rows_kernels_fit_one_wave_on_hopper() {
+        // moe_t1 for gpt-oss (2880 inputs, four experts of one token): gate_up's and down's
+        // blocks are one wave on an H100's 132 SMs only if enough share an SM's 228 KiB (1 KiB
+        // of it reserved a block) and its 64K registers (56 a thread).
+        for kind in T1_SHAPES.iter().map(OnePair::Rows) {
+            for down in [false, true] {
+                let smem = kind.smem(2880, down);
+                assert!(smem <= T1_SMEM_MAX, "{kind:?} {smem}");
+                let by_smem = (228 << 10) / (smem + 1024);
+                let by_regs = 65536 / (56 * kind.threads());
+                let blocks =
+                    (2880usize * if down { 1 } else { 2 }).div_ceil(kind.rows_per_block(down));
+                assert!(
+                    4 * blocks <= 132 * by_smem.min(by_regs),
+                    "{kind:?} down {down}: {blocks} x 4 blocks, {by_smem} / {by_regs} an SM"
+                );
+            }
         }
     }
 }

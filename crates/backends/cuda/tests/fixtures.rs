@@ -1027,9 +1027,9 @@ fn check_moe_path(
 #[test]
 #[ignore = "needs an NVIDIA GPU (sm_90+; sm_70+ with GPTOSS_CUDA_FLAVOR=portable): run on the GPU machine with --ignored"]
 fn op_moe_few_tokens_one_pair_kernels_match_cpu() {
-    // Below the grouped paths (batch-1 decode), on sm_80+, both kinds of one-pair kernels:
-    // `1`, K split over a block's warps; `rows`, 16 whole rows a warp streamed in stages of 8
-    // groups. (tokens, hidden, intermediate, experts, k): one token of 32 experts, a few
+    // Below the grouped paths (batch-1 decode), on sm_80+, every kind of one-pair kernels:
+    // `1`, K split over a block's warps; `rows` (6-warp blocks) and `rows4` (4-warp blocks),
+    // 16-row tiles shared by a few warps, streamed in stages of 4 groups. (tokens, hidden, intermediate, experts, k): one token of 32 experts, a few
     // tokens sharing experts, rows ending inside a block, groups fewer than the warps or than
     // a stage, a last stage part full, and (hidden 1440: 45 groups) more stages than the ring.
     let cases = [
@@ -1040,7 +1040,7 @@ fn op_moe_few_tokens_one_pair_kernels_match_cpu() {
         (1, 96, 96, 4, 2, false),
         (2, 1440, 96, 4, 2, false),
     ];
-    for (kind, seed) in [("1", 27), ("rows", 28)] {
+    for (kind, seed) in [("1", 27), ("rows", 28), ("rows4", 29)] {
         let mut be = gpu_with_env(&[("GPTOSS_CUDA_PAIR_MOE", kind)]);
         let on = target_cc(be.arch()) >= 80;
         let path = format!("one-pair ({kind})");
@@ -1053,7 +1053,7 @@ fn op_moe_few_tokens_one_pair_kernels_match_cpu() {
 fn fixtures_with_tensor_core_few_token_moe_match_transformers() {
     // The fixtures' prefills (up to 56 tokens) and one-token steps with the MoE on the one-pair
     // kernels (both kinds): logits within the bf16 bound, greedy tokens reported.
-    for kind in ["1", "rows"] {
+    for kind in ["1", "rows", "rows4"] {
         std::env::set_var("GPTOSS_CUDA_PAIR_MOE", kind);
         let models: Vec<(&str, Model)> = FIXTURES.iter().map(|n| (*n, load(n))).collect();
         std::env::remove_var("GPTOSS_CUDA_PAIR_MOE");

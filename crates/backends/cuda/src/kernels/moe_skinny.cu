@@ -395,23 +395,23 @@ extern "C" __global__ void __launch_bounds__(32 * SK_WARPS)
 // codes decoded to f16, B = the pair's row as f16 in the decode's k order (sk_rows's above;
 // on sm_89+ the E4M3 route's, see MX_E4M3), the same in every column, so every column holds
 // the sums; the KS partial sums are added in warp order.
-#define T1_WARPS 4
+#define T1_WARPS 6
 #define T1_GS 4                    // groups a stage
-#define T1_STAGES 4                // ring depth: 3 stages in flight a warp
+#define T1_STAGES 3                // ring depth: 2 stages in flight a warp
 #define T1_LD (T1_GS * 16 + 16)    // staged row stride: the 8 rows g (and g + 8) in other banks
 #define T1_SLOT (16 * T1_LD)
 
 // Dynamic shared memory: the pair's row as f16 (2 K bytes), the block's tiles' scales
-// (T1_WARPS / KS tiles of 16 G bytes), each warp's ring (T1_STAGES * T1_SLOT bytes) and the
-// partial sums (T1_WARPS * 16 floats). grid (N / (16 T1_WARPS / KS) rounded up, pairs),
-// 32 T1_WARPS threads; N % 16 == 0, K % 32 == 0, wb and ws 16-byte aligned.
-template <int MODE, int KS>
+// (WARPS / KS tiles of 16 G bytes), each warp's ring (STAGES * T1_SLOT bytes) and the
+// partial sums (WARPS * 16 floats). grid (N / (16 WARPS / KS) rounded up, pairs),
+// 32 WARPS threads; N % 16 == 0, K % 32 == 0, wb and ws 16-byte aligned.
+template <int MODE, int KS, int WARPS = T1_WARPS, int STAGES = T1_STAGES>
 __device__ __forceinline__ void moe_t1(const float* a, int a_div, const int* ids, int E,
                                        const u8* wb, const u8* ws, const void* bias, int bdt,
                                        float* out, int N, int K, float limit, float alpha,
                                        int* err) {
     extern __shared__ __align__(16) u8 sk_smem[];
-    constexpr int TILES = T1_WARPS / KS;
+    constexpr int TILES = WARPS / KS;
     const int pair = blockIdx.y;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int tile = warp / KS, kh = warp % KS;
@@ -429,8 +429,8 @@ __device__ __forceinline__ void moe_t1(const float* a, int a_div, const int* ids
     }
     W4* xs = (W4*)sk_smem;
     u8* sc = sk_smem + 2 * K + tile * 16 * G;
-    u8* ring = sk_smem + 2 * K + TILES * 16 * G + warp * T1_STAGES * T1_SLOT;
-    float* red = (float*)(sk_smem + 2 * K + TILES * 16 * G + T1_WARPS * T1_STAGES * T1_SLOT);
+    u8* ring = sk_smem + 2 * K + TILES * 16 * G + warp * STAGES * T1_SLOT;
+    float* red = (float*)(sk_smem + 2 * K + TILES * 16 * G + WARPS * STAGES * T1_SLOT);
     const u8* wrows = wb + ((i64)e * N + row0) * G * 16;
     const u8* srows = ws + ((i64)e * N + row0) * G;
     // The tile's stages of T1_GS groups go round its KS warps (stage s of this warp: the
@@ -438,7 +438,7 @@ __device__ __forceinline__ void moe_t1(const float* a, int a_div, const int* ids
     const int tile_stages = (G + T1_GS - 1) / T1_GS;
     const int stages = (tile_stages - kh + KS - 1) / KS;
     auto first_group = [&](int s) { return (KS * s + kh) * T1_GS; };
-    // Stage s: row r's groups [first_group(s), +T1_GS) into slot s % T1_STAGES; lane copies
+    // Stage s: row r's groups [first_group(s), +T1_GS) into slot s % STAGES; lane copies
     // group first_group(s) + lane % 4 of rows lane / 4 and lane / 4 + 8, so its source moves
     // on by KS T1_GS groups a stage (addresses formed once: the copies are most of a stage's
     // integer work otherwise).
@@ -449,7 +449,7 @@ __device__ __forceinline__ void moe_t1(const float* a, int a_div, const int* ids
     auto issue = [&](int s) {
         if (live && s < stages && first_group(s) + cp < G) {
             const u8* from = src + (i64)s * (KS * T1_GS * 16);
-            const u32 to = dst + (s % T1_STAGES) * T1_SLOT;
+            const u32 to = dst + (s % STAGES) * T1_SLOT;
             asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(to), "l"(from));
             asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(to + 8 * T1_LD),
                          "l"(from + (i64)8 * G * 16));
@@ -460,22 +460,24 @@ __device__ __forceinline__ void moe_t1(const float* a, int a_div, const int* ids
         for (int c = kh * 32 + lane; c < G; c += KS * 32) cp_async<16>(sc + 16 * c, srows + 16 * c);
     cp_async_commit();
 #pragma unroll
-    for (int s = 0; s < T1_STAGES - 1; s++) issue(s);
+    for (int s = 0; s < STAGES - 1; s++) issue(s);
     // down is launched early (PDL): its ids come from the router, two kernels back, and its
     // weights from no kernel; its activations from gate_up, the kernel before. This holds only
     // while gate_up is a plain launch (the router complete before it starts): launching
-    // gate_up early too let down read the ids before the router wrote them (GPU tests failed).
+    // gate_up early too let down read the ids before the router wrote them (GPU tests failed);
+    // gate_up early with its wait before the ids and its trigger after it was correct but
+    // slower (H100 425 / 394 against 428 / 428 tok/s).
     if (MODE == 1) pdl_wait();
     sk_stage_row(a + (i64)(pair / a_div) * K, K, xs);
-    cp_async_wait<T1_STAGES - 1>();  // this thread's scale copies
+    cp_async_wait<STAGES - 1>();  // this thread's scale copies
     __syncthreads();                 // everyone's, and xs
     const float zero[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     float acc0 = 0.0f, acc1 = 0.0f;  // rows g and g + 8
     for (int s = 0; s < stages; s++) {
-        issue(s + T1_STAGES - 1);
-        cp_async_wait<T1_STAGES - 1>();
+        issue(s + STAGES - 1);
+        cp_async_wait<STAGES - 1>();
         __syncwarp();  // the other lanes' copies of stage s are visible
-        const u8* slot = ring + (s % T1_STAGES) * T1_SLOT;
+        const u8* slot = ring + (s % STAGES) * T1_SLOT;
         // A group's operands, then its product: a full stage loads all its groups' operands
         // before the first product (branch-free, so the loads and decodes of the groups
         // overlap: one group at a time left each warp waiting on its shared-memory loads and
@@ -553,22 +555,29 @@ __device__ __forceinline__ void moe_t1(const float* a, int a_div, const int* ids
     }
 }
 
-// x [T, H] -> act [T*k, I] (2 warps a tile) and act -> y [T*k, H] (4 warps a tile: half as
+// x [T, H] -> act [T*k, I] (3 warps a tile) and act -> y [T*k, H] (6 warps a tile: half as
 // many rows) (see moe_t1).
-#define T1_GATE_UP_KS 2
-#define T1_DOWN_KS 4
-extern "C" __global__ void __launch_bounds__(32 * T1_WARPS)
-    moe_t1_gate_up(const float* x, int k, const int* ids, int E, const u8* gub, const u8* gus,
-                   const void* gbias, int bdt, float* act, int H, int I, float limit, float alpha,
-                   int* err) {
-    pdl_trigger();
-    moe_t1<0, T1_GATE_UP_KS>(x, k, ids, E, gub, gus, gbias, bdt, act, 2 * I, H, limit, alpha,
-                             err);
-}
-
-extern "C" __global__ void __launch_bounds__(32 * T1_WARPS)
-    moe_t1_down(const float* act, const int* ids, int E, const u8* dnb, const u8* dns,
-                const void* dbias, int bdt, float* y, int H, int I, int* err) {
-    pdl_trigger();  // the combine may launch (it waits for this kernel)
-    moe_t1<1, T1_DOWN_KS>(act, 1, ids, E, dnb, dns, dbias, bdt, y, H, I, 0.0f, 0.0f, err);
-}
+#define T1_GATE_UP_KS 3
+#define T1_DOWN_KS 6
+// The kernels of a shape: WARPS warps a block, KS a tile, STAGES deep rings, at least MINB
+// blocks an SM (the register cap: 6 blocks of 6 warps at 56 registers fill an SM's 64K). The
+// default 6-warp blocks, and the 4-warp ones with 4-deep rings they replaced (`_w4`; see
+// moe_skinny.rs).
+#define MOE_T1_KERNELS(SUFFIX, WARPS, GU_KS, DN_KS, STAGES, MINB)                              \
+    extern "C" __global__ void __launch_bounds__(32 * WARPS, MINB) moe_t1_gate_up##SUFFIX(      \
+        const float* x, int k, const int* ids, int E, const u8* gub, const u8* gus,            \
+        const void* gbias, int bdt, float* act, int H, int I, float limit, float alpha,        \
+        int* err) {                                                                            \
+        pdl_trigger();                                                                         \
+        moe_t1<0, GU_KS, WARPS, STAGES>(x, k, ids, E, gub, gus, gbias, bdt, act, 2 * I, H,     \
+                                        limit, alpha, err);                                    \
+    }                                                                                          \
+    extern "C" __global__ void __launch_bounds__(32 * WARPS, MINB) moe_t1_down##SUFFIX(         \
+        const float* act, const int* ids, int E, const u8* dnb, const u8* dns,                 \
+        const void* dbias, int bdt, float* y, int H, int I, int* err) {                        \
+        pdl_trigger(); /* the combine may launch (it waits for this kernel) */                 \
+        moe_t1<1, DN_KS, WARPS, STAGES>(act, 1, ids, E, dnb, dns, dbias, bdt, y, H, I, 0.0f,   \
+                                        0.0f, err);                                            \
+    }
+MOE_T1_KERNELS(, T1_WARPS, T1_GATE_UP_KS, T1_DOWN_KS, T1_STAGES, 6)
+MOE_T1_KERNELS(_w4, 4, 2, 4, 4, 1)
