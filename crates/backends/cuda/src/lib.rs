@@ -24,6 +24,31 @@
 //! The CUDA driver is loaded with dlopen (cudarc), so this crate builds and loads on machines
 //! without CUDA; there `probe` reports score 0 with the reason and `create` fails cleanly.
 
+/// The kernel names of a comma-separated list (spaces around them and empty entries dropped).
+fn kernel_names(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// GPTOSS_CUDA_TIMING_SKIP's kernel names, said once on stderr (the results are wrong while
+/// it is set: it exists to time a step without some kernels).
+fn timing_skip_from_env() -> Vec<String> {
+    let names = kernel_names(&std::env::var("GPTOSS_CUDA_TIMING_SKIP").unwrap_or_default());
+    if !names.is_empty() {
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| {
+            eprintln!(
+                "GPTOSS_CUDA_TIMING_SKIP: not launching {}; every result is wrong (timing only)",
+                names.join(", ")
+            )
+        });
+    }
+    names
+}
+
 /// Launches of the GEMV with the MoE combine inside (gemv_bf16_t1_moe) by every backend of
 /// the process so far: tests see that a model's decode took that path.
 pub fn gemv_combine_launches() -> u64 {
@@ -229,6 +254,9 @@ pub struct Cuda<F: Flavor> {
     /// Programmatic dependent launches for the kernels that wait for their inputs
     /// (`launch_early`): kernels built for sm_90+ (griddepcontrol), GPTOSS_CUDA_PDL not 0.
     early: bool,
+    /// Kernels not launched at all (GPTOSS_CUDA_TIMING_SKIP, comma-separated names): a timing
+    /// ablation (what the step costs without them), whose outputs are wrong.
+    timing_skip: Vec<String>,
     /// GPTOSS_CUDA_GRAPH=0 turns off replaying repeated steps as CUDA graphs.
     graphs: bool,
     /// The last step's recorded launches, and a captured graph of a repeated one.
@@ -479,6 +507,7 @@ impl<F: Flavor> Cuda<F> {
             },
             gemv_combine: env_not_off("GPTOSS_CUDA_GEMV_COMBINE"),
             early: target_cc.0 >= 9 && env_not_off("GPTOSS_CUDA_PDL"),
+            timing_skip: timing_skip_from_env(),
             cublas: Err("not set up yet".into()),
             graphs: env_not_off("GPTOSS_CUDA_GRAPH")
                 && profile.is_none()
@@ -680,6 +709,9 @@ impl<F: Flavor> Cuda<F> {
         smem: u32,
         args: &[driver::Arg],
     ) -> Result<()> {
+        if self.timing_skip.iter().any(|s| s == name) {
+            return Ok(());
+        }
         let f = self.kernels.get(name)?;
         self.gpu.launch(name, f, grid, block, smem, args, false)
     }
@@ -695,6 +727,9 @@ impl<F: Flavor> Cuda<F> {
         smem: u32,
         args: &[driver::Arg],
     ) -> Result<()> {
+        if self.timing_skip.iter().any(|s| s == name) {
+            return Ok(());
+        }
         let f = self.kernels.get(name)?;
         self.gpu
             .launch(name, f, grid, block, smem, args, self.early)
@@ -1086,6 +1121,15 @@ impl<F: Flavor> PluginBackend for Cuda<F> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn timing_skip_lists_kernel_names() {
+        assert_eq!(
+            super::kernel_names(" attention_split, ,attention_merge,"),
+            ["attention_split", "attention_merge"]
+        );
+        assert!(super::kernel_names("").is_empty());
+    }
+
     use super::dequantize_refusal;
 
     #[test]
