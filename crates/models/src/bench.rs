@@ -58,6 +58,17 @@ pub fn measure_bandwidth(backend: &mut dyn Backend, mib: usize) -> Result<(f64, 
     }
 }
 
+/// `len` bytes of `pattern` over and over (copied in doubling runs: hundreds of MiB fast).
+fn repeated(pattern: &[u8], len: usize) -> Vec<u8> {
+    let mut v = Vec::with_capacity(len);
+    v.extend_from_slice(&pattern[..pattern.len().min(len)]);
+    while v.len() < len {
+        let n = v.len().min(len - v.len());
+        v.extend_from_within(..n);
+    }
+    v
+}
+
 /// Columns of `bandwidth_of_linear`'s matrix (gpt-oss's widest activation row).
 const LINEAR_PROBE_K: usize = 4096;
 
@@ -79,9 +90,12 @@ fn bandwidth_of_linear(backend: &mut dyn Backend, mib: usize) -> Result<f64> {
             .flat_map(|i| ((i % 13) as f32 * 0.25).to_le_bytes())
             .collect();
         // bf16 values 0, 1/64, .., 15/64 (finite, so no NaN work on any backend).
-        let w: Vec<u8> = (0..n * k)
-            .flat_map(|i| ((((i % 16) as f32 / 64.0).to_bits() >> 16) as u16).to_le_bytes())
-            .collect();
+        let w = repeated(
+            &(0..16)
+                .flat_map(|i| (((i as f32 / 64.0).to_bits() >> 16) as u16).to_le_bytes())
+                .collect::<Vec<u8>>(),
+            n * k * 2,
+        );
         backend.upload(bufs[0], &x)?;
         backend.upload(bufs[1], &w)?;
         let mut g = Graph::new();
@@ -114,9 +128,12 @@ fn bandwidth_of_add(backend: &mut dyn Backend, mib: usize) -> Result<f64> {
         for _ in 0..3 {
             bufs.push(backend.alloc(&desc)?);
         }
-        let fill: Vec<u8> = (0..n)
-            .flat_map(|i| ((i % 251) as f32 * 0.5).to_le_bytes())
-            .collect();
+        let fill = repeated(
+            &(0..251)
+                .flat_map(|i| (i as f32 * 0.5).to_le_bytes())
+                .collect::<Vec<u8>>(),
+            n * 4,
+        );
         backend.upload(bufs[0], &fill)?;
         backend.upload(bufs[1], &fill)?;
         let mut g = Graph::new();
@@ -358,6 +375,13 @@ mod tests {
             }
             Ok(())
         }
+    }
+
+    #[test]
+    fn repeated_patterns_fill_exactly() {
+        assert_eq!(repeated(&[1, 2, 3], 8), [1, 2, 3, 1, 2, 3, 1, 2]);
+        assert_eq!(repeated(&[1, 2, 3], 2), [1, 2]);
+        assert!(repeated(&[7], 0).is_empty());
     }
 
     #[test]
