@@ -76,71 +76,69 @@ const LINEAR_PROBE_K: usize = 4096;
 fn bandwidth_of_linear(backend: &mut dyn Backend, mib: usize) -> Result<f64> {
     let k = LINEAR_PROBE_K;
     let n = ((mib << 20) / (2 * k)).max(1);
-    let descs = [
-        TensorDesc::new(DType::F32, [1, k]),
-        TensorDesc::new(DType::BF16, [n, k]),
+    let x: Vec<u8> = (0..k)
+        .flat_map(|i| ((i % 13) as f32 * 0.25).to_le_bytes())
+        .collect();
+    // bf16 values 0, 1/64, .., 15/64 (finite, so no NaN work on any backend).
+    let w = repeated(
+        &(0..16)
+            .flat_map(|i| (((i as f32 / 64.0).to_bits() >> 16) as u16).to_le_bytes())
+            .collect::<Vec<u8>>(),
+        n * k * 2,
+    );
+    bandwidth_of_op(
+        backend,
+        Op::Linear,
+        [
+            (TensorDesc::new(DType::F32, [1, k]), &x[..]),
+            (TensorDesc::new(DType::BF16, [n, k]), &w[..]),
+        ],
         TensorDesc::new(DType::F32, [1, n]),
-    ];
-    let mut bufs = Vec::new();
-    let run = (|| {
-        for d in &descs {
-            bufs.push(backend.alloc(d)?);
-        }
-        let x: Vec<u8> = (0..k)
-            .flat_map(|i| ((i % 13) as f32 * 0.25).to_le_bytes())
-            .collect();
-        // bf16 values 0, 1/64, .., 15/64 (finite, so no NaN work on any backend).
-        let w = repeated(
-            &(0..16)
-                .flat_map(|i| (((i as f32 / 64.0).to_bits() >> 16) as u16).to_le_bytes())
-                .collect::<Vec<u8>>(),
-            n * k * 2,
-        );
-        backend.upload(bufs[0], &x)?;
-        backend.upload(bufs[1], &w)?;
-        let mut g = Graph::new();
-        let xv = g.add_value("x", descs[0].clone(), ValueKind::Input(bufs[0]));
-        let wv = g.add_value("w", descs[1].clone(), ValueKind::Input(bufs[1]));
-        let yv = g.add_value("y", descs[2].clone(), ValueKind::Output(bufs[2]));
-        g.push(Op::Linear, vec![xv, wv], vec![yv]);
-        let mut best = f64::MAX;
-        for i in 0..6 {
-            let t0 = Instant::now();
-            backend.execute(&g)?;
-            let el = t0.elapsed().as_secs_f64();
-            if i > 0 {
-                best = best.min(el);
-            }
-        }
-        Ok((descs.iter().map(TensorDesc::byte_size).sum::<usize>()) as f64 / best)
-    })();
-    for b in bufs {
-        backend.free(b)?;
-    }
-    run
+    )
 }
 
+/// The bytes/s of an `Add` of two vectors of `mib` MiB (reads 2N, writes N floats).
 fn bandwidth_of_add(backend: &mut dyn Backend, mib: usize) -> Result<f64> {
     let n = (mib << 20) / 4;
     let desc = TensorDesc::new(DType::F32, [1, n]);
+    let fill = repeated(
+        &(0..251)
+            .flat_map(|i| (i as f32 * 0.5).to_le_bytes())
+            .collect::<Vec<u8>>(),
+        n * 4,
+    );
+    bandwidth_of_op(
+        backend,
+        Op::Add,
+        [(desc.clone(), &fill[..]), (desc.clone(), &fill[..])],
+        desc,
+    )
+}
+
+/// The bytes/s of one `op` node over two inputs (uploaded from their bytes) and one output,
+/// every byte of the three counted: the best of 5 runs after a warm-up. Whatever was allocated
+/// goes back, also when a later step failed.
+fn bandwidth_of_op(
+    backend: &mut dyn Backend,
+    op: Op,
+    inputs: [(TensorDesc, &[u8]); 2],
+    output: TensorDesc,
+) -> Result<f64> {
+    let bytes = inputs.iter().map(|(d, _)| d.byte_size()).sum::<usize>() + output.byte_size();
     let mut bufs = Vec::new();
     let run = (|| {
-        for _ in 0..3 {
-            bufs.push(backend.alloc(&desc)?);
-        }
-        let fill = repeated(
-            &(0..251)
-                .flat_map(|i| (i as f32 * 0.5).to_le_bytes())
-                .collect::<Vec<u8>>(),
-            n * 4,
-        );
-        backend.upload(bufs[0], &fill)?;
-        backend.upload(bufs[1], &fill)?;
         let mut g = Graph::new();
-        let a = g.add_value("a", desc.clone(), ValueKind::Input(bufs[0]));
-        let b = g.add_value("b", desc.clone(), ValueKind::Input(bufs[1]));
-        let c = g.add_value("c", desc.clone(), ValueKind::Output(bufs[2]));
-        g.push(Op::Add, vec![a, b], vec![c]);
+        let mut ins = Vec::new();
+        for (i, (desc, data)) in inputs.iter().enumerate() {
+            let b = backend.alloc(desc)?;
+            bufs.push(b);
+            backend.upload(b, data)?;
+            ins.push(g.add_value(format!("in{i}"), desc.clone(), ValueKind::Input(b)));
+        }
+        let b = backend.alloc(&output)?;
+        bufs.push(b);
+        let out = g.add_value("out", output.clone(), ValueKind::Output(b));
+        g.push(op, ins, vec![out]);
         let mut best = f64::MAX;
         for i in 0..6 {
             let t0 = Instant::now();
@@ -150,9 +148,8 @@ fn bandwidth_of_add(backend: &mut dyn Backend, mib: usize) -> Result<f64> {
                 best = best.min(el);
             }
         }
-        Ok(3.0 * (n * 4) as f64 / best)
+        Ok(bytes as f64 / best)
     })();
-    // Whatever was allocated goes back, also when a later step failed.
     for b in bufs {
         backend.free(b)?;
     }
