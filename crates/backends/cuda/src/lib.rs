@@ -709,11 +709,7 @@ impl<F: Flavor> Cuda<F> {
         smem: u32,
         args: &[driver::Arg],
     ) -> Result<()> {
-        if self.timing_skip.iter().any(|s| s == name) {
-            return Ok(());
-        }
-        let f = self.kernels.get(name)?;
-        self.gpu.launch(name, f, grid, block, smem, args, false)
+        self.launch_as(name, grid, block, smem, args, false)
     }
 
     /// `launch` as a programmatic dependent launch where the kernels support it (`early`): the
@@ -727,12 +723,25 @@ impl<F: Flavor> Cuda<F> {
         smem: u32,
         args: &[driver::Arg],
     ) -> Result<()> {
+        self.launch_as(name, grid, block, smem, args, self.early)
+    }
+
+    /// `launch` (`early` false) or `launch_early`: kernels GPTOSS_CUDA_TIMING_SKIP names are
+    /// left out.
+    fn launch_as(
+        &self,
+        name: &str,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        smem: u32,
+        args: &[driver::Arg],
+        early: bool,
+    ) -> Result<()> {
         if self.timing_skip.iter().any(|s| s == name) {
             return Ok(());
         }
         let f = self.kernels.get(name)?;
-        self.gpu
-            .launch(name, f, grid, block, smem, args, self.early)
+        self.gpu.launch(name, f, grid, block, smem, args, early)
     }
 
     fn rope_table(&mut self, params: &RopeParams) -> Result<CUdeviceptr> {
