@@ -40,7 +40,9 @@ const MIN_BANDWIDTH_MIB: usize = 16;
 /// `Add` of two large vectors (reads 2N and writes N floats) and a one-token `Linear` over a
 /// bf16 matrix of the same size (reads it and writes one row: a decode step's traffic, which a
 /// GPU's memory serves faster than a mix of reads and writes; H100: 2.70 TB/s for the Add
-/// against 3.08 for a 1.16 GB GEMV). Each the best of a few runs after a warm-up. Vectors of
+/// against 3.08 for a 1.16 GB GEMV). Each the best of a few runs after a warm-up, less the
+/// same op's time on a few KiB (the launch and the synchronisation, ~30 us on a GPU: 10% of a
+/// 512 MiB GEMV's time), so the rate is the memory's, not the host round trip's. Vectors of
 /// `mib` MiB, or half as large again and again (to MIN_BANDWIDTH_MIB) where the backend
 /// refuses them, e.g. above a GPU's largest binding; returns the bandwidth and the size used.
 /// A backend that cannot run the Linear is measured by the Add alone.
@@ -72,58 +74,78 @@ fn repeated(pattern: &[u8], len: usize) -> Vec<u8> {
 /// Columns of `bandwidth_of_linear`'s matrix (gpt-oss's widest activation row).
 const LINEAR_PROBE_K: usize = 4096;
 
-/// The bytes/s of `y [1, n] = x [1, k] W^T` over W [n, k] bf16 of `mib` MiB.
+/// The bytes/s of `y [1, n] = x [1, k] W^T` over W [n, k] bf16 of `mib` MiB (less one row's).
 fn bandwidth_of_linear(backend: &mut dyn Backend, mib: usize) -> Result<f64> {
     let k = LINEAR_PROBE_K;
-    let n = ((mib << 20) / (2 * k)).max(1);
     let x: Vec<u8> = (0..k)
         .flat_map(|i| ((i % 13) as f32 * 0.25).to_le_bytes())
         .collect();
-    // bf16 values 0, 1/64, .., 15/64 (finite, so no NaN work on any backend).
-    let w = repeated(
-        &(0..16)
-            .flat_map(|i| (((i as f32 / 64.0).to_bits() >> 16) as u16).to_le_bytes())
-            .collect::<Vec<u8>>(),
-        n * k * 2,
-    );
-    bandwidth_of_op(
-        backend,
-        Op::Linear,
-        [
-            (TensorDesc::new(DType::F32, [1, k]), &x[..]),
-            (TensorDesc::new(DType::BF16, [n, k]), &w[..]),
-        ],
-        TensorDesc::new(DType::F32, [1, n]),
-    )
+    let mut linear = |n: usize| {
+        // bf16 values 0, 1/64, .., 15/64 (finite, so no NaN work on any backend).
+        let w = repeated(
+            &(0..16)
+                .flat_map(|i| (((i as f32 / 64.0).to_bits() >> 16) as u16).to_le_bytes())
+                .collect::<Vec<u8>>(),
+            n * k * 2,
+        );
+        time_of_op(
+            backend,
+            Op::Linear,
+            [
+                (TensorDesc::new(DType::F32, [1, k]), &x[..]),
+                (TensorDesc::new(DType::BF16, [n, k]), &w[..]),
+            ],
+            TensorDesc::new(DType::F32, [1, n]),
+        )
+    };
+    let small = linear(1)?;
+    let large = linear(((mib << 20) / (2 * k)).max(1))?;
+    Ok(marginal_rate(small, large))
 }
 
-/// The bytes/s of an `Add` of two vectors of `mib` MiB (reads 2N, writes N floats).
+/// The bytes/s of an `Add` of two vectors of `mib` MiB (reads 2N, writes N floats; less a
+/// 4 KiB Add's).
 fn bandwidth_of_add(backend: &mut dyn Backend, mib: usize) -> Result<f64> {
-    let n = (mib << 20) / 4;
-    let desc = TensorDesc::new(DType::F32, [1, n]);
-    let fill = repeated(
-        &(0..251)
-            .flat_map(|i| (i as f32 * 0.5).to_le_bytes())
-            .collect::<Vec<u8>>(),
-        n * 4,
-    );
-    bandwidth_of_op(
-        backend,
-        Op::Add,
-        [(desc.clone(), &fill[..]), (desc.clone(), &fill[..])],
-        desc,
-    )
+    let mut add = |n: usize| {
+        let desc = TensorDesc::new(DType::F32, [1, n]);
+        let fill = repeated(
+            &(0..251)
+                .flat_map(|i| (i as f32 * 0.5).to_le_bytes())
+                .collect::<Vec<u8>>(),
+            n * 4,
+        );
+        time_of_op(
+            backend,
+            Op::Add,
+            [(desc.clone(), &fill[..]), (desc.clone(), &fill[..])],
+            desc,
+        )
+    };
+    let small = add(1024)?;
+    let large = add((mib << 20) / 4)?;
+    Ok(marginal_rate(small, large))
 }
 
-/// The bytes/s of one `op` node over two inputs (uploaded from their bytes) and one output,
-/// every byte of the three counted: the best of 5 runs after a warm-up. Whatever was allocated
-/// goes back, also when a later step failed.
-fn bandwidth_of_op(
+/// Bytes/s of the difference between a large run and a small one of the same op, each (bytes,
+/// seconds): the fixed cost of a run (launch, synchronisation) taken out. Where the small run
+/// was not faster (timer noise on a tiny op), the large run's own rate.
+fn marginal_rate((small_bytes, small_s): (usize, f64), (bytes, s): (usize, f64)) -> f64 {
+    if s > small_s && bytes > small_bytes {
+        (bytes - small_bytes) as f64 / (s - small_s)
+    } else {
+        bytes as f64 / s
+    }
+}
+
+/// The bytes (of the two inputs, uploaded from their bytes, and the output) and the seconds of
+/// one `op` node: the best of 5 runs after a warm-up. Whatever was allocated goes back, also
+/// when a later step failed.
+fn time_of_op(
     backend: &mut dyn Backend,
     op: Op,
     inputs: [(TensorDesc, &[u8]); 2],
     output: TensorDesc,
-) -> Result<f64> {
+) -> Result<(usize, f64)> {
     let bytes = inputs.iter().map(|(d, _)| d.byte_size()).sum::<usize>() + output.byte_size();
     let mut bufs = Vec::new();
     let run = (|| {
@@ -148,7 +170,7 @@ fn bandwidth_of_op(
                 best = best.min(el);
             }
         }
-        Ok(bytes as f64 / best)
+        Ok((bytes, best))
     })();
     for b in bufs {
         backend.free(b)?;
@@ -379,6 +401,15 @@ mod tests {
         assert_eq!(repeated(&[1, 2, 3], 8), [1, 2, 3, 1, 2, 3, 1, 2]);
         assert_eq!(repeated(&[1, 2, 3], 2), [1, 2]);
         assert!(repeated(&[7], 0).is_empty());
+    }
+
+    #[test]
+    fn bandwidth_takes_out_the_fixed_cost_of_a_run() {
+        // 1 KB in 11 us and 1 MB in 110 us: 10 us a run, the memory at 1e10 bytes/s.
+        let rate = marginal_rate((1000, 11e-6), (1_000_000, 110e-6));
+        assert!((rate - 999_000.0 / 99e-6).abs() < 1.0, "{rate}");
+        // A small run no faster (noise): the large run's own rate.
+        assert_eq!(marginal_rate((1000, 2e-3), (1_000_000, 1e-3)), 1e9);
     }
 
     #[test]
