@@ -374,3 +374,47 @@ fn a_model_too_big_for_the_gpu_is_refused_before_loading() {
         "refused before loading: {err}"
     );
 }
+
+#[test]
+fn a_plugin_decodes_the_same_tokens_as_the_built_in_backend() {
+    // Through the plugin ABI a repeated decode graph is passed on as it was laid out the step
+    // before (the loader keeps a copy and its C form); every step must still run the graph it
+    // was given: 24 greedy tokens equal the linked-in cpu backend's.
+    let generate = |exe: &Path, plugins: Option<&Path>| {
+        let mut c = gptoss_cmd(
+            exe,
+            &[
+                "generate",
+                "-m",
+                fixture("tiny-a").to_str().unwrap(),
+                "--tokens",
+                "5,9,2,7",
+                "--max-tokens",
+                "24",
+                "--ignore-eos",
+            ],
+        );
+        c.env("RUST_LOG", "gptoss=debug");
+        if let Some(dir) = plugins {
+            c.env("GPTOSS_PLUGIN_PATH", dir);
+        }
+        run(c)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        cpu_plugin(),
+        dir.path().join(cpu_plugin().file_name().unwrap()),
+    )
+    .unwrap();
+    let (via_plugin, err) = generate(&exe(), Some(dir.path()));
+    assert!(err.contains("using plugin cpu"), "{err}");
+    let alone = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let lone = alone.path().join(exe().file_name().unwrap());
+    if std::fs::hard_link(exe(), &lone).is_err() {
+        std::fs::copy(exe(), &lone).unwrap();
+    }
+    let (built_in, err) = generate(&lone, None);
+    assert!(err.contains("using the built-in cpu backend"), "{err}");
+    assert_eq!(via_plugin.trim().split(',').count(), 24, "{via_plugin}");
+    assert_eq!(via_plugin.trim(), built_in.trim());
+}
