@@ -113,6 +113,34 @@ pub struct Gpu {
     blas: Option<(crate::cublas::Blas, CUdeviceptr)>,
     /// GPTOSS_CUDA_SYNC: synchronise after every launch (read once).
     sync_each: bool,
+    /// Page-locked host memory for small copies (None where it could not be had): they are
+    /// then queued on the stream without the host waiting for them (see `htod`).
+    pinned: Option<Pinned>,
+}
+
+/// A page-locked host buffer: `STAGING` bytes handed out to queued small uploads (`used`,
+/// back to 0 whenever the stream is synchronised, which completes them), then `READBACK`
+/// bytes for small reads queued ahead of a synchronisation (`read_after_sync`).
+struct Pinned {
+    ptr: *mut u8,
+    used: std::cell::Cell<usize>,
+}
+
+/// Uploads of at most this many bytes are queued through the pinned staging (a decode
+/// step's token and position: the host then does not wait a round trip for each).
+const SMALL_COPY: usize = 4096;
+const STAGING: usize = 64 * SMALL_COPY;
+const READBACK: usize = 256;
+
+impl Pinned {
+    fn new() -> Option<Pinned> {
+        // SAFETY: plain allocation, freed in Gpu's Drop.
+        let ptr = unsafe { result::malloc_host(STAGING + READBACK, 0) }.ok()?;
+        Some(Pinned {
+            ptr: ptr as *mut u8,
+            used: std::cell::Cell::new(0),
+        })
+    }
 }
 
 /// `Launch::f` of a recorded NCCL all-reduce (args: send, recv, count); a kernel's function
@@ -166,6 +194,7 @@ impl Gpu {
             comm: None,
             blas: None,
             sync_each: std::env::var_os("GPTOSS_CUDA_SYNC").is_some(),
+            pinned: Pinned::new(),
         })
     }
 
@@ -201,10 +230,29 @@ impl Gpu {
             .map_err(|e| cuda_err("cuMemsetD8Async", e))
     }
 
-    /// Copy host bytes to the device, ordered on this backend's stream; returns when done.
+    /// Copy host bytes to the device, ordered on this backend's stream: a small copy is
+    /// queued from pinned memory (done before any later work on the stream, which is all
+    /// that reads device memory); a larger one returns when done.
     pub fn htod(&self, dst: CUdeviceptr, src: &[u8]) -> Result<()> {
         if src.is_empty() {
             return Ok(());
+        }
+        if let Some(p) = self.pinned.as_ref().filter(|_| src.len() <= SMALL_COPY) {
+            if p.used.get() + src.len() > STAGING {
+                self.sync()?; // completes the queued copies, freeing the staging
+            }
+            let at = p.used.get();
+            // SAFETY: [at, at + len) lies inside the staging, which no queued copy still
+            // reads (`used` only returns to 0 once the stream is synchronised).
+            let staged = unsafe {
+                std::ptr::copy_nonoverlapping(src.as_ptr(), p.ptr.add(at), src.len());
+                std::slice::from_raw_parts(p.ptr.add(at), src.len())
+            };
+            p.used.set(at + src.len().next_multiple_of(16));
+            // SAFETY: dst holds at least src.len() bytes; the staged bytes stay untouched until
+            // the next synchronisation, after which the copy is complete.
+            return unsafe { result::memcpy_htod_async(dst, staged, self.stream) }
+                .map_err(|e| cuda_err("cuMemcpyHtoDAsync", e));
         }
         // SAFETY: dst holds at least src.len() bytes; src outlives the copy (synced below).
         unsafe { result::memcpy_htod_async(dst, src, self.stream) }
@@ -225,7 +273,35 @@ impl Gpu {
     pub fn sync(&self) -> Result<()> {
         // SAFETY: the stream lives as long as self.
         unsafe { result::stream::synchronize(self.stream) }
-            .map_err(|e| cuda_err("cuStreamSynchronize (a kernel failed)", e))
+            .map_err(|e| cuda_err("cuStreamSynchronize (a kernel failed)", e))?;
+        if let Some(p) = &self.pinned {
+            p.used.set(0); // every queued upload is complete
+        }
+        Ok(())
+    }
+
+    /// Queue a copy of `n` (at most READBACK) device bytes at `src` into pinned memory, to be
+    /// read with `read_back` after the next `sync`; false where there is no pinned memory
+    /// (read with `dtoh` then).
+    pub fn queue_read_back(&self, src: CUdeviceptr, n: usize) -> Result<bool> {
+        let Some(p) = self.pinned.as_ref().filter(|_| n <= READBACK) else {
+            return Ok(false);
+        };
+        // SAFETY: the read-back area lies after the staging and holds READBACK bytes; src
+        // holds n bytes.
+        let dst = unsafe { std::slice::from_raw_parts_mut(p.ptr.add(STAGING), n) };
+        unsafe { result::memcpy_dtoh_async(dst, src, self.stream) }
+            .map_err(|e| cuda_err("cuMemcpyDtoHAsync", e))?;
+        Ok(true)
+    }
+
+    /// The bytes `queue_read_back` asked for (call after a `sync`).
+    pub fn read_back(&self, out: &mut [u8]) {
+        if let Some(p) = &self.pinned {
+            let n = out.len().min(READBACK);
+            // SAFETY: the read-back area holds READBACK bytes, written by a completed copy.
+            unsafe { std::ptr::copy_nonoverlapping(p.ptr.add(STAGING), out.as_mut_ptr(), n) };
+        }
     }
 
     /// Load a cubin (or NUL-terminated PTX) image.
@@ -518,6 +594,9 @@ impl Drop for Gpu {
         // SAFETY: handles created in open() and released once.
         unsafe {
             let _ = result::stream::synchronize(self.stream);
+            if let Some(p) = self.pinned.take() {
+                let _ = result::free_host(p.ptr as *mut c_void);
+            }
             let _ = result::stream::destroy(self.stream);
             let _ = result::primary_ctx::release(self.dev);
         }

@@ -51,6 +51,13 @@ fn timing_skip_from_env() -> Vec<String> {
 
 /// Launches of the GEMV with the MoE combine inside (gemv_bf16_t1_moe) by every backend of
 /// the process so far: tests see that a model's decode took that path.
+pub fn fast_replays() -> u64 {
+    FAST_REPLAYS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Steps launched as the captured graph without being fused and recorded again (tests).
+static FAST_REPLAYS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 pub fn gemv_combine_launches() -> u64 {
     ops::GEMV_COMBINE_LAUNCHES.load(std::sync::atomic::Ordering::Relaxed)
 }
@@ -262,12 +269,50 @@ pub struct Cuda<F: Flavor> {
     /// The last step's recorded launches, and a captured graph of a repeated one.
     last_launches: Vec<driver::Launch>,
     graph: Option<(Vec<driver::Launch>, cudarc::driver::sys::CUgraphExec)>,
+    /// The last executed graph when its launches were the captured graph's and no buffer has
+    /// been allocated, freed or loaded since: the same graph again launches the captured one
+    /// without binding, fusing and recording it (a decode step's ~150 us of host time, with
+    /// the GPU idle). GPTOSS_CUDA_FAST_REPLAY=0 turns this off.
+    replay_ready: Option<Graph>,
+    fast_replay: bool,
     /// GPTOSS_CUDA_PROFILE=1: per-node device times, aggregated by op and shape.
     profile: Option<Profile>,
+    /// GPTOSS_CUDA_STEP_TIMES=1: where a step's wall time goes on the host (printed at exit).
+    step_times: Option<StepTimes>,
     /// The shard this instance runs of a model split over several GPUs.
     shard: Option<gptoss_core::collective::ShardOptions>,
     gpu: Gpu,
     _flavor: PhantomData<F>,
+}
+
+/// Where the wall time of `execute` calls goes, on the host's clock: between one execute's end
+/// and the next one's start (the caller's work: building the step, uploads, downloads),
+/// inside execute before its launches are issued (binding, fusion, recording and comparing the
+/// launches), and waiting for the GPU after them. The GPU idles through the first two.
+/// Medians, so that the few loads and prefills among the many decode steps do not count.
+#[derive(Default)]
+struct StepTimes {
+    /// (between, before the launches, waiting) of each execute after the first, seconds.
+    samples: Vec<[f64; 3]>,
+    last_end: Option<std::time::Instant>,
+}
+
+impl StepTimes {
+    fn report(&self, name: &str) -> String {
+        let median_us = |i: usize| {
+            let mut v: Vec<f64> = self.samples.iter().map(|s| s[i]).collect();
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).map_or(0.0, |s| 1e6 * s)
+        };
+        format!(
+            "{name}: {} executes; medians: {:.1} us between two, {:.1} us in one before its \
+             launches, {:.1} us waiting for the GPU\n",
+            self.samples.len(),
+            median_us(0),
+            median_us(1),
+            median_us(2)
+        )
+    }
 }
 
 /// Device time per (op, output shape), printed to stderr when the backend is dropped
@@ -514,7 +559,10 @@ impl<F: Flavor> Cuda<F> {
                 && std::env::var_os("GPTOSS_CUDA_SYNC").is_none(),
             last_launches: Vec::new(),
             graph: None,
+            replay_ready: None,
+            fast_replay: env_not_off("GPTOSS_CUDA_FAST_REPLAY"),
             profile,
+            step_times: env_on("GPTOSS_CUDA_STEP_TIMES").then(StepTimes::default),
             shard: options.shard.clone().filter(|s| s.world > 1),
             gpu,
             _flavor: PhantomData,
@@ -760,9 +808,9 @@ impl<F: Flavor> Cuda<F> {
     }
 
     /// Read and clear the kernels' error word; turn a reported problem into an error.
-    fn check_kernel_errors(&mut self) -> Result<()> {
-        let mut raw = [0u8; 16];
-        self.gpu.dtoh(&mut raw, self.err)?;
+    /// The error a kernel reported in the error word `raw` (read after the step), if any; the
+    /// word is cleared for the next step.
+    fn check_kernel_errors(&mut self, raw: [u8; 16]) -> Result<()> {
         let w: Vec<i32> = raw
             .chunks_exact(4)
             .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -865,6 +913,7 @@ impl<F: Flavor> Backend for Cuda<F> {
     }
 
     fn alloc(&mut self, desc: &TensorDesc) -> Result<BufferId> {
+        self.replay_ready = None; // may take a pointer the captured graph uses as a temporary
         self.gpu.bind()?;
         let id = BufferId(self.next_id);
         let ptr = self.take_temp(desc.byte_size(), &format!("buffer {} {desc}", id.0))?;
@@ -881,6 +930,7 @@ impl<F: Flavor> Backend for Cuda<F> {
     }
 
     fn free(&mut self, id: BufferId) -> Result<()> {
+        self.replay_ready = None;
         self.gpu.bind()?;
         let b = self
             .buffers
@@ -919,6 +969,7 @@ impl<F: Flavor> Backend for Cuda<F> {
     }
 
     fn load_weight(&mut self, name: &str, desc: &TensorDesc, data: &[u8]) -> Result<BufferId> {
+        self.replay_ready = None;
         self.gpu.bind()?;
         if data.len() != desc.byte_size() {
             return Err(Error::tensor(
@@ -964,6 +1015,17 @@ impl<F: Flavor> Backend for Cuda<F> {
     }
 
     fn execute(&mut self, graph: &Graph) -> Result<()> {
+        let started = std::time::Instant::now();
+        if self.replay_ready.as_ref() == Some(graph) {
+            if let Some((_, exec)) = &self.graph {
+                let exec = *exec;
+                self.gpu.bind()?;
+                self.gpu.graph_launch(exec)?;
+                FAST_REPLAYS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return self.finish_step(started, graph);
+            }
+        }
+        self.replay_ready = None;
         self.gpu.bind()?;
         graph.validate()?;
         if self.gpu.comm.is_none() && graph.nodes.iter().any(|n| n.op == Op::AllReduceSum) {
@@ -1004,13 +1066,15 @@ impl<F: Flavor> Backend for Cuda<F> {
                 }
             }
         }
+        let mut replayed = false;
         if let (Ok(()), Some(launches)) = (&result, recorded) {
-            result = self.issue(launches);
+            result = self.issue(launches).map(|r| replayed = r);
         }
         result?;
-        self.gpu.sync()?;
-        self.collect_profile(graph)?;
-        self.check_kernel_errors()?;
+        self.finish_step(started, graph)?;
+        if replayed && self.fast_replay {
+            self.replay_ready = Some(graph.clone());
+        }
         self.trim_pool()
     }
 }
@@ -1027,13 +1091,42 @@ impl<F: Flavor> Cuda<F> {
         Ok(())
     }
 
+    /// After a step's launches are issued: wait for them, note the host's times
+    /// (GPTOSS_CUDA_STEP_TIMES), gather the profile and the kernels' error reports.
+    fn finish_step(&mut self, started: std::time::Instant, graph: &Graph) -> Result<()> {
+        let issued = std::time::Instant::now();
+        // The kernels' error word comes back with the step's own synchronisation.
+        let queued = self.gpu.queue_read_back(self.err, 16)?;
+        self.gpu.sync()?;
+        if let Some(t) = self.step_times.as_mut() {
+            let end = std::time::Instant::now();
+            if let Some(last) = t.last_end {
+                t.samples.push([
+                    (started - last).as_secs_f64(),
+                    (issued - started).as_secs_f64(),
+                    (end - issued).as_secs_f64(),
+                ]);
+            }
+            t.last_end = Some(end);
+        }
+        self.collect_profile(graph)?;
+        let mut raw = [0u8; 16];
+        if queued {
+            self.gpu.read_back(&mut raw);
+        } else {
+            self.gpu.dtoh(&mut raw, self.err)?;
+        }
+        self.check_kernel_errors(raw)
+    }
+
     /// Issue a step's recorded launches: as the captured graph when the same launches ran
     /// before (decode steps repeat exactly: same kernels, pointers and sizes), captured when
-    /// they repeat the previous step, else directly.
-    fn issue(&mut self, launches: Vec<driver::Launch>) -> Result<()> {
+    /// they repeat the previous step, else directly. True when the captured graph ran.
+    fn issue(&mut self, launches: Vec<driver::Launch>) -> Result<bool> {
         if let Some((l, exec)) = &self.graph {
             if *l == launches {
-                return self.gpu.graph_launch(*exec);
+                self.gpu.graph_launch(*exec)?;
+                return Ok(true);
             }
         }
         if launches == self.last_launches && launches.len() > 1 {
@@ -1044,11 +1137,11 @@ impl<F: Flavor> Cuda<F> {
             let exec = self.gpu.capture(&launches)?;
             self.gpu.graph_launch(exec)?;
             self.graph = Some((launches, exec));
-            return Ok(());
+            return Ok(true);
         }
         self.gpu.replay(&launches)?;
         self.last_launches = launches;
-        Ok(())
+        Ok(false)
     }
 
     fn collect_profile(&mut self, graph: &Graph) -> Result<()> {
@@ -1083,6 +1176,9 @@ impl<F: Flavor> Drop for Cuda<F> {
             for ev in p.events {
                 self.gpu.event_destroy(ev);
             }
+        }
+        if let Some(t) = self.step_times.take() {
+            eprint!("{}", t.report(F::NAME));
         }
         if let Some((_, exec)) = self.graph.take() {
             self.gpu.graph_destroy(exec);

@@ -1693,6 +1693,40 @@ fn early_launches_change_no_logit() {
 
 #[test]
 #[ignore = "needs an NVIDIA GPU (sm_90+; sm_70+ with GPTOSS_CUDA_FLAVOR=portable): run on the GPU machine with --ignored"]
+fn fast_replay_changes_no_logit() {
+    // A step whose graph equals the last one, whose launches were the captured CUDA graph's,
+    // with no buffer allocated, freed or loaded since, launches that graph without being fused
+    // and recorded again: the same logits, bit for bit, as with that off
+    // (GPTOSS_CUDA_FAST_REPLAY=0), also in a second session after the first (new caches,
+    // whose pointers must not be replayed stale), which decodes what the first did.
+    let name = FIXTURES[0];
+    let prompt = &Reference::load(name).prompts()[0].0;
+    let mut runs = Vec::new();
+    for on in ["1", "0"] {
+        let be = gpu_with_env(&[("GPTOSS_CUDA_FAST_REPLAY", on)]);
+        let mut model = Model::load(&fixture_dir(name), Box::new(be), &mut |_, _| {}).unwrap();
+        let before = gptoss_cuda::fast_replays();
+        let first = decode_logits(&mut model, prompt, 10);
+        let second = decode_logits(&mut model, prompt, 10);
+        let fast = gptoss_cuda::fast_replays() - before;
+        assert_eq!(
+            fast > 0,
+            on == "1",
+            "GPTOSS_CUDA_FAST_REPLAY={on}: {fast} fast replays"
+        );
+        assert!(
+            first == second,
+            "FAST_REPLAY={on}: the second session decoded differently"
+        );
+        runs.push(first);
+    }
+    for (i, (a, b)) in runs[0].iter().zip(&runs[1]).enumerate() {
+        assert!(a == b, "step {i}: logits differ with the fast replay");
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU (sm_90+; sm_70+ with GPTOSS_CUDA_FLAVOR=portable): run on the GPU machine with --ignored"]
 fn combine_inside_the_gemv_changes_no_logit() {
     // One-token steps form the MoE's combine, residual add and RMSNorm inside the next layer's
     // q/k/v GEMV (and lm_head's) with moe_combine_add_norm's arithmetic: the same logits, bit
