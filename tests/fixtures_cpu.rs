@@ -49,6 +49,39 @@ fn greedy_tokens_match_transformers() {
 }
 
 #[test]
+fn greedy_generation_stops_inside_a_chunk_and_chunks_carry_on() {
+    // generate_greedy hands the decode steps to the backend in chunks (greedy_continue): a
+    // stop token in the middle of a chunk ends the output there, seen by on_token in order;
+    // chunks of several sizes in one session give the step-by-step tokens.
+    let name = FIXTURES[0];
+    let mut model = load(name);
+    let r = Reference::load(name);
+    let (prompt, want) = (r.tokens("greedy_prompt"), r.tokens("greedy_tokens"));
+    let stop_at = 3.min(want.len() - 1);
+    let mut seen = Vec::new();
+    let got = model
+        .generate_greedy(&prompt, want.len(), &[want[stop_at]], 0, &mut |t| seen.push(t))
+        .unwrap();
+    let first = want.iter().position(|&t| t == want[stop_at]).unwrap();
+    assert_eq!(got, want[..=first], "output up to the first stop token");
+    assert_eq!(seen, got, "on_token saw each token once, in order");
+
+    let mut s = model.new_session(prompt.len() + want.len()).unwrap();
+    let mut last = model.forward_argmax(&mut s, &prompt).unwrap();
+    let mut chained = vec![last];
+    for n in [1, 2, 3] {
+        let n = n.min(want.len() - chained.len());
+        let chunk = model.decode_greedy(&mut s, last, n).unwrap();
+        last = *chunk.last().unwrap_or(&last);
+        chained.extend(chunk);
+    }
+    assert_eq!(chained, want[..chained.len()], "chunks of 1, 2 and 3 steps");
+    let room = s.capacity() - s.len();
+    let e = model.decode_greedy(&mut s, last, room + 1).unwrap_err().to_string();
+    assert!(e.contains("context"), "{e}");
+}
+
+#[test]
 fn last_logits_equal_the_last_row_of_all() {
     let mut model = load("tiny-a");
     let v = model.config.vocab_size;

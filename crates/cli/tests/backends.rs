@@ -113,7 +113,7 @@ fn json_has_the_same_content_as_the_table() {
         assert!(text.contains(b["name"].as_str().unwrap()), "{b}");
         if let Some(p) = b["path"].as_str() {
             assert!(text.contains(p), "{p} missing from\n{text}");
-            assert_eq!(b["abi_version"], 1);
+            assert_eq!(b["abi_version"], 2);
         }
         for d in b["devices"].as_array().unwrap() {
             assert!(text.contains(d["reason"].as_str().unwrap()), "{d}");

@@ -65,4 +65,39 @@ pub trait Backend: Send {
     }
 
     fn execute(&mut self, graph: &Graph) -> Result<()>;
+
+    /// Greedy decoding of `steps` tokens by a one-token `graph` whose token (`io.ids`, I32
+    /// [1]) and position (`io.positions`, I32 [1]) are inputs and whose Argmax is `io.argmax`
+    /// (I32 [1]): step i runs at position `io.start + i` on the token step i - 1 chose
+    /// (`io.first` for step 0), and the chosen tokens are returned. The default runs the steps
+    /// one by one through the host; a GPU backend may queue them all, feeding each choice to
+    /// the next step on the device, so that the GPU never waits for the host between steps.
+    fn decode_chain(&mut self, graph: &Graph, io: DecodeChain, steps: usize) -> Result<Vec<u32>> {
+        let mut tokens = Vec::with_capacity(steps);
+        let mut token = io.first;
+        for i in 0..steps {
+            self.upload(io.ids, &(token as i32).to_le_bytes())?;
+            self.upload(
+                io.positions,
+                &((io.start as usize + i) as i32).to_le_bytes(),
+            )?;
+            self.execute(graph)?;
+            let out = self.download(io.argmax)?;
+            token = i32::from_le_bytes([out[0], out[1], out[2], out[3]]) as u32;
+            tokens.push(token);
+        }
+        Ok(tokens)
+    }
+}
+
+/// The buffers and first inputs of [`Backend::decode_chain`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeChain {
+    pub ids: BufferId,
+    pub positions: BufferId,
+    pub argmax: BufferId,
+    /// The token the first step runs on.
+    pub first: u32,
+    /// The first step's position.
+    pub start: u32,
 }

@@ -278,14 +278,10 @@ pub fn run(
 
     let mut s = model.new_session(prompt + gen)?;
     let (logits, prefill_s) = timed(|| model.forward(&mut s, &tokens, LogitsWanted::Last))?;
-    let mut next = argmax(&logits) as u32;
-    // Greedy decode as `generate_greedy` runs it: the argmax on the backend, 4 bytes back.
-    let (_, decode_s) = timed(|| {
-        for _ in 0..gen {
-            next = model.forward_argmax(&mut s, &[next])?;
-        }
-        Ok(())
-    })?;
+    let next = argmax(&logits) as u32;
+    // Greedy decode as `generate_greedy` runs it: chunks of steps a backend call
+    // (`greedy_continue`), the argmax on the backend, 4 bytes a token back.
+    let (_, decode_s) = timed(|| model.greedy_continue(&mut s, next, gen, &[], &mut |_| {}))?;
     model.free_session(s)?;
     Ok(BenchResult::from_times(
         model, 1, prompt, gen, prefill_s, decode_s, bandwidth,

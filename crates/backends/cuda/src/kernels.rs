@@ -169,7 +169,7 @@ pub const FAMILIES: &[Family] = &[
     Family {
         name: "argmax",
         source: include_str!("kernels/argmax.cu"),
-        functions: &["argmax_rows"],
+        functions: &["argmax_rows", "chain_advance"],
         optional: false,
         defines: &[],
     },

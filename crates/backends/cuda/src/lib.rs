@@ -81,7 +81,9 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use gptoss_core::graph::{Op, ValueKind};
 use gptoss_core::plugin::{PluginBackend, PluginOptions};
 use gptoss_core::rope::RopeParams;
-use gptoss_core::{Backend, BufferId, DType, Error, Graph, ProbeReport, Result, TensorDesc};
+use gptoss_core::{
+    Backend, BufferId, DType, DecodeChain, Error, Graph, ProbeReport, Result, TensorDesc,
+};
 
 use driver::{CUdeviceptr, Gpu};
 pub use kernels::{
@@ -275,6 +277,9 @@ pub struct Cuda<F: Flavor> {
     /// the GPU idle). GPTOSS_CUDA_FAST_REPLAY=0 turns this off.
     replay_ready: Option<Graph>,
     fast_replay: bool,
+    /// `decode_chain`'s tokens on the device (its own allocation, outside the pool the
+    /// captured graph's temporaries come from) and how many it holds.
+    chain_tokens: Option<(CUdeviceptr, usize)>,
     /// GPTOSS_CUDA_PROFILE=1: per-node device times, aggregated by op and shape.
     profile: Option<Profile>,
     /// GPTOSS_CUDA_STEP_TIMES=1: where a step's wall time goes on the host (printed at exit).
@@ -561,6 +566,7 @@ impl<F: Flavor> Cuda<F> {
             graph: None,
             replay_ready: None,
             fast_replay: env_not_off("GPTOSS_CUDA_FAST_REPLAY"),
+            chain_tokens: None,
             profile,
             step_times: env_on("GPTOSS_CUDA_STEP_TIMES").then(StepTimes::default),
             shard: options.shard.clone().filter(|s| s.world > 1),
@@ -1077,6 +1083,68 @@ impl<F: Flavor> Backend for Cuda<F> {
         }
         self.trim_pool()
     }
+
+    /// Step by step until the graph runs as the captured CUDA graph (its second step), then
+    /// every remaining step queued at once: the captured graph, then `chain_advance` (the
+    /// chosen token into the next step's input, the position on by one), with one
+    /// synchronisation at the end; kernel errors of any step are reported then.
+    fn decode_chain(&mut self, graph: &Graph, io: DecodeChain, steps: usize) -> Result<Vec<u32>> {
+        let mut tokens = Vec::with_capacity(steps);
+        let mut token = io.first;
+        while tokens.len() < steps && self.replay_ready.as_ref() != Some(graph) {
+            self.upload(io.ids, &(token as i32).to_le_bytes())?;
+            let pos = io.start as usize + tokens.len();
+            self.upload(io.positions, &(pos as i32).to_le_bytes())?;
+            self.execute(graph)?;
+            let out = self.download(io.argmax)?;
+            token = i32::from_le_bytes([out[0], out[1], out[2], out[3]]) as u32;
+            tokens.push(token);
+        }
+        let rest = steps - tokens.len();
+        let Some((_, exec)) = &self.graph else {
+            return Ok(tokens);
+        };
+        if rest == 0 {
+            return Ok(tokens);
+        }
+        let exec = *exec;
+        let (ids, pos, argmax) = (
+            self.buffer_ptr(io.ids)?,
+            self.buffer_ptr(io.positions)?,
+            self.buffer_ptr(io.argmax)?,
+        );
+        let out = self.chain_tokens(rest)?;
+        let started = std::time::Instant::now();
+        self.gpu.bind()?;
+        self.gpu.htod(ids, &(token as i32).to_le_bytes())?;
+        let at = io.start as usize + tokens.len();
+        self.gpu.htod(pos, &(at as i32).to_le_bytes())?;
+        for j in 0..rest {
+            self.gpu.graph_launch(exec)?;
+            self.launch(
+                "chain_advance",
+                (1, 1, 1),
+                (32, 1, 1),
+                0,
+                &[
+                    driver::Arg::Ptr(argmax),
+                    driver::Arg::Ptr(ids),
+                    driver::Arg::Ptr(pos),
+                    driver::Arg::Ptr(out),
+                    driver::Arg::I32(j as i32),
+                ],
+            )?;
+        }
+        FAST_REPLAYS.fetch_add(rest as u64, std::sync::atomic::Ordering::Relaxed);
+        self.finish_step(started, graph)?;
+        let mut raw = vec![0u8; rest * 4];
+        self.gpu.dtoh(&mut raw, out)?;
+        tokens.extend(
+            raw.chunks_exact(4)
+                .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u32),
+        );
+        Ok(tokens)
+    }
 }
 
 impl<F: Flavor> Cuda<F> {
@@ -1089,6 +1157,31 @@ impl<F: Flavor> Cuda<F> {
         let id = gptoss_core::collective::exchange(&shard, nccl::unique_id)?;
         self.gpu.comm = Some(nccl::Communicator::join(&id, shard.rank, shard.world)?);
         Ok(())
+    }
+
+    /// A device buffer of at least `n` i32 for `decode_chain`'s tokens.
+    fn chain_tokens(&mut self, n: usize) -> Result<CUdeviceptr> {
+        if let Some((p, cap)) = self.chain_tokens {
+            if cap >= n {
+                return Ok(p);
+            }
+            self.chain_tokens = None;
+            self.gpu.free(p)?;
+        }
+        let cap = n.next_power_of_two().max(256);
+        let p = self
+            .gpu
+            .malloc(cap * 4)
+            .map_err(|e| driver::cuda_err("allocating decode_chain's tokens", e))?;
+        self.chain_tokens = Some((p, cap));
+        Ok(p)
+    }
+
+    fn buffer_ptr(&self, id: BufferId) -> Result<CUdeviceptr> {
+        self.buffers
+            .get(&id)
+            .map(|b| b.ptr)
+            .ok_or_else(|| Error::backend(F::NAME, format!("unknown buffer {}", id.0)))
     }
 
     /// After a step's launches are issued: wait for them, note the host's times
@@ -1182,6 +1275,9 @@ impl<F: Flavor> Drop for Cuda<F> {
         }
         if let Some((_, exec)) = self.graph.take() {
             self.gpu.graph_destroy(exec);
+        }
+        if let Some((p, _)) = self.chain_tokens.take() {
+            let _ = self.gpu.free(p);
         }
         for (_, b) in self.buffers.drain() {
             let _ = self.gpu.free(b.ptr);

@@ -160,6 +160,14 @@ impl Backend for AnyCuda {
     fn execute(&mut self, graph: &Graph) -> Result<()> {
         each!(self, b => b.execute(graph))
     }
+    fn decode_chain(
+        &mut self,
+        graph: &Graph,
+        io: gptoss_core::DecodeChain,
+        steps: usize,
+    ) -> Result<Vec<u32>> {
+        each!(self, b => b.decode_chain(graph, io, steps))
+    }
 }
 
 fn gpu() -> AnyCuda {
@@ -1723,6 +1731,44 @@ fn fast_replay_changes_no_logit() {
     for (i, (a, b)) in runs[0].iter().zip(&runs[1]).enumerate() {
         assert!(a == b, "step {i}: logits differ with the fast replay");
     }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU (sm_90+; sm_70+ with GPTOSS_CUDA_FLAVOR=portable): run on the GPU machine with --ignored"]
+fn decode_chain_matches_step_by_step() {
+    // decode_chain queues its steps after the second (the captured graph, then chain_advance
+    // moving the chosen token and the position on, on the device): the same tokens as one
+    // forward_argmax a step, in chains of several lengths one after another in one session
+    // (the tokens and position carried across them), and the queued steps counted.
+    let name = FIXTURES[0];
+    let prompt = &Reference::load(name).prompts()[0].0;
+    let mut model = Model::load(&fixture_dir(name), Box::new(gpu()), &mut |_, _| {}).unwrap();
+    let steps = 24;
+    let mut s = model.new_session(prompt.len() + steps + 1).unwrap();
+    let mut tok = model.forward_argmax(&mut s, prompt).unwrap();
+    let mut expect = Vec::new();
+    for _ in 0..steps {
+        tok = model.forward_argmax(&mut s, &[tok]).unwrap();
+        expect.push(tok);
+    }
+    let mut s = model.new_session(prompt.len() + steps + 1).unwrap();
+    let first = model.forward_argmax(&mut s, prompt).unwrap();
+    let before = gptoss_cuda::fast_replays();
+    let mut got = Vec::new();
+    let mut last = first;
+    for n in [1, 3, 12, 8] {
+        let chunk = model.decode_greedy(&mut s, last, n).unwrap();
+        assert_eq!(chunk.len(), n);
+        last = *chunk.last().unwrap();
+        got.extend(chunk);
+    }
+    assert_eq!(got, expect, "chained tokens against step by step");
+    assert!(gptoss_cuda::fast_replays() > before, "no step was queued");
+    let e = model
+        .decode_greedy(&mut s, last, 2)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("context"), "{e}");
 }
 
 #[test]

@@ -21,7 +21,7 @@
 use std::ffi::c_void;
 
 /// Version of this ABI. A plugin built against another version is refused with both numbers.
-pub const GPTOSS_ABI_VERSION: u32 = 1;
+pub const GPTOSS_ABI_VERSION: u32 = 2;
 
 /// The one symbol a plugin exports (NUL-terminated for the dynamic loader).
 pub const ENTRY_SYMBOL: &[u8] = b"gptoss_backend_entry\0";
@@ -189,6 +189,19 @@ pub struct GptossBackendVTable {
     ) -> i32,
     pub execute: unsafe extern "C" fn(h: GHandle, graph: *const GGraph, err: *mut GOwnedStr) -> i32,
     pub free_string: unsafe extern "C" fn(s: GOwnedStr),
+    /// `Backend::decode_chain` (version 2): `steps` greedy one-token steps of `graph` over the
+    /// token, position and argmax buffers `io` [ids, positions, argmax], the first on token
+    /// `first` at position `start`; writes the `steps` chosen tokens to `out`.
+    pub decode_chain: unsafe extern "C" fn(
+        h: GHandle,
+        graph: *const GGraph,
+        io: *const u64,
+        first: u32,
+        start: u32,
+        steps: usize,
+        out: *mut u32,
+        err: *mut GOwnedStr,
+    ) -> i32,
 }
 
 // The vtable is immutable static data holding pointers to static strings and functions.

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use super::abi::*;
 use super::codec;
 use super::sdk::PluginOptions;
-use crate::{Backend, BufferId, Error, Graph, ProbeReport, Result, TensorDesc};
+use crate::{Backend, BufferId, DecodeChain, Error, Graph, ProbeReport, Result, TensorDesc};
 
 /// A loaded plugin library. The library is never unloaded (its code may still run on
 /// threads it started), so this handle is cheap to copy around.
@@ -248,18 +248,44 @@ impl Backend for PluginBackendHandle {
     }
 
     fn execute(&mut self, graph: &Graph) -> Result<()> {
-        let g = match &self.sent {
-            Some((last, c)) if last == graph => *c,
-            _ => {
-                self.sent = None;
-                graph.validate()?;
-                let copy = graph.clone();
-                // The C form points into `copy`'s names, which stay put while it is kept.
-                let c = self.encoder.encode(&copy)?.as_c();
-                self.sent = Some((copy, c));
-                c
-            }
-        };
+        let g = self.encoded(graph)?;
         self.call(|err| unsafe { (self.vtable.execute)(self.handle, &g, err) })
+    }
+
+    fn decode_chain(&mut self, graph: &Graph, io: DecodeChain, steps: usize) -> Result<Vec<u32>> {
+        let g = self.encoded(graph)?;
+        let ids = [io.ids.0, io.positions.0, io.argmax.0];
+        let mut tokens = vec![0u32; steps];
+        self.call(|err| unsafe {
+            (self.vtable.decode_chain)(
+                self.handle,
+                &g,
+                ids.as_ptr(),
+                io.first,
+                io.start,
+                steps,
+                tokens.as_mut_ptr(),
+                err,
+            )
+        })?;
+        Ok(tokens)
+    }
+}
+
+impl PluginBackendHandle {
+    /// `graph` laid out as C arrays: the last one's when it equals the last graph passed.
+    fn encoded(&mut self, graph: &Graph) -> Result<GGraph> {
+        if let Some((last, c)) = &self.sent {
+            if last == graph {
+                return Ok(*c);
+            }
+        }
+        self.sent = None;
+        graph.validate()?;
+        let copy = graph.clone();
+        // The C form points into `copy`'s names, which stay put while it is kept.
+        let c = self.encoder.encode(&copy)?.as_c();
+        self.sent = Some((copy, c));
+        Ok(c)
     }
 }

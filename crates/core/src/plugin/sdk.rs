@@ -310,6 +310,51 @@ pub unsafe extern "C" fn execute<B: PluginBackend>(
     })
 }
 
+/// # Safety
+/// `h` comes from `create`; `graph` is a valid C graph, `io` three buffer ids and `out` room
+/// for `steps` tokens.
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn decode_chain<B: PluginBackend>(
+    h: GHandle,
+    graph: *const GGraph,
+    io: *const u64,
+    first: u32,
+    start: u32,
+    steps: usize,
+    out: *mut u32,
+    err: *mut GOwnedStr,
+) -> i32 {
+    guard(B::NAME, err, || {
+        let inst = instance::<B>(h)?;
+        codec::graph_from_c_into(
+            graph
+                .as_ref()
+                .ok_or_else(|| Error::Input("null graph".into()))?,
+            &mut inst.graph,
+        )?;
+        let [ids, positions, argmax] = *(io as *const [u64; 3]);
+        let io = crate::DecodeChain {
+            ids: crate::BufferId(ids),
+            positions: crate::BufferId(positions),
+            argmax: crate::BufferId(argmax),
+            first,
+            start,
+        };
+        let tokens = inst.backend.decode_chain(&inst.graph, io, steps)?;
+        if tokens.len() != steps {
+            return Err(Error::backend(
+                B::NAME,
+                format!(
+                    "decode_chain gave {} tokens for {steps} steps",
+                    tokens.len()
+                ),
+            ));
+        }
+        std::ptr::copy_nonoverlapping(tokens.as_ptr(), out, steps);
+        Ok(())
+    })
+}
+
 /// Export `$ty` (a [`PluginBackend`]) as this library's `gptoss_backend_entry`.
 #[macro_export]
 macro_rules! export_backend {
@@ -337,6 +382,7 @@ macro_rules! export_backend {
                     load_weight: sdk::load_weight::<$ty>,
                     execute: sdk::execute::<$ty>,
                     free_string: sdk::free_string,
+                    decode_chain: sdk::decode_chain::<$ty>,
                 };
             &VTABLE
         }

@@ -44,6 +44,7 @@ static VTABLE: GptossBackendVTable = GptossBackendVTable {
     load_weight: sdk::load_weight::<B>,
     execute: sdk::execute::<B>,
     free_string: sdk::free_string,
+    decode_chain: sdk::decode_chain::<B>,
 };
 
 #[no_mangle]

@@ -49,3 +49,15 @@ extern "C" __global__ void argmax_rows(const float* x, int* out, int N) {
         out[t] = bi < 0 ? 0 : bi;
     }
 }
+
+// Greedy decoding queued on the device (Backend::decode_chain): after step j, the token it
+// chose becomes the next step's input, is kept as the chain's j-th, and the position moves on.
+extern "C" __global__ void chain_advance(const int* argmax, int* ids, int* pos, int* tokens,
+                                         int j) {
+    if (threadIdx.x == 0 && blockIdx.x == 0) {
+        const int t = argmax[0];
+        ids[0] = t;
+        tokens[j] = t;
+        pos[0] += 1;
+    }
+}
