@@ -60,7 +60,9 @@ fn greedy_generation_stops_inside_a_chunk_and_chunks_carry_on() {
     let stop_at = 3.min(want.len() - 1);
     let mut seen = Vec::new();
     let got = model
-        .generate_greedy(&prompt, want.len(), &[want[stop_at]], 0, &mut |t| seen.push(t))
+        .generate_greedy(&prompt, want.len(), &[want[stop_at]], 0, &mut |t| {
+            seen.push(t)
+        })
         .unwrap();
     let first = want.iter().position(|&t| t == want[stop_at]).unwrap();
     assert_eq!(got, want[..=first], "output up to the first stop token");
@@ -77,7 +79,10 @@ fn greedy_generation_stops_inside_a_chunk_and_chunks_carry_on() {
     }
     assert_eq!(chained, want[..chained.len()], "chunks of 1, 2 and 3 steps");
     let room = s.capacity() - s.len();
-    let e = model.decode_greedy(&mut s, last, room + 1).unwrap_err().to_string();
+    let e = model
+        .decode_greedy(&mut s, last, room + 1)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("context"), "{e}");
 }
 

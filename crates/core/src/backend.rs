@@ -76,18 +76,27 @@ pub trait Backend: Send {
         let mut tokens = Vec::with_capacity(steps);
         let mut token = io.first;
         for i in 0..steps {
-            self.upload(io.ids, &(token as i32).to_le_bytes())?;
-            self.upload(
-                io.positions,
-                &((io.start as usize + i) as i32).to_le_bytes(),
-            )?;
-            self.execute(graph)?;
-            let out = self.download(io.argmax)?;
-            token = i32::from_le_bytes([out[0], out[1], out[2], out[3]]) as u32;
+            token = decode_step(self, graph, &io, token, io.start as usize + i)?;
             tokens.push(token);
         }
         Ok(tokens)
     }
+}
+
+/// One step of a decode chain through the host: `token` and `position` uploaded, the graph
+/// run, the argmax it chose read back.
+pub fn decode_step<B: Backend + ?Sized>(
+    be: &mut B,
+    graph: &Graph,
+    io: &DecodeChain,
+    token: u32,
+    position: usize,
+) -> Result<u32> {
+    be.upload(io.ids, &(token as i32).to_le_bytes())?;
+    be.upload(io.positions, &(position as i32).to_le_bytes())?;
+    be.execute(graph)?;
+    let out = be.download(io.argmax)?;
+    Ok(i32::from_le_bytes([out[0], out[1], out[2], out[3]]) as u32)
 }
 
 /// The buffers and first inputs of [`Backend::decode_chain`].

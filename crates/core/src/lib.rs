@@ -22,7 +22,7 @@ pub mod rope;
 pub mod shape;
 pub mod tensor;
 
-pub use backend::{Backend, DecodeChain, DeviceReport, ProbeReport};
+pub use backend::{decode_step, Backend, DecodeChain, DeviceReport, ProbeReport};
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use graph::{Graph, Node, Op, Value, ValueId, ValueKind};

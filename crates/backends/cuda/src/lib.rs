@@ -1092,12 +1092,8 @@ impl<F: Flavor> Backend for Cuda<F> {
         let mut tokens = Vec::with_capacity(steps);
         let mut token = io.first;
         while tokens.len() < steps && self.replay_ready.as_ref() != Some(graph) {
-            self.upload(io.ids, &(token as i32).to_le_bytes())?;
             let pos = io.start as usize + tokens.len();
-            self.upload(io.positions, &(pos as i32).to_le_bytes())?;
-            self.execute(graph)?;
-            let out = self.download(io.argmax)?;
-            token = i32::from_le_bytes([out[0], out[1], out[2], out[3]]) as u32;
+            token = gptoss_core::decode_step(self, graph, &io, token, pos)?;
             tokens.push(token);
         }
         let rest = steps - tokens.len();

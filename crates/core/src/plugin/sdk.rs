@@ -132,6 +132,21 @@ unsafe fn instance<'a, B>(h: GHandle) -> Result<&'a mut Instance<B>> {
         .ok_or_else(|| Error::Input("null backend handle".into()))
 }
 
+/// The instance behind `h` with `graph` decoded into its reused graph.
+unsafe fn instance_with_graph<'a, B>(
+    h: GHandle,
+    graph: *const GGraph,
+) -> Result<&'a mut Instance<B>> {
+    let inst = instance::<B>(h)?;
+    codec::graph_from_c_into(
+        graph
+            .as_ref()
+            .ok_or_else(|| Error::Input("null graph".into()))?,
+        &mut inst.graph,
+    )?;
+    Ok(inst)
+}
+
 unsafe fn backend<'a, B>(h: GHandle) -> Result<&'a mut B> {
     Ok(&mut instance::<B>(h)?.backend)
 }
@@ -299,13 +314,7 @@ pub unsafe extern "C" fn execute<B: PluginBackend>(
     err: *mut GOwnedStr,
 ) -> i32 {
     guard(B::NAME, err, || {
-        let inst = instance::<B>(h)?;
-        codec::graph_from_c_into(
-            graph
-                .as_ref()
-                .ok_or_else(|| Error::Input("null graph".into()))?,
-            &mut inst.graph,
-        )?;
+        let inst = instance_with_graph::<B>(h, graph)?;
         inst.backend.execute(&inst.graph)
     })
 }
@@ -325,13 +334,7 @@ pub unsafe extern "C" fn decode_chain<B: PluginBackend>(
     err: *mut GOwnedStr,
 ) -> i32 {
     guard(B::NAME, err, || {
-        let inst = instance::<B>(h)?;
-        codec::graph_from_c_into(
-            graph
-                .as_ref()
-                .ok_or_else(|| Error::Input("null graph".into()))?,
-            &mut inst.graph,
-        )?;
+        let inst = instance_with_graph::<B>(h, graph)?;
         let [ids, positions, argmax] = *(io as *const [u64; 3]);
         let io = crate::DecodeChain {
             ids: crate::BufferId(ids),
