@@ -87,6 +87,50 @@ fn greedy_generation_stops_inside_a_chunk_and_chunks_carry_on() {
 }
 
 #[test]
+fn a_greedy_sequence_decodes_in_chunks_as_step_by_step() {
+    // `gptoss generate`'s greedy path: the prompt and first token one pass, then
+    // Sequence::decode_greedy in chunks; the same tokens as the reference's greedy
+    // continuation, ending at max_tokens exactly, and refused on a sampled sequence.
+    use gptoss_models::generation::{SeqEnd, Sequence};
+    use gptoss_models::sampler::{Sampler, SamplingParams};
+    let name = FIXTURES[0];
+    let mut model = load(name);
+    let r = Reference::load(name);
+    let (prompt, want) = (r.tokens("greedy_prompt"), r.tokens("greedy_tokens"));
+    let greedy = Sampler::new(SamplingParams::greedy()).unwrap();
+    let cap = prompt.len() + want.len();
+    let mut seq =
+        Sequence::new(&mut model, prompt.clone(), greedy, want.len(), vec![], cap).unwrap();
+    assert!(seq.decode_greedy(&mut model, 2).is_err(), "before the first token");
+    while !seq.feed(&mut model, usize::MAX).unwrap() {}
+    let mut got = vec![seq.sample().unwrap()];
+    for n in [1, 2, 4, 100] {
+        if got.last().unwrap().1.is_some() {
+            break;
+        }
+        got.extend(seq.decode_greedy(&mut model, n).unwrap());
+    }
+    let ids: Vec<u32> = got.iter().map(|x| x.0).collect();
+    assert_eq!(ids, want, "chunked greedy tokens");
+    assert_eq!(got.last().unwrap().1, Some(SeqEnd::MaxTokens));
+    assert!(got[..got.len() - 1].iter().all(|x| x.1.is_none()));
+    seq.free(&mut model).unwrap();
+
+    let params = SamplingParams {
+        temperature: 0.7,
+        seed: Some(1),
+        ..Default::default()
+    };
+    let sampled = Sampler::new(params).unwrap();
+    let mut seq = Sequence::new(&mut model, prompt, sampled, 4, vec![], cap).unwrap();
+    while !seq.feed(&mut model, usize::MAX).unwrap() {}
+    seq.sample().unwrap();
+    let e = seq.decode_greedy(&mut model, 2).unwrap_err().to_string();
+    assert!(e.contains("sampled"), "{e}");
+    seq.free(&mut model).unwrap();
+}
+
+#[test]
 fn last_logits_equal_the_last_row_of_all() {
     let mut model = load("tiny-a");
     let v = model.config.vocab_size;

@@ -9,7 +9,7 @@ use gptoss_core::{Error, Result};
 use gptoss_models::generation::{SeqEnd, Sequence};
 use gptoss_models::sampler::Sampler;
 use gptoss_models::tokenizer::Tokenizer;
-use gptoss_models::{GptOssConfig, Model};
+use gptoss_models::{GptOssConfig, Model, DECODE_CHUNK, DECODE_CHUNK_MAX};
 
 /// What the caller wants after seeing a token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,24 +81,34 @@ pub fn run(
     )?;
     let interrupted = || interrupt.is_some_and(|f| f.load(Ordering::Relaxed));
     let mut step = || -> Result<End> {
+        // Greedy sequences decode in chunks on the backend after their first token (the GPU
+        // then runs its steps back to back); others one token a pass.
+        let greedy = seq.state().draws_argmax();
+        let mut chunk = DECODE_CHUNK;
         loop {
-            // The whole prompt in one pass, then one token per pass.
-            while !seq.feed(model, usize::MAX)? {}
-            if interrupted() {
-                return Ok(End::Interrupted);
-            }
-            let Some((id, end)) = seq.sample() else {
-                continue;
+            let drawn = if greedy && !seq.generated().is_empty() {
+                let drawn = seq.decode_greedy(model, chunk)?;
+                chunk = (2 * chunk).min(DECODE_CHUNK_MAX);
+                drawn
+            } else {
+                // The whole prompt in one pass, then one token per pass.
+                while !seq.feed(model, usize::MAX)? {}
+                seq.sample().into_iter().collect()
             };
-            let flow = on_token(id);
-            match end {
-                Some(SeqEnd::StopToken(id)) => return Ok(End::StopToken(id)),
-                _ if flow == Flow::Stop => return Ok(End::Caller),
-                Some(SeqEnd::MaxTokens) => return Ok(End::MaxTokens),
-                None => {}
-            }
             if interrupted() {
                 return Ok(End::Interrupted);
+            }
+            for (id, end) in drawn {
+                let flow = on_token(id);
+                match end {
+                    Some(SeqEnd::StopToken(id)) => return Ok(End::StopToken(id)),
+                    _ if flow == Flow::Stop => return Ok(End::Caller),
+                    Some(SeqEnd::MaxTokens) => return Ok(End::MaxTokens),
+                    None => {}
+                }
+                if interrupted() {
+                    return Ok(End::Interrupted);
+                }
             }
         }
     };

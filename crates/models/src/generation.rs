@@ -259,6 +259,45 @@ impl Sequence {
         self.state.sample()
     }
 
+    /// For a sequence that [`draws_argmax`](SeqState::draws_argmax), past its prompt and its
+    /// first token: up to `n` (at most what max_tokens leaves) greedy tokens in one backend
+    /// call ([`Model::decode_greedy`]), each drawn as [`sample`](Self::sample) would, up to
+    /// and with the first that ends the sequence. The steps after that one ran but are not
+    /// part of the sequence.
+    pub fn decode_greedy(
+        &mut self,
+        model: &mut Model,
+        n: usize,
+    ) -> Result<Vec<(u32, Option<SeqEnd>)>> {
+        let Some(session) = self.session.as_mut() else {
+            return Err(Error::Input("the sequence was freed".into()));
+        };
+        let (Some(&last), false) = (self.state.generated().last(), self.state.is_ready()) else {
+            return Err(Error::Input(
+                "decode_greedy before the first token was drawn".into(),
+            ));
+        };
+        if !self.state.draws_argmax() {
+            return Err(Error::Input("decode_greedy on a sampled sequence".into()));
+        }
+        let left = self
+            .state
+            .max_tokens()
+            .saturating_sub(self.state.generated().len());
+        let mut drawn = Vec::new();
+        for id in model.decode_greedy(session, last, n.min(left))? {
+            self.state.accept_argmax(1, id);
+            let Some((id, end)) = self.state.sample() else {
+                break;
+            };
+            drawn.push((id, end));
+            if end.is_some() {
+                break;
+            }
+        }
+        Ok(drawn)
+    }
+
     /// Frees the KV cache.
     pub fn free(mut self, model: &mut Model) -> Result<()> {
         match self.session.take() {
