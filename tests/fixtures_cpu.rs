@@ -101,7 +101,10 @@ fn a_greedy_sequence_decodes_in_chunks_as_step_by_step() {
     let cap = prompt.len() + want.len();
     let mut seq =
         Sequence::new(&mut model, prompt.clone(), greedy, want.len(), vec![], cap).unwrap();
-    assert!(seq.decode_greedy(&mut model, 2).is_err(), "before the first token");
+    assert!(
+        seq.decode_greedy(&mut model, 2).is_err(),
+        "before the first token"
+    );
     while !seq.feed(&mut model, usize::MAX).unwrap() {}
     let mut got = vec![seq.sample().unwrap()];
     for n in [1, 2, 4, 100] {

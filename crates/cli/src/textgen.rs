@@ -9,7 +9,7 @@ use gptoss_core::{Error, Result};
 use gptoss_models::generation::{SeqEnd, Sequence};
 use gptoss_models::sampler::Sampler;
 use gptoss_models::tokenizer::Tokenizer;
-use gptoss_models::{GptOssConfig, Model, DECODE_CHUNK, DECODE_CHUNK_MAX};
+use gptoss_models::{decode_chunk_sizes, GptOssConfig, Model, DECODE_CHUNK_MAX};
 
 /// What the caller wants after seeing a token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,12 +84,10 @@ pub fn run(
         // Greedy sequences decode in chunks on the backend after their first token (the GPU
         // then runs its steps back to back); others one token a pass.
         let greedy = seq.state().draws_argmax();
-        let mut chunk = DECODE_CHUNK;
+        let mut sizes = decode_chunk_sizes();
         loop {
             let drawn = if greedy && !seq.generated().is_empty() {
-                let drawn = seq.decode_greedy(model, chunk)?;
-                chunk = (2 * chunk).min(DECODE_CHUNK_MAX);
-                drawn
+                seq.decode_greedy(model, sizes.next().unwrap_or(DECODE_CHUNK_MAX))?
             } else {
                 // The whole prompt in one pass, then one token per pass.
                 while !seq.feed(model, usize::MAX)? {}

@@ -31,5 +31,5 @@ pub mod weights;
 
 pub use config::GptOssConfig;
 pub use graph_builder::LogitsWanted;
-pub use model::{Model, Session, DECODE_CHUNK, DECODE_CHUNK_MAX};
+pub use model::{decode_chunk_sizes, Model, Session, DECODE_CHUNK, DECODE_CHUNK_MAX};
 pub use sharding::{ShardPlan, Sharding};

@@ -234,25 +234,10 @@ impl Model {
         tokens: &[u32],
         wanted: LogitsWanted,
     ) -> Result<Vec<f32>> {
-        let v = self.config.vocab_size;
         if tokens.is_empty() {
             return Err(Error::Input("no tokens to run".into()));
         }
-        if let Some((i, t)) = tokens.iter().enumerate().find(|(_, t)| **t as usize >= v) {
-            return Err(Error::Input(format!(
-                "token id {t} (at index {i}) is out of range: this model's vocab_size is {v}"
-            )));
-        }
-        let end = session.len + tokens.len();
-        if end > session.capacity() {
-            return Err(Error::Input(format!(
-                "{} new tokens after {} in context need {end} positions, but the context holds {}; \
-                 shorten the prompt or raise --max-context",
-                tokens.len(),
-                session.len,
-                session.capacity()
-            )));
-        }
+        let end = self.check_room(session, tokens, tokens.len(), "shorten the prompt")?;
         let step = Step {
             config: &self.config,
             tokens,
@@ -304,6 +289,34 @@ impl Model {
         result
     }
 
+    /// The position after `new` more steps of `session` that run `tokens` (ids checked against
+    /// the vocabulary), or the error naming the limit and, for the context, `fix` or a longer
+    /// context.
+    fn check_room(
+        &self,
+        session: &Session,
+        tokens: &[u32],
+        new: usize,
+        fix: &str,
+    ) -> Result<usize> {
+        let v = self.config.vocab_size;
+        if let Some((i, t)) = tokens.iter().enumerate().find(|(_, t)| **t as usize >= v) {
+            return Err(Error::Input(format!(
+                "token id {t} (at index {i}) is out of range: this model's vocab_size is {v}"
+            )));
+        }
+        let end = session.len + new;
+        if end > session.capacity() {
+            return Err(Error::Input(format!(
+                "{new} new tokens after {} in context need {end} positions, but the context \
+                 holds {}; {fix} or raise --max-context",
+                session.len,
+                session.capacity()
+            )));
+        }
+        Ok(end)
+    }
+
     /// Greedy continuation of `session` after token `last` (not yet in it) by up to `n`
     /// tokens, stopping after any of `stop`; `on_token` sees each one. The steps go to the
     /// backend in chunks (`decode_greedy`; DECODE_CHUNK, doubling to DECODE_CHUNK_MAX), so
@@ -320,10 +333,10 @@ impl Model {
     ) -> Result<Vec<u32>> {
         let mut out = Vec::with_capacity(n);
         let mut last = last;
-        let mut size = DECODE_CHUNK;
+        let mut sizes = decode_chunk_sizes();
         while out.len() < n {
+            let size = sizes.next().unwrap_or(DECODE_CHUNK_MAX);
             let chunk = self.decode_greedy(session, last, size.min(n - out.len()))?;
-            size = (2 * size).min(DECODE_CHUNK_MAX);
             for tok in chunk {
                 out.push(tok);
                 on_token(tok);
@@ -346,20 +359,7 @@ impl Model {
         steps: usize,
     ) -> Result<Vec<u32>> {
         let v = self.config.vocab_size;
-        if first as usize >= v {
-            return Err(Error::Input(format!(
-                "token id {first} is out of range: this model's vocab_size is {v}"
-            )));
-        }
-        let end = session.len + steps;
-        if end > session.capacity() {
-            return Err(Error::Input(format!(
-                "{steps} new tokens after {} in context need {end} positions, but the context \
-                 holds {}; lower --max-tokens or raise --max-context",
-                session.len,
-                session.capacity()
-            )));
-        }
+        let end = self.check_room(session, &[first], steps, "lower --max-tokens")?;
         if steps == 0 {
             return Ok(Vec::new());
         }
@@ -549,12 +549,17 @@ impl DecodeKey {
     }
 }
 
-/// Greedy steps `greedy_continue` hands the backend at once: DECODE_CHUNK first, doubling up
-/// to DECODE_CHUNK_MAX. Tokens come back in bursts of that many (32: ~70 ms at 480 tok/s) and
-/// the host waits for the GPU once a burst (H100, 20b: ~150 us of host time a burst, which
-/// step by step cost every token).
+/// Greedy steps handed to the backend at once (`greedy_continue`, `gptoss generate`):
+/// DECODE_CHUNK first, doubling up to DECODE_CHUNK_MAX. Tokens come back in bursts of that many
+/// (32: ~70 ms at 480 tok/s) and the host waits for the GPU once a burst (H100, 20b: ~150 us
+/// of host time a burst, which step by step cost every token).
 pub const DECODE_CHUNK: usize = 8;
 pub const DECODE_CHUNK_MAX: usize = 32;
+
+/// The sizes of successive greedy chunks: DECODE_CHUNK, doubling, then DECODE_CHUNK_MAX on.
+pub fn decode_chunk_sizes() -> impl Iterator<Item = usize> {
+    std::iter::successors(Some(DECODE_CHUNK), |&n| Some((2 * n).min(DECODE_CHUNK_MAX)))
+}
 
 impl DecodeCache {
     /// The step's io buffers, allocated the first time each is needed.

@@ -120,7 +120,7 @@ pub struct Gpu {
 
 /// A page-locked host buffer: `STAGING` bytes handed out to queued small uploads (`used`,
 /// back to 0 whenever the stream is synchronised, which completes them), then `READBACK`
-/// bytes for small reads queued ahead of a synchronisation (`read_after_sync`).
+/// bytes for small reads queued ahead of a synchronisation (`queue_read_back`, `read_back`).
 struct Pinned {
     ptr: *mut u8,
     used: std::cell::Cell<usize>,

@@ -49,15 +49,16 @@ fn timing_skip_from_env() -> Vec<String> {
     names
 }
 
-/// Launches of the GEMV with the MoE combine inside (gemv_bf16_t1_moe) by every backend of
-/// the process so far: tests see that a model's decode took that path.
+/// Steps launched as the captured graph without being fused and recorded again, by every
+/// backend of the process so far (fast replays and decode_chain's queued steps; tests).
 pub fn fast_replays() -> u64 {
     FAST_REPLAYS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-/// Steps launched as the captured graph without being fused and recorded again (tests).
 static FAST_REPLAYS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
+/// Launches of the GEMV with the MoE combine inside (gemv_bf16_t1_moe) by every backend of
+/// the process so far: tests see that a model's decode took that path.
 pub fn gemv_combine_launches() -> u64 {
     ops::GEMV_COMBINE_LAUNCHES.load(std::sync::atomic::Ordering::Relaxed)
 }
@@ -1097,13 +1098,14 @@ impl<F: Flavor> Backend for Cuda<F> {
             tokens.push(token);
         }
         let rest = steps - tokens.len();
-        let Some((_, exec)) = &self.graph else {
-            return Ok(tokens);
-        };
         if rest == 0 {
             return Ok(tokens);
         }
-        let exec = *exec;
+        // replay_ready equal to the graph means it ran as the captured one.
+        let exec =
+            self.graph.as_ref().map(|(_, e)| *e).ok_or_else(|| {
+                Error::backend(F::NAME, "decode_chain: no captured graph to queue")
+            })?;
         let (ids, pos, argmax) = (
             self.buffer_ptr(io.ids)?,
             self.buffer_ptr(io.positions)?,
