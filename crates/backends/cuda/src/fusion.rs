@@ -6,7 +6,10 @@
 //! - a residual add with the RMSNorm after it (`add_rms_norm`);
 //! - the MoE's combine with the residual add and the next RMSNorm (`moe_combine_add_norm`);
 //! - the router linear with the top-k softmax of its logits (`router_topk`, few tokens), and
-//!   that with the residual add and RMSNorm before it (`add_norm_router_spread`).
+//!   that with the residual add and RMSNorm before it (`add_norm_router_spread`); for one
+//!   token whose MoE takes the one-pair moe_t1 kernels, the router forms only the logits
+//!   (`add_norm_router_logits`) and the MoE's kernels take the top-k from them (no router
+//!   block waits for the others: GPTOSS_CUDA_TOPK_IN_MOE=0 turns it off).
 //!
 //! Each runs the same arithmetic as the separate kernels. A run is fused only when every
 //! value it leaves unwritten is a temporary read by nothing else; `GPTOSS_CUDA_NO_FUSION=1`
@@ -40,8 +43,10 @@ pub(crate) enum Pattern {
     MoeNormLinears { count: usize },
     /// The router Linear, then TopKSoftmax of its logits.
     RouterTopK,
-    /// AddNorm, then a RouterTopK of the normed row (few tokens: the spread router).
-    AddNormRouter,
+    /// AddNorm, then a RouterTopK of the normed row (few tokens: the spread router). With
+    /// `defer` (one token, the MoE node right after alone reads the ids and weights) the
+    /// router forms only the logits and the MoE takes the top-k (`add_norm_router_logits`).
+    AddNormRouter { defer: bool },
 }
 
 impl Pattern {
@@ -53,7 +58,7 @@ impl Pattern {
             Pattern::MoeAddNorm { norm } => 2 + norm as usize,
             Pattern::MoeNormLinears { count } => 3 + count,
             Pattern::RopeAttention => 3,
-            Pattern::AddNormRouter => 4,
+            Pattern::AddNormRouter { .. } => 4,
         }
     }
 }
@@ -141,7 +146,9 @@ pub(crate) fn pattern_at<F: Flavor>(
                     && be.kernels.has("add_norm_router_spread")
             });
             Some(if routes {
-                Pattern::AddNormRouter
+                Pattern::AddNormRouter {
+                    defer: topk_deferrable(be, graph, n + 3, last_use),
+                }
             } else {
                 Pattern::AddNorm
             })
@@ -221,6 +228,31 @@ fn router_topk_at(graph: &Graph, n: usize, last_use: &[usize]) -> bool {
         && k <= 32
         && (h + e) * 4 <= 48 << 10
         && private_temp(graph, last_use, logits, n + 1)
+}
+
+/// Whether the one-token TopKSoftmax at `n` can leave its top-k to the MoeMxfp4 node right
+/// after it: that node alone reads its ids and weights (so nothing else sees them before the
+/// MoE's kernels write them), of at most ops::TOPK_IN_MOE_MAX_E experts.
+fn topk_deferrable<F: Flavor>(be: &Cuda<F>, graph: &Graph, n: usize, last_use: &[usize]) -> bool {
+    let (top, Some(moe)) = (&graph.nodes[n], graph.nodes.get(n + 1)) else {
+        return false;
+    };
+    let Op::TopKSoftmax { k } = top.op else {
+        return false;
+    };
+    let (ids, wts) = (top.outputs[0], top.outputs[1]);
+    let logits = graph.value(top.inputs[0]);
+    let (t, e) = (dims(logits)[0], dims(logits)[1]);
+    be.topk_in_moe
+        && be.kernels.has("add_norm_router_logits")
+        && matches!(moe.op, Op::MoeMxfp4 { .. })
+        && moe.inputs.get(1) == Some(&ids)
+        && moe.inputs.get(2) == Some(&wts)
+        && private_temp(graph, last_use, ids, n + 1)
+        && private_temp(graph, last_use, wts, n + 1)
+        && t == 1
+        && e <= ops::TOPK_IN_MOE_MAX_E
+        && (k as usize) <= e.min(32)
 }
 
 /// Whether the Rope pair at `n`, `n + 1` rotates the q and k of the one-token Attention at
@@ -436,7 +468,7 @@ pub(crate) fn run<F: Flavor>(
                 },
             )
         }
-        Pattern::AddNormRouter => {
+        Pattern::AddNormRouter { defer } => {
             let (add, norm, lin, top) = (&nodes[0], &nodes[1], &nodes[2], &nodes[3]);
             let (Op::RmsNorm { eps }, Op::TopKSoftmax { k }) = (&norm.op, &top.op) else {
                 unreachable!("pattern_at matched an RmsNorm and a TopKSoftmax");
@@ -444,6 +476,17 @@ pub(crate) fn run<F: Flavor>(
             let x = graph.value(add.inputs[0]);
             let e = dims(graph.value(lin.inputs[1]))[0];
             let (bias, bdt) = linear_bias(graph, ptrs, lin)?.unwrap_or((0, 0));
+            if defer {
+                return ops::add_norm_router_logits(
+                    be,
+                    [ptr(add.inputs[0])?, ptr(add.inputs[1])?],
+                    (ptr(add.outputs[0])?, ptr(norm.outputs[0])?),
+                    (ptr(norm.inputs[1])?, graph.value(norm.inputs[1]), *eps),
+                    (ptr(lin.inputs[1])?, bias, bdt),
+                    (ptr(top.outputs[0])?, ptr(top.outputs[1])?),
+                    (dims(x)[1], e, *k as usize),
+                );
+            }
             ops::add_norm_router(
                 be,
                 [ptr(add.inputs[0])?, ptr(add.inputs[1])?],

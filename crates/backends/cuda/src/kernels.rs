@@ -131,6 +131,7 @@ pub const FAMILIES: &[Family] = &[
             "router_topk",
             "router_topk_spread",
             "add_norm_router_spread",
+            "add_norm_router_logits",
         ],
         optional: false,
         defines: &[],

@@ -202,6 +202,20 @@ pub struct Cuda<F: Flavor> {
     router_spread_runs: u64,
     /// Router runs that took the add + RMSNorm with them (add_norm_router_spread; tests).
     add_norm_router_runs: u64,
+    /// One token's router logits when the MoE after the router takes the top-k from them
+    /// (ops::TOPK_IN_MOE_MAX_E floats; `add_norm_router_logits`).
+    router_logits: CUdeviceptr,
+    /// A router's top-k left to the MoE node after it (set by `add_norm_router_logits`, taken
+    /// by `run_moe`).
+    deferred_topk: Option<ops::DeferredTopK>,
+    /// One-token routers leave their top-k to the moe_t1 kernels (no last block in the
+    /// router); GPTOSS_CUDA_TOPK_IN_MOE=0 turns it off.
+    topk_in_moe: bool,
+    /// GPTOSS_CUDA_ROUTER_EPB: the experts a block of `add_norm_router_logits` forms the
+    /// logits of (1..=8), instead of `router_experts_per_block`'s choice.
+    router_epb: Option<usize>,
+    /// MoE runs whose kernels took the top-k from the router's logits (tests).
+    topk_in_moe_runs: u64,
     /// MoE runs on the few-pairs kernels so far (moe_skinny.rs; tests).
     skinny_moe_runs: u64,
     /// MoE runs on the one-pair tensor-core kernels so far (few tokens; tests).
@@ -390,6 +404,21 @@ impl<F: Flavor> Cuda<F> {
         self.moe_pair_runs
     }
 
+    /// How many MoE runs took their token's top-k from the router's logits themselves.
+    pub fn topk_in_moe_runs(&self) -> u64 {
+        self.topk_in_moe_runs
+    }
+
+    /// The experts whose logits one block of `add_norm_router_logits` forms: two for 120b's
+    /// 128 (64 blocks), one for 20b's 32, at most 8 (eight warps, four units an expert).
+    /// H100, `--prompt 512 --gen 256`: 120b 345.4 / 348.3 / 345.5 / 340.9 tok/s with 1 / 2 / 4 /
+    /// 8 experts a block; 20b 488 (1, two runs) / 490.6 (2) / 487.6 (4).
+    pub(crate) fn router_experts_per_block(&self, experts: usize) -> usize {
+        self.router_epb
+            .unwrap_or_else(|| experts.div_ceil(64))
+            .clamp(1, 8)
+    }
+
     /// Whether the kernels that wait for their inputs are launched early (programmatic
     /// dependent launch, sm_90+ builds; GPTOSS_CUDA_PDL=0 turns it off).
     pub fn early_launches(&self) -> bool {
@@ -489,6 +518,9 @@ impl<F: Flavor> Cuda<F> {
         let done_counters = gpu
             .malloc(4 * ops::ROUTER_TOKENS)
             .map_err(|e| driver::cuda_err("allocating the router's counters", e))?;
+        let router_logits = gpu
+            .malloc(4 * ops::TOPK_IN_MOE_MAX_E)
+            .map_err(|e| driver::cuda_err("allocating the router's logits", e))?;
         let env_on = |k: &str| {
             std::env::var(k)
                 .map(|v| !v.is_empty() && v != "0")
@@ -516,6 +548,13 @@ impl<F: Flavor> Cuda<F> {
             done_counters,
             router_spread_runs: 0,
             add_norm_router_runs: 0,
+            router_logits,
+            deferred_topk: None,
+            topk_in_moe: env_not_off("GPTOSS_CUDA_TOPK_IN_MOE"),
+            router_epb: std::env::var("GPTOSS_CUDA_ROUTER_EPB")
+                .ok()
+                .and_then(|v| v.parse::<usize>().ok()),
+            topk_in_moe_runs: 0,
             skinny_moe_runs: 0,
             moe_pair_runs: 0,
             attention_gqa_runs: 0,
@@ -851,6 +890,7 @@ impl<F: Flavor> Cuda<F> {
                 last_use[id.0 as usize] = n;
             }
         }
+        self.deferred_topk = None;
         // Nodes up to here ran as part of a fused run (fusion.rs) that started earlier.
         let mut fused_until = 0;
         for (n, node) in graph.nodes.iter().enumerate() {
@@ -905,6 +945,12 @@ impl<F: Flavor> Cuda<F> {
                     }
                 }
             }
+        }
+        if self.deferred_topk.take().is_some() {
+            return Err(Error::backend(
+                F::NAME,
+                "internal: a router's top-k was left to an MoE node that did not run",
+            ));
         }
         Ok(())
     }
@@ -1290,6 +1336,7 @@ impl<F: Flavor> Drop for Cuda<F> {
         }
         let _ = self.gpu.free(self.err);
         let _ = self.gpu.free(self.done_counters);
+        let _ = self.gpu.free(self.router_logits);
         self.kernels.unload(&self.gpu);
     }
 }

@@ -85,6 +85,11 @@ impl OnePair {
         }
     }
 
+    /// Whether the kernels take a token's top-k from the router's logits themselves (moe_t1).
+    pub(crate) fn takes_topk(self) -> bool {
+        matches!(self, OnePair::Rows(_))
+    }
+
     /// moe_t1's shape (None for the split kernels).
     fn t1_shape(self) -> Option<&'static T1Shape> {
         match self {
@@ -203,6 +208,9 @@ pub(crate) fn pairs_fit<F: Flavor>(
 }
 
 /// `y [t*k, h]` per pair from `x [t, h]` and the pairs' expert ids, one pair a block column.
+/// With `topk` (the router's logits and the weights' buffer; moe_t1 only, see
+/// `OnePair::takes_topk`) the kernels pick the experts from the logits and gate_up writes
+/// `ids` and the weights.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn run_pairs<F: Flavor>(
     be: &Cuda<F>,
@@ -211,7 +219,16 @@ pub(crate) fn run_pairs<F: Flavor>(
     (gate_up, down): (&MxExperts, &MxExperts),
     (t, k, e, h, i): (usize, usize, usize, usize, usize),
     (limit, alpha): (f32, f32),
+    topk: Option<(CUdeviceptr, CUdeviceptr)>,
 ) -> Result<()> {
+    let rows = kind.takes_topk();
+    if topk.is_some() && !rows {
+        return Err(gptoss_core::Error::backend(
+            F::NAME,
+            "internal: the split one-pair MoE kernels cannot take the top-k from the logits",
+        ));
+    }
+    let (logits, wts) = topk.unwrap_or((0, 0));
     let pairs = blocks(t * k, 1)?;
     let err = be.err;
     let (gu_name, dn_name) = kind.names();
@@ -238,6 +255,9 @@ pub(crate) fn run_pairs<F: Flavor>(
     args.push(Arg::Ptr(act));
     args.extend(sizes);
     args.extend([Arg::F32(limit), Arg::F32(alpha), Arg::Ptr(err)]);
+    if rows {
+        args.extend([Arg::Ptr(logits), Arg::Ptr(wts)]);
+    }
     let threads = kind.threads() as u32;
     be.launch(
         gu_name,
@@ -251,6 +271,9 @@ pub(crate) fn run_pairs<F: Flavor>(
     args.push(Arg::Ptr(y));
     args.extend(sizes);
     args.push(Arg::Ptr(err));
+    if rows {
+        args.extend([Arg::Ptr(logits), Arg::I32(i32_of(k, "experts per token")?)]);
+    }
     // moe_t1_down waits for act after its first weight copies (launched early).
     let launch = match kind {
         OnePair::Rows(_) => Cuda::launch_early,

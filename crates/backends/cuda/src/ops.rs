@@ -291,6 +291,88 @@ pub(crate) fn add_norm_router<F: Flavor>(
     )
 }
 
+/// The most experts a router may have for its top-k to be taken inside the MoE kernels
+/// (topk_small_warp: four logits a lane).
+pub(crate) const TOPK_IN_MOE_MAX_E: usize = 128;
+
+/// A router whose top-k the MoE node after it takes from the logits (`add_norm_router_logits`
+/// ran instead of the spread router): the MoE's ids and weights buffers, which nothing has
+/// written yet, and where the logits are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DeferredTopK {
+    pub ids: CUdeviceptr,
+    pub wts: CUdeviceptr,
+    pub logits: CUdeviceptr,
+    pub e: usize,
+    pub k: usize,
+}
+
+/// `add_norm_router_logits`: `add_norm_router`'s sum, norm and logits (the same values) for
+/// one token, without the top-k, which the MoE after it takes (`be.deferred_topk`). The logits
+/// go to the backend's own buffer (`router_logits`), which no graph temporary shares, since
+/// they are read after the graph's logits value is dead.
+pub(crate) fn add_norm_router_logits<F: Flavor>(
+    be: &mut Cuda<F>,
+    [a, b]: [CUdeviceptr; 2],
+    (sum_out, norm_out): (CUdeviceptr, CUdeviceptr),
+    (nw, nwv, eps): (CUdeviceptr, &Value, f32),
+    (w, bias, bdt): (CUdeviceptr, CUdeviceptr, i32),
+    (ids, wts): (CUdeviceptr, CUdeviceptr),
+    (h, e, k): (usize, usize, usize),
+) -> Result<()> {
+    let epb = be.router_experts_per_block(e);
+    be.add_norm_router_runs += 1;
+    be.launch_early(
+        "add_norm_router_logits",
+        (blocks(e, epb)?, 1, 1),
+        (256, 1, 1),
+        0,
+        &[
+            Arg::Ptr(a),
+            Arg::Ptr(b),
+            Arg::Ptr(nw),
+            Arg::I32(float_code(nwv)?),
+            Arg::Ptr(sum_out),
+            Arg::Ptr(norm_out),
+            Arg::F32(eps),
+            Arg::Ptr(w),
+            Arg::Ptr(bias),
+            Arg::I32(bdt),
+            Arg::Ptr(be.router_logits),
+            Arg::I32(i32_of(h, "hidden")?),
+            Arg::I32(i32_of(e, "experts")?),
+            Arg::I32(epb as i32),
+        ],
+    )?;
+    be.deferred_topk = Some(DeferredTopK {
+        ids,
+        wts,
+        logits: be.router_logits,
+        e,
+        k,
+    });
+    Ok(())
+}
+
+/// The top-k of a deferred router as a kernel of its own (`topk_softmax_warp`), for an MoE
+/// path whose kernels do not take it from the logits.
+pub(crate) fn resolve_topk<F: Flavor>(be: &mut Cuda<F>, d: DeferredTopK) -> Result<()> {
+    be.launch(
+        "topk_softmax_warp",
+        (1, 1, 1),
+        (32, 1, 1),
+        (d.e * 4) as u32,
+        &[
+            Arg::Ptr(d.logits),
+            Arg::Ptr(d.ids),
+            Arg::Ptr(d.wts),
+            Arg::I32(1),
+            Arg::I32(i32_of(d.e, "experts")?),
+            Arg::I32(i32_of(d.k, "experts per token")?),
+        ],
+    )
+}
+
 /// `rope_pairs` (decode family): RoPE of one tensor `(x, out, heads)` and optionally a second
 /// at the same positions, one thread per rotated pair.
 pub(crate) fn rope_pairs<F: Flavor>(
@@ -1177,6 +1259,21 @@ pub(crate) fn run_moe<F: Flavor>(
     }
     let pairs = t * k;
     let grouped = be.fast && h % 32 == 0 && t >= be.mma_min_t && be.kernels.has("moe_route");
+    // The router before may have left its top-k to this node (fusion.rs AddNormRouter with
+    // `defer`): the moe_t1 kernels take it from the logits, every other path after a kernel
+    // of its own.
+    let deferred = be.deferred_topk.take();
+    if let Some(d) = deferred {
+        if (d.ids, d.wts, d.e, d.k, t) != (ip(1)?, ip(2)?, e, k, 1) {
+            return Err(Error::backend(
+                F::NAME,
+                "internal: a router left its top-k to an MoE that does not read its outputs",
+            ));
+        }
+        if grouped {
+            resolve_topk(be, d)?;
+        }
+    }
     // --dequantize: both projections held as bf16 rows (the `_bf16` kernels read them).
     let bf16 = be.bf16_experts.contains(&ip(3)?) && be.bf16_experts.contains(&ip(6)?);
     if grouped && bf16 && be.gpu.has_cublas() && t <= be.cublas_moe_max_t {
@@ -1224,6 +1321,14 @@ pub(crate) fn run_moe<F: Flavor>(
     let run = (|| -> Result<()> {
         // The two projections' blocks, scales and biases.
         let weights = (experts(3)?, experts(6)?);
+        let one_pair = match grouped || !be.fast {
+            true => None,
+            false => crate::moe_skinny::pairs_fit(be, bf16, (h, i), (&weights.0, &weights.1)),
+        };
+        let topk_inside = deferred.filter(|_| one_pair.is_some_and(|p| p.takes_topk()));
+        if let (Some(d), None, false) = (deferred, topk_inside, grouped) {
+            resolve_topk(be, d)?;
+        }
         if grouped {
             // Tokens grouped by expert: route, then one grouped tensor-core GEMM per
             // projection (SwiGLU in the gate_up epilogue); y rows per pair, combined
@@ -1348,12 +1453,10 @@ pub(crate) fn run_moe<F: Flavor>(
             be.give_temp(pairs * 4, list);
             be.give_temp(max_tiles * 12 + 16, tiles);
             r?;
-        } else if let Some(kind) =
-            crate::moe_skinny::pairs_fit(be, bf16, (h, i), (&weights.0, &weights.1))
-                .filter(|_| be.fast)
-        {
+        } else if let Some(kind) = one_pair {
             // Few tokens: each pair's expert rows on the tensor cores (moe_skinny.rs).
             be.moe_pair_runs += 1;
+            be.topk_in_moe_runs += topk_inside.is_some() as u64;
             crate::moe_skinny::run_pairs(
                 be,
                 kind,
@@ -1361,6 +1464,7 @@ pub(crate) fn run_moe<F: Flavor>(
                 (&weights.0, &weights.1),
                 (t, k, e, h, i),
                 (*swiglu_limit, *alpha),
+                topk_inside.map(|d| (d.logits, d.wts)),
             )?;
         } else {
             // The per-pair kernels, bf16, fast or simple, take the same arguments. Fast: each warp

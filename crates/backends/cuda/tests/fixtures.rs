@@ -118,6 +118,9 @@ impl AnyCuda {
     fn moe_pair_runs(&self) -> u64 {
         each!(self, b => b.moe_pair_runs())
     }
+    fn topk_in_moe_runs(&self) -> u64 {
+        each!(self, b => b.topk_in_moe_runs())
+    }
     fn attention_mma_runs(&self) -> u64 {
         each!(self, b => b.attention_mma_runs())
     }
@@ -817,6 +820,112 @@ fn fused_add_norm_router_matches_cpu() {
         6,
         "the add and norm ran apart from the router"
     );
+}
+
+/// One token's add, RMSNorm, router, top-k and MoE as a decode layer has them (the ids and
+/// weights temporaries read by the MoE alone): the residual sum and the MoE's output.
+/// `ins`: a, b, the norm weight, the router's weight and bias, then the MoE's six expert
+/// tensors (moe_inputs' order from its fourth).
+fn router_moe_graph(be: &mut dyn Backend, ins: &[(TensorDesc, Vec<u8>)], k: usize) -> Vec<f32> {
+    let (h, e) = (ins[0].0.shape.dims()[1], ins[3].0.shape.dims()[0]);
+    let mut g = Graph::new();
+    let mut bufs = Vec::new();
+    let v = bind_inputs(be, &mut g, ins, &mut bufs).unwrap();
+    let y_desc = TensorDesc::new(DType::F32, [1, h]);
+    let y_buf = be.alloc(&y_desc).unwrap();
+    be.upload(y_buf, &vec![0xFF; y_desc.byte_size()]).unwrap();
+    bufs.push(y_buf);
+    let y = g.add_value("y", y_desc, ValueKind::Output(y_buf));
+    let temp = |g: &mut Graph, name: &str, dt: DType, cols: usize| {
+        g.add_value(name, TensorDesc::new(dt, [1, cols]), ValueKind::Temp)
+    };
+    let sum = temp(&mut g, "sum", DType::F32, h);
+    let normed = temp(&mut g, "normed", DType::F32, h);
+    let logits = temp(&mut g, "logits", DType::F32, e);
+    let ids = temp(&mut g, "ids", DType::I32, k);
+    let wts = temp(&mut g, "wts", DType::F32, k);
+    g.push(Op::Add, vec![v[0], v[1]], vec![sum]);
+    g.push(Op::RmsNorm { eps: 1e-5 }, vec![sum, v[2]], vec![normed]);
+    g.push(Op::Linear, vec![normed, v[3], v[4]], vec![logits]);
+    g.push(
+        Op::TopKSoftmax { k: k as u32 },
+        vec![logits],
+        vec![ids, wts],
+    );
+    let mut moe_ins = vec![normed, ids, wts];
+    moe_ins.extend(&v[5..]);
+    g.push(MOE_OP, moe_ins, vec![y]);
+    be.execute(&g).unwrap();
+    let got = to_f32(&be.download(y_buf).unwrap());
+    for id in bufs {
+        be.free(id).unwrap();
+    }
+    got
+}
+
+/// A one-token router whose MoE takes the top-k from its logits (`add_norm_router_logits`,
+/// moe_t1 picking its pair's expert): the MoE's output equal, bit for bit, to the spread
+/// router's (GPTOSS_CUDA_TOPK_IN_MOE=0) whatever experts a router block forms
+/// (GPTOSS_CUDA_ROUTER_EPB), and within the bf16 bound of the CPU's; on the f32 per-pair MoE
+/// kernels (GPTOSS_CUDA_PAIR_MOE=0) the top-k runs as a kernel of its own, within 1e-5.
+/// (hidden, intermediate, experts, k): gpt-oss-120b's router (128 experts) and 20b's (32) over
+/// a shorter intermediate, experts not a multiple of 32, and a small one.
+#[test]
+#[ignore = "needs an NVIDIA GPU (sm_90+; sm_70+ with GPTOSS_CUDA_FLAVOR=portable): run on the GPU machine with --ignored"]
+fn router_topk_inside_the_moe_matches_the_router() {
+    let mut cpu = gptoss_backend_cpu::cpu_backend(2);
+    let mut r = Rng(41);
+    for (h, i, e, k) in [
+        (256, 256, 128, 4),
+        (2880, 256, 32, 4),
+        (512, 256, 100, 4),
+        (64, 96, 4, 2),
+    ] {
+        let mut ins = vec![
+            f32_t(&[1, h], &r.vec(h, 4.0)),
+            f32_t(&[1, h], &r.vec(h, 1.0)),
+            float_tensor(DType::BF16, &[h], &r.vec(h, 1.0)),
+            float_tensor(DType::BF16, &[e, h], &r.vec(e * h, 0.05)),
+            float_tensor(DType::BF16, &[e], &r.vec(e, 0.1)),
+        ];
+        ins.extend(
+            moe_inputs(&mut r, (1, h, i, e, k), false)
+                .into_iter()
+                .skip(3),
+        );
+        let what = format!("h {h} i {i}, top-{k} of {e}");
+        let want = router_moe_graph(&mut cpu, &ins, k);
+        let mut outs = Vec::new();
+        for vars in [
+            &[("GPTOSS_CUDA_TOPK_IN_MOE", "0")][..],
+            &[],
+            &[("GPTOSS_CUDA_ROUTER_EPB", "1")],
+            &[("GPTOSS_CUDA_ROUTER_EPB", "8")],
+        ] {
+            let mut be = gpu_with_env(&[&[("GPTOSS_CUDA_PAIR_MOE", "rows")][..], vars].concat());
+            let inside = target_cc(be.arch()) >= 80 && vars.first().map(|v| v.1) != Some("0");
+            let before = be.topk_in_moe_runs();
+            let y = router_moe_graph(&mut be, &ins, k);
+            let ran = be.topk_in_moe_runs() - before;
+            assert_eq!(
+                ran,
+                u64::from(inside),
+                "{what} {vars:?}: top-k inside the MoE"
+            );
+            assert_close_bf16(&format!("{what} {vars:?}"), &y, &want);
+            outs.push((vars, y));
+        }
+        for (vars, y) in &outs[1..] {
+            assert!(
+                *y == outs[0].1,
+                "{what} {vars:?}: not the spread router's output"
+            );
+        }
+        let mut be = gpu_with_env(&[("GPTOSS_CUDA_PAIR_MOE", "0")]);
+        let y = router_moe_graph(&mut be, &ins, k);
+        assert_eq!(be.topk_in_moe_runs(), 0, "{what}: f32 MoE kernels");
+        assert_close(&format!("{what}, f32 MoE kernels"), &y, &want, 1e-5);
+    }
 }
 
 #[test]

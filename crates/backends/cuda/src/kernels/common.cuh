@@ -362,3 +362,86 @@ __device__ __forceinline__ void load_kv4(const float* kc, const float* vc, Rows 
     k = *(const F4*)(kc + row);
     v = *(const F4*)(vc + row);
 }
+
+// ---- The top-k of a few router logits inside the kernels that use it (MoE gate_up / down).
+// A logit's 64-bit rank key: the value's order-preserving bits (NaN above every number, -0 as
+// +0) over the complemented index, so the larger key is the better pick and equal values go to
+// the lower index, as topk_row_warp picks them.
+__device__ __forceinline__ unsigned long long topk_key(float v, int i) {
+    u32 k;
+    if (v != v) {
+        k = 0xffffffffu;
+    } else {
+        const u32 u = __float_as_uint(v == 0.0f ? 0.0f : v);
+        k = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+    }
+    return ((unsigned long long)k << 32) | (0xffffffffu - (u32)i);
+}
+
+// The value whose key's high word is k (a NaN for NaN).
+__device__ __forceinline__ float topk_value(u32 k) {
+    return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
+}
+
+__device__ __forceinline__ u32 warp_max_u32(u32 v) {
+#if __CUDA_ARCH__ >= 800
+    return __reduce_max_sync(0xffffffffu, v);
+#else
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+#endif
+}
+
+// The warp's top-k and softmax of a row of E <= 128 logits (any memory; lane reads entries
+// lane + 32 j), k <= min(E, 32): the same picks, slots and weights as topk_row_warp. Lane s < k
+// gets slot s's expert and weight. Each lane sorts its four keys, then a pick is two warp
+// reductions over the lanes' best remaining keys (the high words, then among the lanes holding
+// that value the low words: the lowest index) instead of k passes of shuffled (value, index)
+// pairs over every entry.
+__device__ __forceinline__ void topk_small_warp(const float* row, int E, int K, int lane,
+                                                int& id, float& wt) {
+    unsigned long long c[4];
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        const int i = lane + 32 * j;
+        c[j] = i < E ? topk_key(row[i], i) : 0ull;  // 0: below every real key
+    }
+    auto order = [&](int a, int b) {
+        if (c[b] > c[a]) {
+            const unsigned long long x = c[a];
+            c[a] = c[b];
+            c[b] = x;
+        }
+    };
+    order(0, 1);
+    order(2, 3);
+    order(0, 2);
+    order(1, 3);
+    order(1, 2);
+    u32 mine = 0;  // lane s: slot s's key high word
+    id = -1;
+    for (int s = 0; s < K; s++) {
+        const u32 hi = (u32)(c[0] >> 32);
+        const u32 best = warp_max_u32(hi);
+        const u32 lo = warp_max_u32(hi == best ? (u32)c[0] : 0u);
+        if (hi == best && (u32)c[0] == lo) {  // this lane's head is the pick: drop it
+            c[0] = c[1];
+            c[1] = c[2];
+            c[2] = c[3];
+            c[3] = 0ull;
+        }
+        if (lane == s) {
+            mine = best;
+            id = (int)(0xffffffffu - lo);
+        }
+    }
+    // Softmax over the k picks in slot order, as topk_row_warp forms it.
+    const float sel = topk_value(mine);
+    float m = NEG_INF;
+    for (int s = 0; s < K; s++) m = fmaxf(m, __shfl_sync(0xffffffffu, sel, s));
+    float sum = 0.0f;
+    for (int s = 0; s < K; s++) sum += expf(__shfl_sync(0xffffffffu, sel, s) - m);
+    const float inv = 1.0f / sum;
+    wt = expf(sel - m) * inv;
+}

@@ -405,19 +405,44 @@ extern "C" __global__ void __launch_bounds__(32 * SK_WARPS)
 // (WARPS / KS tiles of 16 G bytes), each warp's ring (STAGES * T1_SLOT bytes) and the
 // partial sums (WARPS * 16 floats). grid (N / (16 WARPS / KS) rounded up, pairs),
 // 32 WARPS threads; N % 16 == 0, K % 32 == 0, wb and ws 16-byte aligned.
+// With `logits` (the router's [T, E] logits, E <= 128; `topk` experts a token) the block takes
+// its pair's expert from the top-k of its token's row itself (topk_small_warp: the router's
+// picks), so the router needs no last block; gate_up's block (0, token's first pair) then
+// writes the token's ids and weights (`ids`, `wts`) for the combine after down. Without it,
+// `ids` holds the pairs' experts.
 template <int MODE, int KS, int WARPS = T1_WARPS, int STAGES = T1_STAGES>
-__device__ __forceinline__ void moe_t1(const float* a, int a_div, const int* ids, int E,
-                                       const u8* wb, const u8* ws, const void* bias, int bdt,
-                                       float* out, int N, int K, float limit, float alpha,
-                                       int* err) {
+__device__ __forceinline__ void moe_t1(const float* a, int a_div, int* ids, int E, const u8* wb,
+                                       const u8* ws, const void* bias, int bdt, float* out,
+                                       int N, int K, float limit, float alpha, int* err,
+                                       const float* logits, float* wts, int topk) {
     extern __shared__ __align__(16) u8 sk_smem[];
+    __shared__ int picked[32];
     constexpr int TILES = WARPS / KS;
     const int pair = blockIdx.y;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int tile = warp / KS, kh = warp % KS;
     const int row0 = (blockIdx.x * TILES + tile) * 16;
     const int G = K / 32;
-    const int e = ids[pair];
+    int e;
+    if (logits) {
+        const int tok = pair / topk, slot = pair % topk;
+        if (warp == 0) {
+            int id;
+            float wt;
+            topk_small_warp(logits + (i64)tok * E, E, topk, lane, id, wt);
+            if (lane < topk) {
+                picked[lane] = id;
+                if (MODE == 0 && blockIdx.x == 0 && slot == 0) {
+                    ids[(i64)tok * topk + lane] = id;
+                    wts[(i64)tok * topk + lane] = wt;
+                }
+            }
+        }
+        __syncthreads();
+        e = picked[slot];
+    } else {
+        e = ids[pair];
+    }
     const int outs = MODE == 0 ? N / 2 : N;
     const bool live = row0 < N;
     if (e < 0 || e >= E) {
@@ -461,9 +486,10 @@ __device__ __forceinline__ void moe_t1(const float* a, int a_div, const int* ids
     cp_async_commit();
 #pragma unroll
     for (int s = 0; s < STAGES - 1; s++) issue(s);
-    // down is launched early (PDL): its ids come from the router, two kernels back, and its
-    // weights from no kernel; its activations from gate_up, the kernel before. This holds only
-    // while gate_up is a plain launch (the router complete before it starts): launching
+    // down is launched early (PDL): its ids (or the logits it takes them from) come from the
+    // router, two kernels back, and its weights from no kernel; its activations from gate_up,
+    // the kernel before. This holds only while gate_up is a plain launch (the router complete
+    // before it starts): launching
     // gate_up early too let down read the ids before the router wrote them (GPU tests failed);
     // gate_up early with its wait before the ids and its trigger after it was correct but
     // slower (H100 425 / 394 against 428 / 428 tok/s).
@@ -565,19 +591,19 @@ __device__ __forceinline__ void moe_t1(const float* a, int a_div, const int* ids
 // moe_skinny.rs).
 #define MOE_T1_KERNELS(SUFFIX, WARPS, GU_KS, DN_KS, STAGES, MINB)                              \
     extern "C" __global__ void __launch_bounds__(32 * WARPS, MINB) moe_t1_gate_up##SUFFIX(      \
-        const float* x, int k, const int* ids, int E, const u8* gub, const u8* gus,            \
+        const float* x, int k, int* ids, int E, const u8* gub, const u8* gus,                  \
         const void* gbias, int bdt, float* act, int H, int I, float limit, float alpha,        \
-        int* err) {                                                                            \
+        int* err, const float* logits, float* wts) {                                           \
         pdl_trigger();                                                                         \
         moe_t1<0, GU_KS, WARPS, STAGES>(x, k, ids, E, gub, gus, gbias, bdt, act, 2 * I, H,     \
-                                        limit, alpha, err);                                    \
+                                        limit, alpha, err, logits, wts, k);                    \
     }                                                                                          \
     extern "C" __global__ void __launch_bounds__(32 * WARPS, MINB) moe_t1_down##SUFFIX(         \
-        const float* act, const int* ids, int E, const u8* dnb, const u8* dns,                 \
-        const void* dbias, int bdt, float* y, int H, int I, int* err) {                        \
+        const float* act, int* ids, int E, const u8* dnb, const u8* dns, const void* dbias,    \
+        int bdt, float* y, int H, int I, int* err, const float* logits, int k) {               \
         pdl_trigger(); /* the combine may launch (it waits for this kernel) */                 \
         moe_t1<1, DN_KS, WARPS, STAGES>(act, 1, ids, E, dnb, dns, dbias, bdt, y, H, I, 0.0f,   \
-                                        0.0f, err);                                            \
+                                        0.0f, err, logits, nullptr, k);                        \
     }
 MOE_T1_KERNELS(, T1_WARPS, T1_GATE_UP_KS, T1_DOWN_KS, T1_STAGES, 6)
 MOE_T1_KERNELS(_w4, 4, 2, 4, 4, 1)

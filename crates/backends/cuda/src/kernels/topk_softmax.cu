@@ -214,3 +214,55 @@ extern "C" __global__ void __launch_bounds__(256)
     }
     router_spread_row(xs, w, bias, bdt, logits, done, ids, wts, H, E, K);
 }
+
+// add_norm_router_spread without its top-k, for a router whose MoE kernels take the top-k from
+// the logits themselves (moe_t1 with `logits`): no last block, no fence or counter. Block
+// (x, t) forms token t's sum and norm as add_norm_router_spread does (block (0, t) stores
+// them), then the logits of experts [epb x, +epb) (epb <= 8): each the sum of four quarter-row
+// partials, warp u % 8 forming unit u = (expert, quarter), added in router_spread_row's order
+// (the same logits, bit for bit, whatever epb). grid (E / epb rounded up, T), 256 threads.
+extern "C" __global__ void __launch_bounds__(256)
+    add_norm_router_logits(const float* a, const float* b, const void* nw, int nwdt,
+                           float* sum_out, float* norm_out, float eps, const u16* w,
+                           const void* bias, int bdt, float* logits, int H, int E, int epb) {
+    __shared__ __align__(16) float xs[4 * RN_V * 256];
+    __shared__ float part[4 * 8];
+    const i64 t = blockIdx.y;
+    const int H4 = H >> 2, e0 = blockIdx.x * epb, ne = min(epb, E - e0);
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+    // Launched early (PDL): the block's router rows and the norm weight come from no kernel.
+    const u8* rows = (const u8*)(w + (i64)e0 * H);
+    for (int i = 128 * threadIdx.x; i < 2 * H * ne; i += 128 * blockDim.x) prefetch_l1(rows + i);
+    for (int i = 128 * threadIdx.x; i < 2 * H; i += 128 * blockDim.x)
+        prefetch_l1((const u8*)nw + (nwdt == DT_F32 ? 2 * i : i));
+    pdl_wait();
+    F4 v[RN_V];
+    load_sum_f4(a + t * H, b + t * H, H, v);
+    add_resid_store(nullptr, blockIdx.x == 0 ? sum_out + t * H : nullptr, H, v);
+    norm_store(v, H, eps, nw, nwdt, xs);
+    __syncthreads();
+    if (blockIdx.x == 0) {
+        F4* no = (F4*)(norm_out + t * H);
+        for (int c = threadIdx.x; c < H4; c += blockDim.x) no[c] = ((const F4*)xs)[c];
+    }
+    const int H8 = H >> 3, quarter = (H8 + 3) >> 2;
+    for (int u = wid; u < 4 * ne; u += 8) {
+        const u32* wr = (const u32*)(w + (i64)(e0 + (u >> 2)) * H);
+        const int q = u & 3, end = min(H8, (q + 1) * quarter);
+        float acc = 0.0f;
+#pragma unroll 4
+        for (int j = q * quarter + lane; j < end; j += 32) {
+            acc = dot8_bf16(*(const W4*)(wr + 4 * j), *(const F4*)(xs + 8 * j),
+                            *(const F4*)(xs + 8 * j + 4), acc);
+        }
+        acc = warp_sum(acc);
+        if (lane == 0) part[u] = acc;
+    }
+    __syncthreads();
+    if (threadIdx.x < ne) {
+        const float* p = part + 4 * threadIdx.x;
+        const int e = e0 + threadIdx.x;
+        const float s = ((p[0] + p[1]) + p[2]) + p[3];
+        logits[t * E + e] = s + (bias ? ldf(bias, bdt, e) : 0.0f);
+    }
+}
