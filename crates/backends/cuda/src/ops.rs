@@ -1290,7 +1290,7 @@ pub(crate) fn run_moe<F: Flavor>(
             let projections = (experts(3, 5)?, experts(6, 8)?);
             let io = (ip(0)?, ip(1)?, y);
             crate::cublas_ops::moe(be, io, projections, dims, (*swiglu_limit, *alpha))?;
-            combine(be, y, ip(1)?, ip(2)?, op_(0)?, (t, k, e, h), tail)
+            combine(be, y, ip(1)?, ip(2)?, op_(0)?, (t, k, e, h), tail, None)
         })();
         be.give_temp(pairs * h * 4, y);
         return r;
@@ -1529,7 +1529,8 @@ pub(crate) fn run_moe<F: Flavor>(
                 ],
             )?;
         }
-        combine(be, y, ip(1)?, ip(2)?, op_(0)?, (t, k, e, h), tail)
+        let logits = deferred.map(|d| d.logits);
+        combine(be, y, ip(1)?, ip(2)?, op_(0)?, (t, k, e, h), tail, logits)
     })();
     // Stream order makes the scratch safe to reuse by later launches.
     be.give_temp(pairs * i * 4, act);
@@ -1630,7 +1631,9 @@ fn moe_v2<F: Flavor>(
 }
 
 /// Each token's expert outputs y [t*k, h] summed in ascending expert id (weights `w`) into
-/// `out`, or as `tail` says.
+/// `out`, or as `tail` says. `logits`: the router's, when the MoE's kernels took the top-k
+/// from them (the combine inside the GEMV then forms it too, before its wait).
+#[allow(clippy::too_many_arguments)]
 fn combine<F: Flavor>(
     be: &mut Cuda<F>,
     y: CUdeviceptr,
@@ -1639,6 +1642,7 @@ fn combine<F: Flavor>(
     out: CUdeviceptr,
     (t, k, e, h): (usize, usize, usize, usize),
     tail: MoeTail,
+    logits: Option<CUdeviceptr>,
 ) -> Result<()> {
     if let MoeTail::NormLinears {
         resid,
@@ -1659,14 +1663,16 @@ fn combine<F: Flavor>(
             Arg::F32(eps),
             Arg::I32(k as i32),
             Arg::I32(i32_of(e, "experts")?),
+            Arg::Ptr(logits.unwrap_or(0)),
         ];
         args.extend(gemv_args(h, bdt, &segs, 0)?);
         GEMV_COMBINE_LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // x, then the residual's copy.
         return be.launch_early(
             "gemv_bf16_t1_moe",
             (gemv_grid(be, &segs)?, 1, 1),
             (32 * WARPS, 1, 1),
-            (h * 4) as u32,
+            (2 * h * 4) as u32,
             &args,
         );
     }

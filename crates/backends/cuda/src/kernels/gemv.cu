@@ -133,12 +133,14 @@ __device__ __forceinline__ float gemv_unit_dot(const W4* q, const F4* xs, int j0
 }
 
 // The one-token kernel's body; stage(xs, K8) writes the token's x into shared memory as two
-// planes of float4 (xs[j] = x[8j..8j+3], xs[K8 + j] = x[8j+4..8j+7]) after the wait.
-template <class Stage>
+// planes of float4 (xs[j] = x[8j..8j+3], xs[K8 + j] = x[8j+4..8j+7]) after the wait;
+// pre(xs, K8) runs before the wait, after the first weight loads (reads of what no kernel
+// still running writes).
+template <class Pre, class Stage>
 __device__ __forceinline__ void gemv_t1_rows(int K, int bdt, const u16* w0, const void* b0,
                                              float* y0, int n0, const u16* w1, const void* b1,
                                              float* y1, int n1, const u16* w2, const void* b2,
-                                             float* y2, int n2, Stage stage) {
+                                             float* y2, int n2, Pre pre, Stage stage) {
     pdl_trigger();  // the kernel after it (launched early) may start its prologue
     extern __shared__ F4 gemv_x[];
     const int K8 = K >> 3;
@@ -169,6 +171,7 @@ __device__ __forceinline__ void gemv_t1_rows(int K, int bdt, const u16* w0, cons
     };
     W4 qa[GEMV_NU], qb[GEMV_NU];
     load(qa, row, part);  // weights: written by no kernel of the step
+    pre(gemv_x, K8);
     pdl_wait();
     stage(gemv_x, K8);
     __syncthreads();
@@ -201,7 +204,7 @@ __device__ __forceinline__ void gemv_t1_rows(int K, int bdt, const u16* w0, cons
 #define GEMV_T1_PASS K, bdt, w0, b0, y0, n0, w1, b1, y1, n1, w2, b2, y2, n2
 
 extern "C" __global__ void __launch_bounds__(256, 3) gemv_bf16_t1(GEMV_ARGS) {
-    gemv_t1_rows(GEMV_T1_PASS, [&](F4* xs, int K8) {
+    gemv_t1_rows(GEMV_T1_PASS, [](F4*, int) {}, [&](F4* xs, int K8) {
         for (int i = threadIdx.x; i < K8; i += blockDim.x) {
             const F4* src = (const F4*)(x + 8 * i);
             xs[i] = src[0];
@@ -213,16 +216,52 @@ extern "C" __global__ void __launch_bounds__(256, 3) gemv_bf16_t1(GEMV_ARGS) {
 // The MoE's combine, residual add and RMSNorm (moe_combine_add_norm's arithmetic, one token)
 // formed by every block while it stages x, so the layer's first linears need no combine
 // launch: m = the token's expert rows y[pair] * wts[pair] in ascending expert id, sum = resid +
-// m (stored by block 0), x = rms_norm(sum) * nw. 256 threads: H = K <= 4096.
+// m (stored by block 0), x = rms_norm(sum) * nw. 256 threads: H = K <= 4096. Dynamic shared
+// memory: 2 K floats (x, then the residual's copy).
+// Launched early behind the MoE's down projection, which starts only after the router before
+// gate_up has finished: so the residual (written before the router) is copied into shared
+// memory and the norm weight asked into L1 before the wait, and with `logits` (the router's,
+// whose top-k the MoE kernels took themselves) the token's experts and weights are formed
+// then too (topk_small_warp, as gate_up formed them), not read from gate_up's after it.
 extern "C" __global__ void __launch_bounds__(256, 3)
     gemv_bf16_t1_moe(const float* y, const int* ids, const float* wts, const float* resid,
                      float* sum_out, const void* nw, int nwdt, float eps, int k, int E,
-                     GEMV_T1_ARGS) {
-    gemv_t1_rows(GEMV_T1_PASS, [&](F4* xs, int K8) {
-        F4 v[RN_V];
-        moe_combine_chunks<1>(0, y, ids, wts, k, E, K, v);
-        add_resid_store(resid, blockIdx.x == 0 ? sum_out : nullptr, K, v);
-        norm_store_to<RN_V>(v, K, eps, nw, nwdt,
-                            [&](int c, F4 r) { xs[(c & 1) * K8 + (c >> 1)] = r; });
-    });
+                     const float* logits, GEMV_T1_ARGS) {
+    __shared__ int picked[32];
+    __shared__ float picked_w[32];
+    gemv_t1_rows(
+        GEMV_T1_PASS,
+        [&](F4* xs, int K8) {
+            const F4* rs = (const F4*)resid;
+            F4* rcopy = xs + 2 * K8;
+            if (resid)
+                for (int c = threadIdx.x; c < (K >> 2); c += blockDim.x)
+                    cp_async<16>(rcopy + c, rs + c);
+            cp_async_commit();
+            const int nwb = nwdt == DT_F32 ? 4 * K : 2 * K;
+            for (int i = 128 * threadIdx.x; i < nwb; i += 128 * blockDim.x)
+                prefetch_l1((const u8*)nw + i);
+            if (logits) {
+                if (threadIdx.x < 32) {
+                    int id;
+                    float wt;
+                    topk_small_warp(logits, E, k, threadIdx.x, id, wt);
+                    if (threadIdx.x < k) {
+                        picked[threadIdx.x] = id;
+                        picked_w[threadIdx.x] = wt;
+                    }
+                }
+                __syncthreads();
+            }
+        },
+        [&](F4* xs, int K8) {
+            F4 v[RN_V];
+            moe_combine_chunks<1>(0, y, logits ? picked : ids, logits ? picked_w : wts, k, E,
+                                  K, v);
+            cp_async_wait<0>();  // this thread's own chunks of the residual's copy
+            add_resid_store(resid ? (const float*)(xs + 2 * K8) : nullptr,
+                            blockIdx.x == 0 ? sum_out : nullptr, K, v);
+            norm_store_to<RN_V>(v, K, eps, nw, nwdt,
+                                [&](int c, F4 r) { xs[(c & 1) * K8 + (c >> 1)] = r; });
+        });
 }
