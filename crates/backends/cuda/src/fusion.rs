@@ -232,7 +232,8 @@ fn router_topk_at(graph: &Graph, n: usize, last_use: &[usize]) -> bool {
 
 /// Whether the one-token TopKSoftmax at `n` can leave its top-k to the MoeMxfp4 node right
 /// after it: that node alone reads its ids and weights (so nothing else sees them before the
-/// MoE's kernels write them), of at most ops::TOPK_IN_MOE_MAX_E experts.
+/// MoE's kernels write them), its experts are the router's (no expert-parallel remapping in
+/// between), at most ops::TOPK_IN_MOE_MAX_E of them.
 fn topk_deferrable<F: Flavor>(be: &Cuda<F>, graph: &Graph, n: usize, last_use: &[usize]) -> bool {
     let (top, Some(moe)) = (&graph.nodes[n], graph.nodes.get(n + 1)) else {
         return false;
@@ -248,6 +249,10 @@ fn topk_deferrable<F: Flavor>(be: &Cuda<F>, graph: &Graph, n: usize, last_use: &
         && matches!(moe.op, Op::MoeMxfp4 { .. })
         && moe.inputs.get(1) == Some(&ids)
         && moe.inputs.get(2) == Some(&wts)
+        && moe
+            .inputs
+            .get(3)
+            .is_some_and(|gu| dims(graph.value(*gu)).first() == Some(&e))
         && private_temp(graph, last_use, ids, n + 1)
         && private_temp(graph, last_use, wts, n + 1)
         && t == 1
