@@ -251,6 +251,28 @@ pub(crate) fn router_spread_fits<F: Flavor>(be: &Cuda<F>, t: usize, e: usize) ->
     t <= ROUTER_TOKENS && e <= 1024 && be.kernels.has("router_topk_spread")
 }
 
+/// The arguments the fused add + norm + router kernels begin with (a, b, the norm weight and
+/// its dtype, the sum and normed rows, eps, the router's weight, bias and its dtype).
+fn add_norm_router_args(
+    [a, b]: [CUdeviceptr; 2],
+    (sum_out, norm_out): (CUdeviceptr, CUdeviceptr),
+    (nw, nwv, eps): (CUdeviceptr, &Value, f32),
+    (w, bias, bdt): (CUdeviceptr, CUdeviceptr, i32),
+) -> Result<Vec<Arg>> {
+    Ok(vec![
+        Arg::Ptr(a),
+        Arg::Ptr(b),
+        Arg::Ptr(nw),
+        Arg::I32(float_code(nwv)?),
+        Arg::Ptr(sum_out),
+        Arg::Ptr(norm_out),
+        Arg::F32(eps),
+        Arg::Ptr(w),
+        Arg::Ptr(bias),
+        Arg::I32(bdt),
+    ])
+}
+
 /// `add_norm_router_spread`: the residual add and RMSNorm of `add_rms_norm`, then the spread
 /// router and top-k of `router_topk` on the normed rows, in one launch (same arithmetic).
 pub(crate) fn add_norm_router<F: Flavor>(
@@ -264,30 +286,23 @@ pub(crate) fn add_norm_router<F: Flavor>(
 ) -> Result<()> {
     be.router_spread_runs += 1;
     be.add_norm_router_runs += 1;
+    let mut args =
+        add_norm_router_args([a, b], (sum_out, norm_out), (nw, nwv, eps), (w, bias, bdt))?;
+    args.extend([
+        Arg::Ptr(logits),
+        Arg::Ptr(be.done_counters),
+        Arg::Ptr(ids),
+        Arg::Ptr(wts),
+        Arg::I32(i32_of(h, "hidden")?),
+        Arg::I32(i32_of(e, "experts")?),
+        Arg::I32(i32_of(k, "experts per token")?),
+    ]);
     be.launch_early(
         "add_norm_router_spread",
         (blocks(e, 1)?, grid_y(t)?, 1),
         (256, 1, 1),
         0,
-        &[
-            Arg::Ptr(a),
-            Arg::Ptr(b),
-            Arg::Ptr(nw),
-            Arg::I32(float_code(nwv)?),
-            Arg::Ptr(sum_out),
-            Arg::Ptr(norm_out),
-            Arg::F32(eps),
-            Arg::Ptr(w),
-            Arg::Ptr(bias),
-            Arg::I32(bdt),
-            Arg::Ptr(logits),
-            Arg::Ptr(be.done_counters),
-            Arg::Ptr(ids),
-            Arg::Ptr(wts),
-            Arg::I32(i32_of(h, "hidden")?),
-            Arg::I32(i32_of(e, "experts")?),
-            Arg::I32(i32_of(k, "experts per token")?),
-        ],
+        &args,
     )
 }
 
@@ -322,27 +337,20 @@ pub(crate) fn add_norm_router_logits<F: Flavor>(
 ) -> Result<()> {
     let epb = be.router_experts_per_block(e);
     be.add_norm_router_runs += 1;
+    let mut args =
+        add_norm_router_args([a, b], (sum_out, norm_out), (nw, nwv, eps), (w, bias, bdt))?;
+    args.extend([
+        Arg::Ptr(be.router_logits),
+        Arg::I32(i32_of(h, "hidden")?),
+        Arg::I32(i32_of(e, "experts")?),
+        Arg::I32(epb as i32),
+    ]);
     be.launch_early(
         "add_norm_router_logits",
         (blocks(e, epb)?, 1, 1),
         (256, 1, 1),
         0,
-        &[
-            Arg::Ptr(a),
-            Arg::Ptr(b),
-            Arg::Ptr(nw),
-            Arg::I32(float_code(nwv)?),
-            Arg::Ptr(sum_out),
-            Arg::Ptr(norm_out),
-            Arg::F32(eps),
-            Arg::Ptr(w),
-            Arg::Ptr(bias),
-            Arg::I32(bdt),
-            Arg::Ptr(be.router_logits),
-            Arg::I32(i32_of(h, "hidden")?),
-            Arg::I32(i32_of(e, "experts")?),
-            Arg::I32(epb as i32),
-        ],
+        &args,
     )?;
     be.deferred_topk = Some(DeferredTopK {
         ids,

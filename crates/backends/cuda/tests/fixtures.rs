@@ -37,7 +37,7 @@
 //! `BF16_LOGIT_TOLERANCE`, and reports how many greedy tokens agree. The exact f32 path stays available through
 //! `GPTOSS_CUDA_MMA_MIN_T=0` or `GPTOSS_CUDA_NO_FUSION=1`.
 
-use gptoss_core::graph::{Graph, Op, ValueKind};
+use gptoss_core::graph::{Graph, Op, ValueId, ValueKind};
 use gptoss_core::plugin::{PluginBackend, PluginOptions};
 use gptoss_core::{Backend, BufferId, DType, ProbeReport, Result, TensorDesc};
 use gptoss_cuda::{
@@ -738,6 +738,20 @@ fn fused_router_topk_matches_cpu() {
 /// Add, RmsNorm of the sum, the router Linear of the normed row and TopKSoftmax as one graph
 /// (the decode layer's run between attention and MoE): returns the sum, the normed row, the
 /// ids and the weights.
+/// A decode layer's residual add, RMSNorm, router linear and top-k (inputs `v`: a, b, the norm
+/// weight, the router's weight and bias) into the values `[sum, normed, logits, ids, wts]`.
+fn push_add_norm_router(g: &mut Graph, v: &[ValueId], out: [ValueId; 5], k: usize) {
+    let [sum, normed, logits, ids, wts] = out;
+    g.push(Op::Add, vec![v[0], v[1]], vec![sum]);
+    g.push(Op::RmsNorm { eps: 1e-5 }, vec![sum, v[2]], vec![normed]);
+    g.push(Op::Linear, vec![normed, v[3], v[4]], vec![logits]);
+    g.push(
+        Op::TopKSoftmax { k: k as u32 },
+        vec![logits],
+        vec![ids, wts],
+    );
+}
+
 fn add_norm_router_graph(
     be: &mut dyn Backend,
     ins: [&(TensorDesc, Vec<u8>); 5],
@@ -767,14 +781,7 @@ fn add_norm_router_graph(
         TensorDesc::new(DType::F32, [t, e]),
         ValueKind::Temp,
     );
-    g.push(Op::Add, vec![v[0], v[1]], vec![sum]);
-    g.push(Op::RmsNorm { eps: 1e-5 }, vec![sum, v[2]], vec![normed]);
-    g.push(Op::Linear, vec![normed, v[3], v[4]], vec![logits]);
-    g.push(
-        Op::TopKSoftmax { k: k as u32 },
-        vec![logits],
-        vec![ids, wts],
-    );
+    push_add_norm_router(&mut g, &v, [sum, normed, logits, ids, wts], k);
     be.execute(&g).unwrap();
     let got = (
         to_f32(&be.download(sum_b).unwrap()),
@@ -859,14 +866,7 @@ fn router_moe_graph(
     let wts = temp(&mut g, "wts", DType::F32, k);
     let m = temp(&mut g, "m", DType::F32, h);
     let normed2 = temp(&mut g, "normed2", DType::F32, h);
-    g.push(Op::Add, vec![v[0], v[1]], vec![sum]);
-    g.push(Op::RmsNorm { eps: 1e-5 }, vec![sum, v[2]], vec![normed]);
-    g.push(Op::Linear, vec![normed, v[3], v[4]], vec![logits]);
-    g.push(
-        Op::TopKSoftmax { k: k as u32 },
-        vec![logits],
-        vec![ids, wts],
-    );
+    push_add_norm_router(&mut g, &v, [sum, normed, logits, ids, wts], k);
     let mut moe_ins = vec![normed, ids, wts];
     moe_ins.extend(&v[5..11]);
     g.push(MOE_OP, moe_ins, vec![m]);

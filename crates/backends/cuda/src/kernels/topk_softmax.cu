@@ -183,6 +183,24 @@ extern "C" __global__ void __launch_bounds__(128)
     router_spread_row(x + (i64)blockIdx.y * H, w, bias, bdt, logits, done, ids, wts, H, E, K);
 }
 
+// Token t's a + b and its RMSNorm (add_rms_norm's arithmetic) formed by the block, the normed
+// row into xs (shared memory, then a barrier); block (0, t) stores the sum and the normed row.
+// The fused routers' first half. 256 threads, H <= 4096.
+__device__ __forceinline__ void add_norm_into(const float* a, const float* b, const void* nw,
+                                              int nwdt, float* sum_out, float* norm_out,
+                                              float eps, int H, i64 t, float* xs) {
+    const int H4 = H >> 2;
+    F4 v[RN_V];
+    load_sum_f4(a + t * H, b + t * H, H, v);
+    add_resid_store(nullptr, blockIdx.x == 0 ? sum_out + t * H : nullptr, H, v);
+    norm_store(v, H, eps, nw, nwdt, xs);
+    __syncthreads();
+    if (blockIdx.x == 0) {
+        F4* no = (F4*)(norm_out + t * H);
+        for (int c = threadIdx.x; c < H4; c += blockDim.x) no[c] = ((const F4*)xs)[c];
+    }
+}
+
 // add_rms_norm and then router_topk_spread on its output in one launch (few tokens): block
 // (e, t) forms token t's sum a + b and its RMSNorm itself (a row of up to 4096 floats, held as
 // add_rms_norm holds it), block (0, t) stores both, and the block's router logit is formed
@@ -195,7 +213,6 @@ extern "C" __global__ void __launch_bounds__(256)
                            float* wts, int H, int E, int K) {
     __shared__ __align__(16) float xs[4 * RN_V * 256];
     const i64 t = blockIdx.y;
-    const int H4 = H >> 2;
     // Launched early (PDL): the router row and the norm weight come from no kernel, so their
     // lines are asked for while the kernel before (o_proj) finishes; a and b after the wait.
     for (int i = 128 * threadIdx.x; i < 2 * H; i += 128 * blockDim.x) {
@@ -203,15 +220,7 @@ extern "C" __global__ void __launch_bounds__(256)
         prefetch_l1((const u8*)nw + (nwdt == DT_F32 ? 2 * i : i));
     }
     pdl_wait();
-    F4 v[RN_V];
-    load_sum_f4(a + t * H, b + t * H, H, v);
-    add_resid_store(nullptr, blockIdx.x == 0 ? sum_out + t * H : nullptr, H, v);
-    norm_store(v, H, eps, nw, nwdt, xs);
-    __syncthreads();
-    if (blockIdx.x == 0) {
-        F4* no = (F4*)(norm_out + t * H);
-        for (int c = threadIdx.x; c < H4; c += blockDim.x) no[c] = ((const F4*)xs)[c];
-    }
+    add_norm_into(a, b, nw, nwdt, sum_out, norm_out, eps, H, t, xs);
     router_spread_row(xs, w, bias, bdt, logits, done, ids, wts, H, E, K);
 }
 
@@ -228,7 +237,7 @@ extern "C" __global__ void __launch_bounds__(256)
     __shared__ __align__(16) float xs[4 * RN_V * 256];
     __shared__ float part[4 * 8];
     const i64 t = blockIdx.y;
-    const int H4 = H >> 2, e0 = blockIdx.x * epb, ne = min(epb, E - e0);
+    const int e0 = blockIdx.x * epb, ne = min(epb, E - e0);
     const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
     // Launched early (PDL): the block's router rows and the norm weight come from no kernel.
     const u8* rows = (const u8*)(w + (i64)e0 * H);
@@ -236,15 +245,7 @@ extern "C" __global__ void __launch_bounds__(256)
     for (int i = 128 * threadIdx.x; i < 2 * H; i += 128 * blockDim.x)
         prefetch_l1((const u8*)nw + (nwdt == DT_F32 ? 2 * i : i));
     pdl_wait();
-    F4 v[RN_V];
-    load_sum_f4(a + t * H, b + t * H, H, v);
-    add_resid_store(nullptr, blockIdx.x == 0 ? sum_out + t * H : nullptr, H, v);
-    norm_store(v, H, eps, nw, nwdt, xs);
-    __syncthreads();
-    if (blockIdx.x == 0) {
-        F4* no = (F4*)(norm_out + t * H);
-        for (int c = threadIdx.x; c < H4; c += blockDim.x) no[c] = ((const F4*)xs)[c];
-    }
+    add_norm_into(a, b, nw, nwdt, sum_out, norm_out, eps, H, t, xs);
     const int H8 = H >> 3, quarter = (H8 + 3) >> 2;
     for (int u = wid; u < 4 * ne; u += 8) {
         const u32* wr = (const u32*)(w + (i64)(e0 + (u >> 2)) * H);
