@@ -853,7 +853,6 @@ impl<F: Flavor> Cuda<F> {
         Ok(p)
     }
 
-    /// Read and clear the kernels' error word; turn a reported problem into an error.
     /// The error a kernel reported in the error word `raw` (read after the step), if any; the
     /// word is cleared for the next step.
     fn check_kernel_errors(&mut self, raw: [u8; 16]) -> Result<()> {

@@ -365,18 +365,28 @@ pub(crate) fn add_norm_router_logits<F: Flavor>(
 /// The top-k of a deferred router as a kernel of its own (`topk_softmax_warp`), for an MoE
 /// path whose kernels do not take it from the logits.
 pub(crate) fn resolve_topk<F: Flavor>(be: &mut Cuda<F>, d: DeferredTopK) -> Result<()> {
+    topk_softmax_warp(be, (d.logits, d.ids, d.wts), (1, d.e, d.k))
+}
+
+/// `topk_softmax_warp`: the top-`k` softmax of each of `t` rows of `e` logits `x` into `ids`
+/// and `w` ([t, k]), a warp a row (E <= 1024, k <= 32).
+fn topk_softmax_warp<F: Flavor>(
+    be: &Cuda<F>,
+    (x, ids, w): (CUdeviceptr, CUdeviceptr, CUdeviceptr),
+    (t, e, k): (usize, usize, usize),
+) -> Result<()> {
     be.launch(
         "topk_softmax_warp",
-        (1, 1, 1),
-        (32, 1, 1),
-        (d.e * 4) as u32,
+        (blocks(t, 4)?, 1, 1),
+        (128, 1, 1),
+        (4 * e * 4) as u32,
         &[
-            Arg::Ptr(d.logits),
-            Arg::Ptr(d.ids),
-            Arg::Ptr(d.wts),
-            Arg::I32(1),
-            Arg::I32(i32_of(d.e, "experts")?),
-            Arg::I32(i32_of(d.k, "experts per token")?),
+            Arg::Ptr(x),
+            Arg::Ptr(ids),
+            Arg::Ptr(w),
+            Arg::I32(i32_of(t, "tokens")?),
+            Arg::I32(i32_of(e, "experts")?),
+            Arg::I32(i32_of(k, "experts per token")?),
         ],
     )
 }
@@ -1048,20 +1058,7 @@ pub fn run_node<F: Flavor>(
                 )));
             }
             if be.fast {
-                return be.launch(
-                    "topk_softmax_warp",
-                    (blocks(t, 4)?, 1, 1),
-                    (128, 1, 1),
-                    (4 * e * 4) as u32,
-                    &[
-                        Arg::Ptr(ip(0)?),
-                        Arg::Ptr(op_(0)?),
-                        Arg::Ptr(op_(1)?),
-                        Arg::I32(i32_of(t, "tokens")?),
-                        Arg::I32(e as i32),
-                        Arg::I32(*k as i32),
-                    ],
-                );
+                return topk_softmax_warp(be, (ip(0)?, op_(0)?, op_(1)?), (t, e, *k as usize));
             }
             be.launch(
                 "topk_softmax",

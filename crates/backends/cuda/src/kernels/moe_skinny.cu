@@ -489,10 +489,9 @@ __device__ __forceinline__ void moe_t1(const float* a, int a_div, int* ids, int 
     // down is launched early (PDL): its ids (or the logits it takes them from) come from the
     // router, two kernels back, and its weights from no kernel; its activations from gate_up,
     // the kernel before. This holds only while gate_up is a plain launch (the router complete
-    // before it starts): launching
-    // gate_up early too let down read the ids before the router wrote them (GPU tests failed);
-    // gate_up early with its wait before the ids and its trigger after it was correct but
-    // slower (H100 425 / 394 against 428 / 428 tok/s).
+    // before it starts): launching gate_up early too let down read the ids before the router
+    // wrote them (GPU tests failed); gate_up early with its wait before the ids and its trigger
+    // after it was correct but slower (H100 425 / 394 against 428 / 428 tok/s).
     if (MODE == 1) pdl_wait();
     sk_stage_row(a + (i64)(pair / a_div) * K, K, xs);
     cp_async_wait<STAGES - 1>();  // this thread's scale copies
